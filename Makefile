@@ -1,0 +1,30 @@
+# One command sets up everything and runs the tests: `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+export AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/%2F
+export DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
+
+.PHONY: install test unit lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	if [ -f package.json ]; then npm install --no-audit --no-fund --loglevel=error; fi
+	touch $@
+
+install: $(BIN)/.installed
+
+# pytest exits 5 when it collects nothing; that is a failure here like any other.
+test: install
+	$(BIN)/pytest -q
+
+unit: install
+	$(BIN)/pytest -q tests/unit
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache

@@ -1,0 +1,1 @@
+"""The three long-running services: dispatcher, pusher, puller."""

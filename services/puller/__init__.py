@@ -1,0 +1,1 @@
+"""The puller service (DESIGN §2)."""

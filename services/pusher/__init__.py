@@ -1,0 +1,1 @@
+"""The pusher service (DESIGN §2)."""

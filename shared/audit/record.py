@@ -1,0 +1,65 @@
+"""The audit row and the port that stores it."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+CATEGORY = "integration_framework"
+
+
+class Outcome(StrEnum):
+    """What happened to one message (or one record within a run)."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    DELETED = "deleted"
+    UNCHANGED = "unchanged"
+    SKIPPED = "skipped"
+    RETRYING = "retrying"
+    FAILED = "failed"
+    DEAD = "dead"
+
+
+OUTCOMES = tuple(o.value for o in Outcome)
+#: Outcomes after which the message is gone from the queues for good.
+FINAL_OUTCOMES = frozenset(
+    {Outcome.CREATED, Outcome.UPDATED, Outcome.DELETED, Outcome.UNCHANGED, Outcome.SKIPPED,
+     Outcome.DEAD}
+)
+
+
+@dataclasses.dataclass(slots=True)
+class AuditRecord:
+    """One ``audit_log`` row. Messages and details must already be redacted."""
+
+    service: str
+    outcome: Outcome
+    org_id: str | None = None
+    instance_id: str | None = None
+    entity: str | None = None
+    direction: str | None = None
+    action: str | None = None
+    record_id: str | None = None
+    external_id: str | None = None
+    attempt: int = 0
+    http_status: int | None = None
+    error_class: str | None = None
+    error_message: str | None = None
+    duration_ms: float | None = None
+    run_id: str | None = None
+    message_id: str | None = None
+    correlation_id: str | None = None
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    at: datetime = dataclasses.field(default_factory=lambda: datetime.now(UTC))
+    category: str = CATEGORY
+
+
+class AuditSink(Protocol):
+    """Makes audit rows durable."""
+
+    async def write(self, record: AuditRecord) -> None:
+        """Return once ``record`` is committed. Raises ``InfrastructureError``."""
+        ...

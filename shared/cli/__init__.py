@@ -1,0 +1,1 @@
+"""The ``bss-sync`` command line."""

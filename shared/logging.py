@@ -1,0 +1,121 @@
+"""structlog, configured once per process, and the redaction every output goes through.
+
+Secrets never reach logs, audit rows, dead-letter headers or error messages:
+
+* every credential value resolved at run time is registered with
+  :func:`register_secret`, and :func:`redact` replaces it wherever it appears;
+* mapping keys that name credentials (``authorization``, ``password``,
+  ``client_secret``, ``api_key``…) have their values masked by
+  :func:`redact_mapping`, whatever the value.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+MASK = "***"
+
+_SENSITIVE_KEY = re.compile(
+    r"(authorization|password|passwd|secret|token|api[-_]?key|apikey|cookie|credential"
+    r"|private[-_]?app|hapikey|session|signature)",
+    re.IGNORECASE,
+)
+#: user:password@ in URLs (AMQP_URL, DATABASE_URL, basic-auth URLs).
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@",
+                           re.IGNORECASE)
+
+_secrets: set[str] = set()
+_secrets_pattern: re.Pattern[str] | None = None
+_lock = threading.Lock()
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a credential so :func:`redact` masks it anywhere it appears."""
+    global _secrets_pattern
+    if not value or len(value) < 4:
+        return
+    with _lock:
+        if value in _secrets:
+            return
+        _secrets.add(value)
+        ordered = sorted(_secrets, key=len, reverse=True)
+        _secrets_pattern = re.compile("|".join(re.escape(s) for s in ordered))
+
+
+def is_sensitive_key(key: str) -> bool:
+    """Whether a header/field/parameter name designates a credential."""
+    return bool(_SENSITIVE_KEY.search(key))
+
+
+def redact(text: str) -> str:
+    """``text`` with registered secrets and URL passwords masked."""
+    if not text:
+        return text
+    pattern = _secrets_pattern
+    if pattern is not None:
+        text = pattern.sub(MASK, text)
+    if "://" in text:
+        text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+    return text
+
+
+def redact_value(value: Any) -> Any:
+    """Deep-redact a JSON-like value: strings, and mappings by key and by value."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return redact_mapping(value)
+    if isinstance(value, list | tuple):
+        return [redact_value(v) for v in value]
+    return value
+
+
+def redact_mapping(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``data`` with sensitive keys masked and every string redacted."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(key, str) and is_sensitive_key(key) and value not in (None, ""):
+            out[key] = MASK
+        else:
+            out[key] = redact_value(value)
+    return out
+
+
+def _redact_processor(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    return redact_mapping(event_dict)
+
+
+def configure_logging(level: str = "INFO", fmt: str = "auto", service: str | None = None) -> None:
+    """Configure structlog for this process: JSON lines, or console output on a tty."""
+    use_console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        _redact_processor,
+    ]
+    if use_console:
+        processors.append(structlog.dev.ConsoleRenderer())
+    else:
+        processors.append(structlog.processors.JSONRenderer())
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+    if service:
+        structlog.contextvars.bind_contextvars(service=service)
+    # Quiet the chatty libraries; their failures reach us as exceptions we translate.
+    for name in ("pika", "kombu", "amqp", "httpx", "httpcore", "psycopg"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,0 +1,49 @@
+"""Infrastructure settings, read from the environment (DESIGN §7).
+
+Organizations, connectors and instances are data in PostgreSQL; only what a
+process needs to reach its infrastructure lives here.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_RETRY_DELAYS = (30.0, 120.0, 600.0, 3600.0)
+
+
+class Settings(BaseSettings):
+    """Environment variables, unprefixed names as operators expect them."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    amqp_url: str = Field(DEFAULT_AMQP_URL, description="RabbitMQ URL, vhost included")
+    database_url: str = Field(DEFAULT_DATABASE_URL, description="PostgreSQL URL")
+    db_schema: str = Field("public", description="PostgreSQL schema holding bss-sync's tables")
+    log_level: str = Field("INFO")
+    log_format: str = Field("auto", description="json, console, or auto (console on a tty)")
+    concurrency: int = Field(64, ge=1, description="handlers in flight per consumer process")
+    prefetch: int | None = Field(None, ge=1, description="defaults to concurrency")
+    retry_delays: tuple[float, ...] = Field(
+        DEFAULT_RETRY_DELAYS, description="backoff ladder in seconds, e.g. [30,120,600,3600]"
+    )
+    delivery_limit: int = Field(
+        20, ge=1, description="quorum-queue redeliveries before the safety-net dead letter"
+    )
+    shutdown_timeout: float = Field(30.0, description="seconds to finish in-flight work on SIGTERM")
+    audit_batch_size: int = Field(500, ge=1)
+    audit_batch_interval: float = Field(0.02, description="seconds a batch waits for company")
+    bss_api_url: str = Field("http://127.0.0.1:8080", description="the host BSS API")
+    management_url: str | None = Field(
+        None, description="RabbitMQ management API; defaults to http://<amqp host>:15672"
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return Settings()
