@@ -1,0 +1,173 @@
+"""The language-neutral contracts under ``schemas/``, loaded for Python.
+
+Every ``*.schema.json`` under :func:`shared.paths.schemas_dir` is a draft 2020-12
+JSON Schema with an ``$id`` under ``https://bss-sync.dev/schemas/`` that mirrors its
+path, so relative ``$ref`` s between files (``common.schema.json#/$defs/address``)
+resolve offline through :func:`registry`. ``bss-api.openapi.json`` is registered
+too, so its ``#/components/schemas/...`` can be referenced like a schema.
+
+Loaded documents, the registry and validators are cached per schemas directory.
+The returned dicts are shared: treat them as read-only.
+
+Names are paths relative to the schemas directory without the suffix:
+``"bss-event"``, ``"sync-message"``, ``"connector"``, ``"entities/account"``,
+``"bss-api.openapi"``.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from shared.paths import schemas_dir
+
+__all__ = [
+    "BASE_URI",
+    "ENTITIES",
+    "entity_schema",
+    "load_schema",
+    "registry",
+    "schema_uri",
+    "validator",
+]
+
+ENTITIES: tuple[str, ...] = (
+    "account",
+    "contact",
+    "order",
+    "invoice",
+    "product",
+    "payment",
+    "case",
+    "subscription",
+)
+"""The 8 canonical entities, in the order bss-sync processes and lists them."""
+
+BASE_URI = "https://bss-sync.dev/schemas/"
+"""Base of every schema ``$id``; a file's URI is this plus its relative path."""
+
+_SUFFIXES = (".schema.json", ".json")
+
+
+def load_schema(name: str) -> dict[str, Any]:
+    """The parsed document called ``name`` (``"bss-event"``, ``"entities/account"``).
+
+    ``name`` is a ``/``-separated path relative to the schemas directory, with or
+    without its ``.schema.json`` / ``.json`` suffix. Cached; do not mutate the result.
+
+    Raises ``FileNotFoundError`` when no such document exists (or ``name`` tries to
+    leave the schemas directory) and ``ValueError`` when the file is not a JSON object.
+    """
+    return _read(_resolve(schemas_dir(), name))
+
+
+def entity_schema(entity: str) -> dict[str, Any]:
+    """The canonical JSON Schema of ``entity`` (one of :data:`ENTITIES`).
+
+    Raises ``KeyError`` naming the known entities when ``entity`` is not one of them.
+    """
+    if entity not in ENTITIES:
+        raise KeyError(f"unknown entity {entity!r}; known entities: {', '.join(ENTITIES)}")
+    return load_schema(f"entities/{entity}")
+
+
+def schema_uri(name: str) -> str:
+    """The URI the document ``name`` is registered under in :func:`registry`.
+
+    Its ``$id`` when it declares one, else ``BASE_URI`` + its relative path.
+    Raises like :func:`load_schema`.
+    """
+    directory = schemas_dir()
+    return _uri_for(directory, _resolve(directory, name))
+
+
+def registry() -> Registry:
+    """A registry of every ``*.schema.json`` and ``*.openapi.json`` document, by ``$id``.
+
+    Each file is also registered under ``BASE_URI`` + its relative path, so relative
+    ``$ref`` s resolve even from a file without ``$id``, and ``$ref`` s into the
+    OpenAPI document (``bss-api.openapi.json#/components/schemas/Problem``) work.
+    Nothing is fetched over the network: an unknown URI raises
+    ``referencing.exceptions.Unresolvable``.
+    """
+    return _registry(schemas_dir())
+
+
+def validator(name: str) -> Draft202012Validator:
+    """A cached draft 2020-12 validator for the schema ``name``, with format checks.
+
+    References resolve through :func:`registry`; ``date``, ``date-time`` and
+    ``email`` formats are asserted (``date-time`` through ``rfc3339-validator``,
+    which ``openapi-spec-validator`` installs). Raises like :func:`load_schema`, and
+    ``jsonschema.exceptions.SchemaError`` when the schema itself is invalid.
+    """
+    directory = schemas_dir()
+    return _validator(directory, _resolve(directory, name))
+
+
+@cache
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise ValueError(f"{path}: a schema document must be a JSON object")
+    return document
+
+
+def _resolve(directory: Path, name: str) -> Path:
+    relative = PurePosixPath(name)
+    if not name or relative.is_absolute() or ".." in relative.parts or "\\" in name:
+        raise FileNotFoundError(f"invalid schema name {name!r}: use a path like 'entities/account'")
+    candidates = [name] if name.endswith(".json") else [name + s for s in _SUFFIXES]
+    for candidate in candidates:
+        path = directory.joinpath(*PurePosixPath(candidate).parts)
+        if path.is_file():
+            return path
+    known = ", ".join(_name_of(directory, p) for p in _documents(directory))
+    raise FileNotFoundError(f"no schema named {name!r} under {directory} (known: {known})")
+
+
+def _documents(directory: Path) -> list[Path]:
+    found = {*directory.rglob("*.schema.json"), *directory.rglob("*.openapi.json")}
+    return sorted(p for p in found if p.is_file())
+
+
+def _name_of(directory: Path, path: Path) -> str:
+    relative = path.relative_to(directory).as_posix()
+    return relative.removesuffix(".schema.json").removesuffix(".json")
+
+
+def _uri_for(directory: Path, path: Path) -> str:
+    declared = _read(path).get("$id")
+    if isinstance(declared, str) and declared:
+        return declared
+    return BASE_URI + path.relative_to(directory).as_posix()
+
+
+@cache
+def _registry(directory: Path) -> Registry:
+    resources: dict[str, Resource[Any]] = {}
+    for path in _documents(directory):
+        resource = Resource.from_contents(_read(path), default_specification=DRAFT202012)
+        resources[_uri_for(directory, path)] = resource
+        resources.setdefault(BASE_URI + path.relative_to(directory).as_posix(), resource)
+    return Registry().with_resources(resources.items()).crawl()
+
+
+@cache
+def _validator(directory: Path, path: Path) -> Draft202012Validator:
+    schema = _read(path)
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(
+        schema,
+        registry=_registry(directory),
+        format_checker=Draft202012Validator.FORMAT_CHECKER,
+    )
