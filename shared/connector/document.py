@@ -1,0 +1,120 @@
+"""The compiled connector document: what the services work from.
+
+A ``ConnectorDocument`` is built once per document load (``load_connector``):
+operations resolved, transforms and templates compiled, lookups parsed. It is
+immutable and shared by every instance of the connector; what differs per
+instance (server, variables, credentials, lookup overrides) is applied at use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from shared.connector.openapi import Operation
+from shared.connector.problems import Problem
+from shared.transform import Expression, LookupTable, Template, Transform
+
+PUSH_ACTIONS = ("create", "update", "delete")
+DEFAULT_EXTERNAL_ID = "/id"
+
+
+@dataclasses.dataclass(frozen=True)
+class CallSpec:
+    """One configured call of an operation (a push write, a match, a list, a read…)."""
+
+    kind: str  # create | update | delete | match | list | read | before
+    pointer: str  # where it is declared in the bundle
+    operation: Operation
+    params: Mapping[str, Template]
+    headers: Mapping[str, Template]
+    body: Transform | None
+    options: Mapping[str, Any]  # externalId, records, pagination, incremental, pageSize, capture
+    before: CallSpec | None = None
+    when: Expression | None = None  # match only: match only when this is true for the record
+
+    def option(self, name: str, default: Any = None) -> Any:
+        return self.options.get(name, default)
+
+
+@dataclasses.dataclass(frozen=True)
+class SyncObject:
+    """One synchronized module: a BSS entity and how it maps to the third party."""
+
+    name: str
+    entity: str
+    description: str | None
+    conflict: str
+    push: Mapping[str, CallSpec]  # create / update / delete / match, those declared
+    push_external_id: str
+    pull_list: CallSpec | None
+    pull_read: CallSpec | None
+    pull_body: Transform | None
+    pull_external_id: str
+    pull_deleted: Expression | None
+
+    def call(self, direction: str, kind: str) -> CallSpec | None:
+        """The call for ``kind`` (create, update, delete, match, list, read)."""
+        if direction == "push":
+            return self.push.get(kind)
+        return {"list": self.pull_list, "read": self.pull_read}.get(kind)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectorDocument:
+    """A loaded, valid connector document."""
+
+    document: dict[str, Any]  # the bundle: specs joined, overlay applied
+    sha256: str
+    title: str
+    version: str
+    sources: tuple[str, ...]
+    operations: Mapping[str, Operation]
+    objects: Mapping[str, SyncObject]
+    transforms: Mapping[str, Transform]
+    lookups: Mapping[str, LookupTable]
+    dependencies: Mapping[str, tuple[str, ...]]
+    settings: Mapping[str, Any]  # rateLimit, idempotency, timeouts, variables (raw)
+    warnings: tuple[Problem, ...] = ()
+
+    @property
+    def sync(self) -> dict[str, Any]:
+        return self.document.get("x-synchronization") or {}
+
+    @property
+    def openapi_version(self) -> str:
+        return str(self.document.get("openapi"))
+
+    def object(self, name: str) -> SyncObject:
+        """The object called ``name``; raises ``KeyError`` listing the known ones."""
+        try:
+            return self.objects[name]
+        except KeyError:
+            raise KeyError(f"no object {name!r}; objects: {', '.join(self.objects)}") from None
+
+    def objects_for(self, entity: str) -> list[SyncObject]:
+        return [o for o in self.objects.values() if o.entity == entity]
+
+    def servers(self) -> list[dict[str, Any]]:
+        servers = self.document.get("servers")
+        return [s for s in servers if isinstance(s, dict)] if isinstance(servers, list) else []
+
+    def security_schemes(self) -> dict[str, Any]:
+        components = self.document.get("components") or {}
+        schemes = components.get("securitySchemes") or {}
+        return schemes if isinstance(schemes, dict) else {}
+
+    def summary(self) -> str:
+        """One line: title, version, objects with their directions."""
+        parts = []
+        for obj in self.objects.values():
+            directions = "/".join(
+                d for d, ok in (("push", bool(obj.push)), ("pull", obj.pull_list is not None)) if ok
+            )
+            parts.append(f"{obj.name}({obj.entity}, {directions})")
+        return (
+            f"{self.title} {self.version} — OpenAPI {self.openapi_version}, "
+            f"{len(self.objects)} object(s): {', '.join(parts)}; "
+            f"{len(self.transforms)} transform(s), sha256 {self.sha256[:12]}"
+        )

@@ -1,0 +1,225 @@
+"""Loading a connector: files → bundle → checks → ``ConnectorDocument``.
+
+A connector is one or more OpenAPI documents (JSON or YAML) plus, optionally, an
+Overlay 1.0 document adding ``x-synchronization`` to them. Every problem found on
+the way is reported with the file, line and JSON pointer where it was written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from shared.connector.bundle import Provenance, merge_documents
+from shared.connector.compiler import Compiler
+from shared.connector.document import ConnectorDocument
+from shared.connector.openapi import index_operations, openapi_problems
+from shared.connector.overlay import apply_overlay, check_overlay, is_overlay
+from shared.connector.problems import DocumentInvalid, Problem
+from shared.connector.schema_errors import schema_problems
+from shared.connector.source import SourceError, SourceFile, read_source
+from shared.schemas import load_schema, registry, schema_uri
+
+
+def load_connector(
+    paths: Sequence[str | Path] | str | Path, overlay: str | Path | None = None
+) -> ConnectorDocument:
+    """Load and check a connector. Raises ``DocumentInvalid`` listing every problem."""
+    document, problems = check_connector(paths, overlay)
+    if document is None:
+        raise DocumentInvalid(problems)
+    return document
+
+
+def check_connector(
+    paths: Sequence[str | Path] | str | Path,
+    overlay: str | Path | None = None,
+) -> tuple[ConnectorDocument | None, list[Problem]]:
+    """Load a connector; returns it (``None`` when there are errors) and all problems,
+    warnings included, each located in its source file."""
+    if isinstance(paths, str | Path):
+        paths = [paths]
+    problems: list[Problem] = []
+    sources = _read_all([Path(p) for p in paths], problems)
+    overlay_source = _read_all([Path(overlay)], problems)[0] if overlay else None
+    if overlay_source is None and len(sources) == 1 and is_overlay(sources[0].data):
+        overlay_source = sources.pop()
+        sources = _read_all(_extended_paths(overlay_source, problems), problems)
+    if overlay_source is not None:
+        problems += [_in_file(p, overlay_source) for p in check_overlay(overlay_source.data)]
+    if problems or not sources:
+        if not sources and not problems:
+            problems.append(Problem("", "no OpenAPI document given"))
+        return None, problems
+
+    bundle, merge_problems, provenance = merge_documents(sources)
+    problems += merge_problems
+    if not isinstance(bundle, dict):
+        return None, [
+            *problems,
+            _in_file(Problem("", "is not an OpenAPI document (not an object)"), sources[0]),
+        ]
+    if overlay_source is not None:
+        bundle, overlay_problems, origins = apply_overlay(bundle, overlay_source.data)
+        problems += [_in_file(p, overlay_source) for p in overlay_problems]
+        for doc_pointer, overlay_pointer in origins:
+            provenance.add(doc_pointer, overlay_source, overlay_pointer)
+
+    found = openapi_problems(bundle)
+    found += _sync_problems(bundle)
+    # Compile even when there are problems already: the compiler copes with any shape,
+    # and the author wants every problem at once.
+    compiled, compile_problems = _compile(bundle)
+    found += compile_problems
+    problems += [_locate(p, provenance) for p in found]
+    problems.sort(key=lambda p: (p.file or "", p.line or 0))
+    if any(p.severity == "error" for p in problems):
+        return None, problems
+    return _document(bundle, compiled, sources, overlay_source, problems), problems
+
+
+def _read_all(paths: list[Path], problems: list[Problem]) -> list[SourceFile]:
+    sources = []
+    for path in paths:
+        try:
+            sources.append(read_source(path))
+        except SourceError as exc:
+            problems.append(exc.problem)
+    return sources
+
+
+def _extended_paths(overlay: SourceFile, problems: list[Problem]) -> list[Path]:
+    """The documents an overlay given alone applies to: ``extends`` (Overlay 1.0), plus
+    ``x-extends`` (a list, for connectors made of several vendor specs)."""
+    data = overlay.data
+    targets: list[str] = []
+    if isinstance(data.get("extends"), str):
+        targets.append(data["extends"])
+    extra = data.get("x-extends")
+    if isinstance(extra, list):
+        targets += [t for t in extra if isinstance(t, str) and t not in targets]
+    if not targets:
+        problems.append(
+            _in_file(
+                Problem(
+                    "/extends",
+                    "this overlay names no document to apply "
+                    "to: give the OpenAPI file(s) before --overlay, or set "
+                    "'extends'",
+                ),
+                overlay,
+            )
+        )
+    base = overlay.path.parent
+    return [base / t.removeprefix("file://") for t in targets]
+
+
+def _sync_problems(bundle: dict[str, Any]) -> list[Problem]:
+    sync = bundle.get("x-synchronization")
+    if sync is None:
+        return [
+            Problem(
+                "",
+                "no x-synchronization block: add one to the document, or give an "
+                "overlay that adds it (--overlay)",
+            )
+        ]
+    validator = _meta_validator()
+    return schema_problems(
+        validator.iter_errors(sync), "/x-synchronization", root=load_schema("connector")
+    )
+
+
+@cache
+def _meta_validator() -> Draft202012Validator:
+    return Draft202012Validator(load_schema("connector"), registry=registry())
+
+
+def _compile(bundle: dict[str, Any]) -> tuple[dict[str, Any], list[Problem]]:
+    operations = index_operations(bundle)
+    compiler = Compiler(bundle, operations, inlined_entity_schema)
+    objects = compiler.compile()
+    return {
+        "operations": operations,
+        "objects": objects,
+        "transforms": compiler.transforms,
+        "lookups": compiler.lookups,
+    }, compiler.problems
+
+
+def _document(
+    bundle: dict[str, Any],
+    compiled: dict[str, Any],
+    sources: list[SourceFile],
+    overlay: SourceFile | None,
+    problems: list[Problem],
+) -> ConnectorDocument:
+    sync = bundle.get("x-synchronization") or {}
+    info = bundle.get("info") or {}
+    overlay_info = (overlay.data.get("info") or {}) if overlay is not None else {}
+    title = str(overlay_info.get("title") or info.get("title") or sources[0].path.stem)
+    version = str(overlay_info.get("version") or info.get("version") or "")
+    files = tuple(str(s.path) for s in sources) + ((str(overlay.path),) if overlay else ())
+    return ConnectorDocument(
+        document=bundle,
+        sha256=document_sha256(bundle),
+        title=title,
+        version=version,
+        sources=files,
+        operations=compiled["operations"],
+        objects=compiled["objects"],
+        transforms=compiled["transforms"],
+        lookups=compiled["lookups"],
+        dependencies={k: tuple(v) for k, v in (sync.get("dependencies") or {}).items()},
+        settings={
+            k: sync[k] for k in ("rateLimit", "idempotency", "timeouts", "variables") if k in sync
+        },
+        warnings=tuple(p for p in problems if p.severity == "warning"),
+    )
+
+
+def document_sha256(bundle: dict[str, Any]) -> str:
+    """Content hash of a bundle, independent of key order and formatting."""
+    canonical = json.dumps(bundle, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _in_file(problem: Problem, source: SourceFile) -> Problem:
+    return problem.located(str(source.path), source.line_of(problem.pointer))
+
+
+def _locate(problem: Problem, provenance: Provenance) -> Problem:
+    if problem.file is not None:
+        return problem
+    file, line, pointer = provenance.locate(problem.pointer)
+    return problem.located(file, line, pointer)
+
+
+@cache
+def inlined_entity_schema(entity: str) -> dict[str, Any]:
+    """The canonical entity schema with every ``$ref`` replaced by its target."""
+    uri = schema_uri(f"entities/{entity}")
+    resolver = registry().resolver(base_uri=uri)
+    resolved = resolver.lookup(uri)
+    return _inline(resolved.contents, resolved.resolver, 0)
+
+
+def _inline(node: Any, resolver: Any, depth: int) -> Any:
+    if depth > 40:
+        return True
+    if isinstance(node, dict):
+        if isinstance(node.get("$ref"), str):
+            resolved = resolver.lookup(node["$ref"])
+            target = _inline(resolved.contents, resolved.resolver, depth + 1)
+            siblings = {k: _inline(v, resolver, depth + 1) for k, v in node.items() if k != "$ref"}
+            return {**target, **siblings} if isinstance(target, dict) else target
+        return {k: _inline(v, resolver, depth + 1) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_inline(v, resolver, depth + 1) for v in node]
+    return node

@@ -1,0 +1,329 @@
+"""Reading what bss-sync needs from an OpenAPI 3.0/3.1 document.
+
+Vendor specs are messy: operationIds with ``/`` and ``{}`` (or none), ``$ref``
+with siblings, ``nullable`` (3.0) and type arrays (3.1), parameters declared on
+the path item. This module copes with those and nothing here raises on a
+malformed document: callers get ``None`` or a ``Problem``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from shared.connector.problems import Problem
+from shared.connector.source import join_pointer, resolve_pointer
+
+HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+_METHOD_PATH = re.compile(r"^\s*([A-Za-z]+)\s+(/\S*)\s*$")
+_MAX_REF_HOPS = 64
+
+
+def deref(document: dict[str, Any], node: Any) -> Any:
+    """``node`` with local ``$ref``s followed. Siblings of a ``$ref`` (3.1 allows them,
+    vendors put them in 3.0 too) are merged over the target. Unresolvable → ``None``."""
+    hops = 0
+    while isinstance(node, dict) and isinstance(node.get("$ref"), str):
+        ref = node["$ref"]
+        if not ref.startswith("#") or hops > _MAX_REF_HOPS:
+            return None
+        try:
+            target = resolve_pointer(document, ref[1:])
+        except (KeyError, ValueError):
+            return None
+        siblings = {k: v for k, v in node.items() if k != "$ref"}
+        if siblings and isinstance(target, dict):
+            target = {
+                **target,
+                **{k: v for k, v in siblings.items() if k not in ("description", "summary")},
+            }
+        node = target
+        hops += 1
+    return node
+
+
+def check_refs(document: Any) -> list[Problem]:
+    """Every ``$ref`` must be local (``#/…``) and point at something."""
+    problems: list[Problem] = []
+    for pointer, ref in _iter_refs(document, ""):
+        if not isinstance(ref, str):
+            problems.append(Problem(pointer, "$ref must be a string"))
+        elif not ref.startswith("#"):
+            problems.append(
+                Problem(
+                    pointer,
+                    f"$ref {ref!r} points outside this document; only "
+                    "local references (#/...) are supported — bundle "
+                    "the referenced file or pass it as another spec",
+                )
+            )
+        else:
+            try:
+                resolve_pointer(document, ref[1:])
+            except (KeyError, ValueError):
+                problems.append(Problem(pointer, f"$ref {ref!r} points at nothing"))
+    return problems
+
+
+def _iter_refs(node: Any, pointer: str) -> Iterator[tuple[str, Any]]:
+    stack = [(node, pointer)]
+    while stack:
+        current, where = stack.pop()
+        if isinstance(current, dict):
+            if "$ref" in current:
+                yield join_pointer(where, "$ref"), current["$ref"]
+            for key, value in current.items():
+                if isinstance(value, dict | list):
+                    stack.append((value, join_pointer(where, key)))
+        elif isinstance(current, list):
+            for index, value in enumerate(current):
+                if isinstance(value, dict | list):
+                    stack.append((value, join_pointer(where, index)))
+
+
+def openapi_problems(document: Any) -> list[Problem]:
+    """Validity as OpenAPI 3.0.x / 3.1.x (openapi-spec-validator), as located problems."""
+    if not isinstance(document, dict):
+        return [Problem("", "is not an OpenAPI document (the top level is not an object)")]
+    version = document.get("openapi")
+    if not isinstance(version, str) or not re.match(r"^3\.[01]\.\d+", version):
+        if "swagger" in document:
+            return [
+                Problem(
+                    "/swagger",
+                    "is Swagger 2.0; bss-sync needs OpenAPI 3.0 or 3.1 "
+                    "(convert it, e.g. with swagger2openapi)",
+                )
+            ]
+        return [
+            Problem(
+                "/openapi" if "openapi" in document else "",
+                f"is not OpenAPI 3.0/3.1 ('openapi' is {version!r}; "
+                'expected a version like "3.0.3" or "3.1.0")',
+            )
+        ]
+    ref_problems = check_refs(document)
+    if ref_problems:
+        return ref_problems  # the validator cannot walk a document with broken references
+    from openapi_spec_validator import OpenAPIV30SpecValidator, OpenAPIV31SpecValidator
+
+    validator_class = (
+        OpenAPIV31SpecValidator if version.startswith("3.1") else OpenAPIV30SpecValidator
+    )
+    problems: list[Problem] = []
+    try:
+        for error in validator_class(document).iter_errors():
+            path = [str(p) for p in (getattr(error, "absolute_path", None) or [])]
+            message = getattr(error, "message", None) or str(error)
+            problems.append(Problem(join_pointer("", *path), f"OpenAPI: {_first_line(message)}"))
+            if len(problems) >= 200:
+                break
+    except Exception as exc:  # the validator can fail on odd documents; never a traceback
+        problems.append(Problem("", f"OpenAPI validation stopped: {_first_line(str(exc))}"))
+    return problems
+
+
+def _first_line(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else text
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+@dataclasses.dataclass(frozen=True)
+class Operation:
+    """One operation of the document, with what a request needs resolved."""
+
+    method: str  # upper case
+    path: str
+    pointer: str  # /paths/~1companies/post
+    operation_id: str | None
+    raw: dict[str, Any]
+    parameters: tuple[dict[str, Any], ...]
+    request_body: dict[str, Any] | None
+    request_media_type: str | None
+    request_schema: Any
+    request_schema_pointer: str | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.method} {self.path}"
+
+    def parameter(self, name: str) -> dict[str, Any] | None:
+        for param in self.parameters:
+            if param.get("name") == name:
+                return param
+        return None
+
+    def path_parameter_names(self) -> list[str]:
+        declared = [p["name"] for p in self.parameters if p.get("in") == "path" and "name" in p]
+        in_template = re.findall(r"{([^}]+)}", self.path)
+        return list(dict.fromkeys(in_template + declared))
+
+    def response_schema(self, document: dict[str, Any], status: int | None = None) -> Any:
+        """The JSON schema of a success response (the given status, else the first 2xx)."""
+        responses = self.raw.get("responses") or {}
+        keys = [str(status)] if status else sorted(k for k in responses if str(k).startswith("2"))
+        for key in keys:
+            response = deref(document, responses.get(key))
+            if isinstance(response, dict):
+                _media, schema, _ptr = _json_content(document, response.get("content"), "")
+                if schema is not None:
+                    return schema
+        return None
+
+
+def index_operations(document: dict[str, Any]) -> dict[str, Operation]:
+    """Every operation, keyed both by ``"METHOD /path"`` and by its operationId."""
+    index: dict[str, Operation] = {}
+    paths = document.get("paths") if isinstance(document, dict) else None
+    if not isinstance(paths, dict):
+        return index
+    for path, item in paths.items():
+        item_pointer = join_pointer("/paths", path)
+        item = deref(document, item)
+        if not isinstance(item, dict):
+            continue
+        shared_params = item.get("parameters") if isinstance(item.get("parameters"), list) else []
+        for method in HTTP_METHODS:
+            raw = item.get(method)
+            if not isinstance(raw, dict):
+                continue
+            op = _build_operation(
+                document, method, path, join_pointer(item_pointer, method), raw, shared_params
+            )
+            index[op.key] = op
+            if op.operation_id:
+                index.setdefault(op.operation_id, op)
+    return index
+
+
+def _build_operation(
+    document: dict[str, Any],
+    method: str,
+    path: str,
+    pointer: str,
+    raw: dict[str, Any],
+    shared_params: list[Any],
+) -> Operation:
+    params: dict[tuple[str, str], dict[str, Any]] = {}
+    for candidate in [*shared_params, *(raw.get("parameters") or [])]:
+        param = deref(document, candidate)
+        if isinstance(param, dict) and isinstance(param.get("name"), str):
+            params[(param["name"], str(param.get("in")))] = param
+    body = deref(document, raw.get("requestBody"))
+    media = schema = schema_pointer = None
+    if isinstance(body, dict):
+        media, schema, schema_pointer = _json_content(
+            document, body.get("content"), join_pointer(pointer, "requestBody", "content")
+        )
+    operation_id = raw.get("operationId") if isinstance(raw.get("operationId"), str) else None
+    return Operation(
+        method.upper(),
+        path,
+        pointer,
+        operation_id,
+        raw,
+        tuple(params.values()),
+        body if isinstance(body, dict) else None,
+        media,
+        schema,
+        schema_pointer,
+    )
+
+
+def _json_content(
+    document: dict[str, Any], content: Any, pointer: str
+) -> tuple[str | None, Any, str | None]:
+    if not isinstance(content, dict) or not content:
+        return None, None, None
+    ranked = sorted(content, key=_media_rank)
+    media = ranked[0]
+    entry = deref(document, content[media])
+    schema = entry.get("schema") if isinstance(entry, dict) else None
+    return media, schema, join_pointer(pointer, media, "schema")
+
+
+def _media_rank(media: str) -> int:
+    media = media.lower().split(";")[0].strip()
+    if media == "application/json":
+        return 0
+    if media.endswith("+json"):
+        return 1
+    if media in ("*/*", "application/*"):
+        return 2
+    return 3
+
+
+def find_operation(index: dict[str, Operation], reference: str) -> Operation | None:
+    """Resolve an operation reference: an operationId, or ``"METHOD /path"``."""
+    if reference in index:
+        return index[reference]
+    match = _METHOD_PATH.match(reference)
+    if match:
+        return index.get(f"{match.group(1).upper()} {match.group(2)}")
+    return None
+
+
+def schema_has_path(
+    document: dict[str, Any] | None, schema: Any, path: tuple[str, ...], resolve: Any = None
+) -> bool:
+    """Whether an object valid against ``schema`` may hold a value at ``path``.
+
+    ``properties`` are followed; a schema-valued ``additionalProperties`` (a map of
+    free keys) and a schema without ``properties`` admit any key; ``allOf``/``anyOf``/
+    ``oneOf`` admit a key any branch admits. ``resolve(ref) -> schema`` resolves
+    non-local references (entity schemas); local ones use ``document``.
+    """
+    if not path:
+        return True
+    for candidate in _branches(document, schema, resolve, 0):
+        if not isinstance(candidate, dict):
+            return True  # True/{} schema: anything goes
+        props = candidate.get("properties")
+        key = path[0]
+        if isinstance(props, dict) and key in props:
+            if schema_has_path(document, props[key], path[1:], resolve):
+                return True
+            continue
+        additional = candidate.get("additionalProperties", None)
+        if isinstance(additional, dict):
+            if schema_has_path(document, additional, path[1:], resolve):
+                return True
+            continue
+        pattern_props = candidate.get("patternProperties")
+        if isinstance(pattern_props, dict) and any(re.search(p, key) for p in pattern_props):
+            return True
+        composed = any(k in candidate for k in ("allOf", "anyOf", "oneOf"))
+        if not isinstance(props, dict) and additional is not False and not composed:
+            return True
+    return False
+
+
+def _branches(
+    document: dict[str, Any] | None, schema: Any, resolve: Any, depth: int
+) -> Iterator[Any]:
+    if depth > 32:
+        return
+    if isinstance(schema, dict) and isinstance(schema.get("$ref"), str):
+        ref = schema["$ref"]
+        target = (
+            deref(document, {"$ref": ref})
+            if ref.startswith("#") and document is not None
+            else resolve(ref)
+            if resolve
+            else None
+        )
+        if target is None:
+            yield True
+            return
+        siblings = {k: v for k, v in schema.items() if k != "$ref"}
+        yield from _branches(document, target, resolve, depth + 1)
+        if siblings.get("properties"):
+            yield siblings
+        return
+    yield schema
+    if isinstance(schema, dict):
+        for keyword in ("allOf", "anyOf", "oneOf"):
+            for sub in schema.get(keyword) or []:
+                yield from _branches(document, sub, resolve, depth + 1)

@@ -1,0 +1,151 @@
+"""Pagination and incremental filters of list operations (pure).
+
+A list call declares how pages follow each other (``link``, ``next-url``,
+``cursor``, ``page``, ``offset`` or ``none``) and how to ask only for records
+changed since the last pull (``incremental``). ``PageRequest`` is what varies
+from one request to the next; ``first_page`` and ``next_page`` compute it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from shared.connector.document import CallSpec
+from shared.connector.source import resolve_pointer
+
+DEFAULT_PAGE_SIZE = 100
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclasses.dataclass(frozen=True)
+class PageRequest:
+    """The varying part of one list request."""
+
+    query: dict[str, Any]  # extra query parameters
+    body_fields: dict[str, Any]  # top-level fields set in the list body
+    url: str | None = None  # an absolute next-page URL (link, next-url)
+    cursor: Any = None  # what the body transform sees as {cursor}
+    number: int = 1  # page number, 1-based, for limits and logs
+
+
+def page_size(call: CallSpec) -> int:
+    pagination = call.option("pagination") or {}
+    return int(
+        call.option("pageSize")
+        or pagination.get("size")
+        or pagination.get("limit")
+        or DEFAULT_PAGE_SIZE
+    )
+
+
+def since_value(call: CallSpec, since: datetime | None) -> Any:
+    """The cursor time in the format the third party expects (``incremental.format``)."""
+    if since is None:
+        return None
+    since = since if since.tzinfo else since.replace(tzinfo=UTC)
+    since = since.astimezone(UTC)
+    fmt = (call.option("incremental") or {}).get("format", "iso8601")
+    if fmt == "epoch-ms":  # integer arithmetic: timestamp() * 1000 can lose a millisecond
+        return (since - _EPOCH) // timedelta(milliseconds=1)
+    if fmt == "epoch-s":
+        return (since - _EPOCH) // timedelta(seconds=1)
+    if fmt == "date":
+        return since.date().isoformat()
+    return since.isoformat().replace("+00:00", "Z")
+
+
+def first_page(call: CallSpec, since: datetime | None) -> PageRequest:
+    """The first request: pagination start values and the incremental filter."""
+    pagination = call.option("pagination") or {"type": "none"}
+    incremental = call.option("incremental") or {}
+    query: dict[str, Any] = {}
+    body: dict[str, Any] = {}
+    kind = pagination.get("type", "none")
+    if kind == "page":
+        query[pagination["param"]] = pagination.get("start", 1)
+        if pagination.get("sizeParam"):
+            query[pagination["sizeParam"]] = page_size(call)
+    elif kind == "offset":
+        query[pagination["param"]] = 0
+        if pagination.get("limitParam"):
+            query[pagination["limitParam"]] = page_size(call)
+    value = since_value(call, since)
+    if value is not None and incremental.get("param"):
+        target = body if incremental.get("in") == "body" else query
+        target[incremental["param"]] = value
+    return PageRequest(query, body)
+
+
+# RFC 8288: link-value = "<" URI ">" *( OWS ";" OWS param ); param = token BWS [ "=" BWS
+# ( token / quoted-string ) ]; rel holds space-separated relation types ("next last").
+_LINK_PARAM = r'\s*;\s*([^\s;,=]+)\s*(?:=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s;,]*)))?'
+_LINK_VALUE = re.compile(r"<([^>]*)>((?:" + _LINK_PARAM + r")*)")
+_LINK_PARAM_RE = re.compile(_LINK_PARAM)
+
+
+def _next_link(header: str) -> str | None:
+    """The target of the first link whose ``rel`` includes ``next``."""
+    for link in _LINK_VALUE.finditer(header):
+        for param in _LINK_PARAM_RE.finditer(link.group(2)):
+            if param.group(1).lower() == "rel":
+                rel = param.group(2) if param.group(2) is not None else param.group(3) or ""
+                if "next" in rel.lower().split():
+                    return link.group(1)
+                break  # only the first rel counts (RFC 8288 §3.3)
+    return None
+
+
+def next_page(
+    call: CallSpec,
+    current: PageRequest,
+    response_body: Any,
+    link_header: str | None,
+    records_on_page: int,
+) -> PageRequest | None:
+    """The request after ``current``, or ``None`` when this was the last page."""
+    if records_on_page == 0:
+        return None
+    pagination = call.option("pagination") or {"type": "none"}
+    kind = pagination.get("type", "none")
+    if kind == "link":
+        url = _next_link(link_header or "")
+        return dataclasses.replace(current, url=url, number=current.number + 1) if url else None
+    if kind == "next-url":
+        url = _pointer(response_body, pagination["next"])
+        return (
+            dataclasses.replace(current, url=str(url), number=current.number + 1) if url else None
+        )
+    if kind == "cursor":
+        cursor = _pointer(response_body, pagination["next"])
+        if cursor in (None, "") or cursor == current.cursor:
+            return None
+        query, body = dict(current.query), dict(current.body_fields)
+        (body if pagination.get("in") == "body" else query)[pagination["param"]] = cursor
+        return PageRequest(query, body, cursor=cursor, number=current.number + 1)
+    if kind in ("page", "offset"):
+        if records_on_page < page_size(call) and (
+            pagination.get("sizeParam") or pagination.get("limitParam")
+        ):
+            return None  # a short page is the last one
+        query = dict(current.query)
+        step = 1 if kind == "page" else records_on_page
+        query[pagination["param"]] = int(query.get(pagination["param"], 0)) + step
+        return dataclasses.replace(current, query=query, number=current.number + 1)
+    return None
+
+
+def records_of(call: CallSpec, response_body: Any) -> list[Any] | None:
+    """The records array of a list response (``records`` pointer); ``None`` when the
+    response does not have one there."""
+    found = _pointer(response_body, call.option("records", ""))
+    return found if isinstance(found, list) else None
+
+
+def _pointer(document: Any, pointer: str) -> Any:
+    try:
+        return resolve_pointer(document, pointer)
+    except (KeyError, ValueError):
+        return None

@@ -1,0 +1,153 @@
+"""Turning a configured call into the HTTP request to send (pure, no I/O).
+
+Used by ``bss-sync preview`` and by the third-party client alike, so what the
+preview shows is exactly what the pusher sends. Credentials are applied later,
+by the client, from the instance's credential references.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+from shared.connector.document import CallSpec, ConnectorDocument
+from shared.connector.openapi import Operation
+from shared.errors import ConfigurationError, MappingError
+from shared.transform import UNDEFINED, TransformContext
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestPlan:
+    """A request ready to send, minus credentials."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: Any  # a JSON value, or UNDEFINED for no body
+    operation: Operation
+
+    @property
+    def has_body(self) -> bool:
+        return self.body is not UNDEFINED
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).netloc
+
+
+def server_url(
+    document: ConnectorDocument,
+    variables: Mapping[str, Any] | None = None,
+    override: str | None = None,
+) -> str:
+    """The base URL for an instance: its override, else the document's first server
+    with variables filled in (instance values over the document's defaults).
+
+    Raises ``ConfigurationError`` when there is no server or a variable has no value.
+    """
+    if override:
+        return override.rstrip("/")
+    servers = document.servers()
+    if not servers or not isinstance(servers[0].get("url"), str):
+        raise ConfigurationError(
+            "the connector declares no server and the instance gives no server URL"
+        )
+    server = servers[0]
+    declared = server.get("variables") or {}
+    values = {
+        name: spec.get("default") for name, spec in declared.items() if isinstance(spec, dict)
+    }
+    values.update({k: v for k, v in (variables or {}).items() if k in declared})
+
+    def fill(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if values.get(name) is None:
+            raise ConfigurationError(f"server variable {name!r} has no value")
+        return str(values[name])
+
+    return re.sub(r"{([^}]+)}", fill, server["url"]).rstrip("/")
+
+
+def plan_request(
+    call: CallSpec,
+    *,
+    base_url: str,
+    data: Mapping[str, Any],
+    context: TransformContext,
+    body: Any = UNDEFINED,
+    extra_headers: Mapping[str, str] | None = None,
+) -> RequestPlan:
+    """The request for ``call``: parameters rendered from ``data`` (the template input:
+    record, externalId, since, cursor…), ``body`` as given (already transformed).
+
+    Raises ``MappingError`` when a path parameter has no value, and whatever the
+    templates raise (``MappingError``, ``DependencyPending``, ``LinksNotLoaded``).
+    """
+    operation = call.operation
+    path = operation.path
+    query: list[tuple[str, str]] = []
+    headers: dict[str, str] = {}
+    cookies: list[str] = []
+    for name, template in call.params.items():
+        value = template.render(data, context)
+        param = operation.parameter(name) or {"in": "query"}
+        location = param.get("in")
+        if location == "path":
+            if value in (None, UNDEFINED, ""):
+                raise MappingError(f"path parameter {name!r} of {operation.key} has no value")
+            path = path.replace("{" + name + "}", quote(_text(value), safe=""))
+        elif value in (None, UNDEFINED):
+            continue
+        elif location == "header":
+            headers[name] = _text(value)
+        elif location == "cookie":
+            cookies.append(f"{name}={quote(_text(value), safe='')}")
+        else:
+            values = value if isinstance(value, list) else [value]
+            query += [(name, _text(v)) for v in values if v not in (None, UNDEFINED)]
+    for name, template in call.headers.items():
+        value = template.render(data, context)
+        if value not in (None, UNDEFINED, ""):
+            headers[name] = _text(value)
+    if cookies:
+        headers["Cookie"] = "; ".join(cookies)
+    if extra_headers:
+        headers.update(extra_headers)
+    if body is not UNDEFINED:
+        headers.setdefault(
+            "Content-Type",
+            operation.request_media_type
+            if operation.request_media_type and "*" not in operation.request_media_type
+            else "application/json",
+        )
+    headers.setdefault("Accept", "application/json")
+    url = base_url.rstrip("/") + path
+    if query:
+        url += "?" + urlencode(query)
+    return RequestPlan(operation.method, url, headers, body, operation)
+
+
+def with_query(url: str, params: Mapping[str, Any]) -> str:
+    """``url`` with ``params`` set (replacing existing values of the same names)."""
+    parts = urlsplit(url)
+    kept = [(k, v) for k, v in _parse_qsl(parts.query) if k not in params]
+    kept += [(k, _text(v)) for k, v in params.items() if v not in (None, UNDEFINED)]
+    query = urlencode(kept)
+    return parts._replace(query=query).geturl()
+
+
+def _parse_qsl(query: str) -> list[tuple[str, str]]:
+    from urllib.parse import parse_qsl
+
+    return parse_qsl(query, keep_blank_values=True)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)

@@ -1,0 +1,50 @@
+"""The transformation engine: JSONata expressions, field maps, lookups, link helpers.
+
+Public surface::
+
+    build_transform(name, spec) -> Transform        # compile once per document
+    Transform.apply(record, TransformContext) -> dict
+    compile_template(value) -> Template             # parameter values with {expr}
+    TransformContext(lookups, links, variables)
+    LookupTable, LinkLookup, PreloadedLinks, LinksNotLoaded
+"""
+
+from shared.transform.context import (
+    LinkLookup,
+    LinksNotLoaded,
+    LookupTable,
+    PreloadedLinks,
+    TransformContext,
+)
+from shared.transform.expressions import (
+    UNDEFINED,
+    Expression,
+    ExpressionRuntimeError,
+    ExpressionSyntaxError,
+)
+from shared.transform.transform import (
+    Template,
+    TemplateSyntaxError,
+    Transform,
+    build_transform,
+    compile_expression,
+    compile_template,
+)
+
+__all__ = [
+    "UNDEFINED",
+    "Expression",
+    "ExpressionRuntimeError",
+    "ExpressionSyntaxError",
+    "LinkLookup",
+    "LinksNotLoaded",
+    "LookupTable",
+    "PreloadedLinks",
+    "Template",
+    "TemplateSyntaxError",
+    "Transform",
+    "TransformContext",
+    "build_transform",
+    "compile_expression",
+    "compile_template",
+]

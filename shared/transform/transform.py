@@ -1,0 +1,270 @@
+"""Named transformations and parameter templates, compiled from ``x-synchronization``.
+
+A transform is either a field map — target field (dotted for nesting) →
+expression over the source record — or one expression building the whole
+payload.
+
+Nulls: a BSS (or a vendor) answers ``null`` for an empty field. In the input,
+``null`` is treated like an absent field (so ``$lowercase(email)`` of an empty
+email yields nothing instead of failing). A field whose expression yields
+nothing is left out of the payload — or, with ``keepNulls``, sent as ``null``
+so the third party clears it. ``Transform.apply`` turns a record into a payload; every failure is a
+``MappingError`` naming the transform and the field, except a missing link,
+which stays a retryable ``DependencyPending`` (and ``LinksNotLoaded``, a signal
+for the caller to load links and evaluate again).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from shared.errors import MappingError, SyncError
+from shared.transform.context import LinksNotLoaded, TransformContext, using_context
+from shared.transform.expressions import (
+    UNDEFINED,
+    Expression,
+    ExpressionRuntimeError,
+)
+from shared.transform.helpers import HELPERS, HelperError
+
+
+def compile_expression(source: str) -> Expression:
+    """Compile with bss-sync's helper functions. Raises ``ExpressionSyntaxError``."""
+    return Expression(source, HELPERS)
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldRule:
+    target: tuple[str, ...]
+    expression: Expression | None  # None: a literal constant
+    constant: Any = None
+    origin: str = ""  # the transform that declares it (differs when inherited)
+
+    @property
+    def name(self) -> str:
+        return ".".join(self.target)
+
+
+@dataclasses.dataclass(frozen=True)
+class Transform:
+    """A compiled named transform."""
+
+    name: str
+    fields: tuple[FieldRule, ...] = ()
+    expression: Expression | None = None
+    keep_nulls: bool = False
+
+    def apply(self, record: Any, context: TransformContext) -> dict[str, Any]:
+        """The payload for ``record``. Raises ``MappingError``, ``DependencyPending``,
+        ``LinksNotLoaded``."""
+        record = without_nulls(record)
+        with using_context(context):
+            if self.expression is not None:
+                value = self._evaluate(self.expression, record, "(expression)")
+                if value is UNDEFINED:
+                    value = {}
+                if not isinstance(value, dict):
+                    raise MappingError(
+                        f"transform {self.name} must produce an object, "
+                        f"it produced {type(value).__name__}",
+                        details={"transform": self.name},
+                    )
+                return value if self.keep_nulls else without_nulls(value)
+            out: dict[str, Any] = {}
+            for rule in self.fields:
+                if rule.expression is None:
+                    value = rule.constant
+                else:
+                    value = self._evaluate(rule.expression, record, rule.name)
+                if value is UNDEFINED or value is None:
+                    if not self.keep_nulls:
+                        continue
+                    value = None
+                _assign(out, rule.target, value)
+            return out
+
+    def _evaluate(self, expression: Expression, record: Any, field: str) -> Any:
+        try:
+            return expression.evaluate(record)
+        except (SyncError, LinksNotLoaded):
+            raise
+        except (ExpressionRuntimeError, HelperError) as exc:
+            raise MappingError(
+                f"transform {self.name}, field {field}: {exc}",
+                details={"transform": self.name, "field": field},
+            ) from None
+        except Exception as exc:  # jsonata-python can fail in odd ways on odd input
+            raise MappingError(
+                f"transform {self.name}, field {field}: evaluation failed "
+                f"({type(exc).__name__}: {exc})",
+                details={"transform": self.name, "field": field},
+            ) from None
+
+
+def _assign(out: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = out
+    for key in path[:-1]:
+        child = node.get(key)
+        # copy: a dict already there may be the input record's own (``"billing": "address"``)
+        child = node[key] = dict(child) if isinstance(child, dict) else {}
+        node = child
+    node[path[-1]] = value
+
+
+def without_nulls(value: Any) -> Any:
+    """``value`` with null-valued object members removed, at every depth."""
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_nulls(v) for v in value]
+    return value
+
+
+def build_transform(name: str, spec: Mapping[str, Any]) -> Transform:
+    """Compile one ``transforms`` entry. Raises ``ExpressionSyntaxError`` (first one found);
+    document validation compiles field by field to report every error."""
+    keep_nulls = bool(spec.get("keepNulls", False))
+    if "expression" in spec:
+        return Transform(
+            name, expression=compile_expression(spec["expression"]), keep_nulls=keep_nulls
+        )
+    rules = []
+    for target, source in (spec.get("map") or {}).items():
+        path = tuple(target.split("."))
+        if isinstance(source, str):
+            rules.append(FieldRule(path, compile_expression(source)))
+        else:
+            rules.append(FieldRule(path, None, source))
+    return Transform(name, fields=tuple(rules), keep_nulls=keep_nulls)
+
+
+# -- templates ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+    """A parameter value: a literal, or text with ``{expression}`` placeholders.
+
+    A template that is exactly one placeholder keeps the value's type (``"{since}"``
+    can be a number); otherwise the parts are joined as text.
+    """
+
+    source: Any
+    parts: tuple[str | Expression, ...] = ()
+
+    @property
+    def is_literal(self) -> bool:
+        return not any(isinstance(p, Expression) for p in self.parts)
+
+    def expressions(self) -> list[Expression]:
+        return [p for p in self.parts if isinstance(p, Expression)]
+
+    def render(self, data: Any, context: TransformContext) -> Any:
+        """The value over ``data``; ``UNDEFINED`` when a sole placeholder yields nothing.
+        Raises ``MappingError``, ``DependencyPending``, ``LinksNotLoaded``."""
+        if not isinstance(self.source, str):
+            return self.source
+        data = without_nulls(data)
+        with using_context(context):
+            if len(self.parts) == 1 and isinstance(self.parts[0], Expression):
+                return self._value(self.parts[0], data)
+            text = []
+            for part in self.parts:
+                if isinstance(part, Expression):
+                    value = self._value(part, data)
+                    text.append("" if value in (None, UNDEFINED) else _text(value))
+                else:
+                    text.append(part)
+            return "".join(text)
+
+    def _value(self, expression: Expression, data: Any) -> Any:
+        try:
+            return expression.evaluate(data)
+        except (SyncError, LinksNotLoaded):
+            raise
+        except (ExpressionRuntimeError, HelperError) as exc:
+            raise MappingError(f"template {self.source!r}: {exc}") from None
+        except Exception as exc:  # jsonata-python can fail in odd ways on odd input
+            raise MappingError(
+                f"template {self.source!r}: evaluation failed ({type(exc).__name__}: {exc})"
+            ) from None
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+class TemplateSyntaxError(ValueError):
+    """Unbalanced braces, or a placeholder whose expression does not parse."""
+
+    def __init__(self, message: str, position: int | None = None) -> None:
+        super().__init__(message)
+        self.position = position
+
+
+def compile_template(source: Any) -> Template:
+    """Split ``source`` into text and compiled expressions. ``{{`` and ``}}`` are literal
+    braces. Raises ``TemplateSyntaxError``."""
+    if not isinstance(source, str):
+        return Template(source)
+    parts: list[str | Expression] = []
+    text: list[str] = []
+    i = 0
+    while i < len(source):
+        char = source[i]
+        if char in "{}" and source[i : i + 2] in ("{{", "}}"):
+            text.append(char)
+            i += 2
+            continue
+        if char == "}":
+            raise TemplateSyntaxError(f"unmatched '}}' at character {i + 1}", i + 1)
+        if char != "{":
+            text.append(char)
+            i += 1
+            continue
+        end = _closing_brace(source, i)
+        if end is None:
+            raise TemplateSyntaxError(f"unclosed '{{' at character {i + 1}", i + 1)
+        if text:
+            parts.append("".join(text))
+            text = []
+        inner = source[i + 1 : end]
+        if not inner.strip():
+            raise TemplateSyntaxError(f"empty placeholder at character {i + 1}", i + 1)
+        try:
+            parts.append(compile_expression(inner))
+        except ValueError as exc:
+            raise TemplateSyntaxError(f"in placeholder {{{inner}}}: {exc}", i + 2) from None
+        i = end + 1
+    if text:
+        parts.append("".join(text))
+    return Template(source, tuple(parts))
+
+
+def _closing_brace(source: str, start: int) -> int | None:
+    depth = 0
+    quote: str | None = None
+    i = start
+    while i < len(source):
+        char = source[i]
+        if quote:
+            if char == "\\":
+                i += 1
+            elif char == quote:
+                quote = None
+        elif char in "\"'":
+            quote = char
+        elif char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return None
