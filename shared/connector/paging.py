@@ -126,10 +126,8 @@ def next_page(
         (body if pagination.get("in") == "body" else query)[pagination["param"]] = cursor
         return PageRequest(query, body, cursor=cursor, number=current.number + 1)
     if kind in ("page", "offset"):
-        if records_on_page < page_size(call) and (
-            pagination.get("sizeParam") or pagination.get("limitParam")
-        ):
-            return None  # a short page is the last one
+        # Only an empty page ends the walk: a server may cap the page size below what
+        # was asked, and a short page would then silently drop the rest.
         query = dict(current.query)
         step = 1 if kind == "page" else records_on_page
         query[pagination["param"]] = int(query.get(pagination["param"], 0)) + step

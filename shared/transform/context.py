@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from typing import Any, Protocol
@@ -77,7 +78,7 @@ class LookupTable:
         """Mapped value → first key mapping to it (for pull)."""
         out: dict[Any, str] = {}
         for key, value in self.values.items():
-            out.setdefault(_hashable(value), key)
+            out.setdefault(value_key(value), key)
         return out
 
     def overlaid(self, overrides: Mapping[str, Any]) -> LookupTable:
@@ -92,8 +93,16 @@ class LookupTable:
         return cls(name, dict(spec))
 
 
-def _hashable(value: Any) -> Any:
-    return value if isinstance(value, str | int | float | bool | type(None)) else repr(value)
+def value_key(value: Any) -> Any:
+    """A hashable key for a JSON value that keeps ``true`` apart from ``1`` and treats
+    ``1`` and ``1.0`` alike (reverse lookups compare mapped values)."""
+    if isinstance(value, bool) or value is None:
+        return ("literal", value)
+    if isinstance(value, int | float):
+        return ("number", float(value))
+    if isinstance(value, str):
+        return ("string", value)
+    return ("json", json.dumps(value, sort_keys=True, default=str))
 
 
 @dataclasses.dataclass

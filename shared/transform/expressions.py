@@ -141,7 +141,8 @@ def _reason(exc: jexception.JException) -> str:
 
 
 def _describe(exc: jexception.JException) -> str:
-    position = f" (at character {exc.location})" if isinstance(exc.location, int) else ""
+    located = isinstance(exc.location, int) and exc.location >= 0
+    position = f" (at character {exc.location})" if located else ""
     return f"{_reason(exc)}{position}"
 
 

@@ -27,7 +27,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from shared.errors import DependencyPending
-from shared.transform.context import current_context
+from shared.transform.context import current_context, value_key
 from shared.transform.expressions import UNDEFINED, from_python
 
 
@@ -68,8 +68,9 @@ def reverse_lookup(table: Any, value: Any, fallback: Any = _NO_FALLBACK) -> Any:
     if table not in context.lookups:
         raise HelperError(f"$reverseLookup: there is no lookup table {table!r}")
     reverse = context.reverse_table(table)
-    if value in reverse:
-        return reverse[value]
+    key = value_key(value)
+    if key in reverse:
+        return reverse[key]
     if fallback is not _NO_FALLBACK:
         return from_python(fallback)
     raise HelperError(f"$reverseLookup: no entry of lookup table {table!r} maps to {value!r}")
@@ -140,7 +141,7 @@ def _parse_instant(value: Any) -> datetime:
         return datetime.fromtimestamp(value / 1000, tz=UTC)
     if isinstance(value, str):
         text = value.strip()
-        if text.isdigit():
+        if text.isdigit() and len(text) >= 11:  # epoch milliseconds (HubSpot sends them)
             return datetime.fromtimestamp(int(text) / 1000, tz=UTC)
         try:
             if len(text) == 10:

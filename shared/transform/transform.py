@@ -17,6 +17,7 @@ for the caller to load links and evaluate again).
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -68,7 +69,7 @@ class Transform:
                 if not isinstance(value, dict):
                     raise MappingError(
                         f"transform {self.name} must produce an object, "
-                        f"it produced {type(value).__name__}",
+                        f"it produced {_json_type(value)}",
                         details={"transform": self.name},
                     )
                 return value if self.keep_nulls else without_nulls(value)
@@ -192,9 +193,23 @@ class Template:
             ) from None
 
 
+def _json_type(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "null" if value is None else type(value).__name__
+
+
 def _text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
