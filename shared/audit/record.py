@@ -63,3 +63,15 @@ class AuditSink(Protocol):
     async def write(self, record: AuditRecord) -> None:
         """Return once ``record`` is committed. Raises ``InfrastructureError``."""
         ...
+
+    async def settled_outcome(self, message_id: str, attempt: int) -> Outcome | None:
+        """The outcome recorded for this message attempt, or ``None``.
+
+        A consumer asks it for a redelivered message: a row means the earlier
+        delivery's outcome was already durable. Raises ``InfrastructureError``.
+        """
+        ...
+
+    async def final_outcome(self, message_id: str) -> Outcome | None:
+        """The final outcome (``FINAL_OUTCOMES``) of any attempt, or ``None``."""
+        ...

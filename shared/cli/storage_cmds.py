@@ -1,9 +1,323 @@
-"""Subcommands (filled in by their owners)."""
+"""``bss-sync db upgrade | apply FILE | orgs list | instances list/show | audit search``.
+
+The database comes from ``DATABASE_URL`` and ``DB_SCHEMA``. What a person can act
+on (an unreachable database, a database not upgraded yet, an invalid
+installation file) is reported in plain lines on stderr with exit code 1.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import re
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from shared.audit.record import OUTCOMES
+from shared.errors import ConfigurationError, InfrastructureError
+from shared.logging import redact
+from shared.storage.db import Database
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|w)$", re.IGNORECASE)
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+TABLE_CELL_WIDTH = 60
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this module's subcommands."""
+    """Add ``db``, ``apply``, ``orgs``, ``instances`` and ``audit``."""
+    db = sub.add_parser("db", help="database maintenance")
+    db_sub = db.add_subparsers(dest="db_command", metavar="COMMAND")
+    db_sub.add_parser("upgrade", help="apply pending migrations, create audit partitions ahead"
+                      ).set_defaults(func=cmd_db_upgrade)
+    db.set_defaults(func=_usage(db))
+
+    apply = sub.add_parser("apply", help="make the database match an installation file")
+    apply.add_argument("file", help="installation file (JSON or YAML)")
+    apply.add_argument("--dry-run", action="store_true", help="show the changes, write nothing")
+    apply.set_defaults(func=cmd_apply)
+
+    orgs = sub.add_parser("orgs", help="organizations")
+    orgs_sub = orgs.add_subparsers(dest="orgs_command", metavar="COMMAND")
+    orgs_sub.add_parser("list", help="list organizations").set_defaults(func=cmd_orgs_list)
+    orgs.set_defaults(func=_usage(orgs))
+
+    instances = sub.add_parser("instances", help="organizations' instances of connectors")
+    inst_sub = instances.add_subparsers(dest="instances_command", metavar="COMMAND")
+    listing = inst_sub.add_parser("list", help="list instances")
+    listing.add_argument("--org", help="only this organization's")
+    listing.set_defaults(func=cmd_instances_list)
+    show = inst_sub.add_parser("show", help="one instance: permissions, schedule, credentials "
+                                            "(as references)")
+    show.add_argument("id")
+    show.set_defaults(func=cmd_instances_show)
+    instances.set_defaults(func=_usage(instances))
+
+    audit = sub.add_parser("audit", help="the audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", metavar="COMMAND")
+    _add_search(audit_sub.add_parser("search", help="search audit rows, newest first"))
+    audit.set_defaults(func=_usage(audit))
+
+
+def _add_search(parser: argparse.ArgumentParser) -> None:
+    for flag, helptext in (("--org", "organization id"), ("--instance", "instance id"),
+                           ("--entity", "account, contact, …"), ("--record", "BSS record id"),
+                           ("--external-id", "third-party record id"), ("--run", "run id"),
+                           ("--message", "message id"), ("--service", "pusher, puller, …"),
+                           ("--action", "create, update, delete, …"),
+                           ("--error-class", "RemoteRejected, SchemaViolation, …"),
+                           ("--correlation", "correlation id"),
+                           ("--text", "substring of error message, error class or details")):
+        parser.add_argument(flag, help=helptext)
+    parser.add_argument("--direction", choices=("push", "pull"))
+    parser.add_argument("--http-status", type=int, help="remote HTTP status, e.g. 422")
+    parser.add_argument("--attempt", type=int, help="delivery attempt (0 is the first)")
+    parser.add_argument("--outcome", action="append",
+                        help=f"one of {', '.join(OUTCOMES)}; repeat or comma-separate")
+    parser.add_argument("--since", help="ISO date/time, or relative: 30m, 1h, 2d, 1w")
+    parser.add_argument("--until", help="ISO date/time, or relative: 30m, 1h, 2d, 1w")
+    parser.add_argument("--limit", type=int, default=50, help="rows at most (default 50)")
+    parser.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    parser.set_defaults(func=cmd_audit_search)
+
+
+def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    def show(_args: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return 2
+
+    return show
+
+
+def _error(message: str) -> int:
+    print(f"bss-sync: {redact(message)}", file=sys.stderr)
+    return 1
+
+
+def _with_database(work: Callable[[Database], Awaitable[int]]) -> int:
+    """Open the configured database, run ``work``, and turn known failures into one line."""
+    from shared.settings import get_settings
+
+    async def run() -> int:
+        async with Database.from_settings(get_settings(), min_size=1, max_size=4) as db:
+            return await work(db)
+
+    try:
+        return asyncio.run(run())
+    except InfrastructureError as exc:
+        return _error(str(exc))
+    except psycopg.errors.UndefinedTable:
+        return _error("the database has no bss-sync tables yet; run `bss-sync db upgrade`")
+    except ConfigurationError as exc:
+        problems = getattr(exc, "problems", None)
+        return _problems(problems, "nothing was applied") if problems else _error(str(exc))
+
+
+def cmd_db_upgrade(_args: argparse.Namespace) -> int:
+    from shared.storage.migrate import upgrade
+    from shared.storage.partitions import existing_partitions
+
+    async def work(db: Database) -> int:
+        applied = await upgrade(db)
+        print(f"applied migrations: {', '.join(applied)}" if applied
+              else "database is up to date")
+        partitions = sorted(p for p in await existing_partitions(db) if p[-1].isdigit())
+        print(f"audit partitions: {', '.join(partitions)}")
+        return 0
+
+    return _with_database(work)
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from shared.installation import ApplyReport, InstallationInvalid, load_installation
+    from shared.storage.config_sync import sync
+
+    try:  # the file first: its problems do not need a database
+        desired = load_installation(args.file)
+    except InstallationInvalid as exc:
+        return _problems(exc.problems, "nothing was applied")
+
+    async def work(db: Database) -> int:
+        changes = await sync(db, desired, dry_run=args.dry_run)
+        report = ApplyReport(args.file, changes, args.dry_run)
+        for line in report.lines():
+            print(("would be " if report.dry_run and report.changed else "") + line)
+        return 0
+
+    return _with_database(work)
+
+
+def _problems(problems: Sequence[Any], outcome: str) -> int:
+    for problem in problems:
+        print(redact(problem.format()), file=sys.stderr)
+    count = len(problems)
+    return _error(f"{count} problem{'s' if count != 1 else ''}; {outcome}")
+
+
+def cmd_orgs_list(_args: argparse.Namespace) -> int:
+    from shared.storage.organizations import OrganizationStore
+
+    async def work(db: Database) -> int:
+        store = OrganizationStore(db)
+        counts = await store.instance_counts()
+        rows = [[o.id, o.name, o.timezone, "yes" if o.active else "no",
+                 "{}/{}".format(*counts.get(o.id, (0, 0)))] for o in await store.list()]
+        print_table(["ID", "NAME", "TIMEZONE", "ACTIVE", "INSTANCES (ACTIVE/ALL)"], rows)
+        return 0
+
+    return _with_database(work)
+
+
+def cmd_instances_list(args: argparse.Namespace) -> int:
+    from shared.storage.instances import InstanceStore
+
+    async def work(db: Database) -> int:
+        instances = await InstanceStore(db).list(args.org)
+        rows = [[i.id, i.org_id, i.connector_id, i.name, "yes" if i.enabled else "no",
+                 i.server_url or "(connector's)"] for i in instances]
+        print_table(["ID", "ORG", "CONNECTOR", "NAME", "ACTIVE", "SERVER"], rows)
+        return 0
+
+    return _with_database(work)
+
+
+def cmd_instances_show(args: argparse.Namespace) -> int:
+    from shared.storage.instances import InstanceStore
+    from shared.storage.schedules import ScheduleStore
+
+    async def work(db: Database) -> int:
+        instance = await InstanceStore(db).get(args.id)
+        if instance is None:
+            return _error(f"no instance {args.id!r} (see `bss-sync instances list`)")
+        schedule = await ScheduleStore(db).effective(args.id)
+        for line in describe_instance(instance, schedule):
+            print(redact(line).rstrip())
+        return 0
+
+    return _with_database(work)
+
+
+def describe_instance(instance: Any, schedule: Any) -> list[str]:
+    """The lines of ``instances show``: credentials appear as their references only."""
+    state = "yes" if instance.enabled else "no" + ("" if instance.org_active else
+                                                   " (organization inactive)")
+    lines = [
+        f"instance     {instance.id}",
+        f"name         {instance.name}",
+        f"organization {instance.org_id}",
+        f"connector    {instance.connector_id} (sha256 {instance.connector_sha256[:12]})",
+        f"server       {instance.server_url or '(from the connector)'}",
+        f"active       {state}",
+    ]
+    if instance.deactivated_at:
+        lines.append(f"deactivated  {instance.deactivated_at.isoformat(timespec='seconds')}")
+    if schedule is not None:
+        lines.append(f"schedule     {schedule.cron} ({schedule.timezone}), from the "
+                     f"{schedule.scope} level{'' if schedule.enabled else ', disabled'}")
+    lines.append(f"variables    {json.dumps(instance.variables, sort_keys=True)}")
+    lines.append("credentials  " + ("(none)" if not instance.credentials else ""))
+    lines += [f"  {name:<12} {ref}" for name, ref in sorted(instance.credentials.items())]
+    lines.append("permissions  " + ("(none)" if not instance.permissions else ""))
+    for entity in sorted({p[0] for p in instance.permissions}):
+        parts = [f"{d}: {', '.join(instance.permitted_actions(entity, d))}"
+                 for d in ("push", "pull") if instance.permitted_actions(entity, d)]
+        lines.append(f"  {entity:<12} {'   '.join(parts)}")
+    lines.append(f"settings     {json.dumps(instance.settings, sort_keys=True)}")
+    lines.append(f"updated      {instance.updated_at.isoformat(timespec='seconds')}")
+    return lines
+
+
+def parse_when(text: str, now: datetime | None = None) -> datetime:
+    """An aware datetime from ISO (``2024-05-01``, ``2024-05-01T10:00``) or ``30m``/``2d``.
+
+    Naive times are UTC. Raises ``ValueError`` with a sentence saying what is accepted.
+    """
+    now = now or datetime.now(UTC)
+    match = _RELATIVE.match(text.strip())
+    if match:
+        amount, unit = float(match.group(1)), match.group(2).lower()
+        return now - timedelta(**{_UNITS[unit]: amount})
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is neither an ISO date/time nor a duration like "
+                         "30m, 1h, 2d or 1w") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def parse_outcomes(values: Sequence[str] | None) -> list[str]:
+    """Outcomes from repeated / comma-separated flags. Raises ``ValueError`` on an unknown one."""
+    outcomes = [v.strip().lower() for value in values or () for v in value.split(",") if v.strip()]
+    unknown = [o for o in outcomes if o not in OUTCOMES]
+    if unknown:
+        raise ValueError(f"unknown outcome {unknown[0]!r}; outcomes are {', '.join(OUTCOMES)}")
+    return outcomes
+
+
+def build_audit_query(args: argparse.Namespace) -> Any:
+    """The ``AuditQuery`` for the search flags. Raises ``ValueError`` on a bad flag value."""
+    from shared.audit.search import AuditQuery
+
+    if args.limit < 1:
+        raise ValueError("--limit must be at least 1")
+    return AuditQuery(
+        org=args.org, instance=args.instance, entity=args.entity, direction=args.direction,
+        outcome=parse_outcomes(args.outcome) or None, record=args.record,
+        external_id=args.external_id, run=args.run, message=args.message, service=args.service,
+        action=args.action, error_class=args.error_class, correlation=args.correlation,
+        http_status=args.http_status, attempt=args.attempt,
+        since=parse_when(args.since) if args.since else None,
+        until=parse_when(args.until) if args.until else None,
+        text=args.text, limit=args.limit,
+    )
+
+
+def cmd_audit_search(args: argparse.Namespace) -> int:
+    from shared.audit.search import search
+
+    try:
+        query = build_audit_query(args)
+    except ValueError as exc:
+        print(f"bss-sync: {exc}", file=sys.stderr)
+        return 2
+
+    async def work(db: Database) -> int:
+        rows = await search(db, query)
+        if args.json:
+            for row in rows:
+                print(json.dumps(row.to_json(), default=str, ensure_ascii=False))
+        else:
+            print_table(["AT", "SERVICE", "ORG", "INSTANCE", "ENTITY", "DIR", "ACTION", "RECORD",
+                         "EXTERNAL", "OUTCOME", "TRY", "HTTP", "ERROR"],
+                        [_audit_cells(row) for row in rows])
+        return 0
+
+    return _with_database(work)
+
+
+def _audit_cells(row: Any) -> list[str]:
+    error = " ".join(p for p in (row.error_class, row.error_message) if p)
+    return [row.at.isoformat(timespec="milliseconds").replace("+00:00", "Z"), row.service,
+            row.org_id, row.instance_id, row.entity, row.direction, row.action, row.record_id,
+            row.external_id, row.outcome, str(row.attempt),
+            "" if row.http_status is None else str(row.http_status), error]
+
+
+def print_table(headers: list[str], rows: list[list[Any]]) -> None:
+    """Columns aligned on the widest cell; long cells shortened; ``(none)`` when empty."""
+    if not rows:
+        print("(none)")
+        return
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    for row in [headers, *cells]:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _cell(value: Any) -> str:
+    text = "" if value is None else redact(str(value)).replace("\n", " ")
+    return text if len(text) <= TABLE_CELL_WIDTH else text[: TABLE_CELL_WIDTH - 1] + "…"

@@ -1,0 +1,299 @@
+"""The PostgreSQL audit sink, with group commit.
+
+Handlers call ``await writer.write(record)``; rows from concurrent handlers are
+gathered into one batch and stored with one ``COPY`` in one transaction. A batch
+closes when it holds ``batch_size`` rows, when its first row has waited
+``interval`` seconds, or when a turn of the event loop brings no new row; rows
+arriving while a commit runs wait for it and form the next batch. ``write``
+returns only after the transaction holding its row has committed, so a consumer
+may ack its message the moment ``write`` returns.
+
+A failed commit fails every waiter of that batch with
+:class:`~shared.errors.InfrastructureError` (their messages stay unacked and are
+redelivered). A batch refused for its *data* (a row PostgreSQL rejects) is
+retried row by row, so one bad row fails only its own writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+import structlog
+
+from shared.audit.record import FINAL_OUTCOMES, AuditRecord, Outcome
+from shared.errors import InfrastructureError
+from shared.logging import redact, redact_mapping
+from shared.storage.db import Database
+from shared.storage.partitions import DEFAULT_MONTHS_AHEAD, ensure_audit_partitions
+
+DEFAULT_BATCH_SIZE = 500
+DEFAULT_INTERVAL = 0.02
+#: Error messages longer than this are cut (remote error bodies can be huge).
+MAX_MESSAGE_CHARS = 4000
+#: How often a long-running writer makes sure next months' partitions exist.
+PARTITION_CHECK_SECONDS = 6 * 3600.0
+
+COLUMNS = (
+    "at", "category", "service", "org_id", "instance_id", "entity", "direction", "action",
+    "record_id", "external_id", "outcome", "attempt", "http_status", "error_class",
+    "error_message", "duration_ms", "run_id", "message_id", "correlation_id", "details",
+)
+_COPY_SQL = f"COPY audit_log ({', '.join(COLUMNS)}) FROM STDIN"
+_DIRECTIONS = frozenset({"push", "pull"})
+
+log = structlog.get_logger(__name__)
+
+Row = tuple[Any, ...]
+
+
+def _clean(text: str | None, limit: int | None = None) -> str | None:
+    """A string PostgreSQL accepts (no NUL), redacted and optionally shortened."""
+    if text is None:
+        return None
+    text = redact(str(text)).replace("\x00", "\ufffd")
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text
+
+
+def to_row(record: AuditRecord) -> Row:
+    """The ``COPY`` row for ``record``: redacted, NUL-free, validated.
+
+    Raises ``ValueError`` for a record PostgreSQL would refuse (unknown outcome
+    or direction, negative attempt, impossible HTTP status): a programming error
+    of the caller, reported to that caller alone.
+    """
+    outcome = Outcome(record.outcome)
+    if record.direction is not None and record.direction not in _DIRECTIONS:
+        raise ValueError(f"audit direction must be push or pull, not {record.direction!r}")
+    if record.attempt < 0:
+        raise ValueError("audit attempt must be >= 0")
+    if record.http_status is not None and not 100 <= record.http_status <= 599:
+        raise ValueError(f"audit http_status {record.http_status} is not an HTTP status")
+    if record.at.tzinfo is None:
+        raise ValueError("audit time must be timezone-aware")
+    details = json.dumps(redact_mapping(record.details or {}), default=str, ensure_ascii=False)
+    duration = None if record.duration_ms is None else max(0.0, float(record.duration_ms))
+    return (
+        record.at, record.category, _clean(record.service), _clean(record.org_id),
+        _clean(record.instance_id), _clean(record.entity), record.direction,
+        _clean(record.action), _clean(record.record_id), _clean(record.external_id),
+        outcome.value, record.attempt, record.http_status, _clean(record.error_class),
+        _clean(record.error_message, MAX_MESSAGE_CHARS), duration, _clean(record.run_id),
+        _clean(record.message_id), _clean(record.correlation_id),
+        details.replace("\\u0000", "\\ufffd"),
+    )
+
+
+class AuditWriter:
+    """Group-committing :class:`~shared.audit.record.AuditSink` over PostgreSQL.
+
+    ``await start()`` before the first ``write`` (it also creates the audit
+    partitions ahead); ``await close()`` flushes what is queued.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        interval: float = DEFAULT_INTERVAL,
+        *,
+        months_ahead: int = DEFAULT_MONTHS_AHEAD,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.db = db
+        self.batch_size = batch_size
+        self.interval = interval
+        self.months_ahead = months_ahead
+        self._pending: list[tuple[Row, asyncio.Future[None]]] = []
+        self._inflight: list[tuple[Row, asyncio.Future[None]]] = []
+        self._first_at = 0.0
+        self._has_rows = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._partitions_checked = 0.0
+        self.rows_written = 0
+        self.batches_written = 0
+
+    async def start(self) -> None:
+        """Create the audit partitions ahead and start the batching task.
+
+        Raises :class:`InfrastructureError` when PostgreSQL cannot be reached.
+        """
+        if self._task is not None:
+            return
+        await ensure_audit_partitions(self.db, self.months_ahead)
+        self._partitions_checked = time.monotonic()
+        self._closing = False
+        self._task = asyncio.create_task(self._run(), name="audit-writer")
+
+    async def close(self) -> None:
+        """Flush every queued row, then stop. Idempotent."""
+        if self._task is None:
+            return
+        self._closing = True
+        self._has_rows.set()
+        task, self._task = self._task, None
+        await task
+
+    async def __aenter__(self) -> AuditWriter:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def write(self, record: AuditRecord) -> None:
+        """Return once ``record`` is committed.
+
+        Raises :class:`InfrastructureError` when its batch could not be committed
+        or the writer is not running, ``ValueError`` for an invalid record.
+        """
+        row = to_row(record)
+        if self._task is None or self._task.done() or self._closing:
+            raise InfrastructureError("the audit writer is not running")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not self._pending:
+            self._first_at = time.monotonic()
+        self._pending.append((row, future))
+        self._has_rows.set()
+        await future
+
+    async def write_many(self, records: Sequence[AuditRecord]) -> None:
+        """Write several records; return once all are committed (same errors as ``write``)."""
+        await asyncio.gather(*(self.write(r) for r in records))
+
+    async def _run(self) -> None:
+        try:
+            await self._batches()
+        finally:  # whatever happens (cancelled, crashed), nobody waits forever
+            batch, self._pending, self._inflight = self._inflight + self._pending, [], []
+            _fail(batch, "the audit writer stopped", RuntimeError("audit writer stopped"))
+
+    async def _batches(self) -> None:
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._has_rows.clear()
+                await self._has_rows.wait()
+                continue
+            await self._wait_for_company()
+            batch = self._pending[: self.batch_size]
+            del self._pending[: self.batch_size]
+            if self._pending:
+                self._first_at = time.monotonic()
+            self._inflight = batch
+            await self._commit(batch)
+            self._inflight = []
+            await self._maybe_check_partitions()
+
+    async def _wait_for_company(self) -> None:
+        """Let the batch grow while rows keep arriving, up to ``interval`` or ``batch_size``.
+
+        A turn of the event loop without a new row closes the batch: under load
+        the rows that arrive while the previous commit runs form the next batch
+        (natural group commit), and a lone row is not held back for nothing.
+        """
+        while len(self._pending) < self.batch_size and not self._closing:
+            if time.monotonic() - self._first_at >= self.interval:
+                return
+            before = len(self._pending)
+            await asyncio.sleep(0)
+            if len(self._pending) == before:
+                return
+
+    async def _commit(self, batch: list[tuple[Row, asyncio.Future[None]]]) -> None:
+        rows = [row for row, _ in batch]
+        try:
+            await self._copy(rows)
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            log.warning("audit batch refused, writing row by row", error=redact(str(exc)))
+            await self._commit_one_by_one(batch)
+            return
+        except InfrastructureError as exc:
+            _fail(batch, str(exc), exc)
+            return
+        except Exception as exc:  # never leave a waiter hanging
+            _fail(batch, f"audit commit failed: {redact(str(exc))}", exc)
+            return
+        self.rows_written += len(rows)
+        self.batches_written += 1
+        for _, future in batch:
+            if not future.done():
+                future.set_result(None)
+
+    async def _commit_one_by_one(self, batch: list[tuple[Row, asyncio.Future[None]]]) -> None:
+        for row, future in batch:
+            try:
+                await self._copy([row])
+            except Exception as exc:
+                _fail([(row, future)], f"audit row refused: {redact(str(exc))}", exc)
+            else:
+                self.rows_written += 1
+                if not future.done():
+                    future.set_result(None)
+
+    async def _copy(self, rows: list[Row]) -> None:
+        async with self.db.transaction() as conn:
+            cur = conn.cursor()
+            async with cur.copy(_COPY_SQL) as copy:
+                for row in rows:
+                    await copy.write_row(row)
+
+    async def _maybe_check_partitions(self) -> None:
+        if time.monotonic() - self._partitions_checked < PARTITION_CHECK_SECONDS:
+            return
+        self._partitions_checked = time.monotonic()
+        try:
+            await ensure_audit_partitions(self.db, self.months_ahead)
+        except Exception as exc:  # the DEFAULT partition catches rows meanwhile
+            log.warning("audit partitions not checked", error=redact(str(exc)))
+
+    async def settled_outcome(self, message_id: str, attempt: int) -> Outcome | None:
+        """The outcome already recorded for this message attempt, or ``None``.
+
+        Lets a consumer recognise a redelivered message it already settled.
+        Raises :class:`InfrastructureError`.
+        """
+        return await settled_outcome(self.db, message_id, attempt)
+
+    async def final_outcome(self, message_id: str) -> Outcome | None:
+        """The last final outcome (see ``FINAL_OUTCOMES``) of any attempt, or ``None``."""
+        return await final_outcome(self.db, message_id)
+
+
+def _fail(batch: list[tuple[Row, asyncio.Future[None]]], message: str,
+          cause: BaseException) -> None:
+    """Fail every waiter of ``batch``, each with its own InfrastructureError."""
+    for _, future in batch:
+        if not future.done():
+            error = InfrastructureError(message)
+            error.__cause__ = cause
+            future.set_exception(error)
+
+
+async def settled_outcome(db: Database, message_id: str, attempt: int) -> Outcome | None:
+    """The latest outcome recorded for ``(message_id, attempt)``, or ``None``."""
+    value = await db.fetchval(
+        "SELECT outcome FROM audit_log WHERE message_id = %s AND attempt = %s"
+        " ORDER BY at DESC, id DESC LIMIT 1",
+        (message_id, attempt),
+    )
+    return None if value is None else Outcome(value)
+
+
+async def final_outcome(db: Database, message_id: str) -> Outcome | None:
+    """The latest final outcome recorded for ``message_id`` (any attempt), or ``None``."""
+    value = await db.fetchval(
+        "SELECT outcome FROM audit_log WHERE message_id = %s AND outcome = ANY(%s)"
+        " ORDER BY at DESC, id DESC LIMIT 1",
+        (message_id, [o.value for o in FINAL_OUTCOMES]),
+    )
+    return None if value is None else Outcome(value)

@@ -1,0 +1,260 @@
+"""Links: the pair (BSS id, external id) of one record in one instance, and its sync state.
+
+A link row is *claimed* (``claim`` = the message id, ``claimed_at``) by the
+delivery working on the record, before it creates anything remotely, with one
+``INSERT … ON CONFLICT`` statement: two deliveries of the same record can never
+both create it. A claim older than ``stale_after`` (its holder died) can be
+taken over. ``mark_linked`` / ``mark_deleted`` / ``release_claim`` clear it.
+
+States: ``creating`` (claimed or failed before the remote create succeeded),
+``linked`` (both ids known), ``deleted`` (deleted on the other side by us).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import psycopg
+
+from shared.errors import PermanentError
+from shared.storage.db import Database
+
+Key = Literal["bss_id", "external_id"]
+
+
+class LinkConflict(PermanentError):
+    """Linking would pair a record with one already linked to another record."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Link:
+    """One ``links`` row."""
+
+    id: int
+    instance_id: str
+    entity: str
+    bss_id: str | None
+    external_id: str | None
+    state: str
+    claim: str | None
+    claimed_at: datetime | None
+    push_hash: str | None
+    pull_hash: str | None
+    last_pushed_at: datetime | None
+    last_pulled_at: datetime | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Link:
+        return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Claim:
+    """The answer to a claim: whether we own the record now, and its link as it stands."""
+
+    owned: bool
+    link: Link
+    new: bool  # the row did not exist before this claim
+
+    @property
+    def linked(self) -> bool:
+        """The record already exists on the other side (update, don't create)."""
+        return self.link.state == "linked"
+
+
+def _seconds(value: float | timedelta) -> timedelta:
+    return value if isinstance(value, timedelta) else timedelta(seconds=value)
+
+
+def _claim_sql(key: Key) -> str:
+    return f"""
+INSERT INTO links AS l (instance_id, entity, {key}, state, claim, claimed_at)
+VALUES (%(instance_id)s, %(entity)s, %(key)s, 'creating', %(message_id)s, now())
+ON CONFLICT (instance_id, entity, {key}) DO UPDATE
+   SET claim = EXCLUDED.claim, claimed_at = now(), updated_at = now()
+ WHERE l.claim IS NULL OR l.claim = EXCLUDED.claim OR l.claimed_at < now() - %(stale)s
+RETURNING l.*, (l.xmax = 0) AS inserted
+"""
+
+
+class LinkStore:
+    """Reads and writes links. Every method raises ``InfrastructureError`` on DB failure."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def by_bss_id(self, instance_id: str, entity: str, bss_id: str) -> Link | None:
+        """The link of BSS record ``bss_id``, or ``None``."""
+        return await self._get(instance_id, entity, "bss_id", bss_id)
+
+    async def by_external_id(
+        self, instance_id: str, entity: str, external_id: str
+    ) -> Link | None:
+        """The link of external record ``external_id``, or ``None``."""
+        return await self._get(instance_id, entity, "external_id", external_id)
+
+    async def _get(self, instance_id: str, entity: str, key: Key, value: str) -> Link | None:
+        row = await self.db.fetchrow(
+            f"SELECT * FROM links WHERE instance_id = %s AND entity = %s AND {key} = %s",
+            (instance_id, entity, value),
+        )
+        return None if row is None else Link.from_row(row)
+
+    async def claim_for_create(
+        self, instance_id: str, entity: str, bss_id: str, message_id: str,
+        stale_after: float | timedelta,
+    ) -> Claim:
+        """Claim BSS record ``bss_id`` for message ``message_id`` (push side).
+
+        ``owned`` is true when the row was free, already ours (a redelivery), or
+        held by a claim older than ``stale_after`` seconds; false when another
+        delivery holds it (the caller raises ``RecordBusy`` and retries later).
+        """
+        return await self._claim("bss_id", instance_id, entity, bss_id, message_id, stale_after)
+
+    async def claim_external_for_create(
+        self, instance_id: str, entity: str, external_id: str, message_id: str,
+        stale_after: float | timedelta,
+    ) -> Claim:
+        """Same as :meth:`claim_for_create`, keyed by the external id (pull side)."""
+        return await self._claim("external_id", instance_id, entity, external_id, message_id,
+                                 stale_after)
+
+    async def _claim(self, key: Key, instance_id: str, entity: str, value: str,
+                     message_id: str, stale_after: float | timedelta) -> Claim:
+        params = {"instance_id": instance_id, "entity": entity, "key": value,
+                  "message_id": message_id, "stale": _seconds(stale_after)}
+        row = await self.db.fetchrow(_claim_sql(key), params)
+        if row is not None:
+            return Claim(owned=True, link=Link.from_row(row), new=bool(row["inserted"]))
+        current = await self._get(instance_id, entity, key, value)
+        if current is None:  # deleted between the two statements: try once more
+            return await self._claim(key, instance_id, entity, value, message_id, stale_after)
+        return Claim(owned=False, link=current, new=False)
+
+    async def release_claim(
+        self, instance_id: str, entity: str, message_id: str, *,
+        bss_id: str | None = None, external_id: str | None = None, error: str | None = None,
+    ) -> bool:
+        """Give back a claim held by ``message_id``, recording ``error`` (already redacted).
+
+        Returns whether a claim of ``message_id`` was released.
+        """
+        key, value = _key(bss_id, external_id)
+        count = await self.db.execute(
+            f"UPDATE links SET claim = NULL, claimed_at = NULL, last_error = %s, updated_at = now()"
+            f" WHERE instance_id = %s AND entity = %s AND {key} = %s AND claim = %s",
+            (error, instance_id, entity, value, message_id),
+        )
+        return count > 0
+
+    async def record_error(
+        self, instance_id: str, entity: str, error: str, *,
+        bss_id: str | None = None, external_id: str | None = None,
+    ) -> bool:
+        """Remember that the last sync of this record failed (``error`` already redacted)."""
+        key, value = _key(bss_id, external_id)
+        count = await self.db.execute(
+            f"UPDATE links SET last_error = %s, updated_at = now()"
+            f" WHERE instance_id = %s AND entity = %s AND {key} = %s",
+            (error, instance_id, entity, value),
+        )
+        return count > 0
+
+    async def mark_linked(
+        self, instance_id: str, entity: str, *, bss_id: str, external_id: str,
+        direction: Literal["push", "pull"], push_hash: str | None = None,
+        pull_hash: str | None = None,
+    ) -> Link:
+        """Store the pair, the hash of what was synced, clear claim and error; return the link.
+
+        The row is found by ``bss_id`` for a push and by ``external_id`` for a
+        pull (created if missing). A hash left ``None`` keeps its stored value.
+        Raises :class:`LinkConflict` when the other id is linked to another record.
+        """
+        key = "bss_id" if direction == "push" else "external_id"
+        other = "external_id" if direction == "push" else "bss_id"
+        stamp = "last_pushed_at" if direction == "push" else "last_pulled_at"
+        sql = f"""
+INSERT INTO links AS l (instance_id, entity, bss_id, external_id, state, push_hash, pull_hash,
+                        {stamp})
+VALUES (%(instance_id)s, %(entity)s, %(bss_id)s, %(external_id)s, 'linked', %(push_hash)s,
+        %(pull_hash)s, now())
+ON CONFLICT (instance_id, entity, {key}) DO UPDATE
+   SET {other} = EXCLUDED.{other}, state = 'linked', claim = NULL, claimed_at = NULL,
+       last_error = NULL, push_hash = coalesce(EXCLUDED.push_hash, l.push_hash),
+       pull_hash = coalesce(EXCLUDED.pull_hash, l.pull_hash), {stamp} = now(),
+       updated_at = now()
+RETURNING l.*"""
+        params = {"instance_id": instance_id, "entity": entity, "bss_id": bss_id,
+                  "external_id": external_id, "push_hash": push_hash, "pull_hash": pull_hash}
+        try:
+            row = await self.db.fetchrow(sql, params)
+        except psycopg.errors.UniqueViolation as exc:
+            raise LinkConflict(
+                f"cannot link {entity} {bss_id} to external id {external_id} in instance "
+                f"{instance_id}: one of them is already linked to another record"
+            ) from exc
+        assert row is not None
+        return Link.from_row(row)
+
+    async def mark_deleted(
+        self, instance_id: str, entity: str, *, direction: Literal["push", "pull"],
+        bss_id: str | None = None, external_id: str | None = None,
+    ) -> bool:
+        """Record that the record was deleted on the other side; clear claim, hashes, error."""
+        key, value = _key(bss_id, external_id)
+        stamp = "last_pushed_at" if direction == "push" else "last_pulled_at"
+        count = await self.db.execute(
+            f"UPDATE links SET state = 'deleted', claim = NULL, claimed_at = NULL,"
+            f" push_hash = NULL, pull_hash = NULL, last_error = NULL, {stamp} = now(),"
+            f" updated_at = now() WHERE instance_id = %s AND entity = %s AND {key} = %s",
+            (instance_id, entity, value),
+        )
+        return count > 0
+
+    async def external_ids(
+        self, instance_id: str, entity: str, bss_ids: Iterable[str]
+    ) -> dict[str, str]:
+        """``{bss_id: external_id}`` for those of ``bss_ids`` that are linked."""
+        rows = await self.db.fetch(
+            "SELECT bss_id, external_id FROM links WHERE instance_id = %s AND entity = %s"
+            " AND state = 'linked' AND bss_id = ANY(%s)",
+            (instance_id, entity, list(bss_ids)),
+        )
+        return {row["bss_id"]: row["external_id"] for row in rows}
+
+    async def bss_ids(
+        self, instance_id: str, entity: str, external_ids: Iterable[str]
+    ) -> dict[str, str]:
+        """``{external_id: bss_id}`` for those of ``external_ids`` that are linked."""
+        rows = await self.db.fetch(
+            "SELECT external_id, bss_id FROM links WHERE instance_id = %s AND entity = %s"
+            " AND state = 'linked' AND external_id = ANY(%s)",
+            (instance_id, entity, list(external_ids)),
+        )
+        return {row["external_id"]: row["bss_id"] for row in rows}
+
+    async def failed(
+        self, instance_id: str, entity: str | None = None, limit: int = 10_000
+    ) -> list[Link]:
+        """Links whose last sync failed (for the push phase of a run), oldest change first."""
+        sql = "SELECT * FROM links WHERE instance_id = %s AND last_error IS NOT NULL"
+        params: list[Any] = [instance_id]
+        if entity is not None:
+            sql += " AND entity = %s"
+            params.append(entity)
+        rows = await self.db.fetch(sql + " ORDER BY updated_at LIMIT %s", [*params, limit])
+        return [Link.from_row(row) for row in rows]
+
+
+def _key(bss_id: str | None, external_id: str | None) -> tuple[Key, str]:
+    if (bss_id is None) == (external_id is None):
+        raise ValueError("give exactly one of bss_id and external_id")
+    return ("bss_id", bss_id) if bss_id is not None else ("external_id", external_id)  # type: ignore[return-value]

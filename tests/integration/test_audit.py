@@ -1,0 +1,315 @@
+"""The audit writer (group commit) and audit search, also through the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from shared.audit.record import AuditRecord, Outcome
+from shared.audit.search import AuditQuery, search
+from shared.audit.writer import AuditWriter, final_outcome
+from shared.cli.main import main
+from shared.errors import InfrastructureError
+from shared.logging import register_secret
+from shared.storage.db import Database
+from shared.storage.partitions import existing_partitions
+from tests.fixtures.database import run_sync
+
+pytestmark = pytest.mark.integration
+
+
+def record(n: int = 0, **kw: Any) -> AuditRecord:
+    fields: dict[str, Any] = {"service": "pusher", "outcome": Outcome.CREATED, "org_id": "org-1",
+                              "instance_id": "inst-1", "entity": "account", "direction": "push",
+                              "action": "create", "record_id": f"A-{n}",
+                              "message_id": f"msg-{n}"}
+    fields.update(kw)
+    return AuditRecord(**fields)
+
+
+# --- group commit ------------------------------------------------------------------------------
+
+
+async def test_concurrent_writes_all_land_in_few_transactions(
+        db: Database, audit_writer: AuditWriter) -> None:
+    await asyncio.gather(*(audit_writer.write(record(n)) for n in range(2000)))
+    assert await db.fetchval("SELECT count(*) FROM audit_log") == 2000
+    assert await db.fetchval("SELECT count(DISTINCT record_id) FROM audit_log") == 2000
+    assert audit_writer.batches_written <= 10  # shared transactions, not one per row
+
+
+async def test_write_returns_only_after_the_row_is_committed(
+        db: Database, audit_writer: AuditWriter, database_url: str) -> None:
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as observer:
+
+        async def write_then_look(n: int) -> int:
+            await audit_writer.write(record(n))
+            cur = await observer.execute(
+                "SELECT count(*) FROM audit_log WHERE message_id = %s", (f"msg-{n}",))
+            row = await cur.fetchone()
+            assert row is not None
+            return int(row[0])
+
+        seen = [await write_then_look(0)]
+        seen += await asyncio.gather(*(write_then_look(n) for n in range(1, 100)))
+    assert seen == [1] * 100
+
+
+@pytest.fixture
+async def failing_inserts(db: Database) -> AsyncIterator[None]:
+    """Inserting a row with ``details.fail`` aborts its transaction (serialization failure)."""
+    await db.execute(
+        "CREATE FUNCTION fail_audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " RAISE EXCEPTION 'injected failure' USING ERRCODE = 'serialization_failure'; END $$")
+    await db.execute("CREATE TRIGGER fail_audit BEFORE INSERT ON audit_log"
+                     " FOR EACH ROW WHEN (NEW.details ? 'fail') EXECUTE FUNCTION fail_audit()")
+    try:
+        yield
+    finally:
+        await db.execute("DROP TRIGGER fail_audit ON audit_log")
+        await db.execute("DROP FUNCTION fail_audit()")
+
+
+async def test_a_failing_commit_fails_every_waiter_of_the_batch(
+        db: Database, failing_inserts: None) -> None:
+    writer = AuditWriter(db, interval=0.2)
+    await writer.start()
+    try:
+        innocent = [writer.write(record(n)) for n in range(49)]
+        poisoned = writer.write(record(99, details={"fail": True}))
+        results = await asyncio.gather(*innocent, poisoned, return_exceptions=True)
+        assert all(isinstance(r, InfrastructureError) for r in results), results
+        assert await db.fetchval("SELECT count(*) FROM audit_log") == 0
+        await writer.write(record(100))  # the writer keeps working afterwards
+        assert await db.fetchval("SELECT count(*) FROM audit_log") == 1
+    finally:
+        await writer.close()
+
+
+@pytest.fixture
+async def poison_rows(db: Database) -> AsyncIterator[None]:
+    """Rows whose details carry ``poison`` violate a (test-only) check."""
+    await db.execute(
+        "ALTER TABLE audit_log ADD CONSTRAINT no_poison CHECK (NOT details ? 'poison')")
+    try:
+        yield
+    finally:
+        await db.execute("ALTER TABLE audit_log DROP CONSTRAINT no_poison")
+
+
+async def test_a_row_refused_for_its_data_fails_only_its_writer(
+        db: Database, poison_rows: None) -> None:
+    writer = AuditWriter(db, interval=0.2)
+    await writer.start()
+    try:
+        good = [writer.write(record(n)) for n in range(20)]
+        bad = writer.write(record(99, details={"poison": 1}))
+        results = await asyncio.gather(*good, bad, return_exceptions=True)
+    finally:
+        await writer.close()
+    assert results[:20] == [None] * 20
+    assert isinstance(results[20], InfrastructureError)
+    assert await db.fetchval("SELECT count(*) FROM audit_log") == 20
+
+
+async def test_write_after_close_is_refused(db: Database) -> None:
+    writer = AuditWriter(db)
+    await writer.start()
+    await writer.close()
+    with pytest.raises(InfrastructureError, match="not running"):
+        await writer.write(record())
+
+
+async def test_close_flushes_what_is_queued(db: Database) -> None:
+    writer = AuditWriter(db, interval=5.0)
+    await writer.start()
+    pending = [asyncio.create_task(writer.write(record(n))) for n in range(10)]
+    await asyncio.sleep(0)
+    await writer.close()
+    await asyncio.gather(*pending)
+    assert await db.fetchval("SELECT count(*) FROM audit_log") == 10
+
+
+async def test_start_creates_partitions_ahead(db: Database) -> None:
+    await db.execute("DROP TABLE audit_log_" + datetime.now(UTC).strftime("%Y_%m"))
+    async with AuditWriter(db):
+        pass
+    assert "audit_log_" + datetime.now(UTC).strftime("%Y_%m") in await existing_partitions(db)
+
+
+async def test_settled_and_final_outcomes(db: Database, audit_writer: AuditWriter) -> None:
+    assert await audit_writer.settled_outcome("m", 0) is None
+    await audit_writer.write(record(outcome=Outcome.RETRYING, message_id="m", attempt=0))
+    await audit_writer.write(record(outcome=Outcome.DEAD, message_id="m", attempt=1))
+    assert await audit_writer.settled_outcome("m", 0) == Outcome.RETRYING
+    assert await audit_writer.settled_outcome("m", 1) == Outcome.DEAD
+    assert await audit_writer.settled_outcome("m", 2) is None
+    assert await audit_writer.final_outcome("m") == Outcome.DEAD
+    await audit_writer.write(record(outcome=Outcome.RETRYING, message_id="n"))
+    assert await final_outcome(db, "n") is None
+
+
+async def test_secrets_never_reach_audit_rows(db: Database, audit_writer: AuditWriter) -> None:
+    register_secret("tok-9f8e7d6c5b4a")
+    await audit_writer.write(record(
+        outcome=Outcome.FAILED, error_class="RemoteRejected",
+        error_message="401 for https://bob:pa55word@crm.example/api with token tok-9f8e7d6c5b4a",
+        details={"authorization": "Bearer abc", "echo": "tok-9f8e7d6c5b4a", "nul": "a\x00b"}))
+    row = await db.fetchrow("SELECT error_message, details::text AS details FROM audit_log")
+    assert row is not None
+    text = row["error_message"] + row["details"]
+    for secret in ("tok-9f8e7d6c5b4a", "pa55word", "Bearer abc"):
+        assert secret not in text
+    assert "***" in row["error_message"]
+
+
+# --- search ------------------------------------------------------------------------------------
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+SEED = [
+    # (key, minutes ago, overrides)
+    ("a1", 1, {"org_id": "org-1", "instance_id": "i-1", "entity": "account", "direction": "push",
+               "outcome": Outcome.CREATED, "record_id": "A-1", "external_id": "X-1",
+               "run_id": "run-1", "message_id": "m-a1"}),
+    ("a2", 5, {"org_id": "org-1", "instance_id": "i-1", "entity": "account", "direction": "push",
+               "outcome": Outcome.FAILED, "record_id": "A-2", "error_class": "RemoteRejected",
+               "error_message": "Company Name is REQUIRED", "http_status": 422,
+               "run_id": "run-1", "message_id": "m-a2"}),
+    ("c1", 30, {"org_id": "org-1", "instance_id": "i-2", "entity": "contact",
+                "direction": "pull", "outcome": Outcome.UPDATED, "record_id": "C-1",
+                "external_id": "X-9", "message_id": "m-c1", "details": {"note": "50% off"}}),
+    ("o1", 60 * 26, {"org_id": "org-2", "instance_id": "i-3", "entity": "order",
+                     "direction": "push", "outcome": Outcome.DEAD,
+                     "error_class": "SchemaViolation", "message_id": "m-o1"}),
+    ("o2", 60 * 24 * 10, {"org_id": "org-2", "instance_id": "i-3", "entity": "order",
+                          "direction": "push", "outcome": Outcome.RETRYING, "record_id": "O-2",
+                          "message_id": "m-o2", "details": {"reason": "Timeout talking"}}),
+]
+
+
+async def seed_audit(db: Database) -> None:
+    async with AuditWriter(db) as writer:
+        for _key, minutes, fields in SEED:
+            base = {"service": "puller" if fields["direction"] == "pull" else "pusher",
+                    "action": "create", "at": NOW - timedelta(minutes=minutes)}
+            await writer.write(AuditRecord(**{**base, **fields}))
+
+
+@pytest.fixture
+async def seeded(db: Database) -> Database:
+    await seed_audit(db)
+    return db
+
+
+def keys(message_ids: list[str | None]) -> list[str]:
+    return [str(m).removeprefix("m-") for m in message_ids]
+
+
+CASES = [
+    (AuditQuery(), ["a1", "a2", "c1", "o1", "o2"]),
+    (AuditQuery(org="org-2"), ["o1", "o2"]),
+    (AuditQuery(instance="i-1"), ["a1", "a2"]),
+    (AuditQuery(entity="contact"), ["c1"]),
+    (AuditQuery(direction="pull"), ["c1"]),
+    (AuditQuery(outcome="failed"), ["a2"]),
+    (AuditQuery(outcome=["dead", "retrying"]), ["o1", "o2"]),
+    (AuditQuery(record="A-2"), ["a2"]),
+    (AuditQuery(external_id="X-9"), ["c1"]),
+    (AuditQuery(run="run-1"), ["a1", "a2"]),
+    (AuditQuery(message="m-o1"), ["o1"]),
+    (AuditQuery(service="puller"), ["c1"]),
+    (AuditQuery(http_status=422), ["a2"]),
+    (AuditQuery(error_class="SchemaViolation"), ["o1"]),
+    (AuditQuery(action="create", attempt=0, org="org-2"), ["o1", "o2"]),
+    (AuditQuery(since=NOW - timedelta(hours=1)), ["a1", "a2", "c1"]),
+    (AuditQuery(until=NOW - timedelta(hours=1)), ["o1", "o2"]),
+    (AuditQuery(since=NOW - timedelta(days=2), until=NOW - timedelta(hours=1)), ["o1"]),
+    (AuditQuery(text="required"), ["a2"]),
+    (AuditQuery(text="schemaviolation"), ["o1"]),
+    (AuditQuery(text="timeout"), ["o2"]),
+    (AuditQuery(text="50%"), ["c1"]),
+    (AuditQuery(text="%"), ["c1"]),  # a wildcard is a literal character
+    (AuditQuery(org="org-1", entity="account", outcome="created"), ["a1"]),
+    (AuditQuery(limit=2), ["a1", "a2"]),
+    (AuditQuery(org="nobody"), []),
+]
+
+
+@pytest.mark.parametrize(("query", "expected"), CASES)
+async def test_search_filters_return_exactly_the_matching_rows(
+        seeded: Database, query: AuditQuery, expected: list[str]) -> None:
+    rows = await search(seeded, query)
+    assert keys([r.message_id for r in rows]) == expected  # newest first
+
+
+@pytest.fixture
+def cli_seeded(database_env: str) -> Iterator[None]:
+    async def go() -> None:
+        async with Database(database_env) as database:
+            await seed_audit(database)
+
+    run_sync(go())
+    yield
+
+
+CLI_CASES = [
+    ([], ["a1", "a2", "c1", "o1", "o2"]),
+    (["--org", "org-1", "--entity", "account"], ["a1", "a2"]),
+    (["--instance", "i-3"], ["o1", "o2"]),
+    (["--direction", "pull"], ["c1"]),
+    (["--outcome", "dead,retrying"], ["o1", "o2"]),
+    (["--outcome", "failed", "--outcome", "created"], ["a1", "a2"]),
+    (["--record", "O-2"], ["o2"]),
+    (["--external-id", "X-1"], ["a1"]),
+    (["--run", "run-1", "--limit", "1"], ["a1"]),
+    (["--since", "1h"], ["a1", "a2", "c1"]),
+    (["--since", "2d", "--until", "1h"], ["o1"]),
+    (["--until", (NOW - timedelta(days=5)).date().isoformat()], ["o2"]),
+    (["--text", "Company name"], ["a2"]),
+    (["--http-status", "422"], ["a2"]),
+    (["--error-class", "SchemaViolation"], ["o1"]),
+]
+
+
+@pytest.mark.parametrize(("flags", "expected"), CLI_CASES)
+def test_cli_audit_search_json(cli_seeded: None, capsys: pytest.CaptureFixture[str],
+                               flags: list[str], expected: list[str]) -> None:
+    assert main(["audit", "search", *flags, "--json"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert keys([r["message_id"] for r in rows]) == expected
+
+
+def test_cli_audit_search_table(cli_seeded: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["audit", "search", "--outcome", "failed"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:4] == ["AT", "SERVICE", "ORG", "INSTANCE"]
+    assert len(out) == 2 and "RemoteRejected Company Name is REQUIRED" in out[1]
+    assert out[1].index("failed") == out[0].index("OUTCOME")  # aligned columns
+
+
+def test_cli_audit_search_rejects_bad_flags(database_env: str,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["audit", "search", "--outcome", "exploded"]) == 2
+    assert "unknown outcome 'exploded'" in capsys.readouterr().err
+    assert main(["audit", "search", "--since", "yesterday"]) == 2
+    assert "neither an ISO date/time nor a duration" in capsys.readouterr().err
+
+
+async def test_a_cancelled_writer_fails_its_waiters_instead_of_hanging(db: Database) -> None:
+    writer = AuditWriter(db, interval=5.0)
+    await writer.start()
+    waiters = [asyncio.create_task(writer.write(record(n))) for n in range(5)]
+    await asyncio.sleep(0)
+    assert writer._task is not None
+    writer._task.cancel()
+    results = await asyncio.wait_for(asyncio.gather(*waiters, return_exceptions=True), 5)
+    assert all(r is None or isinstance(r, InfrastructureError) for r in results)
+    with pytest.raises(InfrastructureError, match="not running"):
+        await writer.write(record(9))
