@@ -1,0 +1,33 @@
+"""The third-party HTTP client (DESIGN §5 step 4), built from a connector document and
+an instance.
+
+Public surface::
+
+    ThirdPartyClient(document, InstanceEndpoint(...), db=None)   # one per process and instance
+        await client.send(plan) -> Response                       # raises shared.errors.*
+        await client.aclose()
+    InstanceEndpoint, Response, ClientOptions, RateLimit, Timeouts
+    TokenStore, PostgresTokenStore, MemoryTokenStore, Token
+
+Errors are those of :mod:`shared.errors` (``UnsafeRequest``, ``RemoteUnavailable``,
+``RateLimited``, ``RemoteConflict``, ``RemoteRejected``, ``AuthenticationFailed``,
+``RemoteProtocolError``, ``ConfigurationError``); every httpx exception is translated
+in :mod:`shared.http.outcome`.
+"""
+
+from shared.http.client import Response, ThirdPartyClient
+from shared.http.settings import ClientOptions, InstanceEndpoint, RateLimit, Timeouts
+from shared.http.tokens import MemoryTokenStore, PostgresTokenStore, Token, TokenStore
+
+__all__ = [
+    "ClientOptions",
+    "InstanceEndpoint",
+    "MemoryTokenStore",
+    "PostgresTokenStore",
+    "RateLimit",
+    "Response",
+    "ThirdPartyClient",
+    "Timeouts",
+    "Token",
+    "TokenStore",
+]

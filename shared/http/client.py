@@ -1,0 +1,358 @@
+"""The third-party HTTP client: one per (process, instance) (DESIGN §5 step 4).
+
+``await client.send(plan)`` sends a :class:`~shared.connector.request.RequestPlan`
+with the instance's credentials, within the instance's concurrency and rate limit,
+and returns a :class:`Response` for any status below 400 — or raises one error of
+``shared.errors`` that decides retry or dead-letter:
+
+* ``UnsafeRequest`` — the URL (or a redirect, or a next-page URL given by the caller)
+  leaves the instance's origin (scheme, host and port of its base URL);
+* ``RemoteUnavailable`` — timeout, connection failure, 5xx, 408/425;
+* ``RateLimited`` — 429 (or 503 with ``Retry-After``) not settled by one short inline
+  wait; ``retry_after`` carries the server's delay;
+* ``RemoteConflict`` — 409/423; ``RemoteRejected`` — other 4xx, with the status and a
+  redacted body snippet;
+* ``AuthenticationFailed`` — 401/403 (an OAuth2 token is refreshed once on a 401 first);
+* ``RemoteProtocolError`` — a body over the size limit, a non-JSON body where the
+  operation promises JSON, too many redirects;
+* ``ConfigurationError`` — no credentials fill the operation's security requirement.
+
+Redirects are followed here, not by httpx, and only within the instance's origin.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlencode, urljoin, urlsplit
+
+import httpx
+import structlog
+
+from shared.connector.document import ConnectorDocument
+from shared.connector.openapi import Operation, deref
+from shared.connector.request import RequestPlan, server_url
+from shared.credentials import resolve_credentials
+from shared.errors import ConfigurationError, RemoteProtocolError, UnsafeRequest
+from shared.http.auth import Applied, Authenticator
+from shared.http.outcome import TRANSLATED, parse_retry_after, snippet, status_error, translate
+from shared.http.ratelimit import Throttle
+from shared.http.settings import (
+    USER_AGENT,
+    ClientOptions,
+    InstanceEndpoint,
+    RateLimit,
+    Timeouts,
+)
+from shared.http.tokens import MemoryTokenStore, PostgresTokenStore, TokenCipher, TokenStore
+from shared.storage.db import Database
+from shared.transform import UNDEFINED
+
+log = structlog.get_logger(__name__)
+
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+Origin = tuple[str, str, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class Response:
+    """A third-party answer below 400.
+
+    ``body`` is the parsed JSON (``None`` for an empty body, or a non-JSON one the
+    operation does not promise as JSON); ``elapsed`` is seconds on the wire, redirects
+    included; ``url`` is the final URL (query string included: may hold an API key).
+    """
+
+    status: int
+    headers: httpx.Headers
+    body: Any
+    elapsed: float
+    url: str = dataclasses.field(repr=False)
+    content: bytes = dataclasses.field(repr=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Answer:
+    status: int
+    headers: httpx.Headers
+    content: bytes
+    url: str
+    elapsed: float
+
+
+def origin(url: str) -> Origin:
+    """``(scheme, host, port)`` of an absolute http(s) URL; raises ``UnsafeRequest``."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise UnsafeRequest(f"refused a URL that does not parse ({exc})") from exc
+    scheme = parsed.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parsed.host:
+        raise UnsafeRequest(f"refused {describe_url(url)}: only absolute http(s) URLs are sent")
+    return scheme, parsed.host.lower(), parsed.port or _DEFAULT_PORTS[scheme]
+
+
+def describe_url(url: str) -> str:
+    """Scheme, host and path of ``url`` — never its query string, which may hold a key."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+
+
+class ThirdPartyClient:
+    """Sends requests to one instance's server. Build one per instance and process,
+    share it between the tasks of the process, ``await aclose()`` at shutdown.
+
+    Construction resolves the instance's credential references and does no network
+    I/O. Raises ``ConfigurationError`` (no server URL, unreadable credential, bad rate
+    limit). ``db`` shares OAuth2 tokens with the other processes through PostgreSQL;
+    without it tokens are shared by this process's tasks only.
+    """
+
+    def __init__(
+        self,
+        document: ConnectorDocument,
+        endpoint: InstanceEndpoint,
+        *,
+        db: Database | None = None,
+        token_store: TokenStore | None = None,
+        options: ClientOptions | None = None,
+    ) -> None:
+        self.document = document
+        self.endpoint = endpoint
+        self.options = options or ClientOptions()
+        self.base_url = server_url(document, endpoint.variables, endpoint.server_url)
+        try:
+            self.origin = origin(self.base_url)
+        except UnsafeRequest as exc:
+            raise ConfigurationError(
+                f"instance {endpoint.id}: server URL {describe_url(self.base_url)} "
+                "is not an absolute http(s) URL"
+            ) from exc
+        self.timeouts = Timeouts.from_settings(document.settings)
+        self.rate_limit = RateLimit.from_settings(document.settings, endpoint.setting("rateLimit"))
+        self.throttle = Throttle(self.rate_limit)
+        credentials = resolve_credentials(endpoint.credentials)
+        if token_store is None:
+            token_store = (
+                PostgresTokenStore(db, endpoint.id, TokenCipher.derive(endpoint.id, credentials))
+                if db is not None
+                else MemoryTokenStore()
+            )
+        self._auth = Authenticator(
+            document, endpoint, self.base_url, credentials, token_store,
+            timeouts=self.timeouts, refresh_margin=self.options.refresh_margin,
+        )
+        concurrency = self.rate_limit.concurrency
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(
+                self.timeouts.read, connect=self.timeouts.connect, pool=self.timeouts.connect
+            ),
+            limits=httpx.Limits(
+                max_connections=concurrency, max_keepalive_connections=concurrency
+            ),
+            follow_redirects=False,
+            headers={"User-Agent": USER_AGENT},
+        )
+
+    def __repr__(self) -> str:
+        base = describe_url(self.base_url)
+        return f"ThirdPartyClient(instance={self.endpoint.id!r}, base_url={base!r})"
+
+    async def __aenter__(self) -> ThirdPartyClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the pooled connections (the token endpoint's too); idempotent."""
+        await self._http.aclose()
+        await self._auth.aclose()
+
+    async def send(self, plan: RequestPlan) -> Response:
+        """Send ``plan`` and classify the answer (see the module docstring for errors).
+
+        A 401 with a refreshable OAuth2 token refreshes it once and retries once; a
+        429/503 with ``Retry-After`` pauses the instance until then and, when that is
+        at most ``options.inline_retry_max`` seconds, waits and retries once.
+        """
+        plan = self._within_origin(plan)
+        applied = await self._auth.prepare(plan.operation)
+        refreshed = waited = False
+        while True:
+            answer = await self._exchange(plan, applied)
+            if answer.status == 401 and applied.refreshable and not refreshed:
+                log.info("http.token_refused", instance_id=self.endpoint.id,
+                         request=_request_name(plan))
+                refreshed = True
+                applied = await self._auth.prepare(plan.operation, stale=applied.bearer)
+                continue
+            retry_after = (
+                parse_retry_after(answer.headers.get("retry-after"))
+                if answer.status in (429, 503)
+                else None
+            )
+            if retry_after is not None:
+                self.throttle.pause_for(min(retry_after, self.options.max_pause))
+                if not waited and retry_after <= self.options.inline_retry_max:
+                    waited = True
+                    continue
+            return self._outcome(plan, answer, retry_after, refreshed)
+
+    # -- one exchange: limits, redirects, bounded body -------------------------------
+
+    async def _exchange(self, plan: RequestPlan, applied: Applied) -> _Answer:
+        request = _request_name(plan)
+        elapsed = 0.0
+        async with self.throttle.slot():
+            for _hop in range(self.options.max_redirects + 1):
+                await self.throttle.turn()
+                answer = await self._round_trip(self._auth.place(plan, applied), request)
+                elapsed += answer.elapsed
+                location = answer.headers.get("location")
+                if answer.status not in REDIRECT_STATUSES or not location:
+                    return dataclasses.replace(answer, elapsed=elapsed)
+                plan = self._redirected(plan, answer.status, location)
+        raise RemoteProtocolError(
+            f"{request} was redirected more than {self.options.max_redirects} times"
+        )
+
+    async def _round_trip(self, plan: RequestPlan, request: str) -> _Answer:
+        started = time.monotonic()
+        try:
+            outgoing = self._http.build_request(
+                plan.method, plan.url, headers=plan.headers, content=_encode(plan)
+            )
+            response = await self._http.send(outgoing, stream=True)
+            try:
+                content = await self._read_bounded(response, request)
+            finally:
+                await response.aclose()
+        except TRANSLATED as exc:
+            raise translate(exc, request) from exc
+        return _Answer(
+            response.status_code, response.headers, content, plan.url,
+            time.monotonic() - started,
+        )
+
+    async def _read_bounded(self, response: httpx.Response, request: str) -> bytes:
+        limit = self.options.max_response_bytes
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise _too_large(request, response.status_code, limit)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(request, response.status_code, limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _within_origin(self, plan: RequestPlan) -> RequestPlan:
+        """``plan`` with an absolute URL on the instance's origin; raises ``UnsafeRequest``."""
+        url = urljoin(self.base_url + "/", plan.url)
+        if origin(url) != self.origin:
+            raise UnsafeRequest(
+                f"{plan.method} {describe_url(url)} refused: it leaves the instance's server "
+                f"{describe_url(self.base_url)}",
+                details={"url": describe_url(url)},
+            )
+        return plan if url == plan.url else dataclasses.replace(plan, url=url)
+
+    def _redirected(self, plan: RequestPlan, status: int, location: str) -> RequestPlan:
+        """The request a redirect asks for (method rules as httpx and browsers)."""
+        target = self._within_origin(dataclasses.replace(plan, url=urljoin(plan.url, location)))
+        method = plan.method
+        if (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST"):
+            headers = {k: v for k, v in plan.headers.items() if k.lower() != "content-type"}
+            return dataclasses.replace(target, method="GET", body=UNDEFINED, headers=headers)
+        return target
+
+    # -- classification ---------------------------------------------------------------
+
+    def _outcome(
+        self, plan: RequestPlan, answer: _Answer, retry_after: float | None, refreshed: bool
+    ) -> Response:
+        request = _request_name(plan)
+        if answer.status >= 400:
+            raise status_error(
+                request, answer.status, answer.content,
+                retry_after=retry_after, after_refresh=refreshed and answer.status == 401,
+            )
+        body = self._parse(plan.operation, request, answer)
+        return Response(
+            answer.status, answer.headers, body, answer.elapsed, answer.url, answer.content
+        )
+
+    def _parse(self, operation: Operation, request: str, answer: _Answer) -> Any:
+        if not answer.content.strip():
+            return None
+        media = answer.headers.get("content-type", "")
+        if not (_is_json(media) or promises_json(self.document, operation, answer.status)):
+            return None
+        try:
+            return json.loads(answer.content)
+        except ValueError:
+            raise RemoteProtocolError(
+                f"{request} answered {answer.status} with a body that is not JSON "
+                f"({media or 'no Content-Type'}): {snippet(answer.content)}",
+                http_status=answer.status,
+            ) from None
+
+
+def promises_json(document: ConnectorDocument, operation: Operation, status: int) -> bool:
+    """Whether the operation documents a JSON body for ``status`` (its own entry, else
+    ``2XX``, else ``default``; a status it does not document: any 2xx entry)."""
+    responses = operation.raw.get("responses")
+    if not isinstance(responses, Mapping):
+        return False
+    for key in (str(status), f"{status // 100}XX", "default"):
+        if key in responses:
+            return _json_content(document, responses[key])
+    return 200 <= status < 300 and any(
+        _json_content(document, value)
+        for key, value in responses.items()
+        if str(key).startswith("2")
+    )
+
+
+def _json_content(document: ConnectorDocument, response: Any) -> bool:
+    response = deref(document.document, response)
+    content = response.get("content") if isinstance(response, dict) else None
+    return isinstance(content, Mapping) and any(_is_json(str(m)) for m in content)
+
+
+def _is_json(media: str) -> bool:
+    media = media.split(";")[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def _request_name(plan: RequestPlan) -> str:
+    return f"{plan.method} {urlsplit(plan.url).path or '/'}"
+
+
+def _encode(plan: RequestPlan) -> bytes | None:
+    if not plan.has_body:
+        return None
+    body = plan.body
+    if isinstance(body, bytes):
+        return body
+    media = next((v for k, v in plan.headers.items() if k.lower() == "content-type"), "")
+    if "x-www-form-urlencoded" in media.lower() and isinstance(body, Mapping):
+        return urlencode({k: v for k, v in body.items() if v is not None}, doseq=True).encode()
+    if isinstance(body, str) and not _is_json(media):
+        return body.encode()
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _too_large(request: str, status: int, limit: int) -> RemoteProtocolError:
+    return RemoteProtocolError(
+        f"{request} answered {status} with a body over the {limit}-byte limit",
+        http_status=status,
+    )
