@@ -1,0 +1,100 @@
+"""What a consumer receives and returns: decoders per kind of message, handler results.
+
+The runtime is the same for every service; only decoding differs. The pusher and
+the puller consume the sync envelope (:data:`SYNC_CODEC`); the dispatcher consumes
+BSS events with a codec of its own. A codec turns a body into an
+:class:`InboundMessage` — the payload plus what the runtime needs for logs, audit
+rows and dead-letter headers — or raises ``InvalidMessage``; it also writes the
+body of a retry copy (the envelope carries its attempt number).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, Protocol, TypeVar
+
+from shared.audit.record import Outcome
+from shared.messaging.envelope import SyncMessage, decode_sync_message, encode
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+@dataclasses.dataclass(slots=True)
+class InboundMessage(Generic[T]):
+    """A decoded message: ``payload`` plus the fields logs, audit rows and headers use."""
+
+    payload: T
+    message_id: str | None
+    attempt: int = 0
+    org_id: str | None = None
+    instance_id: str | None = None
+    entity: str | None = None
+    direction: str | None = None
+    action: str | None = None
+    record_id: str | None = None
+    external_id: str | None = None
+    run_id: str | None = None
+    correlation_id: str | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class HandlerResult:
+    """A handler's success: the outcome plus fields for the audit row.
+
+    A handler may also return a bare :class:`Outcome`. Failures are raised as
+    :class:`~shared.errors.SyncError` subclasses, never returned.
+    """
+
+    outcome: Outcome
+    action: str | None = None
+    external_id: str | None = None
+    http_status: int | None = None
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+Handler = Callable[[InboundMessage[Any]], Awaitable[HandlerResult | Outcome]]
+
+
+class Codec(Protocol[T]):
+    """Decodes one kind of message body."""
+
+    def decode(self, body: bytes, properties: Any) -> InboundMessage[T]:
+        """The message, or ``InvalidMessage`` with the reason."""
+        ...
+
+    def retry_body(self, message: InboundMessage[T], body: bytes, attempt: int) -> bytes:
+        """The body of the copy sent to a retry queue for ``attempt``."""
+        ...
+
+
+def header_attempt(properties: Any) -> int:
+    """The ``x-attempt`` header of a message (0 when absent or unreadable).
+
+    Codecs whose bodies do not carry the attempt (BSS events) read it here; the
+    runtime sets it on every retry copy.
+    """
+    headers = getattr(properties, "headers", None) or {}
+    try:
+        return max(0, int(headers.get("x-attempt", 0)))
+    except (TypeError, ValueError):
+        return 0
+
+
+class SyncCodec:
+    """The sync envelope of ``sync.push`` / ``sync.pull`` messages."""
+
+    def decode(self, body: bytes, properties: Any) -> InboundMessage[SyncMessage]:
+        """Raises ``InvalidMessage`` when ``body`` is not a valid envelope."""
+        m = decode_sync_message(body, properties)
+        return InboundMessage(m, m.id, m.attempt, m.org_id, m.instance_id, m.entity,
+                              m.direction, m.action, m.record_id, m.external_id, m.run_id,
+                              m.correlation_id)
+
+    def retry_body(self, message: InboundMessage[SyncMessage], body: bytes,
+                   attempt: int) -> bytes:
+        return encode(message.payload.with_attempt(attempt))
+
+
+SYNC_CODEC = SyncCodec()

@@ -1,0 +1,339 @@
+"""One delivery, start to finish: decode → de-duplicate → handle → decide → settle.
+
+Settling is one step, in this order, so that an acked message always has a durable
+outcome and an audit row never claims a copy the broker did not take:
+
+1. publish the retry copy (attempt + 1, same message id) or the dead copy, and
+   await the broker's confirm;
+2. write the audit row and await its commit;
+3. ack the original.
+
+If step 1 fails the message is nacked back to its queue after a short delay (the
+quorum queue's delivery limit dead-letters it if that keeps happening). If step 2
+fails (PostgreSQL down) the message is held unacked and the row retried with
+backoff: nothing is lost, nothing is republished, and the consumer slows down
+instead of crash-looping. A process that dies meanwhile leaves the message
+unacked, and the broker redelivers it.
+
+A redelivered message (or a retry copy, or a duplicate of a message in flight
+here) is first looked up in the audit log: a row for its ``(message id, attempt)``
+means an earlier delivery's outcome is already durable — it is acked and nothing
+else happens. A message published twice by its producer (same id, attempt 0, not
+flagged redelivered) is only recognised with ``always_deduplicate``, which costs
+one indexed query per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import pika
+import structlog
+
+from shared.audit.record import AuditRecord, AuditSink, Outcome
+from shared.errors import InfrastructureError, InvalidMessage
+from shared.messaging.codec import Codec, Handler, HandlerResult, InboundMessage, header_attempt
+from shared.messaging.connection import Backoff
+from shared.messaging.delivery import Delivery
+from shared.messaging.publisher import CONTENT_TYPE, Publisher
+from shared.messaging.settle import (
+    HANDLER_OUTCOMES,
+    Ack,
+    Dead,
+    Decision,
+    ErrorInfo,
+    MessageFacts,
+    Retry,
+    dead,
+    decide,
+    describe_error,
+)
+from shared.messaging.topology import WorkQueue
+
+log = structlog.get_logger("shared.messaging")
+T = TypeVar("T")
+_bind = structlog.contextvars.bind_contextvars
+DEFAULT_REQUEUE_DELAY = 1.0
+
+
+class MessageProcessor:
+    """Runs the pipeline of the module docstring for one service's deliveries."""
+
+    def __init__(
+        self,
+        queue: WorkQueue,
+        codec: Codec[Any],
+        handler: Handler,
+        audit: AuditSink,
+        publisher: Callable[[], Publisher | None],
+        *,
+        concurrency: int,
+        window: int,
+        requeue_delay: float = DEFAULT_REQUEUE_DELAY,
+        always_deduplicate: bool = False,
+    ) -> None:
+        self.queue = queue
+        self.codec = codec
+        self.handler = handler
+        self.audit = audit
+        self._publisher = publisher
+        self.concurrency = concurrency
+        # Without a limit below the prefetch window, every delivery may run its handler.
+        self._slots = HandlerSlots(concurrency) if concurrency < window else None
+        self.requeue_delay = requeue_delay
+        #: Look every message up in the audit log, not only the suspicious ones.
+        self.always_deduplicate = always_deduplicate
+        self._in_flight: dict[tuple[str, int], list[asyncio.Future[None]]] = {}
+        self.counts: dict[str, int] = dict.fromkeys(("ack", "retry", "dead", "duplicate",
+                                                     "requeued"), 0)
+
+    async def process(self, delivery: Delivery) -> None:
+        """Take ``delivery`` to a settled state (or leave it unacked for redelivery)."""
+        started = time.perf_counter()
+        try:
+            message = self.codec.decode(delivery.body, delivery.properties)
+        except Exception as exc:
+            await self._reject_undecodable(delivery, exc, started)
+            return
+        _bind(message_id=message.message_id, org_id=message.org_id,
+              instance_id=message.instance_id, entity=message.entity,
+              record_id=message.record_id or message.external_id, attempt=message.attempt)
+        key = (message.message_id, message.attempt) if message.message_id else None
+        if key is None:
+            await self._handle(delivery, message, started)
+            return
+        in_flight = self._in_flight
+        waited = key in in_flight and await self._wait_for_twin(key)
+        in_flight[key] = []  # claimed with no await since the twin left: one at a time
+        try:
+            if (waited or delivery.redelivered or message.attempt > 0
+                    or self.always_deduplicate) and await self._already_settled(key):
+                self.counts["duplicate"] += 1
+                delivery.ack()
+                return
+            await self._handle(delivery, message, started)
+        finally:
+            for waiter in in_flight.pop(key):
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    # ------------------------------------------------------------------ steps
+
+    async def _handle(self, delivery: Delivery, message: InboundMessage[Any],
+                      started: float) -> None:
+        result: HandlerResult | Outcome | Exception
+        slots = self._slots
+        if slots is not None:
+            await slots.acquire()
+        try:
+            result = await self.handler(message)
+        except Exception as exc:
+            result = exc
+        finally:
+            if slots is not None:
+                slots.release()
+        outcome = result.outcome if type(result) is HandlerResult else result
+        if isinstance(outcome, str) and outcome in HANDLER_OUTCOMES:  # the hot path
+            record = _audit_record(self.queue.service, message, outcome, result, started)
+            try:
+                await self.audit.write(record)
+            except Exception:
+                if not await self._write_audit(delivery, record):
+                    return
+            self.counts["ack"] += 1
+            delivery.ack()
+            return
+        facts = MessageFacts(message.attempt, delivery.exchange, delivery.routing_key,
+                             delivery.headers, message.org_id, message.instance_id,
+                             message.entity, message.record_id, message.external_id)
+        decision = decide(outcome, facts, self.queue, datetime.now(UTC))
+        _log_failure(decision, result)
+        await self._settle(delivery, message, decision, result, started)
+
+    async def _settle(self, delivery: Delivery, message: InboundMessage[Any],
+                      decision: Decision, result: Any, started: float) -> None:
+        if isinstance(decision, Retry):
+            body = self.codec.retry_body(message, delivery.body, decision.attempt)
+            if not await self._publish_copy(delivery, "", decision.queue.name, body,
+                                            decision.headers, message.message_id):
+                return
+        elif isinstance(decision, Dead) and not await self._publish_copy(
+                delivery, decision.exchange, decision.routing_key, delivery.body,
+                decision.headers, message.message_id):
+            return
+        record = _audit_record(self.queue.service, message, decision, result, started)
+        if await self._write_audit(delivery, record):
+            self.counts[_KIND[type(decision)]] += 1
+            delivery.ack()
+
+    async def _reject_undecodable(self, delivery: Delivery, exc: Exception,
+                                  started: float) -> None:
+        if not isinstance(exc, InvalidMessage):
+            log.error("the decoder failed (a bug); dead-lettering the message", exc_info=exc)
+            exc = InvalidMessage(f"undecodable ({type(exc).__name__}: {exc})")
+        props = delivery.properties
+        attempt = header_attempt(props)
+        message: InboundMessage[None] = InboundMessage(None, props.message_id, attempt)
+        _bind(message_id=props.message_id, org_id=None, instance_id=None, entity=None,
+              record_id=None, attempt=attempt)
+        facts = MessageFacts(attempt, delivery.exchange, delivery.routing_key, delivery.headers)
+        decision = dead(describe_error(exc), facts, self.queue, datetime.now(UTC))
+        log.warning("invalid message dead-lettered", reason=decision.error.message,
+                    routing_key=delivery.routing_key)
+        await self._settle(delivery, message, decision, exc, started)
+
+    async def _wait_for_twin(self, key: tuple[str, int]) -> bool:
+        """Wait while another delivery of the same message attempt is in flight here."""
+        waited = False
+        while key in self._in_flight:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._in_flight[key].append(waiter)
+            await waiter
+            waited = True
+        return waited
+
+    async def _already_settled(self, key: tuple[str, int]) -> bool:
+        outcome = await _until_durable(lambda: self.audit.settled_outcome(*key),
+                                       "look up the audit log")
+        if outcome is not None:
+            log.info("already settled by an earlier delivery; acking", outcome=str(outcome))
+        return outcome is not None
+
+    async def _publish_copy(self, delivery: Delivery, exchange: str, routing_key: str,
+                            body: bytes, headers: dict[str, Any], message_id: str | None) -> bool:
+        """Publish and confirm a retry/dead copy; False (message requeued or abandoned) if not."""
+        if not delivery.session.alive:
+            return False  # the connection is gone: the broker redelivers the message
+        publisher = self._publisher()
+        if publisher is None:
+            log.warning("no publisher to send the retry/dead copy; the message goes back")
+            await self._requeue_later(delivery)
+            return False
+        props = delivery.properties
+        copy = pika.BasicProperties(
+            content_type=props.content_type or CONTENT_TYPE, message_id=message_id,
+            correlation_id=props.correlation_id, headers=headers, timestamp=int(time.time()),
+        )
+        try:
+            await publisher.republish_nowait(exchange, routing_key, body, copy)
+        except InfrastructureError as exc:
+            log.warning("retry/dead copy not confirmed; the message goes back to its queue",
+                        error=str(exc))
+            await self._requeue_later(delivery)
+            return False
+        return True
+
+    async def _write_audit(self, delivery: Delivery, record: AuditRecord) -> bool:
+        """Write ``record``, retrying while PostgreSQL is down; False if it can never be."""
+        try:
+            await _until_durable(lambda: self.audit.write(record), "write the audit row")
+        except (ValueError, TypeError) as exc:
+            log.error("audit row refused (a bug); the message goes back to its queue",
+                      exc_info=exc)
+            await self._requeue_later(delivery)
+            return False
+        return True
+
+    async def _requeue_later(self, delivery: Delivery) -> None:
+        await asyncio.sleep(self.requeue_delay)
+        self.counts["requeued"] += 1
+        delivery.nack(requeue=True)
+
+
+_KIND = {Ack: "ack", Retry: "retry", Dead: "dead"}
+
+
+class HandlerSlots:
+    """A semaphore for the handler step, cheaper than ``asyncio.Semaphore`` when free."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> None:
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter  # release() handed its slot to us
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # the slot was ours already: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.free += 1
+
+
+async def _until_durable(call: Callable[[], Awaitable[T]], doing: str) -> T:
+    """``await call()``, retried with backoff while it raises ``InfrastructureError``."""
+    backoff = Backoff(base=0.2, cap=10.0)
+    while True:
+        try:
+            return await call()
+        except InfrastructureError as exc:
+            delay = backoff.next_delay()
+            if backoff.failures == 1 or backoff.failures % 10 == 0:
+                log.warning(f"cannot {doing}; holding the message and retrying",
+                            error=str(exc), retry_in=round(delay, 2), tries=backoff.failures)
+            await asyncio.sleep(delay)
+
+
+def _audit_record(service: str, message: InboundMessage[Any], decision: Decision | str,
+                  result: Any, started: float) -> AuditRecord:
+    """The audit row of a settled message; ``decision`` may be the success outcome."""
+    record = AuditRecord(
+        service, Outcome.DEAD, message.org_id, message.instance_id, message.entity,
+        message.direction, message.action, message.record_id, message.external_id,
+        message.attempt, duration_ms=(time.perf_counter() - started) * 1000.0,
+        run_id=message.run_id, message_id=message.message_id,
+        correlation_id=message.correlation_id,
+    )
+    if isinstance(decision, Ack | str):
+        record.outcome = Outcome(decision.outcome if isinstance(decision, Ack) else decision)
+        if type(result) is HandlerResult:
+            record.action = result.action or record.action
+            record.external_id = result.external_id or record.external_id
+            record.http_status = result.http_status
+            record.details = result.details
+        return record
+    _with_error(record, decision.error)
+    if isinstance(decision, Retry):
+        record.outcome = Outcome.RETRYING
+        record.details = {"retry_queue": decision.queue.name, "retry_in_s": decision.delay}
+    return record
+
+
+def _with_error(record: AuditRecord, error: ErrorInfo) -> None:
+    record.error_class = error.error_class
+    record.error_message = error.message
+    record.http_status = error.http_status
+
+
+def _log_failure(decision: Retry | Dead, result: Any) -> None:
+    error = decision.error
+    fields = {"error_class": error.error_class, "error": error.message,
+              "http_status": error.http_status}
+    if error.bug:
+        log.error("handler failed unexpectedly (a bug)",
+                  exc_info=result if isinstance(result, Exception) else None, **fields)
+    if isinstance(decision, Retry):
+        log.warning("retrying later", retry_queue=decision.queue.name, **fields)
+    else:
+        log.error("dead-lettered", **fields)

@@ -1,0 +1,142 @@
+"""The bootstrap of a consuming service: build every dependency, run, shut down cleanly.
+
+A service's ``__main__`` is one call::
+
+    sys.exit(main("pusher", SYNC_CODEC, make_handler))
+
+where ``make_handler(deps) -> handler`` receives :class:`RuntimeDeps` (settings,
+database, audit writer, and the live publisher the dispatcher publishes with).
+The runner declares the topology, opens the database and the audit writer —
+retrying with backoff while RabbitMQ or PostgreSQL are not up yet — installs the
+SIGTERM/SIGINT handlers, runs the consumer, and closes everything in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import structlog
+
+from shared.audit.writer import AuditWriter
+from shared.errors import ConfigurationError, InfrastructureError
+from shared.logging import configure_logging
+from shared.messaging.codec import Codec, Handler
+from shared.messaging.connection import Backoff
+from shared.messaging.consumer import Consumer, ConsumerConfig
+from shared.messaging.live_publisher import LivePublisher
+from shared.messaging.topology import WorkQueue, declare_topology
+from shared.settings import Settings, get_settings
+from shared.storage.db import Database
+
+log = structlog.get_logger("shared.messaging")
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RuntimeDeps:
+    """What a handler factory may use; all open while the consumer runs."""
+
+    settings: Settings
+    db: Database
+    audit: AuditWriter
+    publisher: LivePublisher
+    queue: WorkQueue
+
+
+HandlerFactory = Callable[[RuntimeDeps], Handler]
+
+
+async def run_consumer(
+    service: str | WorkQueue,
+    codec: Codec[Any],
+    handler_factory: HandlerFactory,
+    settings: Settings | None = None,
+    *,
+    burst_idle: float | None = None,
+    handle_signals: bool = True,
+    always_deduplicate: bool = False,
+) -> None:
+    """Run ``service``'s consumer until SIGTERM/SIGINT (or, with ``burst_idle``, an empty queue).
+
+    ``always_deduplicate`` looks every message up in the audit log before handling
+    it (one query each), so that a producer's duplicate publish is recognised too.
+    Raises :class:`~shared.errors.ConfigurationError` when the topology conflicts
+    with what RabbitMQ holds (an operator must act; retrying would not help).
+    """
+    settings = settings or get_settings()
+    queue = service if isinstance(service, WorkQueue) else WorkQueue(service,
+                                                                     settings.retry_delays)
+    stop = asyncio.Event()
+    consumer: Consumer | None = None
+
+    def on_signal() -> None:
+        stop.set()
+        if consumer is not None:
+            consumer.stop()
+
+    loop = asyncio.get_running_loop()
+    if handle_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+    try:
+        await _until_up(lambda: asyncio.to_thread(
+            declare_topology, settings.amqp_url, settings.retry_delays, settings.delivery_limit),
+            "declare the RabbitMQ topology", stop)
+        db = Database.from_settings(settings)
+        await _until_up(db.open, "open the database", stop)
+        audit = AuditWriter(db, settings.audit_batch_size, settings.audit_batch_interval)
+        try:
+            await _until_up(audit.start, "start the audit writer", stop)
+            publisher = LivePublisher()
+            handler = handler_factory(RuntimeDeps(settings, db, audit, publisher, queue))
+            config = ConsumerConfig.from_settings(settings, burst_idle=burst_idle,
+                                                  always_deduplicate=always_deduplicate)
+            consumer = Consumer(queue, codec, handler, audit, config, publisher=publisher)
+            if not stop.is_set():
+                await consumer.run()
+        finally:
+            await audit.close()
+            await db.close()
+    finally:
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+
+async def _until_up(start: Callable[[], Awaitable[T]], doing: str, stop: asyncio.Event) -> None:
+    """``await start()``, retried with backoff while infrastructure is down (until ``stop``)."""
+    backoff = Backoff(base=0.5, cap=15.0)
+    while not stop.is_set():
+        try:
+            await start()
+            return
+        except ConfigurationError:
+            raise
+        except InfrastructureError as exc:
+            delay = backoff.next_delay()
+            log.warning(f"cannot {doing} yet; retrying", error=str(exc), retry_in=round(delay, 1))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+
+
+def main(service: str, codec: Codec[Any], handler_factory: HandlerFactory,
+         *, burst_idle: float | None = None, always_deduplicate: bool = False) -> int:
+    """Entry point of a service process: configure logging, run, return the exit code.
+
+    0 after a graceful stop; 78 (EX_CONFIG) when the configuration or the
+    topology is wrong, with one log line saying why.
+    """
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format, service=service)
+    try:
+        asyncio.run(run_consumer(service, codec, handler_factory, settings,
+                                 burst_idle=burst_idle, always_deduplicate=always_deduplicate))
+    except ConfigurationError as exc:
+        log.error("cannot start", error=str(exc))
+        return 78
+    return 0

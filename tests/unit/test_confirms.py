@@ -1,0 +1,174 @@
+"""Confirm tracking and ack batching, driven by a stand-in for pika's channel.
+
+The broker side is exercised by tests/integration; here the bookkeeping is pinned:
+``multiple`` acks and nacks, returns, a channel that dies with confirms pending,
+and acks that never cover a delivery still being processed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pika
+import pytest
+from pika.spec import Basic
+
+from shared.errors import InfrastructureError
+from shared.messaging.delivery import ConsumeSession
+from shared.messaging.publisher import OutgoingMessage, Publisher, PublishNacked, Unroutable
+
+
+class FakeChannel:
+    """Records what the runtime sends; ``is_open`` until told otherwise."""
+
+    def __init__(self) -> None:
+        self.is_open = True
+        self.published: list[tuple[str, str, bytes, Any]] = []
+        self.acks: list[tuple[int, bool]] = []
+        self.nacks: list[tuple[int, bool]] = []
+
+    def basic_publish(self, exchange: str, routing_key: str, body: bytes, properties: Any,
+                      mandatory: bool = False) -> None:
+        assert mandatory
+        self.published.append((exchange, routing_key, body, properties))
+
+    def basic_ack(self, tag: int, multiple: bool = False) -> None:
+        self.acks.append((tag, multiple))
+
+    def basic_nack(self, tag: int, multiple: bool = False, requeue: bool = True) -> None:
+        self.nacks.append((tag, requeue))
+
+
+def confirm(publisher: Publisher, tag: int, *, multiple: bool = False, nack: bool = False) -> None:
+    method = Basic.Nack(tag, multiple) if nack else Basic.Ack(tag, multiple)
+    publisher._on_confirm(SimpleNamespace(method=method))
+
+
+def message(i: int) -> OutgoingMessage:
+    return OutgoingMessage("sync.push", f"k{i}", b"{}", f"m{i}")
+
+
+async def make_publisher() -> tuple[Publisher, FakeChannel, asyncio.Future[Any]]:
+    channel = FakeChannel()
+    closed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    return Publisher(channel, closed), channel, closed  # type: ignore[arg-type]
+
+
+async def test_messages_are_persistent_json_with_their_id() -> None:
+    publisher, channel, _ = await make_publisher()
+    publisher.publish_nowait(OutgoingMessage("sync.push", "k", b"{}", "m1", {"x-a": 1}, "c1"))
+    props = channel.published[0][3]
+    assert (props.delivery_mode, props.content_type, props.message_id, props.headers,
+            props.correlation_id) == (2, "application/json", "m1", {"x-a": 1}, "c1")
+
+
+async def test_single_and_multiple_acks_resolve_the_right_futures() -> None:
+    publisher, _, _ = await make_publisher()
+    futures = [publisher.publish_nowait(message(i)) for i in range(1, 7)]
+    confirm(publisher, 2)
+    assert [f.done() for f in futures] == [False, True, False, False, False, False]
+    confirm(publisher, 4, multiple=True)
+    assert [f.done() for f in futures] == [True, True, True, True, False, False]
+    confirm(publisher, 6)
+    confirm(publisher, 5)
+    assert all(f.done() and f.exception() is None for f in futures)
+    assert publisher.in_flight == 0 and not publisher._order
+
+
+async def test_nacks_fail_their_futures() -> None:
+    publisher, _, _ = await make_publisher()
+    futures = [publisher.publish_nowait(message(i)) for i in range(1, 4)]
+    confirm(publisher, 2, multiple=True, nack=True)
+    confirm(publisher, 3)
+    assert isinstance(futures[0].exception(), PublishNacked)
+    assert isinstance(futures[1].exception(), PublishNacked)
+    assert futures[2].exception() is None
+
+
+async def test_a_returned_message_fails_its_own_future_only() -> None:
+    publisher, _, _ = await make_publisher()
+    first = publisher.publish_nowait(message(1))
+    second = publisher.publish_nowait(OutgoingMessage("", "nowhere", b"{}", "m2"))
+    publisher._on_return(None, Basic.Return(312, "NO_ROUTE", "", "nowhere"),  # type: ignore[arg-type]
+                         pika.BasicProperties(message_id="m2"), b"{}")
+    confirm(publisher, 2, multiple=True)  # the broker acks a returned message too
+    assert first.exception() is None
+    with pytest.raises(Unroutable, match="nowhere"):
+        second.result()
+
+
+async def test_a_closed_channel_fails_pending_and_later_publishes() -> None:
+    publisher, channel, closed = await make_publisher()
+    pending = publisher.publish_nowait(message(1))
+    channel.is_open = False
+    closed.set_result(ConnectionError("connection reset"))
+    await asyncio.sleep(0)
+    with pytest.raises(InfrastructureError, match="before RabbitMQ confirmed"):
+        pending.result()
+    with pytest.raises(InfrastructureError):
+        publisher.publish_nowait(message(2))
+
+
+async def test_publish_many_keeps_a_window_and_reports_the_first_failure() -> None:
+    publisher, channel, _ = await make_publisher()
+
+    async def broker() -> None:
+        while len(channel.published) < 10 or publisher.in_flight:
+            await asyncio.sleep(0)
+            if publisher.in_flight:
+                confirm(publisher, len(channel.published), multiple=True,
+                        nack=len(channel.published) == 3)
+
+    task = asyncio.create_task(broker())
+    with pytest.raises(PublishNacked):
+        await publisher.publish_many([message(i) for i in range(10)], window=3)
+    await task
+    assert len(channel.published) == 10
+
+
+# ---------------------------------------------------------------------------- acks
+
+
+async def make_session() -> tuple[ConsumeSession, FakeChannel]:
+    channel = FakeChannel()
+    closed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    session = ConsumeSession(channel, closed)  # type: ignore[arg-type]
+    for tag in range(1, 7):
+        session.received(tag)
+    return session, channel
+
+
+async def test_acks_wait_for_the_turn_and_batch_the_contiguous_run() -> None:
+    session, channel = await make_session()
+    for tag in (1, 2, 3):
+        session.ack(tag)
+    assert channel.acks == []  # nothing until the end of this turn of the loop
+    await asyncio.sleep(0)
+    assert channel.acks == [(3, True)]
+
+
+async def test_a_delivery_still_in_progress_is_never_covered_by_a_multiple_ack() -> None:
+    session, channel = await make_session()
+    for tag in (1, 3, 4):
+        session.ack(tag)
+    session.flush()
+    assert channel.acks == [(1, True), (3, False), (4, False)]
+    session.nack(2, requeue=True)
+    session.ack(6)
+    session.flush()
+    assert channel.nacks == [(2, True)]
+    assert channel.acks[-1] == (6, False)
+    session.ack(5)
+    session.flush()
+    assert channel.acks[-1] == (5, True)  # 5 is the only one left unacked up to 5
+
+
+async def test_acks_on_a_dead_channel_are_dropped() -> None:
+    session, channel = await make_session()
+    session.closed.set_result(ConnectionError("gone"))
+    session.ack(1)
+    session.nack(2, requeue=True)
+    session.flush()
+    assert channel.acks == [] and channel.nacks == []

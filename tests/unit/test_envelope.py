@@ -1,0 +1,115 @@
+"""The sync envelope: decoding, the schema, and the fast check that must agree with it."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import random
+from typing import Any
+
+import pytest
+
+from shared.errors import InvalidMessage
+from shared.messaging.envelope import (
+    FAST_PATH_SCHEMA_SHA256,
+    SyncMessage,
+    conforms,
+    decode_sync_message,
+    encode,
+    schema_bytes,
+    validator,
+)
+
+VALID: dict[str, Any] = {
+    "id": "3f1e6a4c-1b2d-4c3e-9f00-0123456789ab", "direction": "push", "org_id": "org_1",
+    "instance_id": "prod-2", "entity": "invoice", "action": "update", "record_id": "inv-9",
+    "trigger": "schedule", "attempt": 0, "created_at": "2026-01-02T03:04:05.123+01:00",
+    "run_id": "run-1", "correlation_id": None, "redeliveries": 0,
+}
+PULL: dict[str, Any] = {
+    **{k: v for k, v in VALID.items() if k != "record_id"}, "direction": "pull",
+    "external_id": "ext-1", "record": {"name": "ACME"},
+}
+
+
+def test_the_fast_check_was_reviewed_against_this_schema() -> None:
+    """If this fails the schema changed: review ``conforms`` and update the hash."""
+    assert hashlib.sha256(schema_bytes()).hexdigest() == FAST_PATH_SCHEMA_SHA256
+
+
+def test_a_valid_message_round_trips() -> None:
+    message = decode_sync_message(json.dumps(VALID).encode())
+    assert message == SyncMessage(**VALID)
+    assert decode_sync_message(encode(message)) == message
+    assert message.with_attempt(3).attempt == 3 and message.attempt == 0
+
+
+def test_a_pull_message_carries_its_record() -> None:
+    message = decode_sync_message(json.dumps(PULL).encode())
+    assert message.external_id == "ext-1" and message.record == {"name": "ACME"}
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    (b"not json", "not JSON"),
+    (b"\xff\xfe", "not JSON"),
+    (b"[1, 2]", "is not of type 'object'"),
+    (json.dumps({**VALID, "org_id": "a b"}).encode(), "/org_id"),
+    (json.dumps({**VALID, "entity": "invoices"}).encode(), "/entity"),
+    (json.dumps({**VALID, "extra": 1}).encode(), "extra"),
+    (json.dumps({k: v for k, v in VALID.items() if k != "record_id"}).encode(), "record_id"),
+    (json.dumps({**VALID, "id": "not-a-uuid"}).encode(), "/id"),
+    (json.dumps({**VALID, "created_at": "yesterday"}).encode(), "/created_at"),
+    (json.dumps({**VALID, "attempt": -1}).encode(), "/attempt"),
+])
+def test_invalid_messages_say_why(body: bytes, reason: str) -> None:
+    with pytest.raises(InvalidMessage) as caught:
+        decode_sync_message(body)
+    assert reason in str(caught.value)
+
+
+def test_an_integral_float_attempt_is_an_integer() -> None:
+    assert decode_sync_message(json.dumps({**VALID, "attempt": 2.0}).encode()).attempt == 2
+
+
+# Mutations of valid messages: the fast check must never accept what jsonschema refuses,
+# and must accept the ordinary valid messages (or it is no fast path).
+_ODD_VALUES: list[Any] = [
+    None, True, False, 0, 1, -1, 2.0, 2.5, "", "x", "a b", "push", "pull", "account", "upsert",
+    "event", "x" * 129, "org\n", [], {}, {"a": 1}, "2026-02-30T00:00:00Z", "2026-01-01T00:00:00z",
+    "2026-01-01T00:00:00Z", "2026-01-01 00:00:00Z", "3F1E6A4C-1B2D-4C3E-9F00-0123456789AB",
+    "{3f1e6a4c-1b2d-4c3e-9f00-0123456789ab}", "3f1e6a4c1b2d4c3e9f000123456789ab",
+]
+
+
+def _mutations() -> list[dict[str, Any]]:
+    docs = []
+    for base, key in itertools.product((VALID, PULL), [*VALID, *PULL, "extra"]):
+        doc = copy.deepcopy(base)
+        doc.pop(key, None)
+        docs.append(doc)
+        for value in _ODD_VALUES:
+            docs.append({**copy.deepcopy(base), key: value})
+    rng = random.Random(7)
+    for _ in range(500):
+        doc = copy.deepcopy(rng.choice((VALID, PULL)))
+        for key in rng.sample(sorted({*VALID, *PULL}), 3):
+            doc[key] = rng.choice(_ODD_VALUES)
+        docs.append(doc)
+    return docs
+
+
+def test_the_fast_check_is_never_more_lenient_than_the_schema() -> None:
+    schema_ok = validator().is_valid
+    disagreements = [d for d in _mutations() if conforms(d) and not schema_ok(d)]
+    assert disagreements == []
+
+
+def test_the_fast_check_accepts_ordinary_valid_messages() -> None:
+    assert conforms(VALID) and conforms(PULL)
+    valid = [d for d in _mutations() if validator().is_valid(d)]
+    accepted = [d for d in valid if conforms(d)]
+    assert len(valid) > 100
+    # Only odd-but-legal spellings (braced UUIDs, lower-case 'z') take the slow path.
+    assert len(accepted) / len(valid) > 0.9

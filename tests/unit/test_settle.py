@@ -1,0 +1,155 @@
+"""The settle policy: ack, retry on the ladder, or dead-letter — pinned without a broker."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from shared.audit.record import Outcome
+from shared.errors import (
+    InvalidMessage,
+    RateLimited,
+    RemoteRejected,
+    RemoteUnavailable,
+    SchemaViolation,
+)
+from shared.logging import register_secret
+from shared.messaging.settle import (
+    MAX_ERROR_CHARS,
+    Ack,
+    Dead,
+    MessageFacts,
+    Retry,
+    decide,
+    describe_error,
+    retry_rung,
+)
+from shared.messaging.topology import WorkQueue
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+QUEUE = WorkQueue("pusher", (30, 120, 600, 3600))
+LADDER = QUEUE.retry_delays
+
+
+def facts(attempt: int = 0, **kw: object) -> MessageFacts:
+    base: dict[str, object] = dict(
+        attempt=attempt, exchange="sync.push", routing_key="account.update.org1.inst1",
+        headers={}, org_id="org1", instance_id="inst1", entity="account", record_id="42")
+    base.update(kw)
+    return MessageFacts(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("outcome", ["created", "updated", "deleted", "unchanged", "skipped"])
+def test_a_returned_outcome_is_acked(outcome: str) -> None:
+    assert decide(Outcome(outcome), facts(), QUEUE, NOW) == Ack(Outcome(outcome))
+
+
+@pytest.mark.parametrize("outcome", [Outcome.DEAD, Outcome.RETRYING, Outcome.FAILED, None, 3])
+def test_a_handler_returning_something_else_is_a_bug_retried(outcome: object) -> None:
+    decision = decide(outcome, facts(), QUEUE, NOW)  # type: ignore[arg-type]
+    assert isinstance(decision, Retry)
+    assert decision.error.bug and decision.error.error_class == "ValueError"
+
+
+@pytest.mark.parametrize(("attempt", "queue"), [
+    (0, "pusher.retry.30s"), (1, "pusher.retry.2m"), (2, "pusher.retry.10m"),
+    (3, "pusher.retry.1h")])
+def test_transient_errors_walk_the_ladder(attempt: int, queue: str) -> None:
+    decision = decide(RemoteUnavailable("timeout"), facts(attempt), QUEUE, NOW)
+    assert isinstance(decision, Retry)
+    assert decision.queue.name == queue
+    assert decision.attempt == attempt + 1
+    assert decision.headers["x-attempt"] == attempt + 1
+    assert decision.queue.work_queue == "pusher"
+
+
+def test_after_the_last_rung_a_transient_error_is_dead() -> None:
+    decision = decide(RemoteUnavailable("timeout", http_status=504), facts(4), QUEUE, NOW)
+    assert isinstance(decision, Dead)
+    assert decision.headers["x-attempts"] == 5  # a ladder of 4 allows 5 attempts
+    assert decision.headers["x-http-status"] == 504
+
+
+@pytest.mark.parametrize("error", [RemoteRejected("422", http_status=422),
+                                   SchemaViolation("bad"), InvalidMessage("not JSON")])
+def test_permanent_errors_are_dead_at_once(error: Exception) -> None:
+    decision = decide(error, facts(0), QUEUE, NOW)
+    assert isinstance(decision, Dead)
+    assert decision.headers["x-attempts"] == 1
+    assert decision.exchange == "sync.dead"
+    assert decision.routing_key == "pusher.account.update.org1.inst1"
+
+
+@pytest.mark.parametrize(("attempt", "retry_after", "rung"), [
+    (0, None, 0), (0, 10, 0), (0, 30, 0), (0, 31, 1), (0, 500, 2), (0, 7200, 3),
+    (2, 60, 2), (3, 60, 3), (4, 60, None), (5, None, None)])
+def test_retry_after_picks_the_first_rung_at_least_that_long(
+        attempt: int, retry_after: float | None, rung: int | None) -> None:
+    assert retry_rung(attempt, LADDER, retry_after) == rung
+
+
+def test_rate_limited_uses_its_retry_after() -> None:
+    decision = decide(RateLimited("429", retry_after=100, http_status=429), facts(0), QUEUE, NOW)
+    assert isinstance(decision, Retry)
+    assert decision.queue.name == "pusher.retry.2m"
+    assert decision.attempt == 1
+
+
+def test_an_unexpected_exception_is_a_bug_treated_as_transient() -> None:
+    decision = decide(KeyError("name"), facts(0), QUEUE, NOW)
+    assert isinstance(decision, Retry)
+    assert decision.error.bug
+    assert decision.headers["x-error-class"] == "KeyError"
+    assert "bug" in decision.headers["x-error"]
+    dead = decide(KeyError("name"), facts(4), QUEUE, NOW)
+    assert isinstance(dead, Dead)
+
+
+def test_dead_letter_headers_carry_everything_an_operator_and_redelivery_need() -> None:
+    decision = decide(RemoteRejected("422: name missing", http_status=422), facts(
+        2, headers={"x-first-failed-at": "2026-01-01T00:00:00+00:00", "x-attempt": 2,
+                    "x-original-routing-key": "account.update.org1.inst1",
+                    "x-original-exchange": "sync.push", "x-death": [{"count": 1}],
+                    "x-first-death-queue": "pusher.retry.2m"},
+        exchange="", routing_key="pusher"), QUEUE, NOW)
+    assert isinstance(decision, Dead)
+    assert decision.headers == {
+        "x-attempt": 2,
+        "x-error-class": "RemoteRejected",
+        "x-error": "422: name missing",
+        "x-http-status": 422,
+        "x-attempts": 3,
+        "x-first-failed-at": "2026-01-01T00:00:00+00:00",
+        "x-org-id": "org1",
+        "x-instance-id": "inst1",
+        "x-entity": "account",
+        "x-record-id": "42",
+        "x-original-exchange": "sync.push",
+        "x-original-routing-key": "account.update.org1.inst1",
+        "x-service": "pusher",
+    }
+    assert decision.routing_key == "pusher.account.update.org1.inst1"
+
+
+def test_the_first_failure_time_is_set_once() -> None:
+    decision = decide(RemoteUnavailable("x"), facts(0), QUEUE, NOW)
+    assert decision.headers["x-first-failed-at"] == NOW.isoformat()  # type: ignore[union-attr]
+    assert "x-http-status" not in decision.headers  # type: ignore[union-attr]
+
+
+def test_error_text_is_redacted_and_truncated() -> None:
+    register_secret("hunter2-secret-value")
+    info = describe_error(RemoteRejected("token hunter2-secret-value " + "x" * 5000))
+    assert "hunter2-secret-value" not in info.message
+    assert len(info.message) == MAX_ERROR_CHARS
+    assert not info.transient and not info.bug
+
+
+def test_pull_messages_carry_their_external_id() -> None:
+    decision = decide(SchemaViolation("bad"), facts(0, record_id=None, external_id="ext-9"),
+                      WorkQueue("puller"), NOW)
+    assert isinstance(decision, Dead)
+    assert decision.headers["x-external-id"] == "ext-9"
+    assert "x-record-id" not in decision.headers
+    assert decision.headers["x-service"] == "puller"
