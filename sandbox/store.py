@@ -1,0 +1,342 @@
+"""Records of the sandbox BSS in PostgreSQL, each write with its event in the outbox.
+
+Every write runs in one transaction that changes the record *and* inserts its
+entity-changed event into ``outbox`` (the transactional outbox: an event exists
+if and only if the change committed). ``updated_at`` comes from
+``clock_timestamp()``, so listing by (``updated_at``, ``id``) is stable. The stored
+JSON already carries the system fields, so reads hand PostgreSQL's text to the
+client as it is: one pooled query, no decoding.
+
+Errors: :class:`RecordNotFound`, :class:`PreconditionFailed`, :class:`InvalidRecord`,
+and :class:`~shared.errors.InfrastructureError` when PostgreSQL fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import tuple_row
+
+from sandbox.events import EventKind, entity_event, routing_key
+from sandbox.records import (
+    changed_fields,
+    encode_cursor,
+    etag,
+    if_match_allows,
+    merge_patch,
+    new_id,
+    writable_fields,
+)
+from sandbox.validation import FieldProblem, record_problems
+from shared.storage.db import Connection, Database
+
+_RFC3339 = """to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+
+_GET = ("SELECT data::text, version FROM records"
+        " WHERE org_id = %s AND entity = %s AND id = %s AND deleted_at IS NULL")
+_LIST = ("SELECT data::text, updated_at, id FROM records"
+         " WHERE org_id = %s AND entity = %s AND deleted_at IS NULL"
+         " AND updated_at >= %s AND (updated_at, id) > (%s, %s)"
+         " ORDER BY updated_at, id LIMIT %s")
+_LOCK = ("SELECT data, version FROM records"
+         " WHERE org_id = %s AND entity = %s AND id = %s AND deleted_at IS NULL FOR UPDATE")
+_INSERT = (
+    "INSERT INTO records (org_id, entity, id, version, created_at, updated_at, data)"
+    " SELECT %(org)s, %(entity)s, %(id)s, 1, t.ts, t.ts, %(data)s::jsonb || jsonb_build_object("
+    "'id', %(id)s::text, 'organizationId', %(org)s::text,"
+    f" 'createdAt', {_RFC3339.format('t.ts')}, 'updatedAt', {_RFC3339.format('t.ts')})"
+    " FROM (SELECT clock_timestamp() AS ts) AS t RETURNING data::text, version")
+_UPDATE = (
+    "UPDATE records SET version = version + 1, updated_at = t.ts,"
+    " data = %(data)s::jsonb || jsonb_build_object('id', id, 'organizationId', org_id,"
+    f" 'createdAt', data->'createdAt', 'updatedAt', {_RFC3339.format('t.ts')})"
+    " FROM (SELECT clock_timestamp() AS ts) AS t"
+    " WHERE org_id = %(org)s AND entity = %(entity)s AND id = %(id)s"
+    " RETURNING data::text, version")
+_DELETE = (
+    "UPDATE records SET version = version + 1, deleted_at = t.ts, updated_at = t.ts"
+    " FROM (SELECT clock_timestamp() AS ts) AS t"
+    " WHERE org_id = %s AND entity = %s AND id = %s"
+    f" RETURNING {_RFC3339.format('t.ts')}")
+_OUTBOX = "INSERT INTO outbox (routing_key, body) VALUES (%s, %s::jsonb)"
+_CLAIM_KEY = ("INSERT INTO idempotency_keys (org_id, entity, key, record_id)"
+              " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING record_id")
+_SAVE_KEY = ("UPDATE idempotency_keys SET response = %s::jsonb, version = %s"
+             " WHERE org_id = %s AND entity = %s AND key = %s")
+_READ_KEY = ("SELECT record_id, response::text, version FROM idempotency_keys"
+             " WHERE org_id = %s AND entity = %s AND key = %s")
+_BEGINNING = datetime.fromisoformat("0001-01-01T00:00:00+00:00")
+
+
+class RecordNotFound(Exception):
+    """No such record (never created, or deleted)."""
+
+
+class PreconditionFailed(Exception):
+    """``If-Match`` does not match the record's current ETag."""
+
+    def __init__(self, current_etag: str) -> None:
+        super().__init__(f"the record's current ETag is {current_etag}")
+        self.current_etag = current_etag
+
+
+class InvalidRecord(Exception):
+    """The record breaks its entity's schema; ``problems`` says everywhere how."""
+
+    def __init__(self, problems: list[FieldProblem]) -> None:
+        super().__init__(f"{len(problems)} problem(s) with the record")
+        self.problems = problems
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """A record as stored: its JSON text and version."""
+
+    id: str
+    text: str
+    version: int
+
+    @property
+    def etag(self) -> str:
+        return etag(self.version)
+
+    def data(self) -> dict[str, Any]:
+        return json.loads(self.text)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a listing: the records' JSON texts and the next page's cursor."""
+
+    items: list[str]
+    next_cursor: str | None
+
+    def to_json(self) -> str:
+        """The ``RecordPage`` body, assembled without re-encoding the records."""
+        return ('{"items":[' + ",".join(self.items) + '],"nextCursor":'
+                + json.dumps(self.next_cursor) + "}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Write:
+    """Who writes what: the target collection and the write's ``X-Sync-Origin``."""
+
+    org_id: str
+    entity: str
+    origin: str | None = None
+
+
+class RecordStore:
+    """The records of every organization and entity in one sandbox schema."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # ------------------------------------------------------------------ reads
+
+    async def get(self, org_id: str, entity: str, record_id: str) -> StoredRecord:
+        """The live record. Raises :class:`RecordNotFound`."""
+        async with self.db.connection() as conn:
+            cur = conn.cursor(row_factory=tuple_row)
+            await cur.execute(_GET, (org_id, entity, record_id))
+            row = await cur.fetchone()
+        if row is None:
+            raise RecordNotFound(record_id)
+        return StoredRecord(record_id, row[0], row[1])
+
+    async def list_changed(self, org_id: str, entity: str, *, since: datetime | None = None,
+                           after: tuple[datetime, str] | None = None, limit: int = 100) -> Page:
+        """Live records with ``updatedAt >= since``, after the cursor position ``after``,
+        ordered by (``updatedAt``, ``id``); at most ``limit``."""
+        since = since or _BEGINNING
+        position = after or (_BEGINNING, "")
+        async with self.db.connection() as conn:
+            cur = conn.cursor(row_factory=tuple_row)
+            await cur.execute(_LIST, (org_id, entity, since, *position, limit + 1))
+            rows = await cur.fetchall()
+        next_cursor = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            next_cursor = encode_cursor(rows[-1][1], rows[-1][2])
+        return Page([row[0] for row in rows], next_cursor)
+
+    async def sample(self, org_id: str, entity: str, limit: int = 1000) -> list[dict[str, Any]]:
+        """Up to ``limit`` live records of a collection, most recent first (for the seeder)."""
+        rows = await self.db.fetch(
+            "SELECT data FROM records WHERE org_id = %s AND entity = %s AND deleted_at IS NULL"
+            " ORDER BY updated_at DESC LIMIT %s", (org_id, entity, limit))
+        return [row["data"] for row in rows]
+
+    # ------------------------------------------------------------------ writes
+
+    async def create(self, write: Write, body: Mapping[str, Any], *,
+                     idempotency_key: str | None = None) -> StoredRecord:
+        """Store a new record; its ``created`` event goes to the outbox.
+
+        With ``idempotency_key``, a create already made with that key (same
+        organization and entity) answers the record it stored then, creating
+        nothing. Raises :class:`InvalidRecord`.
+        """
+        fields = _valid(write.entity, writable_fields(body))
+        record_id = new_id(write.entity)
+        async with self.db.transaction() as conn:
+            if idempotency_key is not None:
+                earlier = await _claim_key(conn, write, idempotency_key, record_id)
+                if earlier is not None:
+                    return earlier
+            stored = await _insert(conn, write, record_id, fields)
+            await _emit(conn, write, "created", stored.id, stored.data())
+            if idempotency_key is not None:
+                await conn.execute(_SAVE_KEY, (stored.text, stored.version, write.org_id,
+                                               write.entity, idempotency_key))
+        return stored
+
+    async def replace(self, write: Write, record_id: str, body: Mapping[str, Any], *,
+                      if_match: str | None = None) -> StoredRecord:
+        """Replace a record's writable fields by ``body`` (full replace).
+
+        Raises :class:`RecordNotFound`, :class:`PreconditionFailed`, :class:`InvalidRecord`
+        (also when ``body`` carries another record's ``id``).
+        """
+        if body.get("id") not in (None, record_id):
+            raise InvalidRecord([FieldProblem("/id", "must be the id in the path, or absent")])
+        fields = _valid(write.entity, writable_fields(body))
+        async with self.db.transaction() as conn:
+            current, _version = await _lock(conn, write, record_id, if_match)
+            return await _update(conn, write, record_id, current, fields)
+
+    async def patch(self, write: Write, record_id: str, patch: Mapping[str, Any], *,
+                    if_match: str | None = None) -> StoredRecord:
+        """Apply a JSON Merge Patch; the merged record must be valid.
+
+        Raises :class:`RecordNotFound`, :class:`PreconditionFailed`, :class:`InvalidRecord`.
+        """
+        if patch.get("id") not in (None, record_id):
+            raise InvalidRecord([FieldProblem("/id", "must be the id in the path, or absent")])
+        async with self.db.transaction() as conn:
+            current, _version = await _lock(conn, write, record_id, if_match)
+            fields = _valid(write.entity, merge_patch(writable_fields(current),
+                                                      writable_fields(patch)))
+            return await _update(conn, write, record_id, current, fields)
+
+    async def delete(self, write: Write, record_id: str, *, if_match: str | None = None) -> None:
+        """Soft-delete a record; its ``deleted`` event carries the last snapshot.
+
+        Raises :class:`RecordNotFound`, :class:`PreconditionFailed`.
+        """
+        async with self.db.transaction() as conn:
+            current, _version = await _lock(conn, write, record_id, if_match)
+            cur = conn.cursor(row_factory=tuple_row)
+            await cur.execute(_DELETE, (write.org_id, write.entity, record_id))
+            row = await cur.fetchone()
+            assert row is not None  # locked above
+            await _emit(conn, write, "deleted", record_id, current, occurred_at=row[0])
+
+
+# ---------------------------------------------------------------------- steps of a write
+
+
+def _valid(entity: str, fields: dict[str, Any]) -> dict[str, Any]:
+    problems = record_problems(entity, fields)
+    if problems:
+        raise InvalidRecord(problems)
+    return fields
+
+
+async def _lock(conn: Connection, write: Write, record_id: str,
+                if_match: str | None) -> tuple[dict[str, Any], int]:
+    cur = conn.cursor(row_factory=tuple_row)
+    await cur.execute(_LOCK, (write.org_id, write.entity, record_id))
+    row = await cur.fetchone()
+    if row is None:
+        raise RecordNotFound(record_id)
+    data, version = row
+    if not if_match_allows(if_match, version):
+        raise PreconditionFailed(etag(version))
+    return data, version
+
+
+async def _insert(conn: Connection, write: Write, record_id: str,
+                  fields: dict[str, Any]) -> StoredRecord:
+    cur = conn.cursor(row_factory=tuple_row)
+    params = {"org": write.org_id, "entity": write.entity, "id": record_id,
+              "data": _encode(fields)}
+    try:
+        await cur.execute(_INSERT, params)
+    except psycopg.DataError as exc:
+        raise _unstorable(exc) from exc
+    row = await cur.fetchone()
+    assert row is not None
+    return StoredRecord(record_id, row[0], row[1])
+
+
+async def _update(conn: Connection, write: Write, record_id: str, current: dict[str, Any],
+                  fields: dict[str, Any]) -> StoredRecord:
+    cur = conn.cursor(row_factory=tuple_row)
+    params = {"org": write.org_id, "entity": write.entity, "id": record_id,
+              "data": _encode(fields)}
+    try:
+        await cur.execute(_UPDATE, params)
+    except psycopg.DataError as exc:
+        raise _unstorable(exc) from exc
+    row = await cur.fetchone()
+    assert row is not None
+    stored = StoredRecord(record_id, row[0], row[1])
+    await _emit(conn, write, "updated", record_id, stored.data(),
+                changed=changed_fields(current, fields))
+    return stored
+
+
+async def _emit(conn: Connection, write: Write, kind: EventKind, record_id: str,
+                data: dict[str, Any], *, occurred_at: str | None = None,
+                changed: list[str] | None = None) -> None:
+    event = entity_event(entity=write.entity, event=kind, org_id=write.org_id,
+                         record_id=record_id, occurred_at=occurred_at or data["updatedAt"],
+                         origin=write.origin, data=data, changed=changed)
+    await conn.execute(_OUTBOX, (routing_key(write.entity, kind), json.dumps(event)))
+
+
+async def _claim_key(conn: Connection, write: Write, key: str,
+                     record_id: str) -> StoredRecord | None:
+    """Claim ``key`` for this create; the record created earlier with it, if any.
+
+    A concurrent create with the same key waits on the key's row until the first
+    one commits, then reads its answer.
+    """
+    cur = conn.cursor(row_factory=tuple_row)
+    await cur.execute(_CLAIM_KEY, (write.org_id, write.entity, key, record_id))
+    if await cur.fetchone() is not None:
+        return None
+    await cur.execute(_READ_KEY, (write.org_id, write.entity, key))
+    row = await cur.fetchone()
+    assert row is not None and row[1] is not None
+    return StoredRecord(row[0], row[1], row[2])
+
+
+def _unstorable(exc: psycopg.DataError) -> InvalidRecord:
+    """PostgreSQL refused a value (a NUL character in a string, say)."""
+    reason = (str(exc).strip().splitlines() or ["invalid value"])[0]
+    return InvalidRecord([FieldProblem("", f"PostgreSQL cannot store this record: {reason}")])
+
+
+def _encode(fields: dict[str, Any]) -> str:
+    try:
+        return json.dumps(fields, ensure_ascii=False, allow_nan=False)
+    except ValueError as exc:
+        raise InvalidRecord([FieldProblem("", "numbers must be finite")]) from exc
+
+
+__all__ = [
+    "InvalidRecord",
+    "Page",
+    "PreconditionFailed",
+    "RecordNotFound",
+    "RecordStore",
+    "StoredRecord",
+    "Write",
+]

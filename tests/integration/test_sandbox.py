@@ -1,0 +1,718 @@
+"""The sandbox BSS against real PostgreSQL and RabbitMQ, through real HTTP.
+
+Every response a test receives is checked against ``schemas/bss-api.openapi.json``
+(status declared for the operation, media type, body schema — and, for records,
+the entity's own schema) by :class:`Contract`, hooked into the HTTP client.
+Events are read from a queue bound to ``bss.events`` in the test's own vhost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import re
+import secrets
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from jsonschema import Draft202012Validator
+from kombu import Connection, Exchange, Queue
+
+from sandbox.server import SandboxServer, free_port
+from sandbox.settings import SandboxSettings
+from shared.messaging.management import AmqpUrl
+from shared.messaging.topology import EVENTS_EXCHANGE
+from shared.schemas import ENTITIES, load_schema, registry, schema_uri, validator
+from shared.storage.db import quote_ident
+from tests.fixtures.amqp import eventually
+
+pytestmark = pytest.mark.integration
+
+ORG = "acme-telecom"
+
+
+# ---------------------------------------------------------------------- the contract
+
+
+class Contract:
+    """Checks responses against the operations of ``bss-api.openapi.json``."""
+
+    def __init__(self) -> None:
+        self.doc = load_schema("bss-api.openapi")
+        self.base = schema_uri("bss-api.openapi")
+        self.checked: Counter[str] = Counter()
+        self._validators: dict[str, Draft202012Validator] = {}
+        self._paths = [(re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", t) + "$"), t)
+                       for t in self.doc["paths"]]
+
+    def operation(self, method: str, path: str) -> tuple[str, dict[str, Any], dict[str, str]]:
+        for pattern, template in self._paths:
+            match = pattern.match(path)
+            if match and method.lower() in self.doc["paths"][template]:
+                return template, self.doc["paths"][template][method.lower()], match.groupdict()
+        raise AssertionError(f"{method} {path} is not an operation of the contract")
+
+    def check(self, response: httpx.Response) -> None:
+        request = response.request
+        template, op, params = self.operation(request.method, request.url.path)
+        status = str(response.status_code)
+        responses = op["responses"]
+        assert status in responses or "default" in responses, \
+            f"{op['operationId']} does not declare status {status}: {response.text[:300]}"
+        key = status if status in responses else "default"
+        declared, pointer = self._resolve(
+            responses[key], f"/paths/{_escape(template)}/{request.method.lower()}/responses/{key}")
+        self.checked[f"{op['operationId']} {status}"] += 1
+        content = declared.get("content")
+        if not content:
+            assert not response.content, f"{op['operationId']} {status} must have no body"
+            return
+        media = response.headers.get("content-type", "").split(";")[0].strip()
+        assert media in content, f"{op['operationId']} {status}: {media!r} not in {list(content)}"
+        body = response.json()
+        self._validate(f"{pointer}/content/{_escape(media)}/schema", body)
+        schema_ref = content[media]["schema"].get("$ref", "")
+        entity = params.get("entity")
+        if entity in ENTITIES and schema_ref.endswith("/StoredRecord"):
+            _assert_valid(validator(f"entities/{entity}"), body)
+        if entity in ENTITIES and schema_ref.endswith("/RecordPage"):
+            for item in body["items"]:
+                _assert_valid(validator(f"entities/{entity}"), item)
+
+    def _resolve(self, node: dict[str, Any], pointer: str) -> tuple[dict[str, Any], str]:
+        while "$ref" in node:
+            pointer = node["$ref"].removeprefix("#")
+            node = self.doc
+            for token in pointer.strip("/").split("/"):
+                node = node[token.replace("~1", "/").replace("~0", "~")]
+        return node, pointer
+
+    def _validate(self, pointer: str, body: Any) -> None:
+        if pointer not in self._validators:
+            self._validators[pointer] = Draft202012Validator(
+                {"$ref": f"{self.base}#{pointer}"}, registry=registry(),
+                format_checker=Draft202012Validator.FORMAT_CHECKER)
+        _assert_valid(self._validators[pointer], body)
+
+
+def _escape(token: str) -> str:
+    return token.replace("~", "~0").replace("/", "~1")
+
+
+def _assert_valid(check: Draft202012Validator, body: Any) -> None:
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in
+              check.iter_errors(body)]
+    assert not errors, f"response breaks the contract: {errors[:5]}"
+
+
+@pytest.fixture(scope="module")
+def contract() -> Contract:
+    return Contract()
+
+
+# ---------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def sandbox_schema(database_url: str) -> Iterator[str]:
+    """A PostgreSQL schema of the test's own for the sandbox; dropped afterwards."""
+    schema = f"sandbox_t_{secrets.token_hex(4)}"
+    yield schema
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")
+
+
+def _settings(database_url: str, schema: str, amqp_url: str, **kw: Any) -> SandboxSettings:
+    return SandboxSettings(database_url=database_url, schema=schema, amqp_url=amqp_url,
+                           poll_interval=0.5, backoff_cap=1.0, **kw)
+
+
+@contextlib.asynccontextmanager
+async def _client(server: SandboxServer, contract: Contract,
+                  **kw: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async def check(response: httpx.Response) -> None:
+        await response.aread()
+        contract.check(response)
+
+    async with httpx.AsyncClient(base_url=server.url, timeout=10.0,
+                                 event_hooks={"response": [check]}, **kw) as client:
+        yield client
+
+
+@pytest.fixture
+async def api(database_url: str, sandbox_schema: str,
+              contract: Contract) -> AsyncIterator[httpx.AsyncClient]:
+    """A contract-checking client of a sandbox without relay (API only)."""
+    settings = _settings(database_url, sandbox_schema, "amqp://unused/", relay_enabled=False)
+    with SandboxServer(settings, mode="thread") as server:
+        async with _client(server, contract) as client:
+            yield client
+
+
+class EventTap:
+    """An exclusive queue bound to ``bss.events`` ``#``: every event the sandbox publishes."""
+
+    def __init__(self, amqp_url: str) -> None:
+        self._conn = Connection(amqp_url)
+        self._channel = self._conn.channel()
+        self.name = f"sandbox-test-{secrets.token_hex(3)}"
+        exchange = Exchange(EVENTS_EXCHANGE, type="topic", durable=True)
+        Queue(self.name, exchange, routing_key="#", exclusive=True)(self._channel).declare()
+        self.events: list[dict[str, Any]] = []
+        self.routing_keys: list[str] = []
+        self.message_ids: list[str | None] = []
+
+    def drain(self) -> int:
+        while (message := self._channel.basic_get(self.name, no_ack=True)) is not None:
+            self.events.append(json.loads(message.body))
+            self.routing_keys.append(message.delivery_info["routing_key"])
+            self.message_ids.append(message.properties.get("message_id"))
+        return len(self.events)
+
+    async def wait_for(self, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
+        await eventually(lambda: self.drain() >= count, timeout=timeout,
+                         what=f"{count} events on bss.events")
+        return self.events
+
+    def close(self) -> None:
+        self._conn.release()
+
+
+async def _pending_outbox(database_url: str, schema: str) -> int:
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        cur = await conn.execute(
+            f"SELECT count(*) FROM {quote_ident(schema)}.outbox WHERE published_at IS NULL")
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+
+# ---------------------------------------------------------------------- sample records
+
+
+def _valid_record(entity: str, n: int = 0) -> dict[str, Any]:
+    """A small valid body of ``entity`` (the sandbox does not enforce references)."""
+    return {
+        "account": {"name": f"Northwind {n}", "currency": "EUR", "status": "active",
+                    "addresses": [{"line1": "12 rue de la Paix", "city": "Paris",
+                                   "countryCode": "FR", "isBilling": True}]},
+        "contact": {"firstName": "Ada", "lastName": f"Lovelace {n}", "accountId": "acc_1",
+                    "email": "ada@example.com"},
+        "order": {"accountId": "acc_1", "currency": "EUR", "status": "draft",
+                  "lines": [{"quantity": 2, "unitPrice": 10, "total": 20}]},
+        "invoice": {"accountId": "acc_1", "number": f"INV-{n}", "currency": "EUR",
+                    "status": "issued", "issueDate": "2025-03-01"},
+        "product": {"name": f"Fibre {n}", "billingType": "recurring",
+                    "billingPeriod": "monthly", "unitPrice": 49.9},
+        "payment": {"accountId": "acc_1", "amount": 12.5, "currency": "EUR"},
+        "case": {"subject": f"Line down {n}", "priority": "high", "status": "open"},
+        "subscription": {"accountId": "acc_1", "productId": "prd_1", "quantity": 3},
+    }[entity]
+
+
+_CHANGE = {"account": {"status": "suspended"}, "contact": {"jobTitle": "CFO"},
+           "order": {"status": "confirmed"}, "invoice": {"status": "paid"},
+           "product": {"active": False}, "payment": {"status": "completed"},
+           "case": {"status": "resolved"}, "subscription": {"status": "active"}}
+
+
+# ---------------------------------------------------------------------- CRUD and contract
+
+
+@pytest.mark.parametrize("entity", ENTITIES)
+async def test_crud_of_every_entity_over_http(api: httpx.AsyncClient, entity: str) -> None:
+    base = f"/organizations/{ORG}/{entity}"
+    body = dict(_valid_record(entity), id="ignored", organizationId="other",
+                createdAt="2000-01-01T00:00:00Z")
+    created = await api.post(base, json=body)
+    assert created.status_code == 201 and created.headers["etag"] == '"1"'
+    record = created.json()
+    assert record["id"].startswith(record["id"].split("_")[0] + "_") and record["id"] != "ignored"
+    assert record["organizationId"] == ORG and record["createdAt"] == record["updatedAt"]
+    assert created.headers["location"] == f"{base}/{record['id']}"
+
+    fetched = await api.get(f"{base}/{record['id']}")
+    assert fetched.json() == record and fetched.headers["etag"] == '"1"'
+
+    replacement = {**_valid_record(entity, 1), **_CHANGE[entity], "description": "to clear"}
+    replaced = await api.put(f"{base}/{record['id']}", json=replacement)
+    assert replaced.status_code == 200 and replaced.headers["etag"] == '"2"'
+    after = replaced.json()
+    assert {k: after[k] for k in replacement} == replacement
+    assert after["createdAt"] == record["createdAt"] and after["updatedAt"] > record["updatedAt"]
+
+    patched = await api.patch(f"{base}/{record['id']}", json={"description": None, "tags": ["x"]},
+                              headers={"Content-Type": "application/merge-patch+json"})
+    assert patched.status_code == 200 and patched.headers["etag"] == '"3"'
+    assert "description" not in patched.json() and patched.json()["tags"] == ["x"]
+    assert {k: patched.json()[k] for k in _CHANGE[entity]} == _CHANGE[entity]
+
+    listed = (await api.get(base)).json()
+    assert [item["id"] for item in listed["items"]] == [record["id"]]
+
+    assert (await api.delete(f"{base}/{record['id']}")).status_code == 204
+    assert (await api.get(f"{base}/{record['id']}")).status_code == 404
+    assert (await api.delete(f"{base}/{record['id']}")).status_code == 404
+    assert (await api.put(f"{base}/{record['id']}", json=replacement)).status_code == 404
+    assert (await api.get(base)).json() == {"items": [], "nextCursor": None}
+
+
+async def test_health_and_request_errors_are_problems(api: httpx.AsyncClient) -> None:
+    assert (await api.get("/health")).json()["status"] == "ok"
+    base = f"/organizations/{ORG}/account"
+    cases = [
+        (api.get(f"/organizations/{ORG}/invoices"), 404),          # plural: not an entity
+        (api.get(f"{base}/acc_missing"), 404),
+        (api.get(base, params={"limit": "0"}), 400),
+        (api.get(base, params={"limit": "1001"}), 400),
+        (api.get(base, params={"updatedSince": "yesterday"}), 400),
+        (api.get(base, params={"updatedSince": "2025-03-01T23:00:00"}), 400),  # no offset
+        (api.get(base, params={"cursor": "bm9wZQ"}), 400),
+        (api.post(base, content=b"{not json"), 400),
+        (api.post(base, content=b""), 400),
+        (api.post(base, json={"name": "x"}, headers={"X-Sync-Origin": "bad origin!"}), 400),
+        (api.get("/organizations/bad%20org/account"), 400),
+        (api.put(base + "/acc_1", json=[1, 2]), 422),
+    ]
+    for request, status in cases:
+        response = await request
+        assert response.status_code == status, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["status"] == status
+
+
+async def test_validation_errors_are_422_with_every_pointer(api: httpx.AsyncClient) -> None:
+    response = await api.post(f"/organizations/{ORG}/account", json={
+        "name": "", "email": "not-an-email", "type": "alien", "bogus": 1,
+        "addresses": [{"countryCode": "fr", "floor": 3}], "numberOfEmployees": -1})
+    assert response.status_code == 422
+    pointers = {e["pointer"]: e["detail"] for e in response.json()["errors"]}
+    assert set(pointers) == {"/name", "/email", "/type", "/bogus", "/addresses/0/countryCode",
+                             "/addresses/0/floor", "/numberOfEmployees"}
+    assert all(detail for detail in pointers.values())
+
+    missing = await api.post(f"/organizations/{ORG}/payment", json={"amount": 0})
+    assert {e["pointer"] for e in missing.json()["errors"]} == {"/accountId", "/currency",
+                                                               "/amount"}
+    recurring = await api.post(f"/organizations/{ORG}/product",
+                               json={"name": "Plan", "billingType": "recurring"})
+    assert [e["pointer"] for e in recurring.json()["errors"]] == ["/billingPeriod"]
+
+    created = (await api.post(f"/organizations/{ORG}/account", json={"name": "Ok"})).json()
+    item = f"/organizations/{ORG}/account/{created['id']}"
+    bad_patch = await api.patch(item, json={"name": None, "currency": "euro"})
+    assert {e["pointer"] for e in bad_patch.json()["errors"]} == {"/name", "/currency"}
+    other_id = await api.put(item, json={"id": "acc_other", "name": "Ok"})
+    assert other_id.status_code == 422 and other_id.json()["errors"][0]["pointer"] == "/id"
+    assert (await api.get(item)).headers["etag"] == '"1"'  # nothing was written
+
+
+async def test_if_match_guards_every_write(api: httpx.AsyncClient) -> None:
+    created = (await api.post(f"/organizations/{ORG}/case", json={"subject": "Hi"})).json()
+    item = f"/organizations/{ORG}/case/{created['id']}"
+    assert (await api.put(item, json={"subject": "v2"}, headers={"If-Match": '"1"'})
+            ).headers["etag"] == '"2"'
+    stale = await api.put(item, json={"subject": "v3"}, headers={"If-Match": '"1"'})
+    assert stale.status_code == 412 and stale.headers["etag"] == '"2"'
+    assert (await api.patch(item, json={"status": "open"}, headers={"If-Match": '"1"'})
+            ).status_code == 412
+    assert (await api.delete(item, headers={"If-Match": '"7"'})).status_code == 412
+    assert (await api.get(item)).json()["subject"] == "v2"
+    assert (await api.patch(item, json={"status": "open"}, headers={"If-Match": 'W/"2", "9"'})
+            ).headers["etag"] == '"3"'
+    assert (await api.delete(item, headers={"If-Match": "*"})).status_code == 204
+
+
+async def test_idempotency_key_creates_once(api: httpx.AsyncClient, database_url: str,
+                                            sandbox_schema: str) -> None:
+    base = f"/organizations/{ORG}/contact"
+    body = {"lastName": "Hopper"}
+    answers = await asyncio.gather(*(
+        api.post(base, json=body, headers={"Idempotency-Key": "msg-42"}) for _ in range(6)))
+    assert {a.status_code for a in answers} == {201}
+    assert len({a.json()["id"] for a in answers}) == 1
+    assert len({a.text for a in answers}) == 1
+    other_entity = await api.post(f"/organizations/{ORG}/account", json={"name": "A"},
+                                  headers={"Idempotency-Key": "msg-42"})
+    assert other_entity.json()["id"] != answers[0].json()["id"]
+    assert len((await api.get(base)).json()["items"]) == 1
+    assert await _pending_outbox(database_url, sandbox_schema) == 2  # one event per record
+
+
+async def test_pagination_returns_each_changed_record_once_under_concurrent_writes(
+        api: httpx.AsyncClient) -> None:
+    base = f"/organizations/{ORG}/product"
+    before = [(await api.post(base, json=_valid_record("product", i))).json() for i in range(5)]
+    since = before[-1]["updatedAt"]  # inclusive: the last of these is listed, not the others
+    existing = [(await api.post(base, json=_valid_record("product", i))).json()["id"]
+                for i in range(60)]
+    writing = asyncio.create_task(_create_many(api, base, 40))
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        params = {"updatedSince": since, "limit": "7", **({"cursor": cursor} if cursor else {})}
+        page = (await api.get(base, params=params)).json()
+        stamps = [(i["updatedAt"], i["id"]) for i in page["items"]]
+        assert stamps == sorted(stamps)
+        seen += [item["id"] for item in page["items"]]
+        pages += 1
+        cursor = page["nextCursor"]
+        if cursor is None:
+            break
+        await asyncio.sleep(0.005)  # let the writer interleave
+    written = await writing
+    counts = Counter(seen)
+    assert all(counts[i] == 1 for i in existing), "a record was skipped or listed twice"
+    assert max(counts.values()) == 1
+    assert before[-1]["id"] in counts and not any(b["id"] in counts for b in before[:-1])
+    assert set(counts) <= {before[-1]["id"], *existing, *written}
+    assert pages >= 9
+
+
+async def _create_many(api: httpx.AsyncClient, base: str, count: int) -> list[str]:
+    ids = []
+    for i in range(count):
+        ids.append((await api.post(base, json=_valid_record("product", 100 + i))).json()["id"])
+        await asyncio.sleep(0.002)
+    return ids
+
+
+async def test_bearer_token_is_required_when_configured(database_url: str, sandbox_schema: str,
+                                                        contract: Contract) -> None:
+    settings = _settings(database_url, sandbox_schema, "amqp://unused/", relay_enabled=False,
+                         token="s3cret-token")
+    with SandboxServer(settings, mode="thread") as server:
+        async with _client(server, contract) as client:
+            assert (await client.get("/health")).status_code == 200
+            refused = await client.get(f"/organizations/{ORG}/account")
+            assert refused.status_code == 401 and "bearer" in refused.json()["detail"]
+            wrong = await client.post(f"/organizations/{ORG}/account", json={"name": "A"},
+                                      headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401
+            ok = await client.get(f"/organizations/{ORG}/account",
+                                  headers={"Authorization": "Bearer s3cret-token"})
+            assert ok.status_code == 200
+
+
+# ---------------------------------------------------------------------- events
+
+
+@pytest.fixture
+def tap(topology: Any) -> Iterator[EventTap]:
+    events = EventTap(topology.url)
+    yield events
+    events.close()
+
+
+async def test_writes_publish_events_with_their_origin(
+        database_url: str, sandbox_schema: str, topology: Any, tap: EventTap,
+        contract: Contract) -> None:
+    settings = _settings(database_url, sandbox_schema, topology.url)
+    with SandboxServer(settings, mode="thread") as server:
+        async with _client(server, contract) as api:
+            base = f"/organizations/{ORG}/account"
+            origin = {"X-Sync-Origin": "inst-1"}
+            record = (await api.post(base, json={"name": "A"}, headers=origin)).json()
+            item = f"{base}/{record['id']}"
+            updated = (await api.put(item, json={"name": "B", "status": "active"},
+                                     headers=origin)).json()
+            await api.patch(item, json={"status": "closed"})
+            last = (await api.get(item)).json()
+            await api.delete(item, headers=origin)
+            events = await tap.wait_for(4)
+    event_check = validator("bss-event")
+    for event in events:
+        _assert_valid(event_check, event)
+    assert tap.routing_keys == ["account.created", "account.updated", "account.updated",
+                                "account.deleted"]
+    assert [e["origin"] for e in events] == ["inst-1", "inst-1", None, "inst-1"]
+    assert {e["recordId"] for e in events} == {record["id"]}
+    assert {e["organizationId"] for e in events} == {ORG}
+    assert events[0]["data"] == record and events[0]["occurredAt"] == record["updatedAt"]
+    assert events[1]["data"] == updated and events[1]["changedFields"] == ["name", "status"]
+    assert events[2]["changedFields"] == ["status"]
+    assert events[3]["data"] == last and events[3]["occurredAt"] > last["updatedAt"]
+    assert tap.message_ids == [e["id"] for e in events] and len(set(tap.message_ids)) == 4
+    assert await _pending_outbox(database_url, sandbox_schema) == 0
+
+
+class TcpProxy:
+    """A TCP forwarder on its own thread; :meth:`stop` drops every connection like a crash."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._server: asyncio.base_events.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    def start(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(5)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(5)
+
+    def close(self) -> None:
+        self.stop()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    async def _start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def _stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers |= {writer, up_writer}
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer),
+                             return_exceptions=True)
+
+    def url(self, amqp_url: str) -> str:
+        parts = AmqpUrl.parse(amqp_url)
+        return dataclasses.replace(parts, host="127.0.0.1", port=self.port).with_vhost(
+            parts.vhost)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.transport.abort()
+
+
+async def test_changes_made_while_rabbitmq_is_unreachable_are_published_when_it_returns(
+        database_url: str, sandbox_schema: str, topology: Any, tap: EventTap,
+        contract: Contract) -> None:
+    broker = AmqpUrl.parse(topology.url)
+    proxy = TcpProxy(broker.host, broker.port)
+    proxy.start()
+    settings = _settings(database_url, sandbox_schema, proxy.url(topology.url))
+    try:
+        with SandboxServer(settings, mode="thread") as server:
+            async with _client(server, contract) as api:
+                base = f"/organizations/{ORG}/order"
+                first = (await api.post(base, json=_valid_record("order"))).json()
+                await tap.wait_for(1)
+                proxy.stop()  # the broker is gone: connections dropped, new ones refused
+                during = [(await api.post(base, json=_valid_record("order", i))).json()["id"]
+                          for i in range(25)]
+                await api.put(f"{base}/{first['id']}", json=_valid_record("order", 99))
+                await asyncio.sleep(1.5)  # the relay tries, fails, backs off
+                assert tap.drain() == 1
+                assert await _pending_outbox(database_url, sandbox_schema) == 26
+                health = (await api.get("/health")).json()
+                assert health["relay"] == "retrying"
+                proxy.start()
+                events = await tap.wait_for(27)
+                await asyncio.sleep(0.5)
+                assert tap.drain() == 27, "an event was published twice"
+    finally:
+        proxy.close()
+    assert [e["recordId"] for e in events[1:26]] == during
+    assert tap.routing_keys[26] == "order.updated" and events[26]["recordId"] == first["id"]
+    assert len({e["id"] for e in events}) == 27
+    assert await _pending_outbox(database_url, sandbox_schema) == 0
+
+
+async def test_changes_wait_in_the_outbox_until_the_vhost_exists(
+        database_url: str, sandbox_schema: str, rabbitmq: Any, contract: Contract) -> None:
+    vhost = f"sandbox-late-{secrets.token_hex(3)}"
+    late_url = rabbitmq.url_for(vhost)
+    settings = _settings(database_url, sandbox_schema, late_url)
+    management = rabbitmq.management(vhost)
+    try:
+        with SandboxServer(settings, mode="thread") as server:
+            async with _client(server, contract) as api:
+                ids = [(await api.post(f"/organizations/{ORG}/case",
+                                       json=_valid_record("case", i))).json()["id"]
+                       for i in range(3)]
+                await asyncio.sleep(1.0)
+                assert await _pending_outbox(database_url, sandbox_schema) == 3
+                management.create_vhost(vhost)
+                tap = EventTap(late_url)
+                try:
+                    events = await tap.wait_for(3)
+                finally:
+                    tap.close()
+    finally:
+        management.delete_vhost(vhost)
+        management.close()
+    assert [e["recordId"] for e in events] == ids
+    assert await _pending_outbox(database_url, sandbox_schema) == 0
+
+
+# ---------------------------------------------------------------------- seed
+
+
+def _seed(database_url: str, schema: str, org: str, count: int, *extra: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "sandbox", "seed", "--org", org, "--count", str(count),
+         "--schema", schema, "--database-url", database_url, *extra],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+async def test_seed_creates_valid_connected_records_and_their_events(
+        database_url: str, sandbox_schema: str, topology: Any, tap: EventTap,
+        contract: Contract) -> None:
+    count = 4
+    output = _seed(database_url, sandbox_schema, ORG, count, "--seed", "7")
+    assert "created 4 product, 4 account" in output
+    settings = _settings(database_url, sandbox_schema, topology.url)
+    # Real processes, as in the demo; two workers, of which only one may relay.
+    with SandboxServer(settings, workers=2) as server:
+        async with _client(server, contract) as api:
+            records = {e: (await api.get(f"/organizations/{ORG}/{e}")).json()["items"]
+                       for e in ENTITIES}
+            events = await tap.wait_for(count * len(ENTITIES))
+            await asyncio.sleep(1.0)
+            assert tap.drain() == count * len(ENTITIES), "an event was published twice"
+    assert {e: len(items) for e, items in records.items()} == dict.fromkeys(ENTITIES, count)
+    assert Counter(tap.routing_keys) == {f"{e}.created": count for e in ENTITIES}
+    assert {e["origin"] for e in events} == {None}
+    _assert_references(records)
+
+
+def _assert_references(records: dict[str, list[dict[str, Any]]]) -> None:
+    ids = {entity: {r["id"] for r in items} for entity, items in records.items()}
+    assert all(c["accountId"] in ids["account"] for c in records["contact"])
+    for document in records["order"] + records["invoice"]:
+        assert document["accountId"] in ids["account"]
+        lines = document["lines"]
+        assert all(line["productId"] in ids["product"] for line in lines)
+        for line in lines:
+            gross = Decimal(str(line["quantity"])) * Decimal(str(line["unitPrice"]))
+            net = gross * (1 - Decimal(str(line.get("discount") or 0)) / 100)
+            assert abs(net - Decimal(str(line["total"]))) <= Decimal("0.005")
+        subtotal = sum(Decimal(str(line["total"])) for line in lines)
+        assert Decimal(str(document["subtotal"])) == subtotal
+        assert Decimal(str(document["tax"])) == sum(Decimal(str(line["tax"])) for line in lines)
+    for invoice in records["invoice"]:
+        total = Decimal(str(invoice["total"]))
+        assert total == Decimal(str(invoice["subtotal"])) + Decimal(str(invoice["tax"]))
+        assert Decimal(str(invoice["balance"])) == total - Decimal(str(invoice["amountPaid"]))
+    assert all(p["invoiceId"] in ids["invoice"] and p["accountId"] in ids["account"]
+               for p in records["payment"])
+    assert all(s["accountId"] in ids["account"] and s["productId"] in ids["product"]
+               for s in records["subscription"])
+    assert all(c["accountId"] in ids["account"] and c.get("contactId") in ids["contact"] | {None}
+               for c in records["case"])
+    countries = {a["countryCode"] for acc in records["account"] for a in acc["addresses"]}
+    assert countries and all(len(code) == 2 for code in countries)
+
+
+async def test_seed_is_deterministic_with_a_seed(database_url: str, sandbox_schema: str,
+                                                 contract: Contract) -> None:
+    for org in ("org-a", "org-b"):
+        _seed(database_url, sandbox_schema, org, 3, "--seed", "11",
+              "--entities", "account,product,invoice")
+    settings = _settings(database_url, sandbox_schema, "amqp://unused/", relay_enabled=False)
+    with SandboxServer(settings, mode="thread") as server:
+        async with _client(server, contract) as api:
+            contents = {}
+            for org in ("org-a", "org-b"):
+                contents[org] = {e: sorted(_content(r) for r in (await api.get(
+                    f"/organizations/{org}/{e}")).json()["items"])
+                    for e in ("account", "product", "invoice")}
+            assert (await api.get("/organizations/org-a/contact")).json()["items"] == []
+    assert contents["org-a"] == contents["org-b"]
+    assert len(contents["org-a"]["invoice"]) == 3
+
+
+def _content(record: dict[str, Any]) -> str:
+    """A record without what differs between runs: ids, references and timestamps."""
+    text = json.dumps({k: v for k, v in record.items()
+                       if k not in ("id", "organizationId", "createdAt", "updatedAt")},
+                      sort_keys=True)
+    return re.sub(r'"(acc|prd|con|ord|inv)_[0-9A-Z]{26}"', '"<id>"', text)
+
+
+def test_seed_refuses_children_without_parents(database_url: str, sandbox_schema: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sandbox", "seed", "--org", "lonely", "--count", "2",
+         "--entities", "invoice", "--schema", sandbox_schema, "--database-url", database_url],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "invoice records need accounts" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_contract_was_exercised(contract: Contract) -> None:
+    """Runs last in this module: the tests above met every operation of the contract."""
+    operations = {key.split()[0] for key in contract.checked}
+    if len(operations) > 1:  # the whole module ran (not a single test selected)
+        assert operations >= {"health", "listRecords", "createRecord", "getRecord",
+                              "updateRecord", "patchRecord", "deleteRecord"}
+
+
+# ---------------------------------------------------------------------- pure pieces
+
+
+def test_merge_patch_follows_rfc_7396() -> None:
+    from sandbox.records import merge_patch
+
+    examples = [  # RFC 7396 appendix A
+        ({"a": "b"}, {"a": "c"}, {"a": "c"}),
+        ({"a": "b"}, {"b": "c"}, {"a": "b", "b": "c"}),
+        ({"a": "b"}, {"a": None}, {}),
+        ({"a": {"b": "c"}}, {"a": {"b": "d", "c": None}}, {"a": {"b": "d"}}),
+        ({"a": [{"b": "c"}]}, {"a": [1]}, {"a": [1]}),
+        ({"e": None}, {"a": 1}, {"e": None, "a": 1}),
+        ([1, 2], {"a": "b", "c": None}, {"a": "b"}),
+        ({}, {"a": {"bb": {"ccc": None}}}, {"a": {"bb": {}}}),
+    ]
+    for target, patch, expected in examples:
+        assert merge_patch(target, patch) == expected
+
+
+def test_cursors_etags_and_ids() -> None:
+    from datetime import UTC, datetime
+
+    from sandbox.records import decode_cursor, encode_cursor, if_match_allows, new_id
+
+    moment = datetime(2025, 3, 1, 23, 0, 0, 123456, tzinfo=UTC)
+    assert decode_cursor(encode_cursor(moment, "acc_1|x")) == (moment, "acc_1|x")
+    for bad in ("", "!!!", "bm9wZQ", encode_cursor(moment, "x")[:-4]):
+        with pytest.raises(ValueError):
+            decode_cursor(bad)
+    assert if_match_allows(None, 3) and if_match_allows("*", 3)
+    assert if_match_allows('"1", W/"3"', 3) and not if_match_allows('"2"', 3)
+    first, second = new_id("invoice"), new_id("invoice")
+    assert first.startswith("inv_") and len(first) == 30 and first != second
+
+
+def test_settings_round_trip_through_the_environment() -> None:
+    settings = SandboxSettings(schema="sandbox_x", relay_enabled=False, token="t0ken",
+                               poll_interval=0.25, pool_max=3)
+    assert SandboxSettings.from_env(settings.to_env()) == settings
+    fallback = SandboxSettings.from_env({"DATABASE_URL": "postgresql://db/x",
+                                         "SANDBOX_RELAY_ENABLED": "off"})
+    assert fallback.database_url == "postgresql://db/x" and not fallback.relay_enabled
+    with pytest.raises(ValueError):
+        SandboxSettings(schema="Bad-Schema")
