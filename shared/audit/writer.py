@@ -77,17 +77,30 @@ def to_row(record: AuditRecord) -> Row:
         raise ValueError(f"audit http_status {record.http_status} is not an HTTP status")
     if record.at.tzinfo is None:
         raise ValueError("audit time must be timezone-aware")
-    details = json.dumps(redact_mapping(record.details or {}), default=str, ensure_ascii=False)
-    duration = None if record.duration_ms is None else max(0.0, float(record.duration_ms))
-    return (
-        record.at, record.category, _clean(record.service), _clean(record.org_id),
-        _clean(record.instance_id), _clean(record.entity), record.direction,
-        _clean(record.action), _clean(record.record_id), _clean(record.external_id),
-        outcome.value, record.attempt, record.http_status, _clean(record.error_class),
-        _clean(record.error_message, MAX_MESSAGE_CHARS), duration, _clean(record.run_id),
-        _clean(record.message_id), _clean(record.correlation_id),
-        details.replace("\\u0000", "\\ufffd"),
+    details = (
+        json.dumps(redact_mapping(record.details), default=str, ensure_ascii=False)
+        .replace("\\u0000", "\\ufffd")
+        if record.details else "{}"
     )
+    duration = None if record.duration_ms is None else max(0.0, float(record.duration_ms))
+    # Identifiers carry no secrets: they skip redaction (the hot path of every message);
+    # the free texts (error message, details) are redacted.
+    return (
+        record.at, record.category, _plain(record.service), _plain(record.org_id),
+        _plain(record.instance_id), _plain(record.entity), record.direction,
+        _plain(record.action), _plain(record.record_id), _plain(record.external_id),
+        outcome.value, record.attempt, record.http_status, _plain(record.error_class),
+        _clean(record.error_message, MAX_MESSAGE_CHARS), duration, _plain(record.run_id),
+        _plain(record.message_id), _plain(record.correlation_id), details,
+    )
+
+
+def _plain(text: str | None) -> str | None:
+    """An identifier PostgreSQL accepts (no NUL)."""
+    if text is None:
+        return None
+    text = str(text)
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
 class AuditWriter:
