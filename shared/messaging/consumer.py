@@ -77,11 +77,13 @@ class ConsumerConfig:
 
     @property
     def window(self) -> int:
-        """Unacked deliveries the broker may hand us (prefetch, default: concurrency).
+        """Unacked deliveries the broker may hand us (prefetch, default: 4 × concurrency,
+        so that messages waiting for their confirm or commit do not starve the handlers;
+        measured: 256 beats 64 by ~10 % with 64 handlers).
 
         AMQP's prefetch count is 16 bits: at most 65,535.
         """
-        return min(max(self.prefetch or self.concurrency, 1), 65_535)
+        return min(max(self.prefetch or 4 * self.concurrency, 1), 65_535)
 
 
 class Consumer:
