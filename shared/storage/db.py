@@ -14,6 +14,8 @@ are bugs or data problems and propagate unchanged.
 from __future__ import annotations
 
 import re
+import time
+import weakref
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
 DEFAULT_MIN_SIZE = 1
 DEFAULT_MAX_SIZE = 10
 DEFAULT_TIMEOUT = 10.0
+#: A pooled connection unused for longer than this is checked before it is handed out.
+IDLE_CHECK_AFTER = 5.0
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 Params = Sequence[Any] | dict[str, Any] | None
@@ -62,6 +66,14 @@ def check_schema_name(schema: str) -> str:
     return schema
 
 
+class _DeadConnection(Exception):
+    """A pooled connection was found dead while running a query."""
+
+    def __init__(self, cause: psycopg.OperationalError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 class Database:
     """A pool of async connections to bss-sync's schema.
 
@@ -84,6 +96,8 @@ class Database:
         self.timeout = timeout
         self._options = f"-c search_path={schema} -c TimeZone=UTC"
         self._app = application_name
+        self._last_used: weakref.WeakKeyDictionary[Connection, float] = (
+            weakref.WeakKeyDictionary())
         self._pool = AsyncConnectionPool(
             url,
             min_size=min_size,
@@ -91,11 +105,17 @@ class Database:
             timeout=timeout,
             open=False,
             kwargs=self._connect_kwargs(),
-            # A connection broken by a server restart is replaced before use, not
-            # handed out to fail a whole audit batch (one round trip per checkout).
-            check=AsyncConnectionPool.check_connection,
+            # A connection idle for a while (maybe broken by a server restart) is
+            # checked before use; one used moments ago is not (a round trip per
+            # checkout doubled the cost of every query).
+            check=self._check_if_idle,
             name=f"bss-sync:{schema}",
         )
+
+    async def _check_if_idle(self, conn: Connection) -> None:
+        last = self._last_used.get(conn)
+        if last is None or time.monotonic() - last > IDLE_CHECK_AFTER:
+            await AsyncConnectionPool.check_connection(conn)
 
     @classmethod
     def from_settings(cls, settings: Settings, **kw: Any) -> Database:
@@ -144,6 +164,7 @@ class Database:
         try:
             yield
         except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, PoolClosed) as exc:
+            self._last_used.clear()  # connections may be dead: check each before reuse
             reason = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else "")
             raise InfrastructureError(
                 f"cannot {doing} PostgreSQL at {self.safe_url}: {reason or type(exc).__name__}"
@@ -158,7 +179,10 @@ class Database:
         """
         with self._translated():
             async with self._pool.connection() as conn:
-                yield conn
+                try:
+                    yield conn
+                finally:
+                    self._last_used[conn] = time.monotonic()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
@@ -168,8 +192,12 @@ class Database:
         :class:`InfrastructureError` when it is a connection failure).
         """
         with self._translated():
-            async with self._pool.connection() as conn, conn.transaction():
-                yield conn
+            async with self._pool.connection() as conn:
+                try:
+                    async with conn.transaction():
+                        yield conn
+                finally:
+                    self._last_used[conn] = time.monotonic()
 
     async def execute(self, sql: str, params: Params = None) -> int:
         """Run one statement; return its row count. Raises :class:`InfrastructureError`."""
@@ -178,16 +206,41 @@ class Database:
             return cur.rowcount
 
     async def fetch(self, sql: str, params: Params = None) -> list[dict[str, Any]]:
-        """All rows of a query, as dicts. Raises :class:`InfrastructureError`."""
-        async with self.connection() as conn:
-            cur = await conn.execute(sql, params)
-            return await cur.fetchall()
+        """All rows of a query, as dicts. Raises :class:`InfrastructureError`.
+
+        ``fetch``/``fetchrow`` serve reads and idempotent upserts: a query that fails
+        because its pooled connection turns out dead (the server restarted, the
+        backend was terminated) is run once more on a fresh connection.
+        """
+        return await self._query(sql, params, one=False)
 
     async def fetchrow(self, sql: str, params: Params = None) -> dict[str, Any] | None:
         """The first row of a query, or ``None``. Raises :class:`InfrastructureError`."""
+        return await self._query(sql, params, one=True)
+
+    async def _query(self, sql: str, params: Params, *, one: bool) -> Any:
+        try:
+            return await self._query_once(sql, params, one)
+        except _DeadConnection:
+            # Its siblings likely died too (a server restart): check each before reuse.
+            self._last_used.clear()
+        try:
+            return await self._query_once(sql, params, one)
+        except _DeadConnection as exc:
+            with self._translated():
+                raise exc.cause from None
+            raise  # pragma: no cover
+
+    async def _query_once(self, sql: str, params: Params, one: bool) -> Any:
         async with self.connection() as conn:
-            cur = await conn.execute(sql, params)
-            return await cur.fetchone()
+            try:
+                cur = await conn.execute(sql, params)
+                return await (cur.fetchone() if one else cur.fetchall())
+            except psycopg.OperationalError as exc:
+                # 08xxx: connection exception; 57P0x: the backend was terminated
+                if conn.closed or (exc.sqlstate or "").startswith(("08", "57P0")):
+                    raise _DeadConnection(exc) from exc
+                raise
 
     async def fetchval(self, sql: str, params: Params = None) -> Any:
         """The first column of the first row, or ``None``."""
