@@ -7,11 +7,11 @@ export DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 
 .PHONY: install test unit lint bench clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml $(wildcard package.json package-lock.json)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
-	if [ -f package.json ]; then npm install --no-audit --no-fund --loglevel=error; fi
+	if [ -f package.json ]; then npm ci --no-audit --no-fund --loglevel=error; fi
 	touch $@
 
 install: $(BIN)/.installed

@@ -62,6 +62,11 @@ class SandboxServer:
         self._thread: threading.Thread | None = None
 
     @property
+    def pid(self) -> int | None:
+        """The server process's id (``mode="process"``), for measurements."""
+        return self._process.pid if self._process is not None else None
+
+    @property
     def url(self) -> str:
         """Base URL of the API (no trailing slash)."""
         return f"http://{self.settings.host}:{self.port}"

@@ -23,6 +23,7 @@ enter our code: ``raise RemoteUnavailable(...) from exc``.
         ├── AuthenticationFailed       401/403 even after a token refresh
         ├── RemoteProtocolError        the third party answered something unusable
         ├── UnsafeRequest              a redirect or next-page URL to another host
+        ├── AmbiguousMatch             'match' found several remote records for one
         └── BssRejected                the BSS refused our write (4xx)
 
 Messages never contain credentials: callers pass the redacted request, and
@@ -141,6 +142,10 @@ class RemoteProtocolError(PermanentError):
 
 class UnsafeRequest(PermanentError):
     """We refused to follow a URL that leaves the instance's own server host."""
+
+
+class AmbiguousMatch(PermanentError):
+    """A connector's ``match`` found several remote records that could be this one."""
 
 
 class BssRejected(PermanentError):

@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO")
     log_format: str = Field("auto", description="json, console, or auto (console on a tty)")
     concurrency: int = Field(64, ge=1, description="handlers in flight per consumer process")
-    prefetch: int | None = Field(None, ge=1, description="defaults to concurrency")
+    prefetch: int | None = Field(None, ge=1, description="defaults to 4 x concurrency")
     retry_delays: tuple[float, ...] = Field(
         DEFAULT_RETRY_DELAYS, description="backoff ladder in seconds, e.g. [30,120,600,3600]"
     )
@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     audit_batch_size: int = Field(500, ge=1)
     audit_batch_interval: float = Field(0.02, description="seconds a batch waits for company")
     bss_api_url: str = Field("http://127.0.0.1:8080", description="the host BSS API")
+    bss_api_token: str | None = Field(
+        None, description="reference (env:NAME or file:PATH) to the BSS API's bearer token")
     management_url: str | None = Field(
         None, description="RabbitMQ management API; defaults to http://<amqp host>:15672"
     )

@@ -21,13 +21,14 @@ class Outcome(StrEnum):
     RETRYING = "retrying"
     FAILED = "failed"
     DEAD = "dead"
+    DISPATCHED = "dispatched"  # the dispatcher fanned an event out to push messages
 
 
 OUTCOMES = tuple(o.value for o in Outcome)
 #: Outcomes after which the message is gone from the queues for good.
 FINAL_OUTCOMES = frozenset(
     {Outcome.CREATED, Outcome.UPDATED, Outcome.DELETED, Outcome.UNCHANGED, Outcome.SKIPPED,
-     Outcome.DEAD}
+     Outcome.DEAD, Outcome.DISPATCHED}
 )
 
 

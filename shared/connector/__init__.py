@@ -9,7 +9,12 @@ Public surface::
 """
 
 from shared.connector.document import CallSpec, ConnectorDocument, SyncObject
-from shared.connector.loader import check_connector, document_sha256, load_connector
+from shared.connector.loader import (
+    check_connector,
+    document_from_bundle,
+    document_sha256,
+    load_connector,
+)
 from shared.connector.openapi import Operation
 from shared.connector.problems import DocumentInvalid, Problem
 
@@ -21,6 +26,7 @@ __all__ = [
     "Problem",
     "SyncObject",
     "check_connector",
+    "document_from_bundle",
     "document_sha256",
     "load_connector",
 ]

@@ -105,6 +105,20 @@ class ConnectorDocument:
         schemes = components.get("securitySchemes") or {}
         return schemes if isinstance(schemes, dict) else {}
 
+    def variables(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Server variable defaults, then declared variable defaults, then ``overrides``
+        (an instance's values): what ``$var(name)`` sees."""
+        values: dict[str, Any] = {}
+        for server in self.servers()[:1]:
+            for name, spec in (server.get("variables") or {}).items():
+                if isinstance(spec, dict) and "default" in spec:
+                    values[name] = spec["default"]
+        for name, spec in (self.settings.get("variables") or {}).items():
+            if isinstance(spec, dict) and "default" in spec:
+                values[name] = spec["default"]
+        values.update(overrides or {})
+        return values
+
     def summary(self) -> str:
         """One line: title, version, objects with their directions."""
         parts = []

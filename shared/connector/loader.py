@@ -84,6 +84,26 @@ def check_connector(
     return _document(bundle, compiled, sources, overlay_source, problems), problems
 
 
+def document_from_bundle(
+    bundle: dict[str, Any], *, title: str | None = None, version: str | None = None
+) -> ConnectorDocument:
+    """A connector from a bundle already checked when it was applied (as stored in the
+    database): compiled again, without re-reading files. Raises ``DocumentInvalid``."""
+    compiled, problems = _compile(bundle)
+    problems = _sync_problems(bundle) + problems
+    if any(p.severity == "error" for p in problems):
+        raise DocumentInvalid(problems)
+    info = bundle.get("info") if isinstance(bundle.get("info"), dict) else {}
+    return _assemble(
+        bundle,
+        compiled,
+        title or str(info.get("title") or "connector"),
+        version or str(info.get("version") or ""),
+        (),
+        problems,
+    )
+
+
 def _read_all(paths: list[Path], problems: list[Problem]) -> list[SourceFile]:
     sources = []
     for path in paths:
@@ -160,12 +180,23 @@ def _document(
     overlay: SourceFile | None,
     problems: list[Problem],
 ) -> ConnectorDocument:
-    sync = bundle.get("x-synchronization") or {}
     info = bundle.get("info") or {}
     overlay_info = (overlay.data.get("info") or {}) if overlay is not None else {}
     title = str(overlay_info.get("title") or info.get("title") or sources[0].path.stem)
     version = str(overlay_info.get("version") or info.get("version") or "")
     files = tuple(str(s.path) for s in sources) + ((str(overlay.path),) if overlay else ())
+    return _assemble(bundle, compiled, title, version, files, problems)
+
+
+def _assemble(
+    bundle: dict[str, Any],
+    compiled: dict[str, Any],
+    title: str,
+    version: str,
+    files: tuple[str, ...],
+    problems: list[Problem],
+) -> ConnectorDocument:
+    sync = bundle.get("x-synchronization") or {}
     return ConnectorDocument(
         document=bundle,
         sha256=document_sha256(bundle),

@@ -21,14 +21,16 @@ from shared.connector.document import CallSpec, ConnectorDocument, SyncObject
 from shared.connector.payloads import PayloadChecker, entity_errors
 from shared.connector.request import RequestPlan, plan_request, server_url, with_query
 from shared.errors import SyncError
-from shared.transform import UNDEFINED, LookupTable, TransformContext
+from shared.transform import UNDEFINED, TransformContext
 
 IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0c4c2e-6f5e-4d8a-9a57-3f1c2c1f0b7e")
 
 
-def idempotency_key(instance_id: str, message_id: str, action: str) -> str:
-    """Stable across retries of one message: a retried create carries the same key."""
-    return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{instance_id}:{message_id}:{action}"))
+def idempotency_key(*parts: object) -> str:
+    """A key stable for the same parts: the pusher derives a create's key from the
+    instance, the record and its link, so every attempt to create that record (any
+    message, any retry) carries the same key and the third party creates it once."""
+    return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, ":".join(str(p) for p in parts)))
 
 
 class PlaceholderLinks:
@@ -107,7 +109,7 @@ def preview_push(
     extra = {}
     idempotency = doc.settings.get("idempotency") or {}
     if action in idempotency.get("actions", ["create"]) and idempotency.get("header"):
-        extra[idempotency["header"]] = idempotency_key("<instance>", "<message>", action)
+        extra[idempotency["header"]] = idempotency_key("<instance>", obj.entity, "<record>", action)
     _section(
         preview,
         doc,
@@ -239,17 +241,8 @@ def _before_placeholders(call: CallSpec) -> dict[str, str]:
 
 
 def _context(doc: ConnectorDocument, variables: Mapping[str, Any] | None) -> TransformContext:
-    values: dict[str, Any] = {}
-    for server in doc.servers()[:1]:
-        for name, spec in (server.get("variables") or {}).items():
-            if isinstance(spec, dict) and "default" in spec:
-                values[name] = spec["default"]
-    for name, spec in (doc.settings.get("variables") or {}).items():
-        if isinstance(spec, dict) and "default" in spec:
-            values[name] = spec["default"]
-    values.update(variables or {})
-    lookups: Mapping[str, LookupTable] = doc.lookups
-    return TransformContext(lookups=lookups, links=PlaceholderLinks(), variables=values)
+    return TransformContext(lookups=doc.lookups, links=PlaceholderLinks(),
+                            variables=doc.variables(variables))
 
 
 def _json(value: Any) -> str:

@@ -1,0 +1,139 @@
+"""Dispatcher, event side: one BSS entity-changed event → one push message per instance.
+
+An event (``schemas/bss-event.schema.json``) is fanned out to every enabled
+instance of its organization that pushes that entity at all; the pusher then
+decides create/update/delete/skip from the instance's permissions and the
+record's link (an ``updated`` event for a record never linked becomes a create,
+a ``deleted`` event without the delete permission is audited ``skipped`` there).
+An event whose ``origin`` is an instance is not pushed back to that instance.
+
+Each push message gets a fresh id. If the dispatcher dies after publishing but
+before acking, the redelivered event publishes the push messages again: the
+pusher then holds two messages for one record, and its link claim serialises them
+(the second finds the record claimed, retries, and ends ``unchanged``). Reusing
+the ids instead would let two pushers both own the claim (a claim is keyed by
+message id so that a redelivery after a crash can resume at once).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+
+from shared.audit import Outcome
+from shared.errors import InvalidMessage
+from shared.messaging.codec import HandlerResult, InboundMessage
+from shared.messaging.envelope import SyncMessage, encode
+from shared.messaging.publisher import OutgoingMessage
+from shared.messaging.topology import PUSH_EXCHANGE, sync_routing_key
+from shared.schemas import ENTITIES, load_schema, registry
+from shared.storage.instances import Instance, InstanceStore
+from shared.storage.organizations import OrganizationStore
+
+EVENT_ACTIONS = {"created": "create", "updated": "update", "deleted": "delete"}
+CACHE_SECONDS = 5.0
+
+
+@cache
+def _event_validator() -> Draft202012Validator:
+    return Draft202012Validator(load_schema("bss-event"), registry=registry())
+
+
+class EventCodec:
+    """Decodes BSS entity-changed events; anything else is ``InvalidMessage``."""
+
+    def decode(self, body: bytes, properties: Any) -> InboundMessage[dict[str, Any]]:
+        try:
+            event = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidMessage(f"the event is not JSON: {exc}") from None
+        error = best_match(_event_validator().iter_errors(event))
+        if error is not None:
+            where = "/" + "/".join(str(p) for p in error.absolute_path)
+            raise InvalidMessage(f"the event breaks bss-event.schema.json at {where}: "
+                                 f"{error.message[:300]}")
+        return InboundMessage(
+            event, message_id=event["id"], attempt=_attempt(properties),
+            org_id=event["organizationId"], entity=event["entity"], direction="push",
+            action=event["event"], record_id=event["recordId"], correlation_id=event["id"])
+
+    def retry_body(self, message: InboundMessage[dict[str, Any]], body: bytes,
+                   attempt: int) -> bytes:
+        return body  # the attempt travels in the x-attempt header
+
+
+def _attempt(properties: Any) -> int:
+    headers = getattr(properties, "headers", None) or {}
+    value = headers.get("x-attempt", 0)
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
+EVENT_CODEC = EventCodec()
+
+
+def push_messages(event: dict[str, Any], instances: list[Instance]) -> list[OutgoingMessage]:
+    """The push messages for ``event`` (pure): one per instance, origin excluded."""
+    action = EVENT_ACTIONS[event["event"]]
+    now = datetime.now(UTC).isoformat()
+    out = []
+    for instance in instances:
+        if instance.id == event.get("origin"):
+            continue
+        message = SyncMessage(
+            id=str(uuid.uuid4()), direction="push",
+            org_id=event["organizationId"], instance_id=instance.id, entity=event["entity"],
+            action=action, trigger="event", attempt=0, created_at=now,
+            record_id=event["recordId"], correlation_id=event["id"])
+        out.append(OutgoingMessage(
+            PUSH_EXCHANGE, sync_routing_key(message.entity, action, message.org_id, instance.id),
+            encode(message), message_id=message.id, correlation_id=event["id"]))
+    return out
+
+
+class EventHandler:
+    """Fans one event out to the instances that push its entity."""
+
+    def __init__(self, instances: InstanceStore, organizations: OrganizationStore,
+                 publisher: Any) -> None:
+        self._instances = instances
+        self._organizations = organizations
+        self._publisher = publisher
+        self._cache: dict[str, tuple[float, list[Instance] | None]] = {}
+
+    async def __call__(self, message: InboundMessage[dict[str, Any]]) -> HandlerResult:
+        event = message.payload
+        if event["entity"] not in ENTITIES:  # the schema allows it; be explicit anyway
+            return HandlerResult(Outcome.SKIPPED, details={"reason": "unknown entity"})
+        instances = await self._org_instances(event["organizationId"])
+        if instances is None:
+            return HandlerResult(Outcome.SKIPPED, details={"reason": "unknown organization"})
+        targets = [i for i in instances if i.permitted_actions(event["entity"], "push")]
+        messages = push_messages(event, targets)
+        if not messages:
+            reason = ("the change came from the only instance pushing it" if targets
+                      else f"no instance of the organization pushes {event['entity']}")
+            return HandlerResult(Outcome.SKIPPED, details={"reason": reason})
+        await self._publisher.publish_many(messages)
+        return HandlerResult(Outcome.DISPATCHED, details={
+            "instances": [m.routing_key.rsplit(".", 1)[1] for m in messages]})
+
+    async def _org_instances(self, org_id: str) -> list[Instance] | None:
+        """Enabled instances of the organization (cached a few seconds); ``None`` when the
+        organization is unknown."""
+        now = time.monotonic()
+        cached = self._cache.get(org_id)
+        if cached is not None and now - cached[0] < CACHE_SECONDS:
+            return cached[1]
+        organization = await self._organizations.get(org_id)
+        value = None
+        if organization is not None:
+            value = [i for i in await self._instances.list(org_id, active_only=True)]
+        self._cache[org_id] = (now, value)
+        return value

@@ -1,0 +1,25 @@
+"""``python -m services.pusher``: consume ``pusher`` and push records to third parties."""
+
+from __future__ import annotations
+
+import sys
+
+from services.pusher.handler import PushHandler
+from shared.bss import BssClient
+from shared.credentials import resolve_credential
+from shared.messaging.codec import SYNC_CODEC
+from shared.messaging.runner import RuntimeDeps, main
+from shared.runtime import InstanceRegistry
+from shared.storage.links import LinkStore
+
+
+def make_handler(deps: RuntimeDeps) -> PushHandler:
+    """Build the pusher's dependencies (one registry and one BSS client per process)."""
+    token = (resolve_credential(deps.settings.bss_api_token)
+             if deps.settings.bss_api_token else None)
+    bss = BssClient(deps.settings.bss_api_url, token=token)
+    return PushHandler(InstanceRegistry(deps.db), LinkStore(deps.db), bss, deps.audit)
+
+
+if __name__ == "__main__":
+    sys.exit(main("pusher", SYNC_CODEC, make_handler))

@@ -1,0 +1,96 @@
+"""The pusher's message handler: one push message → one ``RecordPush``.
+
+Checks that can be answered without the record come first (unknown or inactive
+instance, an entity the connector does not push, no push permission): those
+messages are audited ``skipped`` and acked. Parents pushed first on a record's
+behalf get audit rows of their own (message id derived from the child's, the
+child's id as correlation id).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from services.pusher.push import PushOutcome, RecordPush
+from shared.audit import AuditRecord, AuditSink, Outcome
+from shared.errors import SyncError
+from shared.messaging.codec import HandlerResult, InboundMessage
+from shared.messaging.envelope import SyncMessage
+from shared.runtime import InstanceContext, InstanceRegistry
+from shared.storage.links import LinkStore
+
+PARENT_NAMESPACE = uuid.UUID("8a4f3c1e-2b7d-4e59-9c1a-5d6e7f8a9b0c")
+SERVICE = "pusher"
+
+
+def _result(outcome: PushOutcome) -> HandlerResult:
+    return HandlerResult(Outcome(outcome.outcome), external_id=outcome.external_id,
+                         http_status=outcome.http_status, details=outcome.details)
+
+
+def _skipped(reason: str) -> HandlerResult:
+    return HandlerResult(Outcome.SKIPPED, details={"reason": reason})
+
+
+class PushHandler:
+    """Handles ``sync.push`` messages."""
+
+    def __init__(self, registry: InstanceRegistry, links: LinkStore, bss: Any,
+                 audit: AuditSink) -> None:
+        self.registry = registry
+        self.links = links
+        self.bss = bss
+        self.audit = audit
+
+    async def __call__(self, message: InboundMessage[SyncMessage]) -> HandlerResult:
+        m = message.payload
+        if m.direction != "push":
+            return _skipped(f"a {m.direction} message on the push queue")
+        ctx = await self.registry.get(m.instance_id)
+        if ctx is None:
+            return _skipped(f"instance {m.instance_id} does not exist")
+        if not ctx.instance.enabled:
+            return _skipped(f"instance {m.instance_id} is inactive")
+        if ctx.instance.org_id != m.org_id:
+            return _skipped(f"instance {m.instance_id} belongs to another organization")
+        objects = ctx.connector.objects_for(m.entity)
+        if not objects or not objects[0].push:
+            return _skipped(f"connector {ctx.instance.connector_id} does not push {m.entity}")
+        if not ctx.instance.permitted_actions(m.entity, "push"):
+            return _skipped(f"the instance may not push {m.entity} records")
+        assert m.record_id is not None  # the envelope schema requires it for push
+        push = RecordPush(ctx=ctx, obj=objects[0], org_id=m.org_id, record_id=m.record_id,
+                          message_id=m.id, links=self.links, bss=self.bss, parents=self)
+        return _result(await push.run())
+
+    async def push_parent(self, ctx: InstanceContext, entity: str, record_id: str, org_id: str,
+                          depth: int, *, child_message_id: str) -> PushOutcome:
+        """Push a record a child depends on, and audit it as its own outcome."""
+        objects = ctx.connector.objects_for(entity)
+        message_id = str(uuid.uuid5(PARENT_NAMESPACE, f"{ctx.instance.id}:{entity}:{record_id}"
+                                                      f":{child_message_id}:{depth}"))
+        if not objects or not objects[0].push:
+            return PushOutcome("skipped", details={
+                "reason": f"connector {ctx.instance.connector_id} does not push {entity}"})
+        push = RecordPush(ctx=ctx, obj=objects[0], org_id=org_id, record_id=record_id,
+                          message_id=message_id, links=self.links, bss=self.bss, parents=self,
+                          depth=depth)
+        record = AuditRecord(service=SERVICE, outcome=Outcome.SKIPPED, org_id=org_id,
+                             instance_id=ctx.instance.id, entity=entity, direction="push",
+                             action="dependency", record_id=record_id, message_id=message_id)
+        try:
+            outcome = await push.run()
+        except SyncError as exc:
+            record.outcome = Outcome.FAILED
+            record.error_class = exc.error_class
+            record.error_message = str(exc)
+            record.http_status = exc.http_status
+            await self.audit.write(record)
+            raise
+        record.outcome = Outcome(outcome.outcome)
+        record.external_id = outcome.external_id
+        record.http_status = outcome.http_status
+        record.details = {**outcome.details, "pushedFirstFor": "a record depending on it"}
+        await self.audit.write(record)
+        return outcome

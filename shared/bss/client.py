@@ -1,0 +1,147 @@
+"""The host BSS's API, as bss-sync uses it (``schemas/bss-api.openapi.json``).
+
+One ``BssClient`` per process, pooled connections. Failures are translated at
+this edge: timeouts, connection errors and 5xx/429 → ``BssUnavailable`` (retried);
+other 4xx → ``BssRejected`` (dead-lettered with the BSS's problem details).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from shared.errors import BssRejected, BssUnavailable
+from shared.logging import redact
+
+DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+DEFAULT_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+ORIGIN_HEADER = "X-Sync-Origin"
+
+
+@dataclasses.dataclass(frozen=True)
+class Page:
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+class BssClient:
+    """Reads and writes records of the host BSS."""
+
+    def __init__(self, base_url: str, *, token: str | None = None,
+                 timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+                 limits: httpx.Limits = DEFAULT_LIMITS) -> None:
+        headers = {"Accept": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout,
+                                       limits=limits)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> BssClient:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()
+
+    @staticmethod
+    def _path(org_id: str, entity: str, record_id: str | None = None) -> str:
+        path = f"/organizations/{quote(org_id, safe='')}/{entity}"
+        return path if record_id is None else f"{path}/{quote(record_id, safe='')}"
+
+    async def get(self, org_id: str, entity: str, record_id: str) -> dict[str, Any] | None:
+        """The record, or ``None`` when the BSS does not have it (deleted)."""
+        response = await self._send("GET", self._path(org_id, entity, record_id))
+        if response.status_code == 404:
+            return None
+        return self._json(response)
+
+    async def list_changed(self, org_id: str, entity: str, since: datetime | None, *,
+                           limit: int = 500, cursor: str | None = None) -> Page:
+        """One page of records changed at or after ``since`` (all records when ``None``)."""
+        params: dict[str, Any] = {"limit": limit}
+        if since is not None:
+            params["updatedSince"] = since.isoformat()
+        if cursor:
+            params["cursor"] = cursor
+        response = await self._send("GET", self._path(org_id, entity), params=params)
+        body = self._json(response)
+        return Page(list(body.get("items") or []), body.get("nextCursor"))
+
+    async def iter_changed(self, org_id: str, entity: str, since: datetime | None, *,
+                           limit: int = 500) -> AsyncIterator[dict[str, Any]]:
+        """Every record changed at or after ``since``, page after page."""
+        cursor = None
+        while True:
+            page = await self.list_changed(org_id, entity, since, limit=limit, cursor=cursor)
+            for item in page.items:
+                yield item
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    async def create(self, org_id: str, entity: str, record: dict[str, Any], *, origin: str,
+                     idempotency_key: str | None = None) -> dict[str, Any]:
+        """Create a record; the BSS stamps ``origin`` on the resulting event."""
+        headers = {ORIGIN_HEADER: origin}
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
+        response = await self._send("POST", self._path(org_id, entity), json_body=record,
+                                    headers=headers)
+        return self._json(response)
+
+    async def update(self, org_id: str, entity: str, record_id: str, record: dict[str, Any], *,
+                     origin: str) -> dict[str, Any] | None:
+        """Replace a record (PUT); ``None`` when it no longer exists."""
+        response = await self._send("PUT", self._path(org_id, entity, record_id),
+                                    json_body=record, headers={ORIGIN_HEADER: origin})
+        if response.status_code == 404:
+            return None
+        return self._json(response)
+
+    async def delete(self, org_id: str, entity: str, record_id: str, *, origin: str) -> bool:
+        """Delete a record; ``False`` when it was already gone."""
+        response = await self._send("DELETE", self._path(org_id, entity, record_id),
+                                    headers={ORIGIN_HEADER: origin})
+        return response.status_code != 404
+
+    async def _send(self, method: str, path: str, *, params: dict[str, Any] | None = None,
+                    json_body: Any = None, headers: dict[str, str] | None = None,
+                    ) -> httpx.Response:
+        content = None if json_body is None else json.dumps(json_body).encode()
+        if content is not None:
+            headers = {**(headers or {}), "Content-Type": "application/json"}
+        try:
+            response = await self._http.request(method, path, params=params, content=content,
+                                                headers=headers)
+        except httpx.TimeoutException as exc:
+            raise BssUnavailable(f"the BSS did not answer {method} {path} in time") from exc
+        except httpx.HTTPError as exc:
+            raise BssUnavailable(f"cannot reach the BSS for {method} {path}: "
+                                 f"{type(exc).__name__}") from exc
+        status = response.status_code
+        if status == 404 or status < 400:
+            return response
+        detail = redact(response.text[:300])
+        if status >= 500 or status in (408, 425, 429):
+            raise BssUnavailable(f"the BSS answered {status} to {method} {path}: {detail}",
+                                 http_status=status)
+        raise BssRejected(f"the BSS answered {status} to {method} {path}: {detail}",
+                          http_status=status)
+
+    @staticmethod
+    def _json(response: httpx.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise BssUnavailable(
+                f"the BSS answered {response.status_code} with a body that is not JSON",
+                http_status=response.status_code) from exc

@@ -1,0 +1,161 @@
+"""Fixtures of the end-to-end tests (DESIGN §9): real processes, real servers.
+
+Per module (started once, shared by the module's tests): a :class:`Stack` — its own
+database and vhost, the sandbox BSS, a dispatcher and a pusher as subprocesses — and
+the third party (json-server behind the fault proxy, or Prism). Per test: the third
+party emptied, the proxy passing everything through again, the dead-letter queue
+purged, and a tenant (organization + instance) of the test's own from
+:meth:`Stack.tenant`.
+
+When a test fails, the tails of the services' logs (and of the third party's) are
+added to its report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import shutil
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.records import ACME_CONNECTOR
+from tests.e2e.stack import ACME_API_KEY, FULL_PUSH, Connector, Stack, Tenant
+from tests.e2e.thirdparty import NODE_BIN, FaultProxy, JsonServer
+
+#: The read timeout of the ``acme-crm-short-timeout`` connector (a copy of acme-crm.json):
+#: the timeout test holds answers longer than this, not the real connector's 30 s.
+SHORT_READ_TIMEOUT = 1.0
+_vhosts = itertools.count(1)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if not report.failed or report.when == "teardown":
+        return
+    seen: set[int] = set()
+    for value in getattr(item, "funcargs", {}).values():
+        describe = getattr(value, "failure_report", None)
+        if callable(describe) and id(value) not in seen:
+            seen.add(id(value))
+            with contextlib.suppress(Exception):
+                for title, text in describe():
+                    report.sections.append((title, text))
+
+
+def make_stack(request: pytest.FixtureRequest, connectors: list[Connector],
+               extra_env: dict[str, str]) -> Stack:
+    """A started :class:`Stack` for the requesting module, stopped at the module's end."""
+    rabbitmq = request.getfixturevalue("rabbitmq")
+    session_vhost = request.getfixturevalue("_session_vhost")
+    name = request.module.__name__.rsplit(".", 1)[-1]
+    vhost = f"{session_vhost}.e2e-{next(_vhosts)}"
+    workdir = request.getfixturevalue("tmp_path_factory").mktemp(f"e2e-{name}")
+    stack = Stack(postgres_url=request.getfixturevalue("postgres_server_url"),
+                  management=rabbitmq.management(vhost), amqp_url=rabbitmq.url_for(vhost),
+                  vhost=vhost, workdir=workdir, connectors=connectors, extra_env=extra_env)
+    request.addfinalizer(stack.stop)
+    stack.start()
+    return stack
+
+
+# --------------------------------------------------------------------------- Acme CRM
+
+
+def short_timeout_connector(workdir: Path) -> Path:
+    """``connectors/acme-crm.json`` with a read timeout of ``SHORT_READ_TIMEOUT`` seconds."""
+    document = json.loads(ACME_CONNECTOR.read_text())
+    document["x-synchronization"]["timeouts"]["read"] = SHORT_READ_TIMEOUT
+    path = workdir / "acme-crm-short-timeout.json"
+    path.write_text(json.dumps(document, indent=2))
+    return path
+
+
+@pytest.fixture(scope="session")
+def node_tools() -> None:
+    """Node.js and the npm tools of package.json: the run stops with one clear line in
+    CI (never a silent skip there), the test is skipped with the reason elsewhere."""
+    problem = None
+    if shutil.which("node") is None:
+        problem = "node is not on PATH (the end-to-end tests need Node.js 18+)"
+    else:
+        missing = [tool for tool in ("json-server", "prism") if not (NODE_BIN / tool).exists()]
+        if missing:
+            problem = (f"{' and '.join(missing)} missing from {NODE_BIN}: run `npm install` "
+                       "(or `make install`) at the repository root")
+    if problem is None:
+        return
+    if os.environ.get("CI"):
+        pytest.exit(f"end-to-end tests: {problem}", returncode=1)
+    pytest.skip(problem)
+
+
+@pytest.fixture(scope="module")
+def json_server(node_tools: None,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[JsonServer]:
+    server = JsonServer(tmp_path_factory.mktemp("json-server"), ACME_API_KEY)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def fault_proxy(json_server: JsonServer) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(json_server.url).start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def acme_stack(request: pytest.FixtureRequest,
+               tmp_path_factory: pytest.TempPathFactory) -> Stack:
+    short = short_timeout_connector(tmp_path_factory.mktemp("connectors"))
+    return make_stack(request, [Connector("acme-crm", [ACME_CONNECTOR]),
+                                Connector("acme-crm-short-timeout", [short])],
+                      {"ACME_KEY": ACME_API_KEY})
+
+
+class AcmeWorld:
+    """What an Acme test works with: the stack, json-server, the proxy in front of it."""
+
+    def __init__(self, stack: Stack, json_server: JsonServer, proxy: FaultProxy) -> None:
+        self.stack = stack
+        self.json_server = json_server
+        self.proxy = proxy
+
+    def tenant(self, *, permissions: dict[str, dict[str, list[str]]] | None = None,
+               connector: str = "acme-crm") -> Tenant:
+        """An organization + instance of ``connector`` pushing to the proxy."""
+        return self.stack.tenant(connector, self.proxy.url,
+                                 credentials={"apiKey": "env:ACME_KEY"},
+                                 permissions=permissions or {"account": FULL_PUSH,
+                                                             "contact": FULL_PUSH})
+
+    def failure_report(self) -> list[tuple[str, str]]:
+        seen = Counter((s.method, s.path.split("/")[1] if "/" in s.path else s.path,
+                        s.status, s.fault) for s in self.proxy.requests())
+        proxy = "\n".join(f"{m} /{p} -> {st} {f or ''}: {n}" for (m, p, st, f), n in
+                          sorted(seen.items(), key=str)) or "no requests"
+        return [*self.stack.process_logs(),
+                ("fault proxy requests (method, collection, status, fault)", proxy),
+                ("json-server output (tail)", self.json_server.tail(20))]
+
+
+@pytest.fixture
+def acme(acme_stack: Stack, json_server: JsonServer, fault_proxy: FaultProxy) -> AcmeWorld:
+    """A clean Acme CRM, a pass-through proxy and an empty ``pusher.dead``."""
+    json_server.reset()
+    fault_proxy.reset()
+    acme_stack.purge("pusher.dead")
+    return AcmeWorld(acme_stack, json_server, fault_proxy)

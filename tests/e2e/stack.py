@@ -1,0 +1,349 @@
+"""One running installation for the end-to-end tests: database, vhost, sandbox BSS,
+dispatcher and pusher as real processes — and the helpers tests drive it with.
+
+* :class:`Stack` owns what a module shares: its own PostgreSQL database (migrated with
+  ``bss-sync db upgrade``), its own RabbitMQ vhost, the sandbox BSS, the services.
+* :meth:`Stack.tenant` gives a test an organization and an instance of its own, applied
+  with ``bss-sync apply`` from a generated installation file: a fresh organization
+  means fresh caches in the services (they cache instances by id for a few seconds)
+  and records nobody else touches; the previous test's organization disappears from
+  the file and is deactivated.
+* :class:`BssApi` writes records through the sandbox's HTTP API (events follow);
+  :class:`AuditLog` reads ``audit_log``; :func:`wait_until` polls with a deadline and
+  fails showing the state it last saw.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import json
+import secrets
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import psycopg
+from psycopg.rows import dict_row
+
+from sandbox.server import SandboxServer
+from sandbox.settings import SandboxSettings
+from shared.messaging.management import ManagementClient
+from shared.storage.db import quote_ident, url_with_database
+from tests.e2e.processes import ServiceProcess, run_cli
+from tests.e2e.thirdparty import REPO
+
+T = TypeVar("T")
+DATABASE_PREFIX = "bss_sync_t_"  # as tests/fixtures/database.py: stale ones get dropped
+RETRY_DELAYS = (1, 2, 4)
+BSS_TOKEN = "e2e-bss-token-" + secrets.token_hex(8)
+ACME_API_KEY = "e2e-acme-key-" + secrets.token_hex(8)
+HUBSPOT_TOKEN = "e2e-hubspot-token-" + secrets.token_hex(8)
+FINAL_OUTCOMES = frozenset({"created", "updated", "deleted", "unchanged", "skipped", "dead"})
+_tenants = itertools.count(1)
+
+
+def wait_until(probe: Callable[[], T], *, timeout: float, what: str,
+               state: Callable[[], Any] | None = None, interval: float = 0.1) -> T:
+    """Call ``probe`` until it returns something truthy, and return that.
+
+    Raises ``AssertionError`` naming ``what`` after ``timeout`` seconds, with
+    ``state()`` (what the test was waiting on, as it stands) in the message.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            shown = state() if state is not None else result
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; "
+                                 f"current state: {shown}")
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------- the BSS
+
+
+class BssApi:
+    """The sandbox BSS's record API, as the host BSS's own users would write to it."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.http = httpx.Client(base_url=url, timeout=30.0,
+                                 headers={"Authorization": f"Bearer {token}"},
+                                 limits=httpx.Limits(max_connections=16))
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _check(self, response: httpx.Response) -> httpx.Response:
+        if response.status_code >= 400:
+            raise AssertionError(f"the BSS answered {response.status_code} to "
+                                 f"{response.request.method} {response.request.url.path}: "
+                                 f"{response.text[:500]}")
+        return response
+
+    def create(self, org: str, entity: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._check(self.http.post(f"/organizations/{org}/{entity}", json=body)).json()
+
+    def create_many(self, org: str, entity: str, bodies: Iterable[dict[str, Any]],
+                    concurrency: int = 8) -> list[dict[str, Any]]:
+        """Create every body (``concurrency`` at a time); the stored records, in order."""
+        with ThreadPoolExecutor(concurrency) as pool:
+            return list(pool.map(lambda body: self.create(org, entity, body), bodies))
+
+    def patch(self, org: str, entity: str, record_id: str,
+              changes: dict[str, Any]) -> dict[str, Any]:
+        return self._check(self.http.patch(
+            f"/organizations/{org}/{entity}/{record_id}", json=changes,
+            headers={"Content-Type": "application/merge-patch+json"})).json()
+
+    def patch_many(self, org: str, entity: str, changes: dict[str, dict[str, Any]],
+                   concurrency: int = 8) -> dict[str, dict[str, Any]]:
+        """``{record id: changes}`` → ``{record id: the record after the change}``."""
+        with ThreadPoolExecutor(concurrency) as pool:
+            done = pool.map(lambda item: self.patch(org, entity, *item), changes.items())
+            return {record["id"]: record for record in done}
+
+    def delete(self, org: str, entity: str, record_id: str) -> None:
+        self._check(self.http.delete(f"/organizations/{org}/{entity}/{record_id}"))
+
+
+# --------------------------------------------------------------------------- audit_log
+
+
+class AuditLog:
+    """Reads the pusher's audit rows (a connection of its own, autocommit)."""
+
+    def __init__(self, database_url: str) -> None:
+        self.conn = psycopg.connect(database_url, autocommit=True, row_factory=dict_row)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def rows(self, instance_id: str, *, entity: str | None = None,
+             outcome: str | None = None, record_id: str | None = None,
+             service: str = "pusher") -> list[dict[str, Any]]:
+        """Rows of ``instance_id`` (oldest first), narrowed by the other arguments."""
+        sql = ("SELECT at, service, entity, action, record_id, external_id, outcome, attempt,"
+               " http_status, error_class, error_message, message_id, details"
+               " FROM audit_log WHERE instance_id = %s AND service = %s")
+        params: list[Any] = [instance_id, service]
+        for column, value in (("entity", entity), ("outcome", outcome),
+                              ("record_id", record_id)):
+            if value is not None:
+                sql += f" AND {column} = %s"
+                params.append(value)
+        return self.conn.execute(sql + " ORDER BY at, id", params).fetchall()
+
+    def dispatched(self, org_id: str) -> dict[str, list[list[str]]]:
+        """The dispatcher's fan-out rows of ``org_id``: ``{record id: [instances, …]}``
+        (one list of instance ids per event dispatched)."""
+        rows = self.conn.execute(
+            "SELECT record_id, details FROM audit_log WHERE service = 'dispatcher'"
+            " AND org_id = %s AND outcome = 'dispatched' ORDER BY at, id", (org_id,))
+        found: dict[str, list[list[str]]] = defaultdict(list)
+        for row in rows.fetchall():
+            found[row["record_id"]].append(row["details"].get("instances"))
+        return dict(found)
+
+    def outcomes(self, instance_id: str, entity: str | None = None) -> dict[str, list[str]]:
+        """``{record id: [outcome, …]}`` in the order they were written."""
+        found: dict[str, list[str]] = defaultdict(list)
+        for row in self.rows(instance_id, entity=entity):
+            found[row["record_id"]].append(row["outcome"])
+        return dict(found)
+
+    def summary(self, instance_id: str) -> str:
+        """Counts by (entity, outcome, http status): the state shown when a wait fails."""
+        counts = Counter((r["entity"], r["outcome"], r["http_status"])
+                         for r in self.rows(instance_id))
+        return ", ".join(f"{e} {o} {s or '-'}: {n}" for (e, o, s), n in sorted(
+            counts.items(), key=str)) or "no audit rows"
+
+
+# --------------------------------------------------------------------------- tenants
+
+
+@dataclasses.dataclass(frozen=True)
+class Connector:
+    """A connector of the installation file: ``spec`` files (absolute paths)."""
+
+    id: str
+    spec: list[Path]
+
+
+@dataclasses.dataclass(frozen=True)
+class Tenant:
+    """One test's organization and instance."""
+
+    org_id: str
+    instance_id: str
+    connector_id: str
+
+
+FULL_PUSH = {"push": ["create", "update", "delete"]}
+
+
+# --------------------------------------------------------------------------- the stack
+
+
+class Stack:
+    """A module's installation; ``start()`` brings everything up, ``stop()`` tears down.
+
+    ``workdir`` receives the logs, the installation files and the database of
+    json-server; ``extra_env`` goes to the services (credentials they resolve).
+    """
+
+    def __init__(self, *, postgres_url: str, management: ManagementClient, amqp_url: str,
+                 vhost: str, workdir: Path, connectors: list[Connector],
+                 extra_env: dict[str, str] | None = None) -> None:
+        self.postgres_url = postgres_url
+        self.management = management
+        self.amqp_url = amqp_url
+        self.vhost = vhost
+        self.workdir = workdir
+        self.connectors = {c.id: c for c in connectors}
+        self.extra_env = extra_env or {}
+        self.database = f"{DATABASE_PREFIX}{int(time.time())}_{secrets.token_hex(3)}"
+        self.database_url = url_with_database(postgres_url, self.database)
+        self.sandbox: SandboxServer | None = None
+        self.services: dict[str, ServiceProcess] = {}
+        self._bss: BssApi | None = None
+        self._audit: AuditLog | None = None
+        self._database_created = False
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What the services and the CLI are configured with (DESIGN §7)."""
+        return {
+            "AMQP_URL": self.amqp_url,
+            "DATABASE_URL": self.database_url,
+            "DB_SCHEMA": "public",
+            "BSS_API_URL": self.sandbox.url if self.sandbox else "",
+            "BSS_API_TOKEN": "env:E2E_BSS_TOKEN",
+            "E2E_BSS_TOKEN": BSS_TOKEN,
+            "RETRY_DELAYS": json.dumps(list(RETRY_DELAYS)),
+            "LOG_FORMAT": "json",
+            "LOG_LEVEL": "INFO",
+            "SHUTDOWN_TIMEOUT": "10",
+            **self.extra_env,
+        }
+
+    def start(self) -> Stack:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with psycopg.connect(self.postgres_url, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {quote_ident(self.database)}")
+        self._database_created = True
+        self.management.create_vhost(self.vhost)
+        settings = SandboxSettings(database_url=self.database_url, schema="sandbox",
+                                   amqp_url=self.amqp_url, token=BSS_TOKEN,
+                                   poll_interval=0.2, backoff_cap=1.0)
+        self.sandbox = SandboxServer(settings)  # its port is chosen now: the pusher needs it
+        run_cli(["db", "upgrade"], self.env)
+        for service in ("dispatcher", "pusher"):  # they declare the topology
+            self.services[service] = ServiceProcess(service, self.env, self.workdir)
+            self.services[service].start()
+        self.sandbox.start()
+        self._bss = BssApi(self.sandbox.url, BSS_TOKEN)
+        self._audit = AuditLog(self.database_url)
+        return self
+
+    def stop(self) -> None:
+        """Stop everything that was started, whatever failed before (never leaves processes)."""
+        for closer in (self._bss, self._audit):
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    closer.close()
+        for service in self.services.values():
+            with contextlib.suppress(Exception):
+                service.stop()
+        if self.sandbox is not None:
+            with contextlib.suppress(Exception):
+                self.sandbox.stop()
+        with contextlib.suppress(Exception):
+            self.management.delete_vhost(self.vhost)
+        if self._database_created:
+            with psycopg.connect(self.postgres_url, autocommit=True) as conn:
+                conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(self.database)} "
+                             "WITH (FORCE)")
+
+    @property
+    def bss(self) -> BssApi:
+        """The sandbox BSS's API (once started)."""
+        assert self._bss is not None, "the stack is not started"
+        return self._bss
+
+    @property
+    def audit(self) -> AuditLog:
+        """The audit log (once started)."""
+        assert self._audit is not None, "the stack is not started"
+        return self._audit
+
+    @property
+    def pusher(self) -> ServiceProcess:
+        return self.services["pusher"]
+
+    @property
+    def dispatcher(self) -> ServiceProcess:
+        return self.services["dispatcher"]
+
+    def process_logs(self) -> list[tuple[str, str]]:
+        """Tails of every process's output, for a failed test's report."""
+        sections = [(f"{name} log (tail)", service.tail(60))
+                    for name, service in self.services.items()]
+        if self.sandbox is not None:
+            sections.append(("sandbox output (tail)",
+                             "\n".join(self.sandbox.output().splitlines()[-30:])))
+        return sections
+
+    # -- tenants ----------------------------------------------------------------------------
+
+    def tenant(self, connector_id: str, server: str, *, credentials: dict[str, str],
+               permissions: dict[str, dict[str, list[str]]] | None = None,
+               settings: dict[str, Any] | None = None) -> Tenant:
+        """A new organization with one instance of ``connector_id`` at ``server``, applied
+        with ``bss-sync apply``. ``permissions`` default: push create, update and delete of
+        accounts and contacts."""
+        n = next(_tenants)
+        tenant = Tenant(f"org-{n}-{secrets.token_hex(2)}", f"inst-{n}-{secrets.token_hex(2)}",
+                        connector_id)
+        instance: dict[str, Any] = {
+            "id": tenant.instance_id, "name": f"{connector_id} for test {n}",
+            "connector": connector_id, "server": server, "credentials": credentials,
+            "permissions": permissions or {"account": FULL_PUSH, "contact": FULL_PUSH},
+        }
+        if settings:
+            instance["settings"] = settings
+        installation = {
+            "timezone": "UTC",
+            "connectors": [{"id": c.id, "spec": [str(p) for p in c.spec]}
+                           for c in self.connectors.values()],
+            "organizations": [{"id": tenant.org_id, "name": f"Test organization {n}",
+                               "instances": [instance]}],
+        }
+        path = self.workdir / f"installation-{n}.json"
+        path.write_text(json.dumps(installation, indent=2))
+        run_cli(["apply", str(path)], self.env)
+        return tenant
+
+    # -- queues -----------------------------------------------------------------------------
+
+    def dead_letters(self, queue: str = "pusher.dead") -> list[dict[str, Any]]:
+        """Every message of ``queue``, left in it (management API ``get``, ack_requeue_true)."""
+        return self.management.for_vhost(self.vhost).get_messages(queue, count=1000,
+                                                                  requeue=True)
+
+    def purge(self, queue: str) -> None:
+        self.management.for_vhost(self.vhost).purge_queue(queue)
+
+
+def repo_path(*parts: str) -> Path:
+    return REPO.joinpath(*parts)

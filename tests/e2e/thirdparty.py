@@ -1,0 +1,474 @@
+"""The third parties of the end-to-end tests, as real servers on free ports.
+
+* :class:`JsonServer` — the Acme CRM of ``connectors/acme-crm.json``: json-server 0.17
+  (npm) run by ``acme_crm/server.js`` with an in-memory database and the middleware
+  of ``acme_crm/middleware.js`` (API key, timestamps, idempotency keys, ids never
+  reused). ``reset()`` empties it between tests; ``state()`` reads it whole.
+* :class:`FaultProxy` — an HTTP proxy in front of it (uvicorn in a thread of the test
+  process) that injects the failures a test asks for — 5xx, responses held past the
+  client's read timeout, 429 with ``Retry-After``, 422 for chosen bodies — and logs
+  every request it saw (:class:`Seen`), to prove what was or was not sent.
+* :class:`Prism` — ``prism mock -d`` (npm ``@stoplight/prism-cli``) serving a connector
+  bundle: it validates requests against the vendor's schemas (422, 401).
+
+Each is started and stopped by the fixtures of ``conftest.py``; processes write their
+output to a file whose tail :meth:`NodeProcess.tail` returns for failure reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from starlette.requests import Request
+from starlette.responses import Response
+
+from sandbox.server import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+NODE_BIN = REPO / "node_modules" / ".bin"
+ACME_SERVER_JS = Path(__file__).resolve().parent / "acme_crm" / "server.js"
+EMPTY_ACME_DB = {"companies": [], "people": [], "tickets": []}
+STARTUP_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+#: Headers a proxy must not copy from one hop to the next.
+HOP_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection",
+                         "keep-alive", "content-encoding"})
+
+
+def node_tool(name: str) -> Path:
+    """An npm binary of the repository (``npm install`` puts them in node_modules/.bin)."""
+    path = NODE_BIN / name
+    if not path.exists():
+        raise RuntimeError(f"{path} is missing: run `npm install` (or `make install`) at "
+                           f"{REPO} first")
+    return path
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class NodeProcess:
+    """A Node.js server process whose output goes to ``log_path``."""
+
+    def __init__(self, name: str, command: list[str], log_path: Path,
+                 env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+        self.name = name
+        self.command = command
+        self.log_path = log_path
+        self.env = {**os.environ, **(env or {})}
+        self.cwd = cwd
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        if shutil.which("node") is None:
+            raise RuntimeError("node is not on PATH: the end-to-end tests need Node.js 18+")
+        log = self.log_path.open("ab")
+        try:
+            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
+                                            env=self.env, cwd=self.cwd,
+                                            start_new_session=True)
+        finally:
+            log.close()
+
+    def wait_for_output(self, pattern: str, timeout: float = STARTUP_TIMEOUT) -> re.Match[str]:
+        """Block until the output matches ``pattern``; raise with the output's tail if the
+        process exits or ``timeout`` passes first."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            found = regex.search(self.output())
+            if found:
+                return found
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode} at "
+                                   f"start:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not print {pattern!r} within {timeout}s:"
+                                   f"\n{self.tail()}")
+            time.sleep(0.05)
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.output().splitlines()[-lines:])
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after ``STOP_TIMEOUT``; idempotent."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        stop_group(process, STOP_TIMEOUT)
+
+
+def stop_group(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM the process group a ``start_new_session`` process leads (its children
+    too), SIGKILL it after ``timeout``."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+# --------------------------------------------------------------------------- json-server
+
+
+class JsonServer:
+    """json-server serving the Acme CRM on a free port of 127.0.0.1."""
+
+    def __init__(self, workdir: Path, api_key: str) -> None:
+        self.workdir = workdir
+        self.api_key = api_key
+        self.db_path = workdir / "db.json"
+        self.url = ""
+        self._node = NodeProcess(
+            "json-server", ["node", str(ACME_SERVER_JS), str(self.db_path), "0", "127.0.0.1"],
+            workdir / "json-server.log", env={"ACME_API_KEY": api_key}, cwd=REPO)
+        self._http: httpx.Client | None = None
+
+    def start(self) -> JsonServer:
+        node_tool("json-server")  # fail early with the npm hint
+        self.db_path.write_text(json.dumps(EMPTY_ACME_DB))
+        self._node.start()
+        found = self._node.wait_for_output(r"listening on (http://\S+)")
+        self.url = found.group(1)
+        self._http = httpx.Client(base_url=self.url, timeout=10.0,
+                                  headers={"X-Api-Key": self.api_key})
+        self.state()  # answers
+        return self
+
+    def stop(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+        self._node.stop()
+
+    def tail(self, lines: int = 40) -> str:
+        return self._node.tail(lines)
+
+    @property
+    def http(self) -> httpx.Client:
+        assert self._http is not None, "json-server is not started"
+        return self._http
+
+    def reset(self) -> None:
+        """Empty every collection and forget idempotency keys (ids keep growing)."""
+        self.http.post("/__admin/reset").raise_for_status()
+
+    def state(self) -> dict[str, list[dict[str, Any]]]:
+        """The whole database, read directly (not through the proxy)."""
+        response = self.http.get("/db")
+        response.raise_for_status()
+        return response.json()
+
+    def collection(self, name: str) -> list[dict[str, Any]]:
+        return self.state()[name]
+
+
+# --------------------------------------------------------------------------- the proxy
+
+
+@dataclasses.dataclass
+class Seen:
+    """One request the proxy received, and what it answered."""
+
+    at: float  # time.monotonic() on arrival
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: Any  # parsed JSON, or None
+    status: int = 0  # what the client was answered (0: not answered yet)
+    upstream_status: int = 0  # what json-server answered (0: not forwarded, or not yet)
+    forwarded_at: float | None = None  # time.monotonic() when json-server had answered
+    answered_at: float | None = None  # time.monotonic() just before answering
+    fault: str | None = None  # the injected fault, None for a pass-through
+
+    @property
+    def json(self) -> dict[str, Any]:
+        return self.body if isinstance(self.body, dict) else {}
+
+
+Predicate = Callable[[Seen], bool]
+
+
+def _every(_seen: Seen) -> bool:
+    return True
+
+
+@dataclasses.dataclass
+class Fault:
+    """An injected failure: ``kind`` is ``status`` (answer ``status`` without forwarding),
+    ``hold`` (forward, then hold the answer ``delay`` seconds) or ``rate_limit`` (429
+    with ``Retry-After``). Active while ``remaining`` > 0 (``None``: unbounded) and
+    before ``until`` (``None``: forever), for the requests ``when`` accepts."""
+
+    kind: str
+    when: Predicate = _every
+    remaining: int | None = None
+    until: float | None = None
+    status: int = 500
+    body: Any = None
+    delay: float = 0.0
+    retry_after: int = 1
+
+    def applies(self, seen: Seen, now: float) -> bool:
+        if self.remaining is not None and self.remaining <= 0:
+            return False
+        if self.until is not None and now >= self.until:
+            return False
+        return self.when(seen)
+
+
+class FaultProxy:
+    """A reverse proxy to ``upstream`` that fails on demand; see the module docstring.
+
+    Control methods are thread-safe and take effect for the next request.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.url = ""
+        self._lock = threading.Lock()
+        self._faults: list[Fault] = []
+        self._seen: list[Seen] = []
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    # -- control ------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Pass everything through again and forget the requests seen."""
+        with self._lock:
+            self._faults.clear()
+            self._seen.clear()
+
+    def clear_faults(self) -> None:
+        """Pass everything through again (the requests seen are kept)."""
+        with self._lock:
+            self._faults.clear()
+
+    def _add(self, fault: Fault) -> None:
+        with self._lock:
+            self._faults.append(fault)
+
+    def fail_next(self, count: int, status: int = 500, *, when: Predicate = _every) -> None:
+        """Answer ``status`` (upstream not called) to the next ``count`` requests."""
+        self._add(Fault("status", when, remaining=count, status=status,
+                        body={"message": f"injected {status}"}))
+
+    def fail_for(self, seconds: float, status: int = 500, *, when: Predicate = _every) -> None:
+        """Answer ``status`` (upstream not called) to every request for ``seconds``."""
+        self._add(Fault("status", when, until=time.monotonic() + seconds, status=status,
+                        body={"message": f"injected {status}"}))
+
+    def hold_for(self, seconds: float, delay: float, *, when: Predicate = _every) -> None:
+        """For ``seconds``, forward each request and hold its answer ``delay`` seconds (past
+        the client's read timeout: the third party did the work, the client never hears)."""
+        self._add(Fault("hold", when, until=time.monotonic() + seconds, delay=delay))
+
+    def slow_down(self, delay: float, *, when: Predicate = _every) -> None:
+        """Until cleared, forward each request and hold its answer ``delay`` seconds."""
+        self._add(Fault("hold", when, delay=delay))
+
+    def hold_next(self, count: int, delay: float, *, when: Predicate = _every) -> None:
+        """As :meth:`hold_for`, for the next ``count`` requests ``when`` accepts."""
+        self._add(Fault("hold", when, remaining=count, delay=delay))
+
+    def rate_limit_next(self, count: int, retry_after: int, *,
+                        when: Predicate = _every) -> None:
+        """Answer 429 with ``Retry-After: retry_after`` to the next ``count`` requests."""
+        self._add(Fault("rate_limit", when, remaining=count, status=429,
+                        retry_after=retry_after,
+                        body={"message": "rate limit exceeded, slow down"}))
+
+    def reject(self, when: Predicate, status: int = 422, body: Any = None) -> None:
+        """Answer ``status`` (upstream not called) to every request ``when`` accepts."""
+        self._add(Fault("status", when, status=status, body=body))
+
+    def requests(self, predicate: Predicate = _every) -> list[Seen]:
+        """The requests seen so far (arrival order) that ``predicate`` accepts."""
+        with self._lock:
+            return [s for s in self._seen if predicate(s)]
+
+    def count(self, method: str | None = None, path: str | None = None) -> int:
+        """How many requests had ``method`` and ``path`` (``None``: any)."""
+        return len(self.requests(lambda s: (method is None or s.method == method)
+                                 and (path is None or s.path == path)))
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    def start(self) -> FaultProxy:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        # A long keep-alive: the client (httpx, 5 s expiry) closes idle connections first,
+        # so it never reuses one the proxy is closing (a spurious RemoteProtocolError).
+        config = uvicorn.Config(self._app, log_level="warning", access_log=False,
+                                lifespan="off", timeout_keep_alive=120, interface="asgi3",
+                                server_header=False, date_header=False)
+        self._server = uvicorn.Server(config)
+        started = threading.Event()
+
+        async def serve() -> None:
+            self._client = httpx.AsyncClient(
+                base_url=self.upstream, timeout=httpx.Timeout(30.0),
+                limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
+            try:
+                assert self._server is not None
+                await self._server.serve(sockets=[sock])
+            finally:
+                await self._client.aclose()
+
+        def run() -> None:
+            started.set()
+            asyncio.run(serve())
+
+        self._thread = threading.Thread(target=run, name="fault-proxy", daemon=True)
+        self._thread.start()
+        started.wait()
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the fault proxy did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(STOP_TIMEOUT)
+        self._server = self._thread = None
+
+    # -- the ASGI app -----------------------------------------------------------------------
+
+    async def _app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        request = Request(scope, receive)
+        content = await request.body()
+        seen = Seen(time.monotonic(), request.method, request.url.path,
+                    dict(request.query_params), dict(request.headers), _parse(content))
+        with self._lock:
+            self._seen.append(seen)
+            fault = self._fault_for(seen)
+        response = await self._answer(request, content, seen, fault)
+        seen.answered_at = time.monotonic()
+        seen.status = response.status_code
+        await response(scope, receive, send)
+
+    def _fault_for(self, seen: Seen) -> Fault | None:
+        """The first active fault for ``seen``, consumed (caller holds the lock)."""
+        now = time.monotonic()
+        for fault in self._faults:
+            if fault.applies(seen, now):
+                if fault.remaining is not None:
+                    fault.remaining -= 1
+                return fault
+        return None
+
+    async def _answer(self, request: Request, content: bytes, seen: Seen,
+                      fault: Fault | None) -> Response:
+        if fault is not None and fault.kind in ("status", "rate_limit"):
+            seen.fault = str(fault.status)
+            headers = {"Retry-After": str(fault.retry_after)} if fault.kind == "rate_limit" \
+                else {}
+            body = json.dumps(fault.body).encode() if fault.body is not None else b""
+            return Response(body, fault.status, headers=headers,
+                            media_type="application/json" if body else None)
+        response = await self._forward(request, content)
+        seen.upstream_status, seen.forwarded_at = response.status_code, time.monotonic()
+        if fault is not None and fault.kind == "hold":
+            seen.fault = f"held {fault.delay}s"
+            await asyncio.sleep(fault.delay)
+        return response
+
+    async def _forward(self, request: Request, content: bytes) -> Response:
+        assert self._client is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        try:
+            upstream = await self._client.request(request.method, path, headers=headers,
+                                                  content=content)
+        except httpx.HTTPError as exc:
+            return Response(json.dumps({"message": f"proxy: upstream failed: {exc!r}"}),
+                            502, media_type="application/json")
+        out = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS}
+        return Response(upstream.content, upstream.status_code, headers=out)
+
+
+def _parse(content: bytes) -> Any:
+    if not content:
+        return None
+    with contextlib.suppress(ValueError):
+        return json.loads(content)
+    return None
+
+
+# --------------------------------------------------------------------------- Prism
+
+
+class Prism:
+    """``prism mock -d`` serving ``document`` (a file) on a free port of 127.0.0.1."""
+
+    def __init__(self, document: Path, workdir: Path) -> None:
+        self.document = document
+        self.workdir = workdir
+        self.url = ""
+        self._node: NodeProcess | None = None
+
+    def start(self, attempts: int = 3) -> Prism:
+        prism = node_tool("prism")
+        for attempt in range(1, attempts + 1):
+            port = free_port()
+            self._node = NodeProcess(
+                "prism", [str(prism), "mock", "-d", "-h", "127.0.0.1", "-p", str(port),
+                          str(self.document)],
+                self.workdir / f"prism-{attempt}.log", cwd=REPO)
+            self._node.start()
+            try:
+                self._node.wait_for_output(r"Prism is listening on (http://\S+)", timeout=60)
+            except RuntimeError:
+                if attempt == attempts or "EADDRINUSE" not in self._node.output():
+                    self._node.stop()
+                    raise
+                self._node.stop()  # the free port was taken meanwhile: another one
+                continue
+            self.url = f"http://127.0.0.1:{port}"
+            return self
+        raise AssertionError("unreachable")
+
+    def stop(self) -> None:
+        if self._node is not None:
+            self._node.stop()
+
+    def tail(self, lines: int = 40) -> str:
+        return self._node.tail(lines) if self._node is not None else ""
+
+    def output(self) -> str:
+        return self._node.output() if self._node is not None else ""

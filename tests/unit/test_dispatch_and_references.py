@@ -1,0 +1,90 @@
+"""Pure parts of the push path: event fan-out, record references, instance settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from services.dispatcher.events import EVENT_CODEC, push_messages
+from shared.connector import load_connector
+from shared.errors import InvalidMessage
+from shared.messaging.envelope import decode_sync_message
+from shared.references import reference_paths, references
+from shared.runtime.registry import effective_lookups, effective_variables
+from shared.storage.instances import Instance
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "tests" / "data" / "entities"
+
+
+def instance(instance_id: str, **kw: object) -> Instance:
+    now = datetime.now(UTC)
+    values = dict(id=instance_id, org_id="acme", connector_id="acme-crm", name=instance_id,
+                  server_url=None, variables={}, credentials={}, settings={}, active=True,
+                  created_at=now, updated_at=now, deactivated_at=None, connector_sha256="0" * 64,
+                  org_active=True, permissions=frozenset({("account", "push", "create")}))
+    values.update(kw)
+    return Instance(**values)  # type: ignore[arg-type]
+
+
+EVENT = {"id": "5b6f0a53-8a55-4f5e-9a1f-0e2d6c1a9b11", "entity": "account", "event": "updated",
+         "organizationId": "acme", "recordId": "acc-1", "occurredAt": "2026-11-28T10:00:00Z",
+         "origin": None}
+
+
+def test_an_event_becomes_one_valid_push_message_per_instance():
+    messages = push_messages(EVENT, [instance("crm"), instance("erp")])
+    assert [m.routing_key for m in messages] == ["account.update.acme.crm",
+                                                 "account.update.acme.erp"]
+    decoded = [decode_sync_message(m.body) for m in messages]
+    assert {d.instance_id for d in decoded} == {"crm", "erp"}
+    assert all(d.record_id == "acc-1" and d.trigger == "event" and d.attempt == 0
+               and d.correlation_id == EVENT["id"] for d in decoded)
+    assert len({d.id for d in decoded}) == 2
+
+
+def test_a_change_is_not_pushed_back_to_the_instance_it_came_from():
+    messages = push_messages({**EVENT, "origin": "crm"}, [instance("crm"), instance("erp")])
+    assert [m.routing_key.rsplit(".", 1)[1] for m in messages] == ["erp"]
+
+
+@pytest.mark.parametrize(("event", "action"), [("created", "create"), ("updated", "update"),
+                                               ("deleted", "delete")])
+def test_event_kinds_map_to_actions(event, action):
+    (message,) = push_messages({**EVENT, "event": event}, [instance("crm")])
+    assert decode_sync_message(message.body).action == action
+
+
+def test_event_codec_reads_valid_events_and_refuses_others():
+    decoded = EVENT_CODEC.decode(json.dumps(EVENT).encode(), None)
+    assert (decoded.org_id, decoded.entity, decoded.record_id) == ("acme", "account", "acc-1")
+    with pytest.raises(InvalidMessage, match="not JSON"):
+        EVENT_CODEC.decode(b"{nope", None)
+    with pytest.raises(InvalidMessage, match="bss-event.schema.json at /entity"):
+        EVENT_CODEC.decode(json.dumps({**EVENT, "entity": "lead"}).encode(), None)
+
+
+def test_references_follow_the_schemas_marks_into_arrays():
+    invoice = json.loads((DATA / "invoice.json").read_text())
+    found = references("invoice", invoice)
+    assert ("account", invoice["accountId"]) in found
+    products = {line["productId"] for line in invoice["lines"] if line.get("productId")}
+    assert {ref for entity, ref in found if entity == "product"} == products
+    assert (("lines", "[]", "productId"), "product") in reference_paths("invoice")
+    assert references("contact", {"lastName": "x", "accountId": None}) == []
+
+
+def test_instance_lookups_overlay_the_connectors_and_variables_layer():
+    connector = load_connector(ROOT / "connectors" / "acme-crm.json")
+    tables = effective_lookups(connector, {"industry": {"Transportation": "OTHER"},
+                                           "region": {"EU": "EMEA"}})
+    assert tables["industry"].values["Transportation"] == "OTHER"
+    assert tables["industry"].values["Software"] == "SOFTWARE", "connector entries stay"
+    assert tables["region"].values == {"EU": "EMEA"}
+    variables = effective_variables(connector, dataclasses.replace(
+        instance("crm"), variables={"host": "crm.example"}))
+    assert variables == {"scheme": "http", "host": "crm.example", "port": "3000"}
