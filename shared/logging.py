@@ -16,6 +16,7 @@ import re
 import sys
 import threading
 from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Any
 
 import structlog
@@ -88,6 +89,26 @@ def redact_mapping(data: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+_message_context: ContextVar[dict[str, Any] | None] = ContextVar("bss_sync_message", default=None)
+
+
+def bind_message(**fields: Any) -> None:
+    """Bind the fields of the message being processed to every log line of this context.
+
+    One ``ContextVar.set`` per message: binding through structlog's
+    ``bind_contextvars`` (one variable per key) cost ~10 % of a no-op consumer.
+    """
+    _message_context.set(fields)
+
+
+def _merge_message(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    fields = _message_context.get()
+    if fields:
+        for key, value in fields.items():
+            event_dict.setdefault(key, value)
+    return event_dict
+
+
 def _redact_processor(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     return redact_mapping(event_dict)
 
@@ -97,6 +118,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", service: str | Non
     use_console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        _merge_message,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,

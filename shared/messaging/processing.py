@@ -38,6 +38,7 @@ import structlog
 
 from shared.audit.record import AuditRecord, AuditSink, Outcome
 from shared.errors import InfrastructureError, InvalidMessage
+from shared.logging import bind_message
 from shared.messaging.codec import Codec, Handler, HandlerResult, InboundMessage, header_attempt
 from shared.messaging.connection import Backoff
 from shared.messaging.delivery import Delivery
@@ -58,7 +59,7 @@ from shared.messaging.topology import WorkQueue
 
 log = structlog.get_logger("shared.messaging")
 T = TypeVar("T")
-_bind = structlog.contextvars.bind_contextvars
+_bind = bind_message
 DEFAULT_REQUEUE_DELAY = 1.0
 
 
