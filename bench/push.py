@@ -3,13 +3,17 @@ third party, with every real process in between.
 
     sandbox BSS ─outbox─▶ bss.events ─▶ dispatcher ─▶ sync.push ─▶ pusher ─▶ third party
 
-N accounts (default 10,000) are created through the sandbox's API; the
-dispatcher and one pusher run as processes with their defaults; the third party
-is a local stub speaking the Acme CRM API (``connectors/acme-crm.json``: a match
-GET, then a create POST per account) that answers in 0 ms, then, in a second pass
-with new accounts, in 50 ms. Prints records/s end to end, p50/p99 latency from
-the BSS write to the pusher's audit row, and CPU seconds and peak RSS per
-process. Asserts nothing. Uses its own database and vhost, dropped at the end.
+Throughput: N accounts (default 10,000) are written to the sandbox BSS while the
+services are down (the events wait in ``dispatcher.events``); then the dispatcher
+and one pusher start (as processes, with their defaults) and the time until the
+last account is in the third party and the audit log gives records/s end to end —
+what the push path can do, not how fast the sandbox accepts writes. Latency: then
+a few hundred accounts are written one by one at a steady pace the path can follow,
+and p50/p99 of (pusher's audit row - the BSS write) are printed. CPU seconds and
+peak RSS per process are read from /proc. The third party is a local stub speaking
+the Acme CRM API (``connectors/acme-crm.json``: a match GET, then a create POST per
+account) answering in 0 ms, then, in a second pass with new accounts, in 50 ms.
+Asserts nothing. Uses its own database and vhost, dropped at the end.
 
     .venv/bin/python bench/push.py [--records N] [--delays 0,50]
 """
@@ -46,9 +50,9 @@ ORG = "bench"
 INSTANCE = "bench-crm"
 
 STUB = r'''
-import asyncio, itertools, json, sys
+import asyncio, itertools, json, os, sys
 DELAY = float(sys.argv[2]) / 1000
-ids = itertools.count(1)
+ids = (f"{os.getpid()}-{n}" for n in itertools.count(1))  # unique across stub restarts
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
@@ -94,6 +98,23 @@ def proc_stats(pid: int) -> tuple[float, int]:
         return 0.0, 0
 
 
+def cpu_by_command(names: tuple[str, ...] = ("postgres", "beam.smp")) -> dict[str, float]:
+    """CPU seconds used so far by every process whose command is one of ``names``
+    (the PostgreSQL backends, RabbitMQ), summed per command."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    totals = dict.fromkeys(names, 0.0)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        command = text[text.index("(") + 1:text.rindex(")")]
+        if command in totals:
+            fields = text.rsplit(")", 1)[1].split()
+            totals[command] += (int(fields[11]) + int(fields[12])) / ticks
+    return totals
+
+
 class Bench:
     def __init__(self, records: int) -> None:
         self.records = records
@@ -104,6 +125,7 @@ class Bench:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.sandbox: SandboxServer | None = None
         self.management = ManagementClient.for_amqp_url(AMQP_URL)
+        self.capacity = 0.0
         base = DATABASE_URL.rsplit("/", 1)[0]
         self.database_url = f"{base}/{self.database}"
         self.amqp_url = AmqpUrl.parse(AMQP_URL).with_vhost(self.vhost)
@@ -192,70 +214,157 @@ class Bench:
             async def worker() -> None:
                 while not queue.empty():
                     i = queue.get_nowait()
-                    response = await client.post(f"/organizations/{ORG}/account", json={
+                    await _post(client, f"/organizations/{ORG}/account", {
                         "name": f"Account {tag}-{i}", "code": f"{tag}-{i:06d}",
                         "type": "customer", "currency": "EUR", "industry": "Software",
                         "email": f"billing{i}@example.com", "numberOfEmployees": i % 500,
                         "addresses": [{"type": "billing", "isBilling": True,
                                        "line1": f"{i} Main Street", "city": "Paris",
                                        "postalCode": "75001", "countryCode": "FR"}]})
-                    response.raise_for_status()
 
             await asyncio.gather(*(worker() for _ in range(32)))
         return time.perf_counter() - started
 
     def pushed(self, conn: psycopg.Connection[Any], since: float) -> int:
+        """Accounts the pusher created since ``since`` (cheap: the audit index on ``at``)."""
         row = conn.execute(
-            "SELECT count(*) FROM audit_log WHERE service = 'pusher' AND outcome = 'created'"
-            " AND at >= to_timestamp(%s)", (since,)).fetchone()
+            "SELECT count(*) FROM audit_log WHERE at >= to_timestamp(%s)"
+            " AND service = 'pusher' AND outcome = 'created'", (since,)).fetchone()
         return int(row[0]) if row else 0
+
+    def wait_pushed(self, since: float, count: int) -> None:
+        deadline = time.monotonic() + max(600, count / 5)
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            while (done := self.pushed(conn, since)) < count:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"only {done}/{count} pushed in time")
+                time.sleep(0.2)
+
+    def wait_events_queued(self, count: int) -> None:
+        """Until the sandbox's outbox has published ``count`` events (services down)."""
+        deadline = time.monotonic() + 300
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            while True:
+                row = conn.execute("SELECT count(*) FROM sandbox.outbox"
+                                   " WHERE published_at IS NULL").fetchone()
+                if row and row[0] == 0:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the sandbox did not publish its events in time")
+                time.sleep(0.2)
+        queue = self.management.for_vhost(self.vhost).queue("dispatcher.events") or {}
+        print(f"  {count} events waiting in dispatcher.events "
+              f"(broker says {queue.get('messages', '?')})")
+
+    def latencies(self, since: float) -> list[float]:
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT extract(epoch FROM a.at - (r.data->>'createdAt')::timestamptz)"
+                "  FROM audit_log a JOIN sandbox.records r ON r.id = a.record_id"
+                " WHERE a.at >= to_timestamp(%s) AND a.service = 'pusher'"
+                "   AND a.outcome = 'created' ORDER BY 1", (since,)).fetchall()
+        return [float(r[0]) for r in rows]
+
+    def start_services(self) -> None:
+        self.start("dispatcher", ["-m", "services.dispatcher"])
+        self.start("pusher", ["-m", "services.pusher"], BSS_API_URL=self.sandbox.url)
+
+    def commits(self) -> int:
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            row = conn.execute("SELECT xact_commit FROM pg_stat_database"
+                               " WHERE datname = current_database()").fetchone()
+        return int(row[0]) if row else 0
+
+    def snapshot(self) -> dict[str, float]:
+        """CPU seconds so far of every process we measure, plus commits and the time."""
+        values = {name: proc_stats(p.pid)[0] for name, p in self.processes.items()}
+        if self.sandbox is not None and self.sandbox.pid:
+            values["sandbox"] = proc_stats(self.sandbox.pid)[0]
+        values.update(cpu_by_command())
+        values["commits"] = float(self.commits())
+        values["time"] = time.time()
+        return values
+
+    def measure_drain(self) -> None:
+        """Start the services on a full queue; measure once they push (warm)."""
+        started = time.time()
+        self.start_services()
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            while self.pushed(conn, started) == 0:
+                time.sleep(0.05)
+            first = self.snapshot()
+            first_count = self.pushed(conn, started)
+        self.wait_pushed(started, self.records)
+        last = self.snapshot()
+        elapsed = last["time"] - first["time"]
+        done = self.records - first_count
+        print(f"cold start: {first['time'] - started:.1f} s from launching the services to "
+              "the first account pushed")
+        print(f"throughput: {done / elapsed:,.0f} records/s end to end ({done} accounts from "
+              f"the events queue to the third party and the audit log in {elapsed:.1f} s)")
+        print(f"{'process':<12} {'CPU s':>8} {'CPU %':>7} {'ms CPU/record':>14} {'peak RSS':>10}")
+        labels = {"postgres": "PostgreSQL", "beam.smp": "RabbitMQ"}
+        for name, value in last.items():
+            if name in ("commits", "time"):
+                continue
+            cpu = value - first[name]
+            pid = (self.processes[name].pid if name in self.processes
+                   else self.sandbox.pid if name == "sandbox" and self.sandbox else None)
+            peak = f"{proc_stats(pid)[1] / 1e6:>8.0f} MB" if pid else "  (server)"
+            print(f"{labels.get(name, name):<12} {cpu:>8.1f} {cpu / elapsed * 100:>6.0f}% "
+                  f"{cpu / done * 1000:>14.2f} {peak:>10}")
+        commits = last["commits"] - first["commits"]
+        print(f"PostgreSQL transactions committed: {commits / done:.1f} per record")
+        self.capacity = done / elapsed
 
     def run_pass(self, delay_ms: int, tag: str) -> None:
         stub = self.start_stub(delay_ms)
         self.apply(stub)
-        before = {name: proc_stats(p.pid) for name, p in self.processes.items()}
-        sandbox_pid = self.sandbox.pid if self.sandbox is not None else None
-        sandbox_before = proc_stats(sandbox_pid) if sandbox_pid else (0.0, 0)
-        wall_start = time.time()
-        create_seconds = asyncio.run(self.create_accounts(self.sandbox.url, self.records, tag))
-        with psycopg.connect(self.database_url, autocommit=True) as conn:
-            deadline = time.monotonic() + max(600, self.records / 5)
-            done = 0
-            while time.monotonic() < deadline:
-                done = self.pushed(conn, wall_start)
-                if done >= self.records:
-                    break
-                time.sleep(0.5)
-            latencies = conn.execute(
-                "SELECT extract(epoch FROM a.at - (r.data->>'createdAt')::timestamptz)"
-                "  FROM audit_log a JOIN sandbox.records r"
-                "    ON r.id = a.record_id AND r.entity = 'account' AND r.org_id = %s"
-                " WHERE a.service = 'pusher' AND a.outcome = 'created'"
-                "   AND a.at >= to_timestamp(%s) ORDER BY 1", (ORG, wall_start)).fetchall()
-            span = conn.execute(
-                "SELECT extract(epoch FROM max(a.at)) FROM audit_log a"
-                " WHERE a.service = 'pusher' AND a.outcome = 'created'"
-                "   AND a.at >= to_timestamp(%s)", (wall_start,)).fetchone()
-        values = [float(r[0]) for r in latencies]
-        elapsed = (float(span[0]) - wall_start) if span and span[0] else float("nan")
-        print(f"\n== third party answering in {delay_ms} ms: {done}/{self.records} accounts "
-              f"pushed ==")
-        print(f"end to end: {done / elapsed:,.0f} records/s ({elapsed:.1f} s from the first "
-              f"BSS write to the last audit row; the BSS took {create_seconds:.1f} s to accept "
-              f"the writes)")
-        if values:
-            print(f"latency BSS write → audit row: p50 {_pct(values, 50) * 1000:,.0f} ms, "
-                  f"p99 {_pct(values, 99) * 1000:,.0f} ms, max {values[-1] * 1000:,.0f} ms")
-        print(f"{'process':<12} {'CPU s':>8} {'CPU %':>7} {'peak RSS':>10}")
-        for name, process in self.processes.items():
-            cpu, peak = proc_stats(process.pid)
-            cpu -= before.get(name, (0.0, 0))[0]
-            print(f"{name:<12} {cpu:>8.1f} {cpu / elapsed * 100:>6.0f}% {peak / 1e6:>8.0f} MB")
-        if sandbox_pid:
-            cpu, peak = proc_stats(sandbox_pid)
-            cpu -= sandbox_before[0]
-            print(f"{'sandbox':<12} {cpu:>8.1f} {cpu / elapsed * 100:>6.0f}% {peak / 1e6:>8.0f} MB")
-        self.stop("third-party")
+        print(f"\n== third party answering in {delay_ms} ms ==")
+        # Throughput: N accounts written while the services are down, then drained.
+        seconds = asyncio.run(self.create_accounts(self.sandbox.url, self.records, tag))
+        print(f"  the BSS accepted {self.records} writes in {seconds:.1f} s")
+        self.wait_events_queued(self.records)
+        self.measure_drain()
+        # Latency: records written one by one at a steady pace the path can follow.
+        rate = max(10, min(100, int(self.capacity / 2)))
+        count = max(100, min(1000, self.records // 10))
+        since = time.time()
+        asyncio.run(self.create_at_rate(self.sandbox.url, count, rate, f"{tag}l"))
+        self.wait_pushed(since, count)
+        values = self.latencies(since)
+        print(f"latency at a steady {rate} writes/s ({count} accounts), BSS write → audit row: "
+              f"p50 {_pct(values, 50) * 1000:,.0f} ms, p99 {_pct(values, 99) * 1000:,.0f} ms, "
+              f"max {values[-1] * 1000:,.0f} ms")
+        for name in ("dispatcher", "pusher", "third-party"):
+            self.stop(name)
+
+    async def create_at_rate(self, base_url: str, count: int, rate: int, tag: str) -> None:
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+            started = time.perf_counter()
+            pending = []
+            for i in range(count):
+                delay = started + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                pending.append(asyncio.create_task(_post(
+                    client, f"/organizations/{ORG}/account",
+                    {"name": f"Account {tag}-{i}", "code": f"{tag}-{i:06d}",
+                     "type": "customer", "currency": "EUR"})))
+            await asyncio.gather(*pending)
+
+
+async def _post(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> httpx.Response:
+    """POST, retried on a connection the server closed meanwhile (keep-alive race)."""
+    for attempt in range(3):
+        try:
+            response = await client.post(path, json=body)
+            response.raise_for_status()
+            return response
+        except httpx.TransportError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _pct(values: list[float], percentile: int) -> float:
@@ -274,8 +383,6 @@ def main() -> None:
         settings = SandboxSettings.from_env(database_url=bench.database_url,
                                             amqp_url=bench.amqp_url)
         bench.sandbox = SandboxServer(settings).start()
-        bench.start("dispatcher", ["-m", "services.dispatcher"])
-        bench.start("pusher", ["-m", "services.pusher"], BSS_API_URL=bench.sandbox.url)
         for index, delay in enumerate(int(d) for d in args.delays.split(",")):
             bench.run_pass(delay, f"p{index}")
     finally:

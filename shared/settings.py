@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     amqp_url: str = Field(DEFAULT_AMQP_URL, description="RabbitMQ URL, vhost included")
     database_url: str = Field(DEFAULT_DATABASE_URL, description="PostgreSQL URL")
     db_schema: str = Field("public", description="PostgreSQL schema holding bss-sync's tables")
+    db_pool_size: int = Field(
+        24, ge=1, description="pooled PostgreSQL connections per process (handlers share them)")
     log_level: str = Field("INFO")
     log_format: str = Field("auto", description="json, console, or auto (console on a tty)")
     concurrency: int = Field(64, ge=1, description="handlers in flight per consumer process")

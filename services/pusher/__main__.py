@@ -18,7 +18,10 @@ def make_handler(deps: RuntimeDeps) -> PushHandler:
     token = (resolve_credential(deps.settings.bss_api_token)
              if deps.settings.bss_api_token else None)
     bss = BssClient(deps.settings.bss_api_url, token=token)
-    return PushHandler(InstanceRegistry(deps.db), LinkStore(deps.db), bss, deps.audit)
+    # Link writes may commit without waiting for their WAL flush: the audit row's
+    # synchronous commit, which the ack waits for, comes after them (shared.storage.db).
+    links = LinkStore(deps.coordination_db or deps.db)
+    return PushHandler(InstanceRegistry(deps.db), links, bss, deps.audit)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,11 @@ class PushHandler:
         self.bss = bss
         self.audit = audit
 
+    async def aclose(self) -> None:
+        """Close the HTTP clients (called by the runner at shutdown)."""
+        await self.registry.aclose()
+        await self.bss.aclose()
+
     async def __call__(self, message: InboundMessage[SyncMessage]) -> HandlerResult:
         m = message.payload
         if m.direction != "push":

@@ -97,12 +97,8 @@ class RecordPush:
     # -- the pipeline --------------------------------------------------------------------
 
     async def run(self) -> PushOutcome:
-        link = await self.links.by_bss_id(self.instance_id, self.entity, self.record_id)
-        record = await self.bss.get(self.org_id, self.entity, self.record_id)
-        decision = self._decide(record, link)
-        if decision.skipped:
-            return PushOutcome("skipped", link.external_id if link else None,
-                               details={"reason": decision.reason})
+        # The claim is also how the link is read: one statement, not two (the push path
+        # is bound by round trips). A claim that leads nowhere is forgotten.
         claim = await self.links.claim_for_create(self.instance_id, self.entity, self.record_id,
                                                   self.message_id, CLAIM_STALE_SECONDS)
         if not claim.owned:
@@ -110,12 +106,10 @@ class RecordPush:
                              "delivery right now")
         link = claim.link
         try:
-            if _is_linked(link) != (decision.action in (UPDATE, DELETE)):
-                # The link changed between our read and the claim: read and decide again.
-                record = await self.bss.get(self.org_id, self.entity, self.record_id)
-                decision = self._decide(record, link)
+            record = await self.bss.get(self.org_id, self.entity, self.record_id)
+            decision = self._decide(record, link)
             if decision.skipped:
-                await self._release(None)
+                await self.links.forget_claim(claim, self.message_id)
                 return PushOutcome("skipped", link.external_id,
                                    details={"reason": decision.reason})
             outcome = await self._act(decision.action, record, link)

@@ -17,6 +17,7 @@ from urllib.parse import quote
 import httpx
 
 from shared.errors import BssRejected, BssUnavailable
+from shared.http.transport import Http1Transport
 from shared.logging import redact
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
@@ -40,8 +41,9 @@ class BssClient:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout,
-                                       limits=limits)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, headers=headers, timeout=timeout,
+            transport=Http1Transport(max_connections=limits.max_connections or 64))
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -48,6 +48,7 @@ from shared.http.settings import (
     Timeouts,
 )
 from shared.http.tokens import MemoryTokenStore, PostgresTokenStore, TokenCipher, TokenStore
+from shared.http.transport import Http1Transport
 from shared.storage.db import Database
 from shared.transform import UNDEFINED
 
@@ -152,9 +153,7 @@ class ThirdPartyClient:
             timeout=httpx.Timeout(
                 self.timeouts.read, connect=self.timeouts.connect, pool=self.timeouts.connect
             ),
-            limits=httpx.Limits(
-                max_connections=concurrency, max_keepalive_connections=concurrency
-            ),
+            transport=Http1Transport(max_connections=concurrency),
             follow_redirects=False,
             headers={"User-Agent": USER_AGENT},
         )

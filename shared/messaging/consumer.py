@@ -77,7 +77,7 @@ class ConsumerConfig:
 
     @property
     def window(self) -> int:
-        """Unacked deliveries the broker may hand us (prefetch, default: 4 × concurrency,
+        """Unacked deliveries the broker may hand us (prefetch, default: 4 x concurrency,
         so that messages waiting for their confirm or commit do not starve the handlers;
         measured: 256 beats 64 by ~10 % with 64 handlers).
 

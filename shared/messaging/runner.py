@@ -46,6 +46,10 @@ class RuntimeDeps:
     audit: AuditWriter
     publisher: LivePublisher
     queue: WorkQueue
+    #: Same database, commits not waiting for their WAL flush: for writes whose
+    #: durability rides on the audit row's (synchronous) commit that follows them
+    #: before the ack — link claims and link updates (see shared.storage.db).
+    coordination_db: Database | None = None
 
 
 HandlerFactory = Callable[[RuntimeDeps], Handler]
@@ -89,18 +93,27 @@ async def run_consumer(
             "declare the RabbitMQ topology", stop)
         db = Database.from_settings(settings)
         await _until_up(db.open, "open the database", stop)
+        coordination = Database.from_settings(settings, synchronous_commit=False)
         audit = AuditWriter(db, settings.audit_batch_size, settings.audit_batch_interval)
+        handler: Any = None
         try:
+            await _until_up(coordination.open, "open the database", stop)
             await _until_up(audit.start, "start the audit writer", stop)
             publisher = LivePublisher()
-            handler = handler_factory(RuntimeDeps(settings, db, audit, publisher, queue))
+            handler = handler_factory(RuntimeDeps(settings, db, audit, publisher, queue,
+                                                  coordination))
             config = ConsumerConfig.from_settings(settings, burst_idle=burst_idle,
                                                   always_deduplicate=always_deduplicate)
             consumer = Consumer(queue, codec, handler, audit, config, publisher=publisher)
             if not stop.is_set():
                 await consumer.run()
         finally:
+            closing = getattr(handler, "aclose", None)
+            if closing is not None:  # a handler holding clients closes them here
+                with contextlib.suppress(Exception):
+                    await closing()
             await audit.close()
+            await coordination.close()
             await db.close()
     finally:
         if handle_signals:

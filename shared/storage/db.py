@@ -90,11 +90,18 @@ class Database:
         max_size: int = DEFAULT_MAX_SIZE,
         timeout: float = DEFAULT_TIMEOUT,
         application_name: str = "bss-sync",
+        synchronous_commit: bool = True,
     ) -> None:
         self.url = url
         self.schema = check_schema_name(schema)
         self.timeout = timeout
+        self.synchronous_commit = synchronous_commit
         self._options = f"-c search_path={schema} -c TimeZone=UTC"
+        if not synchronous_commit:
+            # Commits return before their WAL is flushed. Only for writes whose
+            # durability rides on a synchronous commit made after them (WAL is one
+            # sequence: flushing a later commit flushes every earlier one).
+            self._options += " -c synchronous_commit=off"
         self._app = application_name
         self._last_used: weakref.WeakKeyDictionary[Connection, float] = (
             weakref.WeakKeyDictionary())
@@ -109,7 +116,7 @@ class Database:
             # checked before use; one used moments ago is not (a round trip per
             # checkout doubled the cost of every query).
             check=self._check_if_idle,
-            name=f"bss-sync:{schema}",
+            name=f"bss-sync:{schema}" + ("" if synchronous_commit else ":async-commit"),
         )
 
     async def _check_if_idle(self, conn: Connection) -> None:
@@ -119,7 +126,9 @@ class Database:
 
     @classmethod
     def from_settings(cls, settings: Settings, **kw: Any) -> Database:
-        """A database for ``settings.database_url`` and ``settings.db_schema``."""
+        """A database for ``settings.database_url``, ``settings.db_schema`` and
+        ``settings.db_pool_size``."""
+        kw.setdefault("max_size", settings.db_pool_size)
         return cls(settings.database_url, settings.db_schema, **kw)
 
     @property

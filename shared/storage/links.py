@@ -154,6 +154,18 @@ class LinkStore:
         )
         return count > 0
 
+    async def forget_claim(self, claim: Claim, message_id: str) -> None:
+        """Undo a claim that led to nothing: a row it created is removed (no link is left
+        behind for a record that was only looked at); an existing row is released."""
+        if claim.new:
+            await self.db.execute(
+                "DELETE FROM links WHERE id = %s AND claim = %s AND state = 'creating'"
+                " AND external_id IS NULL", (claim.link.id, message_id))
+        else:
+            await self.db.execute(
+                "UPDATE links SET claim = NULL, claimed_at = NULL, updated_at = now()"
+                " WHERE id = %s AND claim = %s", (claim.link.id, message_id))
+
     async def record_error(
         self, instance_id: str, entity: str, error: str, *,
         bss_id: str | None = None, external_id: str | None = None,

@@ -64,7 +64,7 @@ def test_event_codec_reads_valid_events_and_refuses_others():
     assert (decoded.org_id, decoded.entity, decoded.record_id) == ("acme", "account", "acc-1")
     with pytest.raises(InvalidMessage, match="not JSON"):
         EVENT_CODEC.decode(b"{nope", None)
-    with pytest.raises(InvalidMessage, match="bss-event.schema.json at /entity"):
+    with pytest.raises(InvalidMessage, match=r"bss-event\.schema\.json at /entity"):
         EVENT_CODEC.decode(json.dumps({**EVENT, "entity": "lead"}).encode(), None)
 
 

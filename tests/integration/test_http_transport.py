@@ -1,0 +1,208 @@
+"""The HTTP/1.1 transport against raw TCP servers that send exactly the bytes we choose."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import httpx
+import pytest
+
+from shared.http.transport import Http1Transport
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def raw_server(handler: Handler) -> AsyncIterator[str]:
+    connections: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await handler(reader, writer)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        for writer in connections:
+            writer.close()
+        server.close()
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    body = await reader.readexactly(length) if length else b""
+    return head, body
+
+
+def client(**kw: object) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=Http1Transport(**kw), timeout=httpx.Timeout(2.0))
+
+
+async def test_keep_alive_reuses_one_connection_and_sends_bodies():
+    accepted = 0
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        while True:
+            head, body = await read_request(reader)
+            payload = head.split(b"\r\n", 1)[0] + b"|" + body
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(payload),
+                                                                             payload))
+            await writer.drain()
+
+    async with raw_server(echo) as url, client() as http:
+        for i in range(5):
+            response = await http.post(f"{url}/things?x={i}", json={"i": i})
+            assert response.status_code == 200
+            assert response.content == f'POST /things?x={i} HTTP/1.1|{{"i":{i}}}'.encode()
+    assert accepted == 1
+
+
+async def test_chunked_and_eof_delimited_bodies():
+    async def chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end")
+        await writer.drain()
+        writer.close()
+
+    async with raw_server(chunked) as url, client() as http:
+        assert (await http.get(url)).content == b"hello world"
+        assert (await http.get(url)).content == b"until the end"
+
+
+async def test_an_idle_connection_closed_by_the_server_is_replaced_for_safe_requests():
+    served = 0
+
+    async def one_per_connection(reader: asyncio.StreamReader,
+                                 writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        await read_request(reader)
+        served += 1
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        # the server forgets the connection without saying "Connection: close"
+        await asyncio.sleep(0.05)
+        writer.transport.abort()
+
+    async with raw_server(one_per_connection) as url, client() as http:
+        assert (await http.get(url)).content == b"ok"
+        await asyncio.sleep(0.1)
+        assert (await http.get(url)).content == b"ok"  # the dead idle connection was skipped
+        assert (await http.post(url, json={}, headers={"Idempotency-Key": "k"})).content == b"ok"
+    assert served == 3
+
+
+async def test_a_post_without_idempotency_key_is_not_resent_after_a_lost_connection():
+    attempts = 0
+
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal attempts
+        await read_request(reader)
+        attempts += 1
+        writer.transport.abort()
+
+    async with raw_server(drop) as url, client() as http:
+        with pytest.raises(httpx.RemoteProtocolError, match="closed the connection"):
+            await http.post(url, json={"x": 1})
+    assert attempts == 1
+
+
+async def test_timeouts_and_refused_connections():
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(5)
+
+    async with raw_server(silent) as url, httpx.AsyncClient(transport=Http1Transport(),
+                                 timeout=httpx.Timeout(0.2)) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            await http.get(url)
+    async with client() as http:
+        with pytest.raises(httpx.ConnectError):
+            await http.get("http://127.0.0.1:9/")  # discard port: nothing listens
+
+
+async def test_garbage_is_a_protocol_error():
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"this is not HTTP at all\r\n\r\n")
+        await writer.drain()
+
+    async with raw_server(garbage) as url, client() as http:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await http.get(url)
+
+
+async def test_large_bodies_stream_and_a_reader_may_stop_early():
+    size = 5 * 1024 * 1024
+
+    async def large(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+            for _ in range(size // 65536):
+                writer.write(b"x" * 65536)
+                await writer.drain()
+
+    async with raw_server(large) as url, client() as http:
+        response = await http.get(url)
+        assert len(response.content) == size
+        async with http.stream("GET", url) as streamed:
+            seen = 0
+            async for chunk in streamed.aiter_raw():
+                seen += len(chunk)
+                if seen > 100_000:
+                    break  # the caller stops reading: the connection must not be reused
+        assert (await http.get(url)).status_code == 200
+
+
+async def test_connections_are_bounded_per_origin():
+    in_flight = peak = 0
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal in_flight, peak
+        while True:
+            await read_request(reader)
+            in_flight += 1
+            peak = max(peak, in_flight)
+            await asyncio.sleep(0.05)
+            in_flight -= 1
+            writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+            await writer.drain()
+
+    async with raw_server(slow) as url, client(max_connections=3) as http:
+        responses = await asyncio.gather(*(http.get(url) for _ in range(12)))
+    assert {r.status_code for r in responses} == {204}
+    assert peak == 3
+
+
+async def test_a_reused_connection_dying_under_a_safe_request_is_retried_once_fresh():
+    connections = 0
+
+    async def first_only(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await read_request(reader)  # the second request on this connection: hang up on it
+        writer.transport.abort()
+
+    async with raw_server(first_only) as url, client() as http:
+        assert (await http.get(url)).content == b"ok"
+        assert (await http.get(url)).content == b"ok"  # sent twice, answered on a new one
+        with pytest.raises(httpx.RemoteProtocolError):
+            await http.post(url, content=b"{}")  # not safe to resend
+    assert connections == 2  # the POST went on the second one, which hung up on it
