@@ -428,7 +428,7 @@ def _desired_connector(entry: dict[str, Any], document: Any) -> DesiredConnector
 
 def _desired_instance(org: dict[str, Any], inst: dict[str, Any]) -> DesiredInstance:
     settings = dict(inst.get("settings", {}))
-    for key in ("lookups", "rateLimit"):
+    for key in ("lookups", "rateLimit", "timeouts"):
         if key in inst:
             settings[key] = inst[key]
     permissions = frozenset(

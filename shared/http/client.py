@@ -134,7 +134,7 @@ class ThirdPartyClient:
                 f"instance {endpoint.id}: server URL {describe_url(self.base_url)} "
                 "is not an absolute http(s) URL"
             ) from exc
-        self.timeouts = Timeouts.from_settings(document.settings)
+        self.timeouts = Timeouts.from_settings(document.settings, endpoint.setting("timeouts"))
         self.rate_limit = RateLimit.from_settings(document.settings, endpoint.setting("rateLimit"))
         self.throttle = Throttle(self.rate_limit)
         credentials = resolve_credentials(endpoint.credentials)

@@ -83,9 +83,11 @@ class Timeouts:
     read: float = DEFAULT_READ_TIMEOUT
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any]) -> Timeouts:
-        """From a connector's settings (``timeouts: {connect, read}``), defaults elsewhere."""
-        raw = settings.get("timeouts") or {}
+    def from_settings(cls, settings: Mapping[str, Any],
+                      override: Mapping[str, Any] | None = None) -> Timeouts:
+        """From a connector's settings (``timeouts: {connect, read}``), the instance's
+        ``override`` winning key by key; defaults elsewhere."""
+        raw = {**(settings.get("timeouts") or {}), **(override or {})}
         return cls(
             connect=float(raw.get("connect") or DEFAULT_CONNECT_TIMEOUT),
             read=float(raw.get("read") or DEFAULT_READ_TIMEOUT),

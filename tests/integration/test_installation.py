@@ -64,7 +64,8 @@ async def test_apply_creates_everything_the_file_declares(db: Database) -> None:
     assert prod.credentials == {"apiKey": "env:GLOBEX_ACME_API_KEY"}
     assert prod.variables == {"region": "eu"}
     assert prod.settings == {"lookups": {"industry": {"Software": "SOFTWARE"}},
-                             "rateLimit": {"requests": 5, "per": "1s"}}
+                             "rateLimit": {"requests": 5, "per": "1s"},
+                             "timeouts": {"read": 10}}
     assert prod.permissions == {("account", "push", "create"), ("account", "push", "update"),
                                 ("account", "pull", "create"), ("account", "pull", "update"),
                                 ("contact", "push", "create"), ("contact", "push", "update"),

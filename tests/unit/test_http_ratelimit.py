@@ -137,3 +137,12 @@ def test_rate_limit_from_connector_with_instance_override_key_by_key() -> None:
 def test_timeouts_from_the_connector() -> None:
     assert Timeouts.from_settings({}) == Timeouts(5.0, 30.0)
     assert Timeouts.from_settings({"timeouts": {"read": 2}}) == Timeouts(5.0, 2.0)
+
+
+def test_instance_timeouts_override_the_connectors_key_by_key():
+    from shared.http.settings import Timeouts
+
+    connector = {"timeouts": {"connect": 5, "read": 30}}
+    assert Timeouts.from_settings(connector, {"read": 1.5}) == Timeouts(connect=5.0, read=1.5)
+    assert Timeouts.from_settings(connector, None) == Timeouts(connect=5.0, read=30.0)
+    assert Timeouts.from_settings({}, {}) == Timeouts()
