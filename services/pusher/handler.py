@@ -10,10 +10,10 @@ child's id as correlation id).
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from services.pusher.push import PushOutcome, RecordPush
 from shared.audit import AuditRecord, AuditSink, Outcome
+from shared.bss import BssClient
 from shared.errors import SyncError
 from shared.messaging.codec import HandlerResult, InboundMessage
 from shared.messaging.envelope import SyncMessage
@@ -36,7 +36,7 @@ def _skipped(reason: str) -> HandlerResult:
 class PushHandler:
     """Handles ``sync.push`` messages."""
 
-    def __init__(self, registry: InstanceRegistry, links: LinkStore, bss: Any,
+    def __init__(self, registry: InstanceRegistry, links: LinkStore, bss: BssClient,
                  audit: AuditSink) -> None:
         self.registry = registry
         self.links = links

@@ -17,11 +17,12 @@ import dataclasses
 import hashlib
 import json
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from services.pusher.decide import CREATE, DELETE, UPDATE, PushDecision, decide
+from shared.bss import BssClient
 from shared.connector import CallSpec, SyncObject
 from shared.connector.preview import idempotency_key
 from shared.connector.request import plan_request
@@ -58,13 +59,12 @@ class PushOutcome:
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-class ParentPusher:
-    """Pushes a parent record first; implemented by the handler (it audits the parent)."""
+class ParentPusher(Protocol):
+    """Pushes a parent record first; the handler implements it (and audits the parent)."""
 
     async def push_parent(self, ctx: InstanceContext, entity: str, record_id: str,
-                          org_id: str, depth: int, *,
-                          child_message_id: str) -> PushOutcome:  # pragma: no cover
-        raise NotImplementedError
+                          org_id: str, depth: int, *, child_message_id: str) -> PushOutcome:
+        ...
 
 
 def payload_hash(payload: Any) -> str:
@@ -78,7 +78,7 @@ class RecordPush:
     """One push of one record; build, then ``await run()``."""
 
     def __init__(self, *, ctx: InstanceContext, obj: SyncObject, org_id: str, record_id: str,
-                 message_id: str, links: LinkStore, bss: Any, parents: ParentPusher,
+                 message_id: str, links: LinkStore, bss: BssClient, parents: ParentPusher,
                  depth: int = 0) -> None:
         self.ctx = ctx
         self.obj = obj
