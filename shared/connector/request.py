@@ -17,6 +17,7 @@ from shared.connector.document import CallSpec, ConnectorDocument
 from shared.connector.openapi import Operation
 from shared.errors import ConfigurationError, MappingError
 from shared.transform import UNDEFINED, TransformContext
+from shared.transform.expressions import as_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,20 +99,20 @@ def plan_request(
         if location == "path":
             if value in (None, UNDEFINED, ""):
                 raise MappingError(f"path parameter {name!r} of {operation.key} has no value")
-            path = path.replace("{" + name + "}", quote(_text(value), safe=""))
+            path = path.replace("{" + name + "}", quote(as_text(value), safe=""))
         elif value in (None, UNDEFINED):
             continue
         elif location == "header":
-            headers[name] = _text(value)
+            headers[name] = as_text(value)
         elif location == "cookie":
-            cookies.append(f"{name}={quote(_text(value), safe='')}")
+            cookies.append(f"{name}={quote(as_text(value), safe='')}")
         else:
             values = value if isinstance(value, list) else [value]
-            query += [(name, _text(v)) for v in values if v not in (None, UNDEFINED)]
+            query += [(name, as_text(v)) for v in values if v not in (None, UNDEFINED)]
     for name, template in call.headers.items():
         value = template.render(data, context)
         if value not in (None, UNDEFINED, ""):
-            headers[name] = _text(value)
+            headers[name] = as_text(value)
     if cookies:
         headers["Cookie"] = "; ".join(cookies)
     if extra_headers:
@@ -134,7 +135,7 @@ def with_query(url: str, params: Mapping[str, Any]) -> str:
     """``url`` with ``params`` set (replacing existing values of the same names)."""
     parts = urlsplit(url)
     kept = [(k, v) for k, v in _parse_qsl(parts.query) if k not in params]
-    kept += [(k, _text(v)) for k, v in params.items() if v not in (None, UNDEFINED)]
+    kept += [(k, as_text(v)) for k, v in params.items() if v not in (None, UNDEFINED)]
     query = urlencode(kept)
     return parts._replace(query=query).geturl()
 
@@ -143,11 +144,3 @@ def _parse_qsl(query: str) -> list[tuple[str, str]]:
     from urllib.parse import parse_qsl
 
     return parse_qsl(query, keep_blank_values=True)
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)

@@ -11,6 +11,7 @@ leaves a field out when its expression yields nothing.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from typing import Any, Final
@@ -66,6 +67,18 @@ def to_python(value: Any) -> Any:
     if isinstance(value, dict | list):
         return Utils.convert_nulls(value)
     return value
+
+
+def as_text(value: Any) -> str:
+    """A JSON value as text for URLs, headers and keys: ``true``, ``5`` (not ``5.0``),
+    objects and arrays as compact JSON."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return str(value)
 
 
 def from_python(value: Any) -> Any:

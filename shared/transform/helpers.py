@@ -28,7 +28,7 @@ from typing import Any
 
 from shared.errors import DependencyPending
 from shared.transform.context import current_context, value_key
-from shared.transform.expressions import UNDEFINED, from_python
+from shared.transform.expressions import UNDEFINED, as_text, from_python
 
 
 class HelperError(ValueError):
@@ -77,45 +77,34 @@ def reverse_lookup(table: Any, value: Any, fallback: Any = _NO_FALLBACK) -> Any:
 
 
 def _key(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+    return as_text(value)
+
+
+def _linked(helper: str, kind: str, entity: Any, some_id: Any) -> Any:
+    """``$externalId`` (kind ``external``) and ``$bssId`` (kind ``bss``)."""
+    entity, some_id = from_python(entity), from_python(some_id)
+    if some_id is None:
+        return None
+    links = current_context().links
+    if links is None:
+        raise HelperError(f"${helper}: no link table is available here")
+    lookup = links.external_id if kind == "external" else links.bss_id
+    found = lookup(str(entity), _key(some_id))
+    if found is None:
+        where = ("is not linked to this instance yet" if kind == "external"
+                 else "is not linked to a BSS record yet")
+        prefix = "" if kind == "external" else "external "
+        raise DependencyPending(f"{prefix}{entity} {some_id} {where}", entity=str(entity),
+                                record_id=_key(some_id))
+    return found
 
 
 def external_id(entity: Any, bss_id: Any) -> Any:
-    entity, bss_id = from_python(entity), from_python(bss_id)
-    if bss_id is None:
-        return None
-    links = current_context().links
-    if links is None:
-        raise HelperError("$externalId: no link table is available here")
-    found = links.external_id(str(entity), _key(bss_id))
-    if found is None:
-        raise DependencyPending(
-            f"{entity} {bss_id} is not linked to this instance yet",
-            entity=str(entity),
-            record_id=_key(bss_id),
-        )
-    return found
+    return _linked("externalId", "external", entity, bss_id)
 
 
 def bss_id(entity: Any, ext_id: Any) -> Any:
-    entity, ext_id = from_python(entity), from_python(ext_id)
-    if ext_id is None:
-        return None
-    links = current_context().links
-    if links is None:
-        raise HelperError("$bssId: no link table is available here")
-    found = links.bss_id(str(entity), _key(ext_id))
-    if found is None:
-        raise DependencyPending(
-            f"external {entity} {ext_id} is not linked to a BSS record yet",
-            entity=str(entity),
-            record_id=_key(ext_id),
-        )
-    return found
+    return _linked("bssId", "bss", entity, ext_id)
 
 
 def var(name: Any) -> Any:

@@ -17,7 +17,6 @@ for the caller to load links and evaluate again).
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +26,7 @@ from shared.transform.expressions import (
     UNDEFINED,
     Expression,
     ExpressionRuntimeError,
+    as_text,
 )
 from shared.transform.helpers import HELPERS, HelperError
 
@@ -175,7 +175,7 @@ class Template:
             for part in self.parts:
                 if isinstance(part, Expression):
                     value = self._value(part, data)
-                    text.append("" if value in (None, UNDEFINED) else _text(value))
+                    text.append("" if value in (None, UNDEFINED) else as_text(value))
                 else:
                     text.append(part)
             return "".join(text)
@@ -203,16 +203,6 @@ def _json_type(value: Any) -> str:
     if isinstance(value, int | float):
         return "a number"
     return "null" if value is None else type(value).__name__
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict | list):
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
 
 
 class TemplateSyntaxError(ValueError):
