@@ -28,3 +28,10 @@ lint: install
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache
+
+# bss-sync at work against the local RabbitMQ/PostgreSQL (AMQP_URL, DATABASE_URL):
+# sandbox BSS -> dispatcher -> pusher -> an Acme CRM stand-in, until Ctrl-C.
+# Options: make demo DEMO_ARGS="--count 50" (or --no-wait; see python -m demo --help).
+.PHONY: demo
+demo: install
+	$(BIN)/python -m demo $(DEMO_ARGS)

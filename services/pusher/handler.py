@@ -14,7 +14,7 @@ import uuid
 from services.pusher.push import PushOutcome, RecordPush
 from shared.audit import AuditRecord, AuditSink, Outcome
 from shared.bss import BssClient
-from shared.errors import SyncError
+from shared.errors import RecordBusy, SyncError
 from shared.messaging.codec import HandlerResult, InboundMessage
 from shared.messaging.envelope import SyncMessage
 from shared.runtime import InstanceContext, InstanceRegistry
@@ -86,6 +86,8 @@ class PushHandler:
                              action="dependency", record_id=record_id, message_id=message_id)
         try:
             outcome = await push.run()
+        except RecordBusy:
+            raise  # nothing happened to the parent: another delivery is pushing it
         except SyncError as exc:
             record.outcome = Outcome.FAILED
             record.error_class = exc.error_class

@@ -13,6 +13,7 @@ when the push fails.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
@@ -47,6 +48,9 @@ log = structlog.get_logger("services.pusher")
 CLAIM_STALE_SECONDS = 300.0
 MAX_PARENT_DEPTH = 3
 MAX_LINK_ROUNDS = 5
+#: How long a record waits for a parent another delivery is pushing, before retrying.
+PARENT_WAIT_SECONDS = 5.0
+PARENT_POLL_SECONDS = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,9 +226,16 @@ class RecordPush:
                 raise DependencyPending(f"{entity} {parent_id} is not linked yet (parents "
                                         "nested too deep to push inline)", entity=entity,
                                         record_id=parent_id)
-            outcome = await self.parents.push_parent(self.ctx, entity, parent_id, self.org_id,
-                                                     self.depth + 1,
-                                                     child_message_id=self.message_id)
+            try:
+                outcome = await self.parents.push_parent(self.ctx, entity, parent_id,
+                                                         self.org_id, self.depth + 1,
+                                                         child_message_id=self.message_id)
+            except RecordBusy:
+                # Another delivery is pushing that parent right now (typically the
+                # parent's own event): wait a little for its link rather than a rung.
+                external_id = await self._wait_for_link(entity, parent_id)
+                self.preloaded.external[(entity, parent_id)] = external_id
+                continue
             if outcome.external_id is None:
                 raise DependencyPending(
                     f"{entity} {parent_id} could not be pushed first: "
@@ -232,6 +243,18 @@ class RecordPush:
                     entity=entity, record_id=parent_id)
             self.preloaded.external[(entity, parent_id)] = outcome.external_id
             self.details.setdefault("parents", []).append(f"{entity} {parent_id}")
+
+    async def _wait_for_link(self, entity: str, parent_id: str) -> str:
+        """The parent's external id once its link appears; ``DependencyPending`` after
+        ``PARENT_WAIT_SECONDS``."""
+        deadline = time.monotonic() + PARENT_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            await asyncio.sleep(PARENT_POLL_SECONDS)
+            linked = await self.links.external_ids(self.instance_id, entity, [parent_id])
+            if parent_id in linked:
+                return linked[parent_id]
+        raise DependencyPending(f"{entity} {parent_id} is being pushed by another delivery "
+                                "and is not linked yet", entity=entity, record_id=parent_id)
 
     async def _preload_references(self, record: dict[str, Any]) -> None:
         by_entity: dict[str, list[str]] = {}

@@ -1,9 +1,10 @@
 """The third parties of the end-to-end tests, as real servers on free ports.
 
 * :class:`JsonServer` — the Acme CRM of ``connectors/acme-crm.json``: json-server 0.17
-  (npm) run by ``acme_crm/server.js`` with an in-memory database and the middleware
-  of ``acme_crm/middleware.js`` (API key, timestamps, idempotency keys, ids never
-  reused). ``reset()`` empties it between tests; ``state()`` reads it whole.
+  (npm) run by ``demo/acme_crm/server.js`` with an in-memory database and the middleware
+  of ``demo/acme_crm/middleware.js`` (API key, timestamps, idempotency keys, ids never
+  reused). ``reset()`` empties it between tests; ``state()`` reads it whole. It lives in
+  :mod:`demo.thirdparty` (the demo runs the same stand-in) and is re-exported here.
 * :class:`FaultProxy` — an HTTP proxy in front of it (uvicorn in a thread of the test
   process) that injects the failures a test asks for — 5xx, responses held past the
   client's read timeout, 429 with ``Retry-After``, 422 for chosen bodies — and logs
@@ -21,12 +22,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import os
-import re
-import shutil
-import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -38,154 +34,25 @@ import uvicorn
 from starlette.requests import Request
 from starlette.responses import Response
 
+from demo.thirdparty import (
+    EMPTY_ACME_DB,
+    NODE_BIN,
+    REPO,
+    STARTUP_TIMEOUT,
+    STOP_TIMEOUT,
+    JsonServer,
+    NodeProcess,
+    node_tool,
+    stop_group,
+)
 from sandbox.server import free_port
 
-REPO = Path(__file__).resolve().parents[2]
-NODE_BIN = REPO / "node_modules" / ".bin"
-ACME_SERVER_JS = Path(__file__).resolve().parent / "acme_crm" / "server.js"
-EMPTY_ACME_DB = {"companies": [], "people": [], "tickets": []}
-STARTUP_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
+__all__ = ["EMPTY_ACME_DB", "HOP_HEADERS", "NODE_BIN", "REPO", "Fault", "FaultProxy",
+           "JsonServer", "NodeProcess", "Prism", "Seen", "node_tool", "stop_group"]
+
 #: Headers a proxy must not copy from one hop to the next.
 HOP_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection",
                          "keep-alive", "content-encoding"})
-
-
-def node_tool(name: str) -> Path:
-    """An npm binary of the repository (``npm install`` puts them in node_modules/.bin)."""
-    path = NODE_BIN / name
-    if not path.exists():
-        raise RuntimeError(f"{path} is missing: run `npm install` (or `make install`) at "
-                           f"{REPO} first")
-    return path
-
-
-# --------------------------------------------------------------------------- processes
-
-
-class NodeProcess:
-    """A Node.js server process whose output goes to ``log_path``."""
-
-    def __init__(self, name: str, command: list[str], log_path: Path,
-                 env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
-        self.name = name
-        self.command = command
-        self.log_path = log_path
-        self.env = {**os.environ, **(env or {})}
-        self.cwd = cwd
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        if shutil.which("node") is None:
-            raise RuntimeError("node is not on PATH: the end-to-end tests need Node.js 18+")
-        log = self.log_path.open("ab")
-        try:
-            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
-                                            env=self.env, cwd=self.cwd,
-                                            start_new_session=True)
-        finally:
-            log.close()
-
-    def wait_for_output(self, pattern: str, timeout: float = STARTUP_TIMEOUT) -> re.Match[str]:
-        """Block until the output matches ``pattern``; raise with the output's tail if the
-        process exits or ``timeout`` passes first."""
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while True:
-            found = regex.search(self.output())
-            if found:
-                return found
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode} at "
-                                   f"start:\n{self.tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} did not print {pattern!r} within {timeout}s:"
-                                   f"\n{self.tail()}")
-            time.sleep(0.05)
-
-    def output(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.output().splitlines()[-lines:])
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after ``STOP_TIMEOUT``; idempotent."""
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        stop_group(process, STOP_TIMEOUT)
-
-
-def stop_group(process: subprocess.Popen[bytes], timeout: float) -> None:
-    """SIGTERM the process group a ``start_new_session`` process leads (its children
-    too), SIGKILL it after ``timeout``."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
-# --------------------------------------------------------------------------- json-server
-
-
-class JsonServer:
-    """json-server serving the Acme CRM on a free port of 127.0.0.1."""
-
-    def __init__(self, workdir: Path, api_key: str) -> None:
-        self.workdir = workdir
-        self.api_key = api_key
-        self.db_path = workdir / "db.json"
-        self.url = ""
-        self._node = NodeProcess(
-            "json-server", ["node", str(ACME_SERVER_JS), str(self.db_path), "0", "127.0.0.1"],
-            workdir / "json-server.log", env={"ACME_API_KEY": api_key}, cwd=REPO)
-        self._http: httpx.Client | None = None
-
-    def start(self) -> JsonServer:
-        node_tool("json-server")  # fail early with the npm hint
-        self.db_path.write_text(json.dumps(EMPTY_ACME_DB))
-        self._node.start()
-        found = self._node.wait_for_output(r"listening on (http://\S+)")
-        self.url = found.group(1)
-        self._http = httpx.Client(base_url=self.url, timeout=10.0,
-                                  headers={"X-Api-Key": self.api_key})
-        self.state()  # answers
-        return self
-
-    def stop(self) -> None:
-        if self._http is not None:
-            self._http.close()
-            self._http = None
-        self._node.stop()
-
-    def tail(self, lines: int = 40) -> str:
-        return self._node.tail(lines)
-
-    @property
-    def http(self) -> httpx.Client:
-        assert self._http is not None, "json-server is not started"
-        return self._http
-
-    def reset(self) -> None:
-        """Empty every collection and forget idempotency keys (ids keep growing)."""
-        self.http.post("/__admin/reset").raise_for_status()
-
-    def state(self) -> dict[str, list[dict[str, Any]]]:
-        """The whole database, read directly (not through the proxy)."""
-        response = self.http.get("/db")
-        response.raise_for_status()
-        return response.json()
-
-    def collection(self, name: str) -> list[dict[str, Any]]:
-        return self.state()[name]
 
 
 # --------------------------------------------------------------------------- the proxy

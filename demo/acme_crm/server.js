@@ -1,6 +1,9 @@
-// The Acme CRM stand-in of the end-to-end tests: json-server 0.17 through its module API.
+// The Acme CRM stand-in of the demo and the end-to-end tests: json-server 0.17 through its
+// module API (started by demo/thirdparty.py, or by the acme-crm service of docker-compose.yml).
 //
 //   node server.js DB_JSON [PORT] [HOST]      (PORT 0: any free port)
+//
+// DB_JSON holds the collections to start from (db.json beside this file: all empty).
 //
 // The database is the content of DB_JSON held in memory (lowdb's Memory adapter): the
 // json-server CLI writes the whole file after every change (and, with --watch, reloads

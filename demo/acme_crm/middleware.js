@@ -1,7 +1,7 @@
 // What json-server lacks to behave like the Acme CRM of connectors/acme-crm.json.
 //
 // Usable on its own with `json-server --middlewares middleware.js db.json`, and
-// loaded by server.js (the in-memory server the end-to-end tests run):
+// loaded by server.js (the in-memory server the demo and the end-to-end tests run):
 //
 // * X-Api-Key: every request to a collection needs the key in ACME_API_KEY (401 otherwise);
 // * ids: POST gets the next integer id of its collection, never reused after a delete
