@@ -306,3 +306,29 @@ async def test_most_specific_schedule_wins(db: Database) -> None:
     assert (by_id["inst-2"].cron, by_id["inst-2"].timezone, by_id["inst-2"].enabled) == (
         "*/5 * * * *", "Asia/Tokyo", False)
     assert await schedules.effective("missing") is None
+
+
+async def test_the_coordination_pool_commits_asynchronously_and_the_main_one_does_not(
+        database_url: str) -> None:
+    """Link writes ride on the audit row's synchronous commit (shared.storage.db); the
+    audit writer's pool must stay synchronous, or an acked message could lose its row."""
+    async with Database(database_url) as main, \
+            Database(database_url, synchronous_commit=False) as coordination:
+        assert await main.fetchval("SHOW synchronous_commit") == "on"
+        assert await coordination.fetchval("SHOW synchronous_commit") == "off"
+
+
+async def test_a_claim_that_leads_nowhere_is_forgotten(db: Database) -> None:
+    await seed(db)
+    links = LinkStore(db)
+    claim = await links.claim_for_create("inst-1", "account", "acc-9", "m-1", 300)
+    assert claim.owned and claim.new
+    await links.forget_claim(claim, "m-1")
+    assert await links.by_bss_id("inst-1", "account", "acc-9") is None
+    await links.mark_linked("inst-1", "account", bss_id="acc-9", external_id="E9",
+                            direction="push")
+    claim = await links.claim_for_create("inst-1", "account", "acc-9", "m-2", 300)
+    assert claim.owned and not claim.new
+    await links.forget_claim(claim, "m-2")
+    kept = await links.by_bss_id("inst-1", "account", "acc-9")
+    assert kept is not None and kept.external_id == "E9" and kept.claim is None
