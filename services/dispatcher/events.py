@@ -109,8 +109,9 @@ class EventHandler:
 
     async def __call__(self, message: InboundMessage[dict[str, Any]]) -> HandlerResult:
         event = message.payload
-        if event["entity"] not in ENTITIES:  # the schema allows it; be explicit anyway
-            return HandlerResult(Outcome.SKIPPED, details={"reason": "unknown entity"})
+        if event["entity"] not in ENTITIES:  # a BSS entity bss-sync does not synchronize
+            return HandlerResult(Outcome.SKIPPED, details={
+                "reason": f"bss-sync does not synchronize {event['entity']} records"})
         instances = await self._org_instances(event["organizationId"])
         if instances is None:
             return HandlerResult(Outcome.SKIPPED, details={"reason": "unknown organization"})

@@ -64,8 +64,20 @@ def test_event_codec_reads_valid_events_and_refuses_others():
     assert (decoded.org_id, decoded.entity, decoded.record_id) == ("acme", "account", "acc-1")
     with pytest.raises(InvalidMessage, match="not JSON"):
         EVENT_CODEC.decode(b"{nope", None)
-    with pytest.raises(InvalidMessage, match=r"bss-event\.schema\.json at /entity"):
-        EVENT_CODEC.decode(json.dumps({**EVENT, "entity": "lead"}).encode(), None)
+    with pytest.raises(InvalidMessage, match=r"bss-event\.schema\.json at /event"):
+        EVENT_CODEC.decode(json.dumps({**EVENT, "event": "archived"}).encode(), None)
+    other = EVENT_CODEC.decode(json.dumps({**EVENT, "entity": "quote"}).encode(), None)
+    assert other.entity == "quote"  # a BSS entity bss-sync does not sync: the handler skips
+
+
+async def test_events_of_unknown_entities_are_skipped_not_dead_lettered():
+    from services.dispatcher.events import EventHandler
+
+    handler = EventHandler(instances=None, organizations=None, publisher=None)  # type: ignore[arg-type]
+    message = EVENT_CODEC.decode(json.dumps({**EVENT, "entity": "quote"}).encode(), None)
+    result = await handler(message)
+    assert result.outcome == "skipped"
+    assert result.details == {"reason": "bss-sync does not synchronize quote records"}
 
 
 def test_references_follow_the_schemas_marks_into_arrays():
