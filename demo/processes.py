@@ -25,7 +25,7 @@ from sandbox.settings import SandboxSettings
 STARTUP_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
 #: The queue each service consumes (DESIGN §4).
-QUEUES = {"dispatcher": "dispatcher.events", "pusher": "pusher"}
+QUEUES = {"dispatcher": "dispatcher.events", "pusher": "pusher", "puller": "puller"}
 
 
 def consumer_count(amqp_url: str, queue: str) -> int:
@@ -38,13 +38,17 @@ def consumer_count(amqp_url: str, queue: str) -> int:
 
 
 class Service:
-    """``python -m services.<name>`` with ``env``, its output in ``<log_dir>/<name>.log``."""
+    """``python -m services.<name>`` with ``env``, its output in ``<log_dir>/<name>.log``
+    (``append``: kept across starts, a header line per start — as the tests want it)."""
 
-    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path, *,
+                 append: bool = False) -> None:
         self.name = name
         self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         self.log_path = log_dir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.append = append
+        self.starts = 0
 
     @property
     def pid(self) -> int | None:
@@ -57,7 +61,13 @@ class Service:
     def start(self, timeout: float = STARTUP_TIMEOUT) -> Service:
         """Start, and wait until the service consumes its queue. Raises ``RuntimeError``
         with the log's tail if it exits or does not consume within ``timeout``."""
-        with self.log_path.open("wb") as log:
+        if self.alive:
+            raise RuntimeError(f"the {self.name} is already running (pid {self.pid})")
+        self.starts += 1
+        with self.log_path.open("ab" if self.append else "wb") as log:
+            if self.append:
+                log.write(f"=== start {self.starts} of {self.name} ===\n".encode())
+                log.flush()
             self.process = subprocess.Popen(
                 [sys.executable, "-m", f"services.{self.name}"], cwd=REPO, env=self.env,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
