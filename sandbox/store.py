@@ -261,13 +261,14 @@ async def _lock(conn: Connection, write: Write, record_id: str,
     return data, version
 
 
-async def _insert(conn: Connection, write: Write, record_id: str,
-                  fields: dict[str, Any]) -> StoredRecord:
+async def _write_row(conn: Connection, sql: str, write: Write, record_id: str,
+                     fields: dict[str, Any]) -> StoredRecord:
+    """Run the INSERT or UPDATE ``sql`` for one record; the stored record it returns."""
     cur = conn.cursor(row_factory=tuple_row)
     params = {"org": write.org_id, "entity": write.entity, "id": record_id,
               "data": _encode(fields)}
     try:
-        await cur.execute(_INSERT, params)
+        await cur.execute(sql, params)
     except psycopg.DataError as exc:
         raise _unstorable(exc) from exc
     row = await cur.fetchone()
@@ -275,18 +276,14 @@ async def _insert(conn: Connection, write: Write, record_id: str,
     return StoredRecord(record_id, row[0], row[1])
 
 
+async def _insert(conn: Connection, write: Write, record_id: str,
+                  fields: dict[str, Any]) -> StoredRecord:
+    return await _write_row(conn, _INSERT, write, record_id, fields)
+
+
 async def _update(conn: Connection, write: Write, record_id: str, current: dict[str, Any],
                   fields: dict[str, Any]) -> StoredRecord:
-    cur = conn.cursor(row_factory=tuple_row)
-    params = {"org": write.org_id, "entity": write.entity, "id": record_id,
-              "data": _encode(fields)}
-    try:
-        await cur.execute(_UPDATE, params)
-    except psycopg.DataError as exc:
-        raise _unstorable(exc) from exc
-    row = await cur.fetchone()
-    assert row is not None
-    stored = StoredRecord(record_id, row[0], row[1])
+    stored = await _write_row(conn, _UPDATE, write, record_id, fields)
     await _emit(conn, write, "updated", record_id, stored.data(),
                 changed=changed_fields(current, fields))
     return stored
