@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
@@ -60,6 +61,13 @@ class AuditRecord:
 
 class AuditSink(Protocol):
     """Makes audit rows durable."""
+
+    def submit(self, record: AuditRecord,
+               done: Callable[[BaseException | None], None]) -> None:
+        """Queue ``record``; call ``done(None)`` once it is committed, ``done(error)``
+        (an ``InfrastructureError``) when it could not be. Raises ``ValueError`` for
+        an invalid record, ``InfrastructureError`` when the sink is not running."""
+        ...
 
     async def write(self, record: AuditRecord) -> None:
         """Return once ``record`` is committed. Raises ``InfrastructureError``."""

@@ -1,14 +1,16 @@
 """The PostgreSQL audit sink, with group commit.
 
-Handlers call ``await writer.write(record)``; rows from concurrent handlers are
-gathered into one batch and stored with one ``COPY`` in one transaction. A batch
-closes when it holds ``batch_size`` rows, when its first row has waited
-``interval`` seconds, or when a turn of the event loop brings no new row; rows
-arriving while a commit runs wait for it and form the next batch. ``write``
-returns only after the transaction holding its row has committed, so a consumer
-may ack its message the moment ``write`` returns.
+Handlers call ``await writer.write(record)``; the consumer runtime calls
+``writer.submit(record, done)``, which queues the row and calls ``done(None)`` once
+it is committed (the consumer acks there, without a coroutine waiting per
+message). Rows from concurrent callers are gathered into one batch and stored
+with one ``COPY`` in one transaction. A batch closes when it holds ``batch_size``
+rows, when its first row has waited ``interval`` seconds, or when a turn of the
+event loop brings no new row; rows arriving while a commit runs wait for it and
+form the next batch. ``write`` returns, and ``done`` is called, only after the
+transaction holding the row has committed, so the message may be acked then.
 
-A failed commit fails every waiter of that batch with
+A failed commit fails every row of that batch with
 :class:`~shared.errors.InfrastructureError` (their messages stay unacked and are
 redelivered). A batch refused for its *data* (a row PostgreSQL rejects) is
 retried row by row, so one bad row fails only its own writer.
@@ -19,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -49,6 +51,9 @@ _DIRECTIONS = frozenset({"push", "pull"})
 log = structlog.get_logger(__name__)
 
 Row = tuple[Any, ...]
+#: Called once with ``None`` when the row is committed, or with the error when it cannot be.
+Done = Callable[[BaseException | None], None]
+Entry = tuple[Row, Done]
 
 
 def _clean(text: str | None, limit: int | None = None) -> str | None:
@@ -124,8 +129,8 @@ class AuditWriter:
         self.batch_size = batch_size
         self.interval = interval
         self.months_ahead = months_ahead
-        self._pending: list[tuple[Row, asyncio.Future[None]]] = []
-        self._inflight: list[tuple[Row, asyncio.Future[None]]] = []
+        self._pending: list[Entry] = []
+        self._inflight: list[Entry] = []
         self._first_at = 0.0
         self._has_rows = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -162,20 +167,29 @@ class AuditWriter:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def submit(self, record: AuditRecord, done: Done) -> None:
+        """Queue ``record``; ``done(None)`` is called once it is committed, or
+        ``done(error)`` (an :class:`InfrastructureError`) when its batch could not be.
+
+        Raises ``ValueError`` for an invalid record and :class:`InfrastructureError`
+        when the writer is not running (``done`` is then never called).
+        """
+        row = to_row(record)
+        if self._task is None or self._task.done() or self._closing:
+            raise InfrastructureError("the audit writer is not running")
+        if not self._pending:
+            self._first_at = time.monotonic()
+        self._pending.append((row, done))
+        self._has_rows.set()
+
     async def write(self, record: AuditRecord) -> None:
         """Return once ``record`` is committed.
 
         Raises :class:`InfrastructureError` when its batch could not be committed
         or the writer is not running, ``ValueError`` for an invalid record.
         """
-        row = to_row(record)
-        if self._task is None or self._task.done() or self._closing:
-            raise InfrastructureError("the audit writer is not running")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if not self._pending:
-            self._first_at = time.monotonic()
-        self._pending.append((row, future))
-        self._has_rows.set()
+        self.submit(record, lambda error: _resolve(future, error))
         await future
 
     async def write_many(self, records: Sequence[AuditRecord]) -> None:
@@ -222,7 +236,7 @@ class AuditWriter:
             if len(self._pending) == before:
                 return
 
-    async def _commit(self, batch: list[tuple[Row, asyncio.Future[None]]]) -> None:
+    async def _commit(self, batch: list[Entry]) -> None:
         rows = [row for row, _ in batch]
         try:
             await self._copy(rows)
@@ -238,20 +252,18 @@ class AuditWriter:
             return
         self.rows_written += len(rows)
         self.batches_written += 1
-        for _, future in batch:
-            if not future.done():
-                future.set_result(None)
+        for _, done in batch:
+            _call(done, None)
 
-    async def _commit_one_by_one(self, batch: list[tuple[Row, asyncio.Future[None]]]) -> None:
-        for row, future in batch:
+    async def _commit_one_by_one(self, batch: list[Entry]) -> None:
+        for row, done in batch:
             try:
                 await self._copy([row])
             except Exception as exc:
-                _fail([(row, future)], f"audit row refused: {redact(str(exc))}", exc)
+                _fail([(row, done)], f"audit row refused: {redact(str(exc))}", exc)
             else:
                 self.rows_written += 1
-                if not future.done():
-                    future.set_result(None)
+                _call(done, None)
 
     async def _copy(self, rows: list[Row]) -> None:
         async with self.db.transaction() as conn:
@@ -282,14 +294,29 @@ class AuditWriter:
         return await final_outcome(self.db, message_id)
 
 
-def _fail(batch: list[tuple[Row, asyncio.Future[None]]], message: str,
-          cause: BaseException) -> None:
-    """Fail every waiter of ``batch``, each with its own InfrastructureError."""
-    for _, future in batch:
-        if not future.done():
-            error = InfrastructureError(message)
-            error.__cause__ = cause
-            future.set_exception(error)
+def _fail(batch: list[Entry], message: str, cause: BaseException) -> None:
+    """Fail every row of ``batch``, each with its own InfrastructureError."""
+    for _, done in batch:
+        error = InfrastructureError(message)
+        error.__cause__ = cause
+        _call(done, error)
+
+
+def _call(done: Done, error: BaseException | None) -> None:
+    """Tell a caller its row's fate; a failing callback must not stop the writer."""
+    try:
+        done(error)
+    except Exception:
+        log.exception("an audit commit callback failed (a bug)")
+
+
+def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
 
 
 async def settled_outcome(db: Database, message_id: str, attempt: int) -> Outcome | None:

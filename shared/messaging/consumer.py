@@ -280,11 +280,8 @@ class Consumer:
             session = delivery.session
             if not session.accepting or not session.alive:
                 continue  # left unacked: the broker redelivers it
-            session.started()
-            try:
+            try:  # counts the delivery in progress until it is settled
                 await processor.process(delivery)
             except Exception:
                 log.exception("the consumer runtime failed on a message (a bug); requeueing it")
                 delivery.nack(requeue=True)
-            finally:
-                session.finished()

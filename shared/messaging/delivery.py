@@ -17,6 +17,7 @@ delivery called :meth:`Delivery.ack`, so acks still follow durability.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections import deque
 from typing import Any
@@ -148,32 +149,59 @@ class Delivery:
 
 
 class Inbox:
-    """Deliveries received and not yet taken by a worker (a lean ``asyncio.Queue``)."""
+    """Deliveries received and not yet taken by a worker (a lean ``asyncio.Queue``).
+
+    Waking a worker costs a turn of the event loop, so ``put`` wakes one only when
+    no worker is already on its way: a worker that takes a delivery and sees more
+    waiting wakes the next one before it starts. When handlers return without
+    suspending, one worker drains a burst of deliveries by itself; when they
+    suspend, the chain wakes as many workers as there are deliveries.
+    """
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._items: deque[Delivery] = deque()
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waking = 0  # workers woken that have not taken a delivery yet
 
     def __len__(self) -> int:
         return len(self._items)
 
     def put(self, delivery: Delivery) -> None:
         self._items.append(delivery)
-        waiters = self._waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+        if not self._waking:
+            self._wake_one()
 
     async def get(self) -> Delivery:
         items = self._items
         while not items:
             waiter: asyncio.Future[None] = self._loop.create_future()
             self._waiters.append(waiter)
-            await waiter
-        return items.popleft()
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._waking -= 1  # woken, then cancelled: pass the wake on
+                    if items and not self._waking:
+                        self._wake_one()
+                else:
+                    with contextlib.suppress(ValueError):
+                        self._waiters.remove(waiter)
+                raise
+            self._waking -= 1
+        delivery = items.popleft()
+        if items and not self._waking:
+            self._wake_one()
+        return delivery
+
+    def _wake_one(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                self._waking += 1
+                return
 
     def clear(self) -> None:
         self._items.clear()

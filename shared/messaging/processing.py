@@ -15,6 +15,13 @@ backoff: nothing is lost, nothing is republished, and the consumer slows down
 instead of crash-looping. A process that dies meanwhile leaves the message
 unacked, and the broker redelivers it.
 
+A handled message stays *in progress* until its audit row has committed: the
+success path hands the row to the audit sink with a callback that acks, and the
+worker moves on to the next delivery instead of waiting (no coroutine sleeps per
+message on the common path). The message's slot in the session (what a graceful
+stop or a reconnection waits for) and its de-duplication key are released only
+by that callback.
+
 A redelivered message (or a retry copy, or a duplicate of a message in flight
 here) is first looked up in the audit log: a row for its ``(message id, attempt)``
 means an earlier delivery's outcome is already durable — it is acked and nothing
@@ -91,43 +98,67 @@ class MessageProcessor:
         #: Look every message up in the audit log, not only the suspicious ones.
         self.always_deduplicate = always_deduplicate
         self._in_flight: dict[tuple[str, int], list[asyncio.Future[None]]] = {}
+        #: Rows the audit sink could not commit at the first try, being retried.
+        self._held: set[asyncio.Future[None]] = set()
         self.counts: dict[str, int] = dict.fromkeys(("ack", "retry", "dead", "duplicate",
                                                      "requeued"), 0)
 
     async def process(self, delivery: Delivery) -> None:
-        """Take ``delivery`` to a settled state (or leave it unacked for redelivery)."""
+        """Take ``delivery`` to a settled state (or leave it unacked for redelivery).
+
+        The delivery counts as in progress in its session from now until it is
+        settled, which may be after this returns (see the module docstring).
+        """
         started = time.perf_counter()
+        delivery.session.started()
         try:
             message = self.codec.decode(delivery.body, delivery.properties)
         except Exception as exc:
-            await self._reject_undecodable(delivery, exc, started)
+            try:
+                await self._reject_undecodable(delivery, exc, started)
+            finally:
+                delivery.session.finished()
             return
         _bind(message_id=message.message_id, org_id=message.org_id,
               instance_id=message.instance_id, entity=message.entity,
               record_id=message.record_id or message.external_id, attempt=message.attempt)
         key = (message.message_id, message.attempt) if message.message_id else None
-        if key is None:
-            await self._handle(delivery, message, started)
-            return
-        in_flight = self._in_flight
-        waited = key in in_flight and await self._wait_for_twin(key)
-        in_flight[key] = []  # claimed with no await since the twin left: one at a time
+        waited = False
+        if key is not None:
+            in_flight = self._in_flight
+            try:
+                waited = key in in_flight and await self._wait_for_twin(key)
+            except BaseException:
+                delivery.session.finished()
+                raise
+            in_flight[key] = []  # claimed with no await since the twin left: one at a time
+        handed_off = False
         try:
-            if (waited or delivery.redelivered or message.attempt > 0
-                    or self.always_deduplicate) and await self._already_settled(key):
+            suspicious = (waited or delivery.redelivered or message.attempt > 0
+                          or self.always_deduplicate)
+            if key is not None and suspicious and await self._already_settled(key):
                 self.counts["duplicate"] += 1
                 delivery.ack()
                 return
-            await self._handle(delivery, message, started)
+            handed_off = await self._handle(delivery, message, key, started)
         finally:
-            for waiter in in_flight.pop(key):
+            if not handed_off:
+                self._release(delivery, key)
+
+    def _release(self, delivery: Delivery, key: tuple[str, int] | None) -> None:
+        """The delivery is settled (or abandoned): wake its twins, free its session slot."""
+        if key is not None:
+            for waiter in self._in_flight.pop(key, ()):
                 if not waiter.done():
                     waiter.set_result(None)
+        delivery.session.finished()
 
     # ------------------------------------------------------------------ steps
 
     async def _handle(self, delivery: Delivery, message: InboundMessage[Any],
-                      started: float) -> None:
+                      key: tuple[str, int] | None, started: float) -> bool:
+        """Run the handler and settle; True when the settling was handed to the audit
+        sink (it releases the delivery when the row commits)."""
         result: HandlerResult | Outcome | Exception
         slots = self._slots
         if slots is not None:
@@ -143,19 +174,43 @@ class MessageProcessor:
         if isinstance(outcome, str) and outcome in HANDLER_OUTCOMES:  # the hot path
             record = _audit_record(self.queue.service, message, outcome, result, started)
             try:
-                await self.audit.write(record)
-            except Exception:
-                if not await self._write_audit(delivery, record):
-                    return
-            self.counts["ack"] += 1
-            delivery.ack()
-            return
+                self.audit.submit(record, lambda error: self._committed(delivery, key, record,
+                                                                        error))
+            except (InfrastructureError, ValueError, TypeError):  # not running; a bad row
+                if await self._write_audit(delivery, record):
+                    self.counts["ack"] += 1
+                    delivery.ack()
+                return False
+            return True
         facts = MessageFacts(message.attempt, delivery.exchange, delivery.routing_key,
                              delivery.headers, message.org_id, message.instance_id,
                              message.entity, message.record_id, message.external_id)
         decision = decide(outcome, facts, self.queue, datetime.now(UTC))
         _log_failure(decision, result)
         await self._settle(delivery, message, decision, result, started)
+        return False
+
+    def _committed(self, delivery: Delivery, key: tuple[str, int] | None, record: AuditRecord,
+                   error: BaseException | None) -> None:
+        """The audit sink's verdict on a handed-off row: ack, or hold and retry the row."""
+        if error is None:
+            self.counts["ack"] += 1
+            delivery.ack()
+            self._release(delivery, key)
+            return
+        task = asyncio.ensure_future(self._settle_held(delivery, key, record))
+        self._held.add(task)
+        task.add_done_callback(self._held.discard)
+
+    async def _settle_held(self, delivery: Delivery, key: tuple[str, int] | None,
+                           record: AuditRecord) -> None:
+        """PostgreSQL refused the row's batch: keep the message unacked, retry the row."""
+        try:
+            if await self._write_audit(delivery, record):
+                self.counts["ack"] += 1
+                delivery.ack()
+        finally:
+            self._release(delivery, key)
 
     async def _settle(self, delivery: Delivery, message: InboundMessage[Any],
                       decision: Decision, result: Any, started: float) -> None:

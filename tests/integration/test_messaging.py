@@ -343,6 +343,14 @@ class FlakyAudit:
             raise InfrastructureError("PostgreSQL is down (test)")
         await self.writer.write(record)
 
+    def submit(self, record: AuditRecord, done: Any) -> None:
+        if self.refused < self.failures:
+            self.refused += 1
+            asyncio.get_running_loop().call_soon(
+                done, InfrastructureError("PostgreSQL is down (test)"))
+            return
+        self.writer.submit(record, done)
+
     async def settled_outcome(self, message_id: str, attempt: int) -> Outcome | None:
         return await self.writer.settled_outcome(message_id, attempt)
 

@@ -47,6 +47,7 @@ class Sink:
     def __init__(self, rec: Recorder, fail: int = 0) -> None:
         self.rec, self.fail = rec, fail
         self.rows: list[AuditRecord] = []
+        self.tasks: set[asyncio.Future[None]] = set()
 
     async def write(self, record: AuditRecord) -> None:
         await asyncio.sleep(0)
@@ -56,6 +57,19 @@ class Sink:
             raise InfrastructureError("db down")
         self.rows.append(record)
         self.rec.events.append(f"audit {record.outcome.value} {record.attempt}")
+
+    def submit(self, record: AuditRecord, done: Any) -> None:
+        async def commit() -> None:
+            try:
+                await self.write(record)
+            except InfrastructureError as exc:
+                done(exc)
+            else:
+                done(None)
+
+        task = asyncio.ensure_future(commit())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     async def settled_outcome(self, message_id: str, attempt: int) -> Outcome | None:
         for row in self.rows:
@@ -175,7 +189,8 @@ async def test_a_redelivered_message_with_a_row_is_acked_without_handling() -> N
     await processor.process(delivery(session, 2, body(message_id), redelivered=True))
     await settle_turn()
     assert calls == [0]
-    assert rec.events == ["audit updated 0", "ack 2 and before"]
+    # the redelivery waits for the first delivery's row, finds it, and is acked unhandled
+    assert rec.events == ["audit updated 0", "ack 1 and before", "ack 2 and before"]
     assert processor.counts["duplicate"] == 1
 
 
@@ -232,5 +247,58 @@ async def test_a_republished_duplicate_is_handled_again_unless_always_deduplicat
         _rec, session, _sink, _, processor = await setup(handler, always_deduplicate=always)
         message_id = str(uuid.uuid4())
         await processor.process(delivery(session, 1, body(message_id)))
+        await settle_turn()  # settled: the second publish is not a twin in flight
         await processor.process(delivery(session, 2, body(message_id)))  # a second publish
         assert calls == expected
+
+
+class GatedSink(Sink):
+    """Commits only when the test opens the gate (a slow PostgreSQL)."""
+
+    def __init__(self, rec: Recorder) -> None:
+        super().__init__(rec)
+        self.gate = asyncio.Event()
+
+    async def write(self, record: AuditRecord) -> None:
+        await self.gate.wait()
+        await super().write(record)
+
+
+async def test_a_handled_message_stays_in_progress_until_its_row_commits() -> None:
+    async def handler(m: InboundMessage[Any]) -> Outcome:
+        return Outcome.CREATED
+
+    rec, session, _, publisher, _ = await setup(handler)
+    sink = GatedSink(rec)
+    processor = MessageProcessor(QUEUE, SYNC_CODEC, handler, sink, lambda: publisher,
+                                 concurrency=4, window=8)
+    message_id = str(uuid.uuid4())
+    await processor.process(delivery(session, 1, body(message_id)))
+    await settle_turn()
+    # the worker moved on, but the message is neither acked nor released
+    assert rec.events == [] and session.active == 1
+    assert (message_id, 0) in processor._in_flight
+    idle = asyncio.ensure_future(session.wait_idle())
+    await settle_turn()
+    assert not idle.done()  # what a graceful stop waits for
+    sink.gate.set()
+    await asyncio.wait_for(idle, 1)
+    await settle_turn()
+    assert rec.events == ["audit created 0", "ack 1 and before"]
+    assert session.active == 0 and processor._in_flight == {}
+
+
+async def test_a_success_whose_row_is_refused_is_held_and_the_row_retried() -> None:
+    calls: list[int] = []
+
+    async def handler(m: InboundMessage[Any]) -> Outcome:
+        calls.append(m.attempt)
+        return Outcome.CREATED
+
+    rec, session, _, _, processor = await setup(handler, fail_audit=2)
+    await processor.process(delivery(session, 1, body(str(uuid.uuid4()))))
+    await asyncio.sleep(1.0)  # the retry backoff starts at 0.2 s
+    assert calls == [0]  # held, not handled again
+    assert rec.events == ["audit refused", "audit refused", "audit created 0",
+                          "ack 1 and before"]
+    assert session.active == 0
