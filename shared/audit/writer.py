@@ -266,7 +266,9 @@ class AuditWriter:
                 _call(done, None)
 
     async def _copy(self, rows: list[Row]) -> None:
-        async with self.db.transaction() as conn:
+        # One COPY in autocommit mode is its own transaction: all rows or none, and two
+        # round trips (BEGIN, COMMIT) fewer than an explicit transaction block.
+        async with self.db.connection() as conn:
             cur = conn.cursor()
             async with cur.copy(_COPY_SQL) as copy:
                 for row in rows:

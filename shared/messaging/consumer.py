@@ -51,6 +51,8 @@ from shared.messaging.topology import WorkQueue
 log = structlog.get_logger("shared.messaging")
 #: A session that lasted this long resets the reconnection backoff.
 STABLE_SESSION_SECONDS = 30.0
+#: Deliveries a worker takes in a row before it yields to the event loop.
+YIELD_EVERY = 16
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -275,7 +277,15 @@ class Consumer:
 
     async def _work(self) -> None:
         inbox, processor = self._inbox, self.processor
+        streak = 0
         while True:
+            # A worker whose handlers do not suspend drains the inbox by itself (see
+            # Inbox); every few messages it lets the rest of the loop run — the audit
+            # writer's COPY, pika's reads — so that those are not held back.
+            streak += 1
+            if streak >= YIELD_EVERY:
+                streak = 0
+                await asyncio.sleep(0)
             delivery = await inbox.get()
             session = delivery.session
             if not session.accepting or not session.alive:

@@ -73,6 +73,12 @@ def test_an_integral_float_attempt_is_an_integer() -> None:
     assert decode_sync_message(json.dumps({**VALID, "attempt": 2.0}).encode()).attempt == 2
 
 
+def test_valid_json_the_fast_parser_refuses_is_still_read() -> None:
+    # orjson stops at 64-bit integers; the standard library reads the rest
+    body = json.dumps({**VALID, "attempt": 2**70}).encode()
+    assert decode_sync_message(body).attempt == 2**70
+
+
 # Mutations of valid messages: the fast check must never accept what jsonschema refuses,
 # and must accept the ordinary valid messages (or it is no fast path).
 _ODD_VALUES: list[Any] = [
