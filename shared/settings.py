@@ -7,6 +7,7 @@ process needs to reach its infrastructure lives here.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +43,8 @@ class Settings(BaseSettings):
     bss_api_url: str = Field("http://127.0.0.1:8080", description="the host BSS API")
     bss_api_token: str | None = Field(
         None, description="reference (env:NAME or file:PATH) to the BSS API's bearer token")
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop", description="the services' event loop: uvloop (faster sockets) or asyncio")
     management_url: str | None = Field(
         None, description="RabbitMQ management API; defaults to http://<amqp host>:15672"
     )

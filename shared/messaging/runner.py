@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import structlog
@@ -147,9 +147,20 @@ def main(service: str, codec: Codec[Any], handler_factory: HandlerFactory,
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format, service=service)
     try:
-        asyncio.run(run_consumer(service, codec, handler_factory, settings,
-                                 burst_idle=burst_idle, always_deduplicate=always_deduplicate))
+        run_loop(settings, run_consumer(service, codec, handler_factory, settings,
+                                        burst_idle=burst_idle,
+                                        always_deduplicate=always_deduplicate))
     except ConfigurationError as exc:
         log.error("cannot start", error=str(exc))
         return 78
     return 0
+
+
+def run_loop(settings: Any, main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` on the configured event loop (``EVENT_LOOP``: uvloop by default;
+    its socket transports cost about half of asyncio's on the push path)."""
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)
