@@ -12,17 +12,21 @@ import json
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
+import orjson
 
 from shared.errors import BssRejected, BssUnavailable
-from shared.http.transport import Http1Transport
+from shared.http.settings import USER_AGENT
+from shared.http.transport import BodyTooLarge, Fetched, Http1Transport
 from shared.logging import redact
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 DEFAULT_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=64)
 ORIGIN_HEADER = "X-Sync-Origin"
+#: An answer larger than this is refused (a page of 500 records is well under it).
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,16 +41,17 @@ class BssClient:
     def __init__(self, base_url: str, *, token: str | None = None,
                  timeout: httpx.Timeout = DEFAULT_TIMEOUT,
                  limits: httpx.Limits = DEFAULT_LIMITS) -> None:
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url, headers=headers, timeout=timeout,
-            transport=Http1Transport(max_connections=limits.max_connections or 64))
+        self._headers = headers
+        self._timeout = timeout.as_dict()
+        # straight to the transport: no cookie jar, no redirects, one JSON body per answer
+        self._transport = Http1Transport(max_connections=limits.max_connections or 64)
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self._transport.aclose()
 
     async def __aenter__(self) -> BssClient:
         return self
@@ -62,7 +67,7 @@ class BssClient:
     async def get(self, org_id: str, entity: str, record_id: str) -> dict[str, Any] | None:
         """The record, or ``None`` when the BSS does not have it (deleted)."""
         response = await self._send("GET", self._path(org_id, entity, record_id))
-        if response.status_code == 404:
+        if response.status == 404:
             return None
         return self._json(response)
 
@@ -105,7 +110,7 @@ class BssClient:
         """Replace a record (PUT); ``None`` when it no longer exists."""
         response = await self._send("PUT", self._path(org_id, entity, record_id),
                                     json_body=record, headers={ORIGIN_HEADER: origin})
-        if response.status_code == 404:
+        if response.status == 404:
             return None
         return self._json(response)
 
@@ -113,26 +118,32 @@ class BssClient:
         """Delete a record; ``False`` when it was already gone."""
         response = await self._send("DELETE", self._path(org_id, entity, record_id),
                                     headers={ORIGIN_HEADER: origin})
-        return response.status_code != 404
+        return response.status != 404
 
     async def _send(self, method: str, path: str, *, params: dict[str, Any] | None = None,
                     json_body: Any = None, headers: dict[str, str] | None = None,
-                    ) -> httpx.Response:
+                    ) -> Fetched:
         content = None if json_body is None else json.dumps(json_body).encode()
+        headers = {**self._headers, **(headers or {})}
         if content is not None:
-            headers = {**(headers or {}), "Content-Type": "application/json"}
+            headers["Content-Type"] = "application/json"
+        url = self.base_url + path + ("?" + urlencode(params) if params else "")
         try:
-            response = await self._http.request(method, path, params=params, content=content,
-                                                headers=headers)
+            request = httpx.Request(method, url, headers=headers, content=content,
+                                    extensions={"timeout": self._timeout})
+            response = await self._transport.fetch(request, MAX_RESPONSE_BYTES)
+        except BodyTooLarge as exc:
+            raise BssUnavailable(f"the BSS answered {method} {path} with a body over "
+                                 f"{exc.limit} bytes", http_status=exc.status) from None
         except httpx.TimeoutException as exc:
             raise BssUnavailable(f"the BSS did not answer {method} {path} in time") from exc
         except httpx.HTTPError as exc:
             raise BssUnavailable(f"cannot reach the BSS for {method} {path}: "
                                  f"{type(exc).__name__}") from exc
-        status = response.status_code
+        status = response.status
         if status == 404 or status < 400:
             return response
-        detail = redact(response.text[:300])
+        detail = redact(response.content[:300].decode("utf-8", "replace"))
         if status >= 500 or status in (408, 425, 429):
             raise BssUnavailable(f"the BSS answered {status} to {method} {path}: {detail}",
                                  http_status=status)
@@ -140,10 +151,14 @@ class BssClient:
                           http_status=status)
 
     @staticmethod
-    def _json(response: httpx.Response) -> Any:
+    def _json(response: Fetched) -> Any:
         try:
-            return response.json()
+            return orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            pass
+        try:  # what orjson refuses that is still JSON (integers beyond 64 bits)
+            return json.loads(response.content)
         except ValueError as exc:
             raise BssUnavailable(
-                f"the BSS answered {response.status_code} with a body that is not JSON",
-                http_status=response.status_code) from exc
+                f"the BSS answered {response.status} with a body that is not JSON",
+                http_status=response.status) from exc

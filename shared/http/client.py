@@ -48,13 +48,16 @@ from shared.http.settings import (
     Timeouts,
 )
 from shared.http.tokens import MemoryTokenStore, PostgresTokenStore, TokenCipher, TokenStore
-from shared.http.transport import Http1Transport
+from shared.http.transport import BodyTooLarge, Http1Transport
 from shared.storage.db import Database
 from shared.transform import UNDEFINED
 
 log = structlog.get_logger(__name__)
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+#: What every request carries unless the plan says otherwise (httpx's defaults, ours).
+DEFAULT_HEADERS = {"User-Agent": USER_AGENT, "Accept": "*/*",
+                   "Accept-Encoding": "gzip, deflate", "Connection": "keep-alive"}
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 Origin = tuple[str, str, int]
@@ -148,15 +151,12 @@ class ThirdPartyClient:
             document, endpoint, self.base_url, credentials, token_store,
             timeouts=self.timeouts, refresh_margin=self.options.refresh_margin,
         )
-        concurrency = self.rate_limit.concurrency
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(
-                self.timeouts.read, connect=self.timeouts.connect, pool=self.timeouts.connect
-            ),
-            transport=Http1Transport(max_connections=concurrency),
-            follow_redirects=False,
-            headers={"User-Agent": USER_AGENT},
-        )
+        # Requests go straight to the transport (``fetch``): redirects are followed here,
+        # credentials placed by the authenticator, and no cookie jar is kept — a
+        # third party's Set-Cookie does not leak into later requests of other records.
+        self._transport = Http1Transport(max_connections=self.rate_limit.concurrency)
+        self._timeout = {"connect": self.timeouts.connect, "read": self.timeouts.read,
+                         "write": self.timeouts.read, "pool": self.timeouts.connect}
 
     def __repr__(self) -> str:
         base = describe_url(self.base_url)
@@ -170,7 +170,7 @@ class ThirdPartyClient:
 
     async def aclose(self) -> None:
         """Close the pooled connections (the token endpoint's too); idempotent."""
-        await self._http.aclose()
+        await self._transport.aclose()
         await self._auth.aclose()
 
     async def send(self, plan: RequestPlan) -> Response:
@@ -223,35 +223,18 @@ class ThirdPartyClient:
 
     async def _round_trip(self, plan: RequestPlan, request: str) -> _Answer:
         started = time.monotonic()
+        headers = httpx.Headers(DEFAULT_HEADERS)
+        headers.update(plan.headers)
         try:
-            outgoing = self._http.build_request(
-                plan.method, plan.url, headers=plan.headers, content=_encode(plan)
-            )
-            response = await self._http.send(outgoing, stream=True)
-            try:
-                content = await self._read_bounded(response, request)
-            finally:
-                await response.aclose()
+            outgoing = httpx.Request(plan.method, plan.url, headers=headers,
+                                     content=_encode(plan), extensions={"timeout": self._timeout})
+            answer = await self._transport.fetch(outgoing, self.options.max_response_bytes)
+        except BodyTooLarge as exc:
+            raise _too_large(request, exc.status, exc.limit) from None
         except TRANSLATED as exc:
             raise translate(exc, request) from exc
-        return _Answer(
-            response.status_code, response.headers, content, plan.url,
-            time.monotonic() - started,
-        )
-
-    async def _read_bounded(self, response: httpx.Response, request: str) -> bytes:
-        limit = self.options.max_response_bytes
-        declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise _too_large(request, response.status_code, limit)
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(request, response.status_code, limit)
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return _Answer(answer.status, answer.headers, answer.content, plan.url,
+                       time.monotonic() - started)
 
     def _within_origin(self, plan: RequestPlan) -> RequestPlan:
         """``plan`` with an absolute URL on the instance's origin; raises ``UnsafeRequest``."""

@@ -12,6 +12,13 @@ Scope: HTTP/1.1 over TCP or TLS, keep-alive pools per origin, connect/read/write
 pool timeouts, streamed response bodies with flow control. Not: HTTP/2, proxies
 (the third-party client never uses either).
 
+``fetch(request, max_bytes)`` is the short way the bss-sync clients use: the whole
+exchange, body read (within a size limit) and decoded, without the layers of
+``httpx.AsyncClient.send`` (cookie jar, auth and redirect flows, stream wrappers),
+which cost as much CPU as the exchange itself. Redirects, auth and cookies are the
+callers' business there (the clients follow redirects themselves and keep no
+cookies).
+
 A request that fails on a *reused* connection before any byte of the answer
 arrived (the server closed the idle connection at that moment) is sent once more
 on a new connection when that is safe: the method is idempotent, or the request
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -35,6 +43,24 @@ DEFAULT_MAX_CONNECTIONS = 100
 HIGH_WATER = 1 << 20  # buffered body bytes before the socket stops being read
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
 Origin = tuple[bytes, bytes, int]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Fetched:
+    """A whole answer: status, headers, and the body (decoded if it came compressed)."""
+
+    status: int
+    headers: httpx.Headers
+    content: bytes
+
+
+class BodyTooLarge(Exception):
+    """The answer's body exceeds the caller's limit (declared or as it arrived)."""
+
+    def __init__(self, status: int, limit: int) -> None:
+        super().__init__(f"the body of a {status} answer is over {limit} bytes")
+        self.status = status
+        self.limit = limit
 
 
 class _Lost(Exception):
@@ -280,6 +306,37 @@ class Http1Transport(httpx.AsyncBaseTransport):
         except BaseException:
             pool.permits.release()
             raise
+
+    async def fetch(self, request: httpx.Request, max_bytes: int | None = None) -> Fetched:
+        """Send ``request`` and read the whole answer (see the module docstring).
+
+        Raises what ``handle_async_request`` raises, and :class:`BodyTooLarge`.
+        """
+        response = await self.handle_async_request(request)
+        stream = response.stream
+        status, headers = response.status_code, response.headers
+        try:
+            declared = headers.get("content-length", "")
+            if max_bytes is not None and declared.isdigit() and int(declared) > max_bytes:
+                raise BodyTooLarge(status, max_bytes)
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in stream:  # type: ignore[union-attr]
+                size += len(chunk)
+                if max_bytes is not None and size > max_bytes:
+                    raise BodyTooLarge(status, max_bytes)
+                chunks.append(chunk)
+        finally:
+            await stream.aclose()  # type: ignore[union-attr]
+        content = b"".join(chunks)
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        if encoding != "identity" and content:
+            # compressed: httpx's decoders, and the limit again on what they give
+            decoded = httpx.Response(status, headers=headers, stream=httpx.ByteStream(content))
+            content = await decoded.aread()
+            if max_bytes is not None and len(content) > max_bytes:
+                raise BodyTooLarge(status, max_bytes)
+        return Fetched(status, headers, content)
 
     async def _exchange(self, request: httpx.Request, raw: bytes, pool: _Pool, origin: Origin,
                         timeouts: dict[str, Any]) -> httpx.Response:

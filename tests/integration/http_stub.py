@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import gzip
 import json
 import secrets
 import threading
@@ -184,6 +185,13 @@ def _route(stub: StubServer, h: BaseHTTPRequestHandler, r: Recorded) -> None:
         return _send(h, 302, b"", {"Location": "/loop"})
     if head == "huge":
         return _huge(h, int(r.query["bytes"]), r.query.get("chunked") == "1")
+    if head == "gzip":  # a JSON string of ``bytes`` x's, gzip-compressed (tiny on the wire)
+        content = gzip.compress(json.dumps("x" * int(r.query["bytes"])).encode())
+        return _send(h, 200, content, {"Content-Type": "application/json",
+                                       "Content-Encoding": "gzip"})
+    if head == "cookie":
+        return _send(h, 200, json.dumps(_echo(r)).encode(),
+                     {"Content-Type": "application/json", "Set-Cookie": "session=s1; Path=/"})
     if head == "text":
         return _send(h, 200, b"<html><body>Welcome to our login page</body></html>",
                      {"Content-Type": "text/html"})

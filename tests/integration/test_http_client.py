@@ -498,6 +498,23 @@ async def test_the_default_limit_is_ten_megabytes(tmp_path, stub, secrets_env, c
                                f"{stub.url}/huge?bytes={11 * 1024 * 1024}&chunked=1"))
 
 
+async def test_a_compressed_body_is_decoded_and_limited_once_decoded(open_client, stub) -> None:
+    document, client = open_client
+    response = await client.send(plan(document, "get_huge", f"{stub.url}/gzip?bytes=5000"))
+    assert response.body == "x" * 5000
+    # ~200 bytes on the wire, 200 kB once inflated: the limit is on what we would parse
+    with pytest.raises(RemoteProtocolError, match="over the 65536-byte limit"):
+        await client.send(plan(document, "get_huge", f"{stub.url}/gzip?bytes=200000"))
+
+
+async def test_no_cookie_jar_a_set_cookie_is_not_sent_back(open_client, stub) -> None:
+    document, client = open_client
+    await client.send(plan(document, "get_echo", f"{stub.url}/cookie"))
+    response = await client.send(plan(document, "get_echo", f"{stub.url}/echo/x"))
+    assert "cookie" not in response.body["headers"]
+    assert response.body["headers"]["user-agent"].startswith("bss-sync")
+
+
 async def test_a_non_json_200_where_json_is_promised_is_a_protocol_error(open_client, stub) -> None:
     document, client = open_client
     with pytest.raises(RemoteProtocolError, match="not JSON \\(text/html\\): <html>"):
