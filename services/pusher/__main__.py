@@ -20,7 +20,7 @@ def make_handler(deps: RuntimeDeps) -> PushHandler:
     bss = BssClient(deps.settings.bss_api_url, token=token)
     # Link writes may commit without waiting for their WAL flush: the audit row's
     # synchronous commit, which the ack waits for, comes after them (shared.storage.db).
-    links = LinkStore(deps.coordination_db or deps.db)
+    links = LinkStore(deps.coordination_db or deps.db, batched=True)
     return PushHandler(InstanceRegistry(deps.db), links, bss, deps.audit)
 
 

@@ -8,6 +8,11 @@ taken over. ``mark_linked`` / ``mark_deleted`` / ``release_claim`` clear it.
 
 States: ``creating`` (claimed or failed before the remote create succeeded),
 ``linked`` (both ids known), ``deleted`` (deleted on the other side by us).
+
+``LinkStore(db, batched=True)`` (the pusher) serves concurrent push-side claims
+and link writes with one statement per batch (``shared.storage.batching``): the
+same rows, the same guarantees, a fraction of the round trips. Batch statements
+take their rows in key order, so two processes' batches cannot deadlock.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any, Literal
 import psycopg
 
 from shared.errors import PermanentError
+from shared.storage.batching import Coalescer, distinct_rounds
 from shared.storage.db import Database
 
 Key = Literal["bss_id", "external_id"]
@@ -83,11 +89,68 @@ RETURNING l.*, (l.xmax = 0) AS inserted
 """
 
 
+_BATCH_CLAIM_SQL = """
+INSERT INTO links AS l (instance_id, entity, bss_id, state, claim, claimed_at)
+SELECT t.instance_id, t.entity, t.bss_id, 'creating', t.message_id, now()
+  FROM unnest(%(instance_ids)s::text[], %(entities)s::text[], %(bss_ids)s::text[],
+              %(message_ids)s::text[]) AS t(instance_id, entity, bss_id, message_id)
+ ORDER BY t.instance_id, t.entity, t.bss_id
+ON CONFLICT (instance_id, entity, bss_id) DO UPDATE
+   SET claim = EXCLUDED.claim, claimed_at = now(), updated_at = now()
+ WHERE l.claim IS NULL OR l.claim = EXCLUDED.claim OR l.claimed_at < now() - %(stale)s
+RETURNING l.*, (l.xmax = 0) AS inserted
+"""
+
+_BATCH_LINKED_SQL = """
+INSERT INTO links AS l (instance_id, entity, bss_id, external_id, state, push_hash,
+                        last_pushed_at)
+SELECT t.instance_id, t.entity, t.bss_id, t.external_id, 'linked', t.push_hash, now()
+  FROM unnest(%(instance_ids)s::text[], %(entities)s::text[], %(bss_ids)s::text[],
+              %(external_ids)s::text[], %(push_hashes)s::text[])
+       AS t(instance_id, entity, bss_id, external_id, push_hash)
+ ORDER BY t.instance_id, t.entity, t.bss_id
+ON CONFLICT (instance_id, entity, bss_id) DO UPDATE
+   SET external_id = EXCLUDED.external_id, state = 'linked', claim = NULL, claimed_at = NULL,
+       last_error = NULL, push_hash = coalesce(EXCLUDED.push_hash, l.push_hash),
+       last_pushed_at = now(), updated_at = now()
+RETURNING l.*
+"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _ClaimRequest:
+    instance_id: str
+    entity: str
+    bss_id: str
+    message_id: str
+    stale: timedelta
+
+    @property
+    def row(self) -> tuple[str, str, str]:
+        return (self.instance_id, self.entity, self.bss_id)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _LinkedRequest:
+    instance_id: str
+    entity: str
+    bss_id: str
+    external_id: str
+    push_hash: str | None
+
+    @property
+    def row(self) -> tuple[str, str, str]:
+        return (self.instance_id, self.entity, self.bss_id)
+
+
 class LinkStore:
     """Reads and writes links. Every method raises ``InfrastructureError`` on DB failure."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, batched: bool = False) -> None:
         self.db = db
+        self.batched = batched
+        self._claims: Coalescer[_ClaimRequest, Claim] = Coalescer(self._claim_batch)
+        self._linked: Coalescer[_LinkedRequest, Link] = Coalescer(self._linked_batch)
 
     async def by_bss_id(self, instance_id: str, entity: str, bss_id: str) -> Link | None:
         """The link of BSS record ``bss_id``, or ``None``."""
@@ -116,7 +179,60 @@ class LinkStore:
         held by a claim older than ``stale_after`` seconds; false when another
         delivery holds it (the caller raises ``RecordBusy`` and retries later).
         """
+        if self.batched:
+            return await self._claims.submit(
+                _ClaimRequest(instance_id, entity, bss_id, message_id, _seconds(stale_after)))
         return await self._claim("bss_id", instance_id, entity, bss_id, message_id, stale_after)
+
+    async def _claim_batch(self, requests: list[_ClaimRequest]) -> list[Claim | BaseException]:
+        """Claims of many records: one statement per round of distinct records (and per
+        staleness, in practice one), then one read of the links claimed by others."""
+        results: list[Claim | BaseException | None] = [None] * len(requests)
+        for indexes in distinct_rounds(requests, lambda r: (r.row, r.stale)):
+            by_stale: dict[timedelta, list[int]] = {}
+            for index in indexes:
+                by_stale.setdefault(requests[index].stale, []).append(index)
+            for stale, group in by_stale.items():
+                batch = [requests[i] for i in group]
+                rows = await self.db.fetch(_BATCH_CLAIM_SQL, {
+                    "instance_ids": [r.instance_id for r in batch],
+                    "entities": [r.entity for r in batch],
+                    "bss_ids": [r.bss_id for r in batch],
+                    "message_ids": [r.message_id for r in batch], "stale": stale})
+                claimed = {(row["instance_id"], row["entity"], row["bss_id"]): row
+                           for row in rows}
+                busy = []
+                for index in group:
+                    row = claimed.get(requests[index].row)
+                    if row is None:
+                        busy.append(index)
+                    else:
+                        results[index] = Claim(owned=True, link=Link.from_row(row),
+                                               new=bool(row["inserted"]))
+                for index, claim in zip(busy, await self._busy_claims(
+                        [requests[i] for i in busy]), strict=True):
+                    results[index] = claim
+        return [r if r is not None else RuntimeError("claim not served") for r in results]
+
+    async def _busy_claims(self, requests: list[_ClaimRequest]) -> list[Claim]:
+        """Claims refused because another delivery holds the record: its link as it is."""
+        if not requests:
+            return []
+        rows = await self.db.fetch(
+            "SELECT l.* FROM links l JOIN unnest(%s::text[], %s::text[], %s::text[])"
+            " AS t(instance_id, entity, bss_id) USING (instance_id, entity, bss_id)",
+            ([r.instance_id for r in requests], [r.entity for r in requests],
+             [r.bss_id for r in requests]))
+        current = {(row["instance_id"], row["entity"], row["bss_id"]): row for row in rows}
+        claims = []
+        for r in requests:
+            row = current.get(r.row)
+            if row is None:  # deleted between the two statements: claim it on its own
+                claims.append(await self._claim("bss_id", r.instance_id, r.entity, r.bss_id,
+                                                r.message_id, r.stale))
+            else:
+                claims.append(Claim(owned=False, link=Link.from_row(row), new=False))
+        return claims
 
     async def claim_external_for_create(
         self, instance_id: str, entity: str, external_id: str, message_id: str,
@@ -190,6 +306,46 @@ class LinkStore:
         pull (created if missing). A hash left ``None`` keeps its stored value.
         Raises :class:`LinkConflict` when the other id is linked to another record.
         """
+        if self.batched and direction == "push" and pull_hash is None:
+            return await self._linked.submit(
+                _LinkedRequest(instance_id, entity, bss_id, external_id, push_hash))
+        return await self._mark_linked(instance_id, entity, bss_id=bss_id,
+                                       external_id=external_id, direction=direction,
+                                       push_hash=push_hash, pull_hash=pull_hash)
+
+    async def _linked_batch(self, requests: list[_LinkedRequest]) -> list[Link | BaseException]:
+        """Push-side link writes of many records; a batch PostgreSQL refuses for a
+        uniqueness conflict is written row by row, so only the culprit fails."""
+        results: list[Link | BaseException | None] = [None] * len(requests)
+        for indexes in distinct_rounds(requests, lambda r: r.row):
+            batch = [requests[i] for i in indexes]
+            try:
+                rows = await self.db.fetch(_BATCH_LINKED_SQL, {
+                    "instance_ids": [r.instance_id for r in batch],
+                    "entities": [r.entity for r in batch],
+                    "bss_ids": [r.bss_id for r in batch],
+                    "external_ids": [r.external_id for r in batch],
+                    "push_hashes": [r.push_hash for r in batch]})
+            except psycopg.errors.UniqueViolation:
+                for index, r in zip(indexes, batch, strict=True):
+                    try:
+                        results[index] = await self._mark_linked(
+                            r.instance_id, r.entity, bss_id=r.bss_id, external_id=r.external_id,
+                            direction="push", push_hash=r.push_hash, pull_hash=None)
+                    except LinkConflict as exc:
+                        results[index] = exc
+                continue
+            stored = {(row["instance_id"], row["entity"], row["bss_id"]): row for row in rows}
+            for index, r in zip(indexes, batch, strict=True):
+                row = stored.get(r.row)
+                results[index] = (Link.from_row(row) if row is not None
+                                  else RuntimeError(f"link of {r.entity} {r.bss_id} not stored"))
+        return [r if r is not None else RuntimeError("link not served") for r in results]
+
+    async def _mark_linked(
+        self, instance_id: str, entity: str, *, bss_id: str, external_id: str,
+        direction: Literal["push", "pull"], push_hash: str | None, pull_hash: str | None,
+    ) -> Link:
         key = "bss_id" if direction == "push" else "external_id"
         other = "external_id" if direction == "push" else "bss_id"
         stamp = "last_pushed_at" if direction == "push" else "last_pulled_at"

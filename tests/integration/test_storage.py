@@ -178,9 +178,10 @@ async def test_inactive_organization_disables_its_instances(db: Database) -> Non
     assert await InstanceStore(db).permitted("org-1", "account", "push", "create") == []
 
 
-async def test_exactly_one_of_concurrent_claims_wins(db: Database) -> None:
+@pytest.mark.parametrize("batched", [False, True], ids=["single", "batched"])
+async def test_exactly_one_of_concurrent_claims_wins(db: Database, batched: bool) -> None:
     await seed(db)
-    links = LinkStore(db)
+    links = LinkStore(db, batched=batched)
     claims = await asyncio.gather(*(
         links.claim_for_create("inst-1", "account", "A-1", f"msg-{n}", stale_after=300)
         for n in range(20)))
@@ -192,9 +193,10 @@ async def test_exactly_one_of_concurrent_claims_wins(db: Database) -> None:
     assert await db.fetchval("SELECT count(*) FROM links") == 1
 
 
-async def test_claim_redelivery_stale_takeover_and_release(db: Database) -> None:
+@pytest.mark.parametrize("batched", [False, True], ids=["single", "batched"])
+async def test_claim_redelivery_stale_takeover_and_release(db: Database, batched: bool) -> None:
     await seed(db)
-    links = LinkStore(db)
+    links = LinkStore(db, batched=batched)
     first = await links.claim_for_create("inst-1", "account", "A-1", "m1", stale_after=300)
     assert first.owned and first.new and first.link.state == "creating"
     again = await links.claim_for_create("inst-1", "account", "A-1", "m1", stale_after=300)
@@ -212,9 +214,10 @@ async def test_claim_redelivery_stale_takeover_and_release(db: Database) -> None
     assert [link.bss_id for link in await links.failed("inst-1")] == ["A-1"]
 
 
-async def test_mark_linked_lookups_and_delete(db: Database) -> None:
+@pytest.mark.parametrize("batched", [False, True], ids=["single", "batched"])
+async def test_mark_linked_lookups_and_delete(db: Database, batched: bool) -> None:
     await seed(db)
-    links = LinkStore(db)
+    links = LinkStore(db, batched=batched)
     await links.claim_for_create("inst-1", "account", "A-1", "m1", stale_after=300)
     linked = await links.mark_linked("inst-1", "account", bss_id="A-1", external_id="X-1",
                                      direction="push", push_hash="h1")
@@ -236,6 +239,34 @@ async def test_mark_linked_lookups_and_delete(db: Database) -> None:
     deleted = await links.by_external_id("inst-1", "account", "X-2")
     assert deleted is not None and deleted.state == "deleted" and deleted.pull_hash is None
     assert await links.external_ids("inst-1", "account", ["A-2"]) == {}
+
+
+async def test_batched_claims_and_links_take_few_statements_and_fail_alone(db: Database) -> None:
+    await seed(db)
+    links = LinkStore(db, batched=True)
+    await links.claim_for_create("inst-1", "account", "A-held", "other", stale_after=300)
+    ids = [f"A-{n}" for n in range(60)]
+    claims = await asyncio.gather(*(
+        links.claim_for_create("inst-1", "account", bss_id, f"m-{bss_id}", stale_after=300)
+        for bss_id in [*ids, "A-held", "A-0"]))
+    assert all(c.owned and c.link.claim == f"m-{c.link.bss_id}" for c in claims[:60])
+    assert not claims[60].owned and claims[60].link.claim == "other"  # held by another
+    assert claims[61].owned and not claims[61].new  # A-0 again, same message: a redelivery
+    assert links._claims.batches <= 4, "concurrent claims share statements"
+    await links.mark_linked("inst-1", "account", bss_id="A-other", external_id="X-taken",
+                            direction="push")
+    stored = await asyncio.gather(*(
+        links.mark_linked("inst-1", "account", bss_id=bss_id, external_id=f"X-{bss_id}",
+                          direction="push", push_hash=f"h-{bss_id}")
+        for bss_id in ids[:-1]),
+        links.mark_linked("inst-1", "account", bss_id=ids[-1], external_id="X-taken",
+                          direction="push", push_hash="h"),
+        return_exceptions=True)
+    assert isinstance(stored[-1], LinkConflict)  # its external id belongs to another record
+    assert all(link.state == "linked" and link.claim is None and
+               link.push_hash == f"h-{link.bss_id}" for link in stored[:-1])
+    assert await links.external_ids("inst-1", "account", ids) == {
+        bss_id: f"X-{bss_id}" for bss_id in ids[:-1]}
 
 
 async def test_pull_side_claim_is_keyed_by_external_id(db: Database) -> None:

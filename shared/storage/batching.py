@@ -1,0 +1,103 @@
+"""Concurrent calls served by one batch call (group commit for statements).
+
+On this kind of machine a round trip to PostgreSQL costs far more in waking
+processes than in the statement itself, so the push path's per-record
+statements (claim a link, store a link) are coalesced: ``await
+coalescer.submit(item)`` queues the item, and one task runs ``run(items)`` for
+everything queued. Items arriving while a batch runs wait and form the next batch
+(at most ``max_batch`` each), so under load batches grow by themselves, and a lone
+call waits for one turn of the event loop only.
+
+``run`` returns one result per item, in order: a value, or an exception for that
+item alone. When ``run`` itself raises, every item of the batch gets the error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+DEFAULT_MAX_BATCH = 200
+
+
+class Coalescer(Generic[T, R]):
+    """See the module docstring."""
+
+    def __init__(self, run: Callable[[list[T]], Awaitable[list[R | BaseException]]], *,
+                 max_batch: int = DEFAULT_MAX_BATCH) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self._run = run
+        self._max_batch = max_batch
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.items = 0
+
+    async def submit(self, item: T) -> R:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        self._pending.append((item, future))
+        if self._task is None:
+            self._task = loop.create_task(self._drain(), name="coalescer")
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                await asyncio.sleep(0)  # the calls made in this turn join the batch
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                await self._serve(batch)
+        finally:
+            self._task = None
+            if self._pending:  # cancelled mid-way: nobody is left waiting forever
+                for _, future in self._pending:
+                    future.cancel()
+                self._pending.clear()
+
+    async def _serve(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        self.batches += 1
+        self.items += len(batch)
+        try:
+            results = await self._run([item for item, _ in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"a batch of {len(batch)} gave {len(results)} results")
+        except asyncio.CancelledError:
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue  # its caller gave up (cancelled)
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+
+def distinct_rounds(items: list[T], key: Callable[[T], object]) -> list[list[int]]:
+    """Indexes of ``items`` split into rounds without a repeated key (first come first):
+    one statement cannot upsert the same row twice."""
+    rounds: list[list[int]] = []
+    seen: list[set[object]] = []
+    for index, item in enumerate(items):
+        k = key(item)
+        for number, keys in enumerate(seen):
+            if k not in keys:
+                keys.add(k)
+                rounds[number].append(index)
+                break
+        else:
+            seen.append({k})
+            rounds.append([index])
+    return rounds
