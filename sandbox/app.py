@@ -1,7 +1,7 @@
 """The sandbox BSS as an ASGI app: ``schemas/bss-api.openapi.json`` over PostgreSQL.
 
     GET    /health
-    GET    /organizations/{orgId}/{entity}          listRecords (updatedSince, limit, cursor)
+    GET    /organizations/{orgId}/{entity}          listRecords (updatedSince, id, limit, cursor)
     POST   /organizations/{orgId}/{entity}          createRecord (Idempotency-Key)
     GET    /organizations/{orgId}/{entity}/{id}     getRecord
     PUT    /organizations/{orgId}/{entity}/{id}     updateRecord (If-Match)
@@ -61,6 +61,7 @@ JSON = "application/json"
 MAX_BODY = 1024 * 1024
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+MAX_IDS = 100
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _ENTITIES = frozenset(ENTITIES)
 
@@ -103,6 +104,15 @@ class RecordApi:
     async def _list(self, request: Request, org_id: str, entity: str) -> Response:
         query = request.query_params
         since = _instant(query.get("updatedSince"))
+        ids = query.getlist("id")
+        if ids:
+            if len(ids) > MAX_IDS or not all(1 <= len(i) <= 255 for i in ids):
+                raise ApiProblem(400, f"id: 1 to {MAX_IDS} ids of 1 to 255 characters")
+            if "cursor" in query:
+                raise ApiProblem(400, "id and cursor cannot be combined: a listing by ids "
+                                      "is one page")
+            page = await self.store.list_ids(org_id, entity, ids, since=since)
+            return Response(page.to_json(), media_type=JSON)
         after = _cursor(query.get("cursor"))
         limit = _limit(query.get("limit"))
         page = await self.store.list_changed(org_id, entity, since=since, after=after,

@@ -43,6 +43,9 @@ _LIST = ("SELECT data::text, updated_at, id FROM records"
          " WHERE org_id = %s AND entity = %s AND deleted_at IS NULL"
          " AND updated_at >= %s AND (updated_at, id) > (%s, %s)"
          " ORDER BY updated_at, id LIMIT %s")
+_LIST_IDS = ("SELECT data::text FROM records"
+             " WHERE org_id = %s AND entity = %s AND id = ANY(%s) AND deleted_at IS NULL"
+             " AND updated_at >= %s ORDER BY updated_at, id")
 _LOCK = ("SELECT data, version FROM records"
          " WHERE org_id = %s AND entity = %s AND id = %s AND deleted_at IS NULL FOR UPDATE")
 _INSERT = (
@@ -164,6 +167,15 @@ class RecordStore:
             rows = rows[:limit]
             next_cursor = encode_cursor(rows[-1][1], rows[-1][2])
         return Page([row[0] for row in rows], next_cursor)
+
+    async def list_ids(self, org_id: str, entity: str, ids: list[str], *,
+                       since: datetime | None = None) -> Page:
+        """The live records among ``ids`` (changed at or after ``since``): one page."""
+        async with self.db.connection() as conn:
+            cur = conn.cursor(row_factory=tuple_row)
+            await cur.execute(_LIST_IDS, (org_id, entity, ids, since or _BEGINNING))
+            rows = await cur.fetchall()
+        return Page([row[0] for row in rows], None)
 
     async def sample(self, org_id: str, entity: str, limit: int = 1000) -> list[dict[str, Any]]:
         """Up to ``limit`` live records of a collection, most recent first (for the seeder)."""

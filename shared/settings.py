@@ -45,6 +45,10 @@ class Settings(BaseSettings):
         None, description="reference (env:NAME or file:PATH) to the BSS API's bearer token")
     event_loop: Literal["uvloop", "asyncio"] = Field(
         "uvloop", description="the services' event loop: uvloop (faster sockets) or asyncio")
+    bss_api_batch_reads: bool = Field(
+        True, description="read records for concurrent pushes in one listing by ids "
+                          "(?id=a&id=b); a BSS without that filter is detected and read "
+                          "one record at a time")
     management_url: str | None = Field(
         None, description="RabbitMQ management API; defaults to http://<amqp host>:15672"
     )

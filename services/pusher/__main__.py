@@ -17,7 +17,8 @@ def make_handler(deps: RuntimeDeps) -> PushHandler:
     """Build the pusher's dependencies (one registry and one BSS client per process)."""
     token = (resolve_credential(deps.settings.bss_api_token)
              if deps.settings.bss_api_token else None)
-    bss = BssClient(deps.settings.bss_api_url, token=token)
+    bss = BssClient(deps.settings.bss_api_url, token=token,
+                    batch_reads=deps.settings.bss_api_batch_reads)
     # Link writes may commit without waiting for their WAL flush: the audit row's
     # synchronous commit, which the ack waits for, comes after them (shared.storage.db).
     links = LinkStore(deps.coordination_db or deps.db, batched=True)

@@ -1,5 +1,13 @@
 """The host BSS's API, as bss-sync uses it (``schemas/bss-api.openapi.json``).
 
+``get`` is what the pusher calls for every record. With ``batch_reads`` (the
+default) concurrent calls are coalesced (``shared.storage.batching``) into one
+listing by ids per organization and entity — ``GET …/{entity}?id=a&id=b`` — so
+one request serves many pushes. A BSS that ignores the ``id`` filter is noticed
+(its answer holds records nobody asked for, or it refuses the parameter with a
+400): the client logs it once and reads one record at a time from then on; the
+answer is never trusted in that case.
+
 One ``BssClient`` per process, pooled connections. Failures are translated at
 this edge: timeouts, connection errors and 5xx/429 → ``BssUnavailable`` (retried);
 other 4xx → ``BssRejected`` (dead-lettered with the BSS's problem details).
@@ -7,6 +15,7 @@ other 4xx → ``BssRejected`` (dead-lettered with the BSS's problem details).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from collections.abc import AsyncIterator
@@ -16,17 +25,28 @@ from urllib.parse import quote, urlencode
 
 import httpx
 import orjson
+import structlog
 
 from shared.errors import BssRejected, BssUnavailable
 from shared.http.settings import USER_AGENT
 from shared.http.transport import BodyTooLarge, Fetched, Http1Transport
 from shared.logging import redact
+from shared.storage.batching import Coalescer
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 DEFAULT_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=64)
 ORIGIN_HEADER = "X-Sync-Origin"
 #: An answer larger than this is refused (a page of 500 records is well under it).
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+#: Ids per listing by ids (the API's maximum).
+MAX_IDS = 100
+
+log = structlog.get_logger(__name__)
+ReadKey = tuple[str, str, str]  # organization, entity, record id
+
+
+class BssUnsupported(Exception):
+    """The BSS does not implement an optional part of the API (the id filter)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +60,7 @@ class BssClient:
 
     def __init__(self, base_url: str, *, token: str | None = None,
                  timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-                 limits: httpx.Limits = DEFAULT_LIMITS) -> None:
+                 limits: httpx.Limits = DEFAULT_LIMITS, batch_reads: bool = True) -> None:
         headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -49,6 +69,9 @@ class BssClient:
         self._timeout = timeout.as_dict()
         # straight to the transport: no cookie jar, no redirects, one JSON body per answer
         self._transport = Http1Transport(max_connections=limits.max_connections or 64)
+        self.batch_reads = batch_reads
+        self._reads: Coalescer[ReadKey, dict[str, Any] | None] = Coalescer(
+            self._read_batch, max_batch=4 * MAX_IDS)
 
     async def aclose(self) -> None:
         await self._transport.aclose()
@@ -66,10 +89,78 @@ class BssClient:
 
     async def get(self, org_id: str, entity: str, record_id: str) -> dict[str, Any] | None:
         """The record, or ``None`` when the BSS does not have it (deleted)."""
+        if self.batch_reads:
+            return await self._reads.submit((org_id, entity, record_id))
+        return await self.get_one(org_id, entity, record_id)
+
+    async def get_one(self, org_id: str, entity: str, record_id: str) -> dict[str, Any] | None:
+        """``get`` with a request of its own."""
         response = await self._send("GET", self._path(org_id, entity, record_id))
         if response.status == 404:
             return None
         return self._json(response)
+
+    async def get_many(self, org_id: str, entity: str,
+                       record_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The records among ``record_ids`` (at most ``MAX_IDS``) the BSS has, by id.
+
+        Raises ``BssUnsupported`` when the BSS ignores or refuses the ``id`` filter.
+        """
+        wanted = set(record_ids)
+        try:
+            response = await self._send("GET", self._path(org_id, entity),
+                                        params={"id": record_ids, "limit": len(record_ids)})
+        except BssRejected as exc:
+            if exc.http_status == 400:
+                raise BssUnsupported(f"the BSS refuses the id filter: {exc}") from exc
+            raise
+        body = self._json(response)
+        items = body.get("items") if isinstance(body, dict) else None
+        if not isinstance(items, list):
+            raise BssUnavailable(f"the BSS answered a listing of {entity} without items")
+        found: dict[str, dict[str, Any]] = {}
+        for item in items:
+            record_id = item.get("id") if isinstance(item, dict) else None
+            if record_id not in wanted:
+                raise BssUnsupported(f"the BSS answered a listing by ids with {entity} "
+                                     f"{record_id!r}, which was not asked for")
+            found[record_id] = item
+        return found
+
+    async def _read_batch(self, keys: list[ReadKey]) -> list[dict[str, Any] | BaseException | None]:
+        """Serve coalesced ``get`` calls: one listing per organization, entity and
+        ``MAX_IDS`` ids; one by one if the BSS turns out not to filter by id."""
+        groups: dict[tuple[str, str], list[str]] = {}
+        for org_id, entity, record_id in keys:
+            ids = groups.setdefault((org_id, entity), [])
+            if record_id not in ids:
+                ids.append(record_id)
+        chunks = [(org_id, entity, ids[i:i + MAX_IDS])
+                  for (org_id, entity), ids in groups.items()
+                  for i in range(0, len(ids), MAX_IDS)]
+        answers = await asyncio.gather(*(self._read_chunk(*chunk) for chunk in chunks),
+                                       return_exceptions=True)
+        results: dict[ReadKey, dict[str, Any] | BaseException | None] = {}
+        for (org_id, entity, ids), answer in zip(chunks, answers, strict=True):
+            for record_id in ids:
+                key = (org_id, entity, record_id)
+                results[key] = answer if isinstance(answer, BaseException) else answer.get(
+                    record_id)
+        return [results[key] for key in keys]
+
+    async def _read_chunk(self, org_id: str, entity: str,
+                          ids: list[str]) -> dict[str, dict[str, Any]]:
+        if self.batch_reads and len(ids) > 1:
+            try:
+                return await self.get_many(org_id, entity, ids)
+            except BssUnsupported as exc:
+                if self.batch_reads:
+                    self.batch_reads = False
+                    log.warning("bss.batch_reads_off", reason=str(exc),
+                                hint="the BSS API lacks the id filter of listRecords; "
+                                     "reading records one by one")
+        records = await asyncio.gather(*(self.get_one(org_id, entity, i) for i in ids))
+        return {i: r for i, r in zip(ids, records, strict=True) if r is not None}
 
     async def list_changed(self, org_id: str, entity: str, since: datetime | None, *,
                            limit: int = 500, cursor: str | None = None) -> Page:
@@ -127,7 +218,7 @@ class BssClient:
         headers = {**self._headers, **(headers or {})}
         if content is not None:
             headers["Content-Type"] = "application/json"
-        url = self.base_url + path + ("?" + urlencode(params) if params else "")
+        url = self.base_url + path + ("?" + urlencode(params, doseq=True) if params else "")
         try:
             request = httpx.Request(method, url, headers=headers, content=content,
                                     extensions={"timeout": self._timeout})

@@ -30,6 +30,7 @@ from kombu import Connection, Exchange, Queue
 
 from sandbox.server import SandboxServer, free_port
 from sandbox.settings import SandboxSettings
+from shared.bss import BssClient
 from shared.messaging.management import AmqpUrl
 from shared.messaging.topology import EVENTS_EXCHANGE
 from shared.schemas import ENTITIES, load_schema, registry, schema_uri, validator
@@ -377,6 +378,64 @@ async def test_pagination_returns_each_changed_record_once_under_concurrent_writ
     assert before[-1]["id"] in counts and not any(b["id"] in counts for b in before[:-1])
     assert set(counts) <= {before[-1]["id"], *existing, *written}
     assert pages >= 9
+
+
+async def test_listing_by_ids_gives_the_live_ones_and_the_bss_client_batches_on_it(
+        api: httpx.AsyncClient) -> None:
+    base = f"/organizations/{ORG}/account"
+    ids = [(await api.post(base, json=_valid_record("account", i))).json()["id"]
+           for i in range(6)]
+    await api.delete(f"{base}/{ids[5]}")
+    page = (await api.get(base, params={"id": [*ids, "no-such-id"]})).json()
+    assert sorted(item["id"] for item in page["items"]) == sorted(ids[:5])
+    assert page["nextCursor"] is None
+    assert (await api.get(base, params={"id": [f"x{n}" for n in range(101)]})).status_code == 400
+    assert (await api.get(base, params={"id": ids[0], "cursor": "abc"})).status_code == 400
+
+    async with BssClient(str(api.base_url)) as bss:
+        records = await asyncio.gather(*(bss.get(ORG, "account", i)
+                                         for i in [*ids, "no-such-id", ids[0]]))
+        assert [r["id"] if r else None for r in records] == [*ids[:5], None, None, ids[0]]
+        assert bss._reads.batches == 1 and bss.batch_reads  # one listing served all eight
+
+
+async def test_a_bss_ignoring_the_id_filter_is_read_one_by_one() -> None:
+    """A BSS whose listing ignores ``id`` (it answers every record) is noticed, never
+    trusted, and read record by record from then on."""
+    records = {f"r{n}": {"id": f"r{n}", "name": f"R{n}"} for n in range(4)}
+    requests: list[str] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                target = head.split(b" ")[1].decode()
+                requests.append(target)
+                path = target.split("?")[0]
+                last = path.rsplit("/", 1)[1]
+                if last == "account":  # the listing, filter ignored
+                    status, body = 200, {"items": list(records.values()), "nextCursor": None}
+                elif last in records:
+                    status, body = 200, records[last]
+                else:
+                    status, body = 404, {"title": "not found", "status": 404}
+                data = json.dumps(body).encode()
+                writer.write(b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (status, len(data), data))
+                await writer.drain()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with BssClient(f"http://127.0.0.1:{port}") as bss:
+            got = await asyncio.gather(*(bss.get(ORG, "account", i) for i in ("r1", "r2", "gone")))
+            assert [g["id"] if g else None for g in got] == ["r1", "r2", None]
+            assert not bss.batch_reads
+            assert await bss.get(ORG, "account", "r3") == records["r3"]
+    finally:
+        server.close()
+    assert sum("?" in r for r in requests) == 1  # one listing tried, then single reads
+    assert requests[-1].endswith("/account/r3")
 
 
 async def _create_many(api: httpx.AsyncClient, base: str, count: int) -> list[str]:
