@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -36,7 +37,7 @@ from shared.connector.document import ConnectorDocument
 from shared.connector.openapi import Operation, deref
 from shared.connector.request import RequestPlan, server_url
 from shared.credentials import resolve_credentials
-from shared.errors import ConfigurationError, RemoteProtocolError, UnsafeRequest
+from shared.errors import ConfigurationError, MappingError, RemoteProtocolError, UnsafeRequest
 from shared.http.auth import Applied, Authenticator
 from shared.http.outcome import TRANSLATED, parse_retry_after, snippet, status_error, translate
 from shared.http.ratelimit import Throttle
@@ -155,6 +156,13 @@ class ThirdPartyClient:
         # credentials placed by the authenticator, and no cookie jar is kept — a
         # third party's Set-Cookie does not leak into later requests of other records.
         self._transport = Http1Transport(max_connections=self.rate_limit.concurrency)
+        # The common case skips URL parsing: a URL that starts with the base URL's
+        # scheme://host:port/ is on the instance's origin (see _within_origin).
+        parts = urlsplit(self.base_url)
+        scheme, host, port = self.origin
+        self._prefix = (f"{parts.scheme}://{parts.netloc}/"
+                        if "@" not in parts.netloc and host.isascii() else None)
+        self._wire_origin = (scheme.encode(), host.encode("ascii", "replace"), port)
         self._timeout = {"connect": self.timeouts.connect, "read": self.timeouts.read,
                          "write": self.timeouts.read, "pool": self.timeouts.connect}
 
@@ -223,12 +231,24 @@ class ThirdPartyClient:
 
     async def _round_trip(self, plan: RequestPlan, request: str) -> _Answer:
         started = time.monotonic()
-        headers = httpx.Headers(DEFAULT_HEADERS)
-        headers.update(plan.headers)
+        limit = self.options.max_response_bytes
+        _check_headers(plan.headers)
+        target = self._wire_target(plan.url)
         try:
-            outgoing = httpx.Request(plan.method, plan.url, headers=headers,
-                                     content=_encode(plan), extensions={"timeout": self._timeout})
-            answer = await self._transport.fetch(outgoing, self.options.max_response_bytes)
+            if target is not None:
+                given = {name.lower() for name in plan.headers}
+                wire = [(k, v) for k, v in DEFAULT_HEADERS.items() if k.lower() not in given]
+                wire += [(k, str(v)) for k, v in plan.headers.items()]
+                answer = await self._transport.fetch_raw(
+                    self._wire_origin, plan.method, target, wire, _encode(plan), self._timeout,
+                    limit)
+            else:  # a URL to normalise or encode: httpx does it
+                headers = httpx.Headers(DEFAULT_HEADERS)
+                headers.update(plan.headers)
+                outgoing = httpx.Request(plan.method, plan.url, headers=headers,
+                                         content=_encode(plan),
+                                         extensions={"timeout": self._timeout})
+                answer = await self._transport.fetch(outgoing, limit)
         except BodyTooLarge as exc:
             raise _too_large(request, exc.status, exc.limit) from None
         except TRANSLATED as exc:
@@ -236,8 +256,21 @@ class ThirdPartyClient:
         return _Answer(answer.status, answer.headers, answer.content, plan.url,
                        time.monotonic() - started)
 
+    def _wire_target(self, url: str) -> str | None:
+        """The request target of ``url`` when it can go on the wire as it is: on the
+        origin, printable ASCII (percent-encoded), no fragment, no dot segment."""
+        prefix = self._prefix
+        if prefix is None or not url.startswith(prefix):
+            return None
+        target = url[len(prefix) - 1:]
+        if _WIRE_TARGET.fullmatch(target) is None or "/." in target:
+            return None
+        return target
+
     def _within_origin(self, plan: RequestPlan) -> RequestPlan:
         """``plan`` with an absolute URL on the instance's origin; raises ``UnsafeRequest``."""
+        if self._prefix is not None and plan.url.startswith(self._prefix):
+            return plan  # absolute, and on the origin: the authority ends at that "/"
         url = urljoin(self.base_url + "/", plan.url)
         if origin(url) != self.origin:
             raise UnsafeRequest(
@@ -313,6 +346,23 @@ def _json_content(document: ConnectorDocument, response: Any) -> bool:
 def _is_json(media: str) -> bool:
     media = media.split(";")[0].strip().lower()
     return media == "application/json" or media.endswith("+json")
+
+
+_WIRE_TARGET = re.compile(r"/[!-\"$-~]*")  # printable ASCII but "#", no space
+_LINE_BREAK = re.compile(r"[\r\n\x00]")
+
+
+def _check_headers(headers: Mapping[str, Any]) -> None:
+    """Header values made from record data must be ASCII and must not smuggle in
+    another header; ``MappingError`` otherwise (the record, or the mapping, is wrong)."""
+    for name, value in headers.items():
+        text = str(value)
+        if _LINE_BREAK.search(name) or _LINE_BREAK.search(text):
+            raise MappingError(f"refused to send the header {name!r}: its value holds a "
+                               "line break or NUL")
+        if not (name.isascii() and text.isascii()):
+            raise MappingError(f"refused to send the header {name!r}: HTTP header values "
+                               "must be ASCII")
 
 
 def _request_name(plan: RequestPlan) -> str:

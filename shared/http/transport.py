@@ -30,9 +30,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import re
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import httptools
@@ -290,22 +291,14 @@ class Http1Transport(httpx.AsyncBaseTransport):
             raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}",
                                             request=request)
         origin = (scheme, url.raw_host, url.port or (443 if scheme == b"https" else 80))
-        pool = self._pools.get(origin)
-        if pool is None:
-            pool = self._pools[origin] = _Pool(self._max_connections)
         raw = _serialize(request, await request.aread())
-        if pool.permits.locked():
-            try:
-                await asyncio.wait_for(pool.permits.acquire(), timeouts.get("pool"))
-            except TimeoutError:
-                raise httpx.PoolTimeout("no connection free in time", request=request) from None
-        else:
-            await pool.permits.acquire()  # free: returns at once
-        try:
-            return await self._exchange(request, raw, pool, origin, timeouts)
-        except BaseException:
-            pool.permits.release()
-            raise
+        retry_safe = (request.method.encode() in IDEMPOTENT
+                      or "idempotency-key" in request.headers)
+        pool, conn = await self._exchange(origin, raw, retry_safe, timeouts, request)
+        return httpx.Response(
+            conn.status, headers=conn.headers,
+            stream=_Body(self, pool, conn, timeouts.get("read"), request),
+            extensions={"http_version": b"HTTP/1.1"}, request=request)
 
     async def fetch(self, request: httpx.Request, max_bytes: int | None = None) -> Fetched:
         """Send ``request`` and read the whole answer (see the module docstring).
@@ -328,45 +321,90 @@ class Http1Transport(httpx.AsyncBaseTransport):
                 chunks.append(chunk)
         finally:
             await stream.aclose()  # type: ignore[union-attr]
-        content = b"".join(chunks)
-        encoding = headers.get("content-encoding", "identity").strip().lower()
-        if encoding != "identity" and content:
-            # compressed: httpx's decoders, and the limit again on what they give
-            decoded = httpx.Response(status, headers=headers, stream=httpx.ByteStream(content))
-            content = await decoded.aread()
-            if max_bytes is not None and len(content) > max_bytes:
-                raise BodyTooLarge(status, max_bytes)
-        return Fetched(status, headers, content)
+        return await _decoded(status, headers, b"".join(chunks), max_bytes)
 
-    async def _exchange(self, request: httpx.Request, raw: bytes, pool: _Pool, origin: Origin,
-                        timeouts: dict[str, Any]) -> httpx.Response:
-        retry_safe = request.method.encode() in IDEMPOTENT or "idempotency-key" in request.headers
-        while True:
-            conn, reused = await self._connection(pool, origin, timeouts.get("connect"), request)
+    async def fetch_raw(self, origin: Origin, method: str, target: str,
+                        headers: Iterable[tuple[str, str]], body: bytes | None,
+                        timeouts: dict[str, Any], max_bytes: int | None = None) -> Fetched:
+        """``fetch`` without building an ``httpx.Request`` (URL parsing and header
+        normalisation cost as much as the exchange). ``target`` is the request target
+        (path and query), printable ASCII already percent-encoded; a header holding a
+        line break is refused (``ValueError``). Adds ``Host`` and ``Content-Length``.
+        """
+        if self._closed:
+            raise httpx.ConnectError("the transport is closed")
+        raw, retry_safe = _raw_request(origin, method, target, headers, body)
+        pool, conn = await self._exchange(origin, raw, retry_safe, timeouts, None)
+        read = timeouts.get("read")
+        try:
+            status = conn.status
+            for name, value in conn.headers:
+                if (name.lower() == b"content-length" and max_bytes is not None
+                        and value.isdigit() and int(value) > max_bytes):
+                    raise BodyTooLarge(status, max_bytes)
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                try:
+                    chunk = await conn.read_chunk(read)
+                except TimeoutError:
+                    raise httpx.ReadTimeout("timed out reading the response body") from None
+                except _Lost as exc:
+                    raise httpx.ReadError(f"connection lost mid-response: {exc}") from exc.cause
+                if chunk is None:
+                    break
+                size += len(chunk)
+                if max_bytes is not None and size > max_bytes:
+                    raise BodyTooLarge(status, max_bytes)
+                chunks.append(chunk)
+            answer_headers = httpx.Headers(conn.headers)
+        finally:
+            self._release(pool, conn)
+        return await _decoded(status, answer_headers, b"".join(chunks), max_bytes)
+
+    async def _exchange(self, origin: Origin, raw: bytes, retry_safe: bool,
+                        timeouts: dict[str, Any],
+                        request: httpx.Request | None) -> tuple[_Pool, _Connection]:
+        """Send ``raw`` and read the answer's head; the caller reads the body and hands
+        the connection back with ``_release`` (which also frees the pool permit)."""
+        pool = self._pools.get(origin)
+        if pool is None:
+            pool = self._pools[origin] = _Pool(self._max_connections)
+        if pool.permits.locked():
             try:
-                conn.send(raw)
-                await conn.read_head(timeouts.get("read"))
+                await asyncio.wait_for(pool.permits.acquire(), timeouts.get("pool"))
             except TimeoutError:
-                conn.close()
-                raise httpx.ReadTimeout("timed out waiting for the response",
-                                        request=request) from None
-            except _Lost as exc:
-                conn.close()
-                if reused and not exc.answered and retry_safe:
-                    continue  # the server had closed the idle connection: once more, fresh
-                raise httpx.RemoteProtocolError(
-                    "the server closed the connection without answering", request=request,
-                ) from exc.cause
-            except BaseException:
-                conn.close()
-                raise
-            return httpx.Response(
-                conn.status, headers=conn.headers,
-                stream=_Body(self, pool, conn, timeouts.get("read"), request),
-                extensions={"http_version": b"HTTP/1.1"}, request=request)
+                raise httpx.PoolTimeout("no connection free in time", request=request) from None
+        else:
+            await pool.permits.acquire()  # free: returns at once
+        try:
+            while True:
+                conn, reused = await self._connection(pool, origin, timeouts.get("connect"),
+                                                      request)
+                try:
+                    conn.send(raw)
+                    await conn.read_head(timeouts.get("read"))
+                except TimeoutError:
+                    conn.close()
+                    raise httpx.ReadTimeout("timed out waiting for the response",
+                                            request=request) from None
+                except _Lost as exc:
+                    conn.close()
+                    if reused and not exc.answered and retry_safe:
+                        continue  # the server had closed the idle connection: once more
+                    raise httpx.RemoteProtocolError(
+                        "the server closed the connection without answering", request=request,
+                    ) from exc.cause
+                except BaseException:
+                    conn.close()
+                    raise
+                return pool, conn
+        except BaseException:
+            pool.permits.release()
+            raise
 
     async def _connection(self, pool: _Pool, origin: Origin, timeout: float | None,
-                          request: httpx.Request) -> tuple[_Connection, bool]:
+                          request: httpx.Request | None) -> tuple[_Connection, bool]:
         now = time.monotonic()
         while pool.idle:
             conn = pool.idle.pop()  # most recently used first
@@ -420,3 +458,41 @@ def _serialize(request: httpx.Request, body: bytes) -> bytes:
     # has been read into memory here, so it always goes with a length.
     lines = [line for line in lines if not line.lower().startswith(b"transfer-encoding:")]
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+_HEADER_BREAK = re.compile(r"[\r\n\x00]")
+
+
+def _raw_request(origin: Origin, method: str, target: str, headers: Iterable[tuple[str, str]],
+                 body: bytes | None) -> tuple[bytes, bool]:
+    """The request's bytes, and whether resending it on a fresh connection is safe."""
+    scheme, host, port = origin
+    default = 443 if scheme == b"https" else 80
+    host_header = host.decode("ascii") if port == default else f"{host.decode('ascii')}:{port}"
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host_header}"]
+    retry_safe = method.encode() in IDEMPOTENT
+    for name, value in headers:
+        if _HEADER_BREAK.search(name) or _HEADER_BREAK.search(value):
+            raise ValueError(f"the header {name!r} holds a line break or NUL")
+        lowered = name.lower()
+        if lowered in ("host", "content-length", "transfer-encoding"):
+            continue
+        if lowered == "idempotency-key":
+            retry_safe = True
+        lines.append(f"{name}: {value}")
+    if body:
+        lines.append(f"Content-Length: {len(body)}")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head + body if body else head, retry_safe
+
+
+async def _decoded(status: int, headers: httpx.Headers, content: bytes,
+                   max_bytes: int | None) -> Fetched:
+    encoding = headers.get("content-encoding", "identity").strip().lower()
+    if encoding != "identity" and content:
+        # compressed: httpx's decoders, and the limit again on what they give
+        decoded = httpx.Response(status, headers=headers, stream=httpx.ByteStream(content))
+        content = await decoded.aread()
+        if max_bytes is not None and len(content) > max_bytes:
+            raise BodyTooLarge(status, max_bytes)
+    return Fetched(status, headers, content)

@@ -23,6 +23,7 @@ from shared.connector.request import RequestPlan
 from shared.errors import (
     AuthenticationFailed,
     ConfigurationError,
+    MappingError,
     RateLimited,
     RemoteConflict,
     RemoteProtocolError,
@@ -513,6 +514,27 @@ async def test_no_cookie_jar_a_set_cookie_is_not_sent_back(open_client, stub) ->
     response = await client.send(plan(document, "get_echo", f"{stub.url}/echo/x"))
     assert "cookie" not in response.body["headers"]
     assert response.body["headers"]["user-agent"].startswith("bss-sync")
+
+
+@pytest.mark.parametrize("value", ["v\r\nX-Injected: 1", "v\nX-Injected: 1", "caf\u00e9"])
+async def test_a_header_value_with_a_line_break_or_not_ascii_is_refused_unsent(
+        open_client, stub, value) -> None:
+    document, client = open_client
+    bad = plan(document, "get_echo", f"{stub.url}/echo/x")
+    bad.headers["If-Match"] = value
+    before = len(stub.paths())
+    with pytest.raises(MappingError, match="If-Match"):
+        await client.send(bad)
+    assert len(stub.paths()) == before
+
+
+async def test_urls_the_fast_path_cannot_send_as_they_are_still_go_out(open_client, stub) -> None:
+    document, client = open_client
+    for path, seen in (("/echo/a/../b", "/echo/b"), ("/echo/x y", "/echo/x%20y"),
+                       ("/echo/caf\u00e9", "/echo/caf%C3%A9")):
+        response = await client.send(plan(document, "get_echo", f"{stub.url}{path}"))
+        assert response.status == 200
+        assert stub.paths()[-1] == seen
 
 
 async def test_a_non_json_200_where_json_is_promised_is_a_protocol_error(open_client, stub) -> None:

@@ -206,3 +206,34 @@ async def test_a_reused_connection_dying_under_a_safe_request_is_retried_once_fr
         with pytest.raises(httpx.RemoteProtocolError):
             await http.post(url, content=b"{}")  # not safe to resend
     assert connections == 2  # the POST went on the second one, which hung up on it
+
+
+async def test_fetch_raw_writes_host_and_length_and_reads_the_whole_answer():
+    heads: list[bytes] = []
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head, body = await read_request(reader)
+            heads.append(head)
+            writer.write(b"HTTP/1.1 201 Created\r\nX-Seen: yes\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(body), body))
+            await writer.drain()
+
+    transport = Http1Transport()
+    async with raw_server(echo) as url:
+        port = int(url.rsplit(":", 1)[1])
+        origin = (b"http", b"127.0.0.1", port)
+        for i in range(3):
+            answer = await transport.fetch_raw(
+                origin, "POST", f"/things?x={i}", [("Content-Type", "application/json")],
+                b'{"i":%d}' % i, {"read": 2.0}, max_bytes=100)
+            assert (answer.status, answer.content) == (201, b'{"i":%d}' % i)
+            assert answer.headers["x-seen"] == "yes"
+        with pytest.raises(ValueError, match="line break"):
+            await transport.fetch_raw(origin, "GET", "/", [("X-A", "b\r\nX-B: c")], None, {})
+    await transport.aclose()
+    first = heads[0].split(b"\r\n")
+    assert first[0] == b"POST /things?x=0 HTTP/1.1"
+    assert f"Host: 127.0.0.1:{port}".encode() in first
+    assert b"Content-Length: 7" in first
+    assert len(heads) == 3
