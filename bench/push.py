@@ -5,17 +5,23 @@ third party, with every real process in between.
 
 Throughput: N accounts (default 10,000) are written to the sandbox BSS while the
 services are down (the events wait in ``dispatcher.events``); then the dispatcher
-and one pusher start (as processes, with their defaults) and the time until the
-last account is in the third party and the audit log gives records/s end to end —
-what the push path can do, not how fast the sandbox accepts writes. Latency: then
-a few hundred accounts are written one by one at a steady pace the path can follow,
-and p50/p99 of (pusher's audit row - the BSS write) are printed. CPU seconds and
-peak RSS per process are read from /proc. The third party is a local stub speaking
-the Acme CRM API (``connectors/acme-crm.json``: a match GET, then a create POST per
-account) answering in 0 ms, then, in a second pass with new accounts, in 50 ms.
+and one pusher start (as processes, with their defaults but ``CONCURRENCY``) and the
+time until the last account is in the third party and the audit log gives records/s
+end to end — what the push path can do, not how fast the sandbox accepts writes.
+Latency: then a few hundred accounts are written one by one at a steady pace the
+path can follow, and p50/p99 of (pusher's audit row - the BSS write) are printed.
+CPU seconds and peak RSS per process are read from /proc. The third party is a
+local stub speaking the Acme CRM API (``connectors/acme-crm.json``: a match GET,
+then a create POST per account) answering in 0 ms, then, in a second pass with new
+accounts, in 50 ms. The pusher runs 64 handlers at 0 ms (the default) and 128 at
+50 ms: each record then spends ~100 ms waiting on the third party, and 64 handlers
+could not exceed ~600 records/s whatever the CPU (Little's law); that is what
+``CONCURRENCY`` is for. The stub is as lean as it can be: in production the third
+party's CPU is not on this machine.
 Asserts nothing. Uses its own database and vhost, dropped at the end.
 
-    .venv/bin/python bench/push.py [--records N] [--delays 0,50]
+    .venv/bin/python bench/push.py [--records N] [--delays 0,50] [--concurrency 64,128]
+                                   [--pushers 1,1]
 """
 
 from __future__ import annotations
@@ -283,9 +289,11 @@ class Bench:
                 "   AND a.outcome = 'created' ORDER BY 1", (since,)).fetchall()
         return [float(r[0]) for r in rows]
 
-    def start_services(self) -> None:
+    def start_services(self, concurrency: int, pushers: int) -> None:
         self.start("dispatcher", ["-m", "services.dispatcher"])
-        self.start("pusher", ["-m", "services.pusher"], BSS_API_URL=self.sandbox.url)
+        for n in range(pushers):
+            self.start("pusher" if n == 0 else f"pusher-{n + 1}", ["-m", "services.pusher"],
+                       BSS_API_URL=self.sandbox.url, CONCURRENCY=str(concurrency))
 
     def commits(self) -> int:
         with psycopg.connect(self.database_url, autocommit=True) as conn:
@@ -303,10 +311,10 @@ class Bench:
         values["time"] = time.time()
         return values
 
-    def measure_drain(self) -> None:
+    def measure_drain(self, concurrency: int, pushers: int) -> None:
         """Start the services on a full queue; measure once they push (warm)."""
         started = time.time()
-        self.start_services()
+        self.start_services(concurrency, pushers)
         with psycopg.connect(self.database_url, autocommit=True) as conn:
             while self.pushed(conn, started) == 0:
                 time.sleep(0.05)
@@ -335,15 +343,16 @@ class Bench:
         print(f"PostgreSQL transactions committed: {commits / done:.1f} per record")
         self.capacity = done / elapsed
 
-    def run_pass(self, delay_ms: int, tag: str) -> None:
+    def run_pass(self, delay_ms: int, tag: str, concurrency: int, pushers: int) -> None:
         stub = self.start_stub(delay_ms)
         self.apply(stub)
-        print(f"\n== third party answering in {delay_ms} ms ==")
+        print(f"\n== third party answering in {delay_ms} ms; {pushers} pusher(s), "
+              f"CONCURRENCY={concurrency} handlers each ==")
         # Throughput: N accounts written while the services are down, then drained.
         seconds = asyncio.run(self.create_accounts(self.sandbox.url, self.records, tag))
         print(f"  the BSS accepted {self.records} writes in {seconds:.1f} s")
         self.wait_events_queued(self.records)
-        self.measure_drain()
+        self.measure_drain(concurrency, pushers)
         # Latency: records written one by one at a steady pace the path can follow.
         rate = max(10, min(100, int(self.capacity / 2)))
         count = max(100, min(1000, self.records // 10))
@@ -354,7 +363,7 @@ class Bench:
         print(f"latency at a steady {rate} writes/s ({count} accounts), BSS write → audit row: "
               f"p50 {_pct(values, 50) * 1000:,.0f} ms, p99 {_pct(values, 99) * 1000:,.0f} ms, "
               f"max {values[-1] * 1000:,.0f} ms")
-        for name in ("dispatcher", "pusher", "third-party"):
+        for name in [n for n in self.processes if n != "sandbox"]:
             self.stop(name)
 
     async def create_at_rate(self, base_url: str, count: int, rate: int, tag: str) -> None:
@@ -390,19 +399,31 @@ def _pct(values: list[float], percentile: int) -> float:
     return values[index]
 
 
+def _per_pass(text: str, passes: int) -> list[int]:
+    values = [int(v) for v in text.split(",")]
+    return (values + values[-1:] * passes)[:passes]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=10_000)
     parser.add_argument("--delays", default="0,50", help="third-party latencies in ms")
+    parser.add_argument("--concurrency", default="64,128",
+                        help="the pusher's CONCURRENCY for each delay: a slower third party "
+                             "needs more handlers in flight (64 is the runtime's default)")
+    parser.add_argument("--pushers", default="1,1", help="pusher processes for each delay")
     args = parser.parse_args()
+    delays = [int(d) for d in args.delays.split(",")]
+    concurrency = _per_pass(args.concurrency, len(delays))
+    pushers = _per_pass(args.pushers, len(delays))
     bench = Bench(args.records)
     try:
         bench.setup()
         settings = SandboxSettings.from_env(database_url=bench.database_url,
                                             amqp_url=bench.amqp_url)
         bench.sandbox = SandboxServer(settings).start()
-        for index, delay in enumerate(int(d) for d in args.delays.split(",")):
-            bench.run_pass(delay, f"p{index}")
+        for index, delay in enumerate(delays):
+            bench.run_pass(delay, f"p{index}", concurrency[index], pushers[index])
     finally:
         bench.teardown()
         print(f"\nlogs: {bench.tmp}")
