@@ -17,13 +17,16 @@ message id so that a redelivery after a crash can resume at once).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import time
 import uuid
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
+import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
@@ -33,6 +36,7 @@ from shared.messaging.codec import HandlerResult, InboundMessage
 from shared.messaging.envelope import SyncMessage, encode
 from shared.messaging.publisher import OutgoingMessage
 from shared.messaging.topology import PUSH_EXCHANGE, sync_routing_key
+from shared.paths import schemas_dir
 from shared.schemas import ENTITIES, load_schema, registry
 from shared.storage.instances import Instance, InstanceStore
 from shared.storage.organizations import OrganizationStore
@@ -41,9 +45,56 @@ EVENT_ACTIONS = {"created": "create", "updated": "update", "deleted": "delete"}
 CACHE_SECONDS = 5.0
 
 
+#: sha256 of ``schemas/bss-event.schema.json`` as :func:`conforms` mirrors it.
+FAST_PATH_SCHEMA_SHA256 = "f544a1941f3b8600a77fa53a23bc2574c084ee539680a473d597257e43b81014"
+_EVENTS = ("created", "updated", "deleted")
+_ENTITY = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_TENANT = re.compile(r"^[A-Za-z0-9_-]+$")  # organizationId and origin
+
+
 @cache
 def _event_validator() -> Draft202012Validator:
     return Draft202012Validator(load_schema("bss-event"), registry=registry())
+
+
+@cache
+def _fast_path_enabled() -> bool:
+    text = (schemas_dir() / "bss-event.schema.json").read_bytes()
+    return hashlib.sha256(text).hexdigest() == FAST_PATH_SCHEMA_SHA256
+
+
+def conforms(event: Any) -> bool:
+    """True only when ``event`` satisfies ``bss-event.schema.json`` — a hand-written
+    check of the same rules, ~20x cheaper than jsonschema (which then only words the
+    reasons of what this refuses). Never more lenient than the schema; used only
+    while the schema file is the one it mirrors (``FAST_PATH_SCHEMA_SHA256``)."""
+    if type(event) is not dict:
+        return False
+    try:
+        event_id, entity, kind = event["id"], event["entity"], event["event"]
+        org_id, record_id, occurred = (event["organizationId"], event["recordId"],
+                                       event["occurredAt"])
+    except KeyError:
+        return False
+    if not (type(event_id) is str and 1 <= len(event_id) <= 255
+            and type(entity) is str and _ENTITY.search(entity) is not None
+            and type(kind) is str and kind in _EVENTS
+            and type(org_id) is str and 1 <= len(org_id) <= 128
+            and _TENANT.search(org_id) is not None
+            and type(record_id) is str and 1 <= len(record_id) <= 255
+            and type(occurred) is str):  # format is an annotation here, not asserted
+        return False
+    get = event.get
+    origin, data, fields = get("origin"), get("data"), get("changedFields")
+    if origin is not None and not (type(origin) is str and 1 <= len(origin) <= 128
+                                   and _TENANT.search(origin) is not None):
+        return False
+    if data is not None and type(data) is not dict:
+        return False
+    if fields is None:
+        return True
+    return (type(fields) is list and all(type(f) is str and 1 <= len(f) <= 255 for f in fields)
+            and len(set(fields)) == len(fields))
 
 
 class EventCodec:
@@ -51,10 +102,14 @@ class EventCodec:
 
     def decode(self, body: bytes, properties: Any) -> InboundMessage[dict[str, Any]]:
         try:
-            event = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidMessage(f"the event is not JSON: {exc}") from None
-        error = best_match(_event_validator().iter_errors(event))
+            event = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            try:  # the standard library words the reason (and reads >64-bit integers)
+                event = json.loads(body)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise InvalidMessage(f"the event is not JSON: {exc}") from None
+        error = (None if _fast_path_enabled() and conforms(event)
+                 else best_match(_event_validator().iter_errors(event)))
         if error is not None:
             where = "/" + "/".join(str(p) for p in error.absolute_path)
             raise InvalidMessage(f"the event breaks bss-event.schema.json at {where}: "

@@ -160,6 +160,28 @@ async def test_an_unroutable_publish_fails_and_the_publisher_carries_on(
     assert topology.ready("pusher") == 2000
 
 
+async def test_frames_buffered_in_one_turn_go_out_in_one_send(topology: TestTopology) -> None:
+    conn = await open_connection(topology.url, "bss-sync test")
+    sends: list[int] = []
+    transport = conn.raw._transport
+    send = transport._sigint_safe_send
+
+    def counted(sock: Any, data: bytes) -> int:
+        sends.append(len(data))
+        return send(sock, data)
+
+    transport._sigint_safe_send = counted
+    try:
+        publisher = await Publisher.open(conn)
+        sends.clear()
+        await publisher.publish_many([outgoing(sync_message(f"r{i}")) for i in range(300)])
+    finally:
+        await conn.close()
+    assert topology.ready("pusher") == 300
+    # 300 publishes are 900 frames; pika alone would send each with a syscall of its own
+    assert 0 < len(sends) <= 30
+
+
 # ---------------------------------------------------------------------------- failures
 
 

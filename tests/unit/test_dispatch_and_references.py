@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import random
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,3 +103,44 @@ def test_instance_lookups_overlay_the_connectors_and_variables_layer():
     variables = effective_variables(connector, dataclasses.replace(
         instance("crm"), variables={"host": "crm.example"}))
     assert variables == {"scheme": "http", "host": "crm.example", "port": "3000"}
+
+
+# The event fast check: never more lenient than the schema, and it takes the usual events.
+_ODD: list[Any] = [None, True, 0, 1.5, "", "x", "a b", "Account", "account", "account\n",
+                   "created", "archived", "x" * 129, "y" * 256, [], ["a", "a"], ["a", "b"],
+                   [1], [""], {}, {"a": 1}, "2026-01-01T00:00:00Z"]
+
+
+def _event_mutations() -> list[Any]:
+    base = {**EVENT, "origin": "crm-1", "data": {"name": "A"}, "changedFields": ["name"]}
+    docs: list[Any] = [[], "event", None]
+    for key in [*base, "extra"]:
+        docs.append({k: v for k, v in base.items() if k != key})
+        docs += [{**base, key: value} for value in _ODD]
+    rng = random.Random(11)
+    for _ in range(400):
+        doc = dict(base)
+        for key in rng.sample(sorted(base), 2):
+            doc[key] = rng.choice(_ODD)
+        docs.append(doc)
+    return docs
+
+
+def test_the_event_fast_check_was_reviewed_against_this_schema() -> None:
+    """If this fails the event schema changed: review ``conforms`` and update the hash."""
+    from services.dispatcher.events import FAST_PATH_SCHEMA_SHA256
+    from shared.paths import schemas_dir
+
+    text = (schemas_dir() / "bss-event.schema.json").read_bytes()
+    assert hashlib.sha256(text).hexdigest() == FAST_PATH_SCHEMA_SHA256
+
+
+def test_the_event_fast_check_is_never_more_lenient_and_takes_valid_events() -> None:
+    from services.dispatcher.events import _event_validator, conforms
+
+    schema_ok = _event_validator().is_valid
+    docs = _event_mutations()
+    assert [d for d in docs if conforms(d) and not schema_ok(d)] == []
+    valid = [d for d in docs if schema_ok(d)]
+    assert len(valid) > 100
+    assert [d for d in valid if not conforms(d)] == []
