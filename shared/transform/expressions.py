@@ -21,6 +21,8 @@ from jsonata import jexception
 from jsonata.parser import Parser
 from jsonata.utils import Utils
 
+from shared.transform.fastpath import FALLBACK, compile_path
+
 
 class _Undefined:
     _instance: _Undefined | None = None
@@ -90,7 +92,7 @@ class Expression:
     """One compiled expression. ``evaluate`` never raises a foreign exception type except
     the ones helper functions raise on purpose (``shared.errors`` classes)."""
 
-    __slots__ = ("_compiled", "_path", "source")
+    __slots__ = ("_compiled", "_fast", "_path", "source")
 
     def __init__(self, source: str, functions: dict[str, Any] | None = None) -> None:
         self.source = source
@@ -102,6 +104,9 @@ class Expression:
         self._compiled = _compile(source)
         for name, implementation in (functions or {}).items():
             self._compiled.register_lambda(name, implementation)
+        # paths with filters and indexes (addresses[isBilling][0].city): see fastpath
+        self._fast = (compile_path(self._compiled.ast, UNDEFINED) if self._path is None
+                      else None)
 
     @property
     def ast(self) -> Any:
@@ -125,6 +130,10 @@ class Expression:
                     break  # arrays (and odd inputs) get JSONata's mapping semantics
             else:
                 return node
+        elif self._fast is not None and bindings is None:
+            result = self._fast(data)
+            if result is not FALLBACK:
+                return result
         assert self._compiled is not None
         try:
             raw = self._compiled.evaluate(data, bindings)

@@ -1,0 +1,84 @@
+"""The fast path evaluator gives JSONata's answer whenever it answers at all.
+
+Differential: generated records of every shape (arrays, objects, scalars, nulls,
+missing fields) through generated path expressions, the fast result compared with
+jsonata-python's. The fast path may decline (FALLBACK); it may never differ.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from shared.transform.expressions import UNDEFINED, Expression, to_python
+from shared.transform.fastpath import FALLBACK
+
+EXPRESSIONS = [
+    "a.b", "a.b.c", "a[0]", "a[-1]", "a[1].b", "a[5].b", "a[flag]", "a[flag][0]",
+    "a[flag][0].b", "a[flag].b", "a[b.flag][0].c", "a[0][0]", "a[flag][1].name",
+    "a.b[flag].c", "a[0.5].b", "a[-2].name", "a[flag][-1].name", "a.b[0].c",
+    "addresses[isBilling][0].line1", "a[flag][flag].b", "a[0].b[flag][0].c",
+]
+KEYS = ["a", "b", "c", "flag", "name", "isBilling", "addresses", "line1"]
+
+
+def _value(rng: random.Random, depth: int) -> Any:
+    roll = rng.random()
+    if depth > 3 or roll < 0.35:
+        return rng.choice([None, True, False, 0, 1, 2, -1, 1.5, "", "x", "false", "0"])
+    if roll < 0.7:
+        return _object(rng, depth + 1)
+    return [_value(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+
+
+def _object(rng: random.Random, depth: int) -> dict[str, Any]:
+    return {key: _value(rng, depth) for key in rng.sample(KEYS, rng.randint(0, len(KEYS)))}
+
+
+def _jsonata(expression: Expression, data: Any) -> Any:
+    try:
+        return to_python(expression._compiled.evaluate(data))
+    except Exception as exc:  # noqa: BLE001 - recorded, compared below
+        return ("raised", type(exc).__name__)
+
+
+@pytest.mark.parametrize("source", EXPRESSIONS)
+def test_the_fast_path_agrees_with_jsonata(source: str) -> None:
+    expression = Expression(source)
+    # plain field paths (a.b.c) have a fast path of their own, inside evaluate()
+    fast_path = expression._fast or expression.evaluate
+    assert expression._fast is not None or expression._path is not None
+    rng = random.Random(source)
+    answered = 0
+    for _ in range(1500):
+        record = _object(rng, 0)
+        if rng.random() < 0.5:  # the shapes mappings meet most: lists of objects
+            record["a"] = [_object(rng, 2) for _ in range(rng.randint(0, 3))]
+        fast = fast_path(record)
+        if fast is FALLBACK:
+            continue
+        answered += 1
+        expected = _jsonata(expression, record)
+        assert fast == expected and type(fast) is type(expected), (source, record)
+    assert answered > 150, f"the fast path answered only {answered} times"
+
+
+def test_expressions_outside_the_subset_are_left_to_jsonata() -> None:
+    for source in ["a[b=1]", "a.b[]", "$lowercase(a)", "a#$i.b", "a@$x.b", "a^(b)",
+                   "a{'b': c}", "a[[0..1]]", "a[$x]", "a.(b)", "a.*", "a.**.b", "$.a[0]",
+                   "a[flag or b]", "a[-flag]"]:
+        assert Expression(source)._fast is None, source
+    assert Expression("name")._fast is None  # plain fields have their own fast path
+
+
+def test_a_mapping_with_filters_gives_the_same_payload() -> None:
+    record = {"addresses": [{"type": "shipping", "line1": "1 Dock Road"},
+                            {"isBilling": True, "line1": "2 Main St", "city": "Paris"},
+                            {"isBilling": True, "line1": "3 Other St"}]}
+    assert Expression("addresses[isBilling][0].line1").evaluate(record) == "2 Main St"
+    assert Expression("addresses[isBilling][-1].line1").evaluate(record) == "3 Other St"
+    assert Expression("addresses[isBilling][0].state").evaluate(record) is UNDEFINED
+    assert Expression("addresses[isBilling].line1").evaluate(record) == ["2 Main St",
+                                                                          "3 Other St"]
