@@ -10,8 +10,9 @@
     and prefetch: 64 handlers in flight);
 (d) publishing 100,000 messages with publisher confirms.
 
-(a) and (b) use the same prefetch, so (b)/(a) is the runtime's own cost. The
-benchmark makes its own vhost and database, and removes both at the end.
+(a) and (b) use the same prefetch and the same event loop (the services' own:
+``EVENT_LOOP``, uvloop unless set to asyncio), so (b)/(a) is the runtime's own
+cost. The benchmark makes its own vhost and database, and removes both at the end.
 Infrastructure: ``AMQP_URL`` and ``DATABASE_URL`` (defaults: the local services).
 """
 
@@ -43,13 +44,14 @@ from shared.messaging.consumer import Consumer, ConsumerConfig
 from shared.messaging.envelope import SyncMessage, encode
 from shared.messaging.management import AmqpUrl, ManagementClient
 from shared.messaging.publisher import OutgoingMessage, Publisher
+from shared.messaging.runner import run_loop
 from shared.messaging.topology import (
     PUSH_EXCHANGE,
     WorkQueue,
     declare_topology,
     sync_routing_key,
 )
-from shared.settings import DEFAULT_AMQP_URL, DEFAULT_DATABASE_URL
+from shared.settings import DEFAULT_AMQP_URL, DEFAULT_DATABASE_URL, Settings
 from shared.storage.db import Database, quote_ident, url_with_database
 from shared.storage.migrate import upgrade
 
@@ -197,7 +199,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=64, help="handlers in flight")
     parser.add_argument("--audit-batch", type=int, default=DEFAULT_BATCH_SIZE,
                         help="audit writer batch size for (b)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved runs of (a) and (b)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved runs of (a) and (b)")
     args = parser.parse_args()
     base_amqp = os.environ.get("AMQP_URL", DEFAULT_AMQP_URL)
     base_db = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
@@ -208,8 +210,11 @@ def main() -> int:
     with psycopg.connect(base_db, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {quote_ident(dbname)}")
     try:
-        asyncio.run(run(args, AmqpUrl.parse(base_amqp).with_vhost(name),
-                        url_with_database(base_db, dbname)))
+        # the services' event loop (EVENT_LOOP, uvloop by default), for (a) and (b) alike
+        settings = Settings()
+        print(f"event loop: {settings.event_loop} (EVENT_LOOP)")
+        run_loop(settings, run(args, AmqpUrl.parse(base_amqp).with_vhost(name),
+                               url_with_database(base_db, dbname)))
     finally:
         management.delete_vhost(name)
         management.close()
