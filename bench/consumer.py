@@ -10,9 +10,10 @@
     and prefetch: 64 handlers in flight);
 (d) publishing 100,000 messages with publisher confirms.
 
-(a) and (b) use the same prefetch and the same event loop (the services' own:
-``EVENT_LOOP``, uvloop unless set to asyncio), so (b)/(a) is the runtime's own
-cost. The benchmark makes its own vhost and database, and removes both at the end.
+(a) and (b) use the same prefetch, and run in one process set up as the services
+set themselves up (``EVENT_LOOP``: uvloop unless set to asyncio; ``GC_THRESHOLD``),
+so (b)/(a) is the runtime's own cost. The benchmark makes its own vhost and
+database, and removes both at the end.
 Infrastructure: ``AMQP_URL`` and ``DATABASE_URL`` (defaults: the local services).
 """
 
@@ -44,7 +45,7 @@ from shared.messaging.consumer import Consumer, ConsumerConfig
 from shared.messaging.envelope import SyncMessage, encode
 from shared.messaging.management import AmqpUrl, ManagementClient
 from shared.messaging.publisher import OutgoingMessage, Publisher
-from shared.messaging.runner import run_loop
+from shared.messaging.runner import run_loop, tune_gc
 from shared.messaging.topology import (
     PUSH_EXCHANGE,
     WorkQueue,
@@ -212,7 +213,9 @@ def main() -> int:
     try:
         # the services' event loop (EVENT_LOOP, uvloop by default), for (a) and (b) alike
         settings = Settings()
-        print(f"event loop: {settings.event_loop} (EVENT_LOOP)")
+        tune_gc(settings)
+        print(f"event loop: {settings.event_loop} (EVENT_LOOP), garbage collector threshold "
+              f"{settings.gc_threshold or 'default'} (GC_THRESHOLD), as in the services")
         run_loop(settings, run(args, AmqpUrl.parse(base_amqp).with_vhost(name),
                                url_with_database(base_db, dbname)))
     finally:

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     bss_api_url: str = Field("http://127.0.0.1:8080", description="the host BSS API")
     bss_api_token: str | None = Field(
         None, description="reference (env:NAME or file:PATH) to the BSS API's bearer token")
+    gc_threshold: int = Field(
+        50_000, ge=0, description="allocations between the garbage collector's young-"
+                                  "generation passes (0: Python's default, 700)")
     event_loop: Literal["uvloop", "asyncio"] = Field(
         "uvloop", description="the services' event loop: uvloop (faster sockets) or asyncio")
     bss_api_batch_reads: bool = Field(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -147,6 +148,7 @@ def main(service: str, codec: Codec[Any], handler_factory: HandlerFactory,
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format, service=service)
     try:
+        tune_gc(settings)
         run_loop(settings, run_consumer(service, codec, handler_factory, settings,
                                         burst_idle=burst_idle,
                                         always_deduplicate=always_deduplicate))
@@ -154,6 +156,21 @@ def main(service: str, codec: Codec[Any], handler_factory: HandlerFactory,
         log.error("cannot start", error=str(exc))
         return 78
     return 0
+
+
+def tune_gc(settings: Any) -> None:
+    """Make the cyclic garbage collector run less often (``GC_THRESHOLD``).
+
+    A consumer keeps thousands of objects alive (deliveries in flight, their
+    messages, audit rows, futures), and Python's default — a young-generation pass
+    every 700 allocations, each one walking those objects — cost about a fifth of
+    the consumer's CPU (measured with bench/consumer.py). Almost everything here is
+    freed by reference counting anyway. ``gc.freeze()`` moves what start-up built
+    (modules, schemas, compiled connectors) out of the collector's way for good.
+    """
+    if settings.gc_threshold:
+        gc.freeze()
+        gc.set_threshold(settings.gc_threshold, 20, 100)
 
 
 def run_loop(settings: Any, main: Coroutine[Any, Any, T]) -> T:
