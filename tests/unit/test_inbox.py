@@ -41,10 +41,10 @@ async def test_a_burst_is_drained_by_one_worker_when_handling_does_not_suspend()
 
 async def test_a_burst_reaches_every_worker_when_handling_suspends() -> None:
     inbox, taken = Inbox(), []
-    tasks = await _workers(inbox, 8, taken, pause=0.05)
+    tasks = await _workers(inbox, 8, taken, pause=0.5)
     for i in range(8):
         inbox.put(i)  # type: ignore[arg-type]
-    await asyncio.sleep(0.02)  # less than one handling: all 8 must be in progress at once
+    await asyncio.sleep(0.1)  # less than one handling: all 8 must be in progress at once
     assert sorted(item for _, item in taken) == list(range(8))
     assert len({worker for worker, _ in taken}) == 8
     await _stop(tasks)
