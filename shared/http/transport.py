@@ -282,18 +282,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
         return self._ssl
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self._closed:
-            raise httpx.ConnectError("the transport is closed", request=request)
-        timeouts = request.extensions.get("timeout", {})
-        url = request.url
-        scheme = url.raw_scheme
-        if scheme not in (b"http", b"https"):
-            raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}",
-                                            request=request)
-        origin = (scheme, url.raw_host, url.port or (443 if scheme == b"https" else 80))
-        raw = _serialize(request, await request.aread())
-        retry_safe = (request.method.encode() in IDEMPOTENT
-                      or "idempotency-key" in request.headers)
+        origin, raw, retry_safe, timeouts = await self._prepare(request)
         pool, conn = await self._exchange(origin, raw, retry_safe, timeouts, request)
         return httpx.Response(
             conn.status, headers=conn.headers,
@@ -305,23 +294,9 @@ class Http1Transport(httpx.AsyncBaseTransport):
 
         Raises what ``handle_async_request`` raises, and :class:`BodyTooLarge`.
         """
-        response = await self.handle_async_request(request)
-        stream = response.stream
-        status, headers = response.status_code, response.headers
-        try:
-            declared = headers.get("content-length", "")
-            if max_bytes is not None and declared.isdigit() and int(declared) > max_bytes:
-                raise BodyTooLarge(status, max_bytes)
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in stream:  # type: ignore[union-attr]
-                size += len(chunk)
-                if max_bytes is not None and size > max_bytes:
-                    raise BodyTooLarge(status, max_bytes)
-                chunks.append(chunk)
-        finally:
-            await stream.aclose()  # type: ignore[union-attr]
-        return await _decoded(status, headers, b"".join(chunks), max_bytes)
+        origin, raw, retry_safe, timeouts = await self._prepare(request)
+        pool, conn = await self._exchange(origin, raw, retry_safe, timeouts, request)
+        return await self._read_all(pool, conn, timeouts.get("read"), max_bytes, request)
 
     async def fetch_raw(self, origin: Origin, method: str, target: str,
                         headers: Iterable[tuple[str, str]], body: bytes | None,
@@ -335,32 +310,54 @@ class Http1Transport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError("the transport is closed")
         raw, retry_safe = _raw_request(origin, method, target, headers, body)
         pool, conn = await self._exchange(origin, raw, retry_safe, timeouts, None)
-        read = timeouts.get("read")
+        return await self._read_all(pool, conn, timeouts.get("read"), max_bytes, None)
+
+    async def _prepare(self, request: httpx.Request
+                       ) -> tuple[Origin, bytes, bool, dict[str, Any]]:
+        """Origin, bytes, resend safety and timeouts of an ``httpx.Request``."""
+        if self._closed:
+            raise httpx.ConnectError("the transport is closed", request=request)
+        url = request.url
+        scheme = url.raw_scheme
+        if scheme not in (b"http", b"https"):
+            raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}",
+                                            request=request)
+        origin = (scheme, url.raw_host, url.port or (443 if scheme == b"https" else 80))
+        raw = _serialize(request, await request.aread())
+        retry_safe = (request.method.encode() in IDEMPOTENT
+                      or "idempotency-key" in request.headers)
+        return origin, raw, retry_safe, request.extensions.get("timeout", {})
+
+    async def _read_all(self, pool: _Pool, conn: _Connection, read: float | None,
+                        max_bytes: int | None, request: httpx.Request | None) -> Fetched:
+        """The whole body of the answer whose head ``conn`` has read (within
+        ``max_bytes``, decoded); the connection goes back to the pool."""
         try:
             status = conn.status
-            for name, value in conn.headers:
-                if (name.lower() == b"content-length" and max_bytes is not None
-                        and value.isdigit() and int(value) > max_bytes):
-                    raise BodyTooLarge(status, max_bytes)
+            headers = httpx.Headers(conn.headers)
+            declared = headers.get("content-length", "")
+            if max_bytes is not None and declared.isdigit() and int(declared) > max_bytes:
+                raise BodyTooLarge(status, max_bytes)
             chunks: list[bytes] = []
             size = 0
             while True:
                 try:
                     chunk = await conn.read_chunk(read)
                 except TimeoutError:
-                    raise httpx.ReadTimeout("timed out reading the response body") from None
+                    raise httpx.ReadTimeout("timed out reading the response body",
+                                            request=request) from None
                 except _Lost as exc:
-                    raise httpx.ReadError(f"connection lost mid-response: {exc}") from exc.cause
+                    raise httpx.ReadError(f"connection lost mid-response: {exc}",
+                                          request=request) from exc.cause
                 if chunk is None:
                     break
                 size += len(chunk)
                 if max_bytes is not None and size > max_bytes:
                     raise BodyTooLarge(status, max_bytes)
                 chunks.append(chunk)
-            answer_headers = httpx.Headers(conn.headers)
         finally:
             self._release(pool, conn)
-        return await _decoded(status, answer_headers, b"".join(chunks), max_bytes)
+        return await _decoded(status, headers, b"".join(chunks), max_bytes)
 
     async def _exchange(self, origin: Origin, raw: bytes, retry_safe: bool,
                         timeouts: dict[str, Any],
