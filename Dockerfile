@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 #
-# One image for every bss-sync process (DESIGN §8), chosen by the command:
+# One image for every bss-sync process (docs/architecture.md §8), chosen by the command:
 #
 #   python -m services.dispatcher          the dispatcher
 #   python -m services.pusher              the pusher

@@ -24,7 +24,7 @@ from sandbox.settings import SandboxSettings
 
 STARTUP_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
-#: The queue each service consumes (DESIGN §4).
+#: The queue each service consumes (docs/architecture.md §4).
 QUEUES = {"dispatcher": "dispatcher.events", "pusher": "pusher", "puller": "puller"}
 
 

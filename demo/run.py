@@ -213,7 +213,7 @@ class Demo:
         self.out.step(f"RabbitMQ vhost {vhost}: {what}")
 
     def env(self) -> dict[str, str]:
-        """What the services and the CLI are configured with (DESIGN §7)."""
+        """What the services and the CLI are configured with (docs/architecture.md §7)."""
         return {
             "AMQP_URL": self.amqp_url,
             "DATABASE_URL": self.database_url,

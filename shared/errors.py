@@ -1,7 +1,7 @@
 """The one error hierarchy of bss-sync.
 
 Whether a failed record is retried with backoff or dead-lettered at once is decided
-here, by the class of the error, and nowhere else (DESIGN §5 step 4). Foreign
+here, by the class of the error, and nowhere else (docs/architecture.md §5 step 4). Foreign
 exceptions (httpx, psycopg, pika, jsonata, jsonschema) are translated where they
 enter our code: ``raise RemoteUnavailable(...) from exc``.
 

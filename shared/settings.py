@@ -1,4 +1,4 @@
-"""Infrastructure settings, read from the environment (DESIGN §7).
+"""Infrastructure settings, read from the environment (docs/architecture.md §7).
 
 Organizations, connectors and instances are data in PostgreSQL; only what a
 process needs to reach its infrastructure lives here.

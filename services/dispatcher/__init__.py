@@ -1,1 +1,1 @@
-"""The dispatcher service (DESIGN §2)."""
+"""The dispatcher service (docs/architecture.md §2)."""

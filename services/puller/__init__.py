@@ -1,1 +1,1 @@
-"""The puller service (DESIGN §2)."""
+"""The puller service (docs/architecture.md §2)."""

@@ -1,1 +1,1 @@
-"""The pusher service (DESIGN §2)."""
+"""The pusher service (docs/architecture.md §2)."""

@@ -1,4 +1,4 @@
-"""What to do with one BSS record for one instance (pure; DESIGN §5).
+"""What to do with one BSS record for one instance (pure; docs/architecture.md §5).
 
 The remote action follows from the record's state in the BSS (still there, or
 gone), its link (never linked, linked, deleted remotely by us) and what the

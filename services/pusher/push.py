@@ -1,4 +1,4 @@
-"""Pushing one BSS record to one instance (DESIGN §5), start to finish.
+"""Pushing one BSS record to one instance (docs/architecture.md §5), start to finish.
 
     read the record from the BSS → read its link → decide (create/update/delete/skip)
     → claim the link → push declared parents first → transform → unchanged? → check the

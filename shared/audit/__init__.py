@@ -1,4 +1,4 @@
-"""The audit log: one row per processing outcome (DESIGN §6).
+"""The audit log: one row per processing outcome (docs/architecture.md §6).
 
 ``AuditRecord`` is the row; an ``AuditSink`` makes it durable. The PostgreSQL
 sink (``shared.audit.writer.AuditWriter``) groups rows from concurrent handlers

@@ -1,4 +1,4 @@
-"""Connector documents: OpenAPI 3 + ``x-synchronization`` (DESIGN §3).
+"""Connector documents: OpenAPI 3 + ``x-synchronization`` (docs/architecture.md §3).
 
 Public surface::
 

@@ -1,4 +1,4 @@
-"""The third-party HTTP client (DESIGN §5 step 4), built from a connector document and
+"""The third-party HTTP client (docs/architecture.md §5 step 4), built from a connector document and
 an instance.
 
 Public surface::

@@ -1,4 +1,4 @@
-"""The third-party HTTP client: one per (process, instance) (DESIGN §5 step 4).
+"""The third-party HTTP client: one per (process, instance) (docs/architecture.md §5 step 4).
 
 ``await client.send(plan)`` sends a :class:`~shared.connector.request.RequestPlan`
 with the instance's credentials, within the instance's concurrency and rate limit,

@@ -1,4 +1,4 @@
-"""What a third-party answer or failure means for the record (DESIGN §5 step 4). Pure.
+"""What a third-party answer or failure means for the record (docs/architecture.md §5 step 4). Pure.
 
 * an HTTP status → :func:`status_error` (the class comes from
   :func:`shared.errors.classify_http_status`; the message names the request and shows

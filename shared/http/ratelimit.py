@@ -1,4 +1,4 @@
-"""Per-instance rate limit and concurrency (DESIGN §5: "honours the connector's rate
+"""Per-instance rate limit and concurrency (docs/architecture.md §5: "honours the connector's rate
 limit and concurrency per instance").
 
 ``RateLimiter`` lets at most ``requests`` requests start in any window of ``per``

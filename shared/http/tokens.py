@@ -6,7 +6,7 @@ without a database. ``refresh`` is single-flight: under a lock (an advisory lock
 across processes) it re-reads the current token, returns it if it is still usable,
 and only otherwise calls the grant.
 
-The database never holds a secret in clear (DESIGN §6): token values are sealed with
+The database never holds a secret in clear (docs/architecture.md §6): token values are sealed with
 AES-GCM under a key derived (HKDF-SHA256) from the instance's resolved credential
 values. Only a process that can read the instance's own credentials can open them;
 the database alone reveals nothing. A row that does not open (the credentials

@@ -14,7 +14,7 @@ Modules, one concept each:
     management    RabbitMQ management API client (tooling, tests)
     tooling       synchronous kombu helpers (publish, exact queue depth, peek)
 
-The guarantees (DESIGN §4/§5):
+The guarantees (docs/architecture.md §4/§5):
 
 * a message is acked only after its outcome is durable — the retry/dead copy
   confirmed by the broker, then its audit row committed;
@@ -26,7 +26,7 @@ The guarantees (DESIGN §4/§5):
 
 Delivery is at least once. The window between a confirmed retry copy and its
 audit commit is where a crash can leave a duplicate copy; the duplicate is
-recognised when it meets the audit row, and the link claim of DESIGN §5 step 2
+recognised when it meets the audit row, and the link claim of docs/architecture.md §5 step 2
 keeps two deliveries from both creating a record remotely.
 """
 

@@ -29,7 +29,7 @@ from shared.paths import schemas_dir
 
 SCHEMA_FILE = "sync-message.schema.json"
 #: sha256 of the schema file the fast check mirrors.
-FAST_PATH_SCHEMA_SHA256 = "634eadd68a2c5bf65d2d8c40a2361adf2ba948a97a1599531d0281368c0b3d24"
+FAST_PATH_SCHEMA_SHA256 = "21d316e2c872b578192deb1a23784630f4d5b274380c48e0354ccb91b74dce55"
 MAX_REASON_CHARS = 500
 
 

@@ -1,4 +1,4 @@
-"""Publishing with publisher confirms tracked asynchronously (DESIGN §4).
+"""Publishing with publisher confirms tracked asynchronously (docs/architecture.md §4).
 
 Every message is persistent (delivery mode 2), JSON, carries a message id, and is
 published *mandatory* on a channel in confirm mode. :meth:`Publisher.publish`

@@ -12,7 +12,7 @@ Pure decision logic — no I/O — so the policy is pinned by unit tests:
 
 Attempts count deliveries: ``attempt`` 0 is the first, a ladder of N delays allows
 N + 1 attempts. The headers of retry and dead copies are the ones an operator reads
-in the management UI (DESIGN §4), plus what the daily redelivery needs to route the
+in the management UI (docs/architecture.md §4), plus what the daily redelivery needs to route the
 message back (``x-original-exchange``, ``x-original-routing-key``, ``x-service``).
 """
 
@@ -178,7 +178,8 @@ def dead(error: ErrorInfo, facts: MessageFacts, queue: WorkQueue, now: datetime)
 def failure_headers(
     error: ErrorInfo, facts: MessageFacts, queue: WorkQueue, now: datetime
 ) -> dict[str, Any]:
-    """The incoming headers plus the failure headers of DESIGN §4 (None values left out)."""
+    """The incoming headers plus the failure headers of docs/architecture.md §4 (None values
+    left out)."""
     headers = {k: v for k, v in facts.headers.items()
                if not k.startswith(_BROKER_HEADER_PREFIXES)}
     headers.pop(H_HTTP_STATUS, None)

@@ -1,4 +1,5 @@
-"""The RabbitMQ topology (DESIGN §4): the only module that spells exchange and queue names.
+"""The RabbitMQ topology (docs/architecture.md §4): the only module that spells exchange
+and queue names.
 
 Declared as data with kombu, idempotently, by :func:`declare_topology` at service
 start and by ``bss-sync topology declare``::

@@ -1,7 +1,7 @@
 """Instances as a service process works with them: configuration, compiled connector,
 HTTP client, payload checker — built once, cached, rebuilt when the configuration changes.
 
-DESIGN §5 step 1: "load the instance (cached, invalidated on config change)". A
+docs/architecture.md §5 step 1: "load the instance (cached, invalidated on config change)". A
 cached instance is re-read (one indexed row) at most every ``ttl`` seconds; when its
 ``updated_at`` or its connector's content hash moved, it is rebuilt. ``bss-sync
 apply`` bumps ``updated_at`` on any change, so a change takes effect within ``ttl``.

@@ -1,4 +1,4 @@
-"""PostgreSQL storage (DESIGN §6): the pool, migrations and one store per concept.
+"""PostgreSQL storage (docs/architecture.md §6): the pool, migrations and one store per concept.
 
     Database            the pool; psycopg failures become InfrastructureError here
     upgrade             versioned plain-SQL migrations (shared/storage/migrations)

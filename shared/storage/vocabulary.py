@@ -1,4 +1,4 @@
-"""The closed sets of words the tables' CHECK constraints also spell (DESIGN §1)."""
+"""The closed sets of words the tables' CHECK constraints also spell (docs/architecture.md §1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The functions bss-sync adds to JSONata (DESIGN §3).
+"""The functions bss-sync adds to JSONata (docs/architecture.md §3).
 
 =========================================  =================================================
 ``$lookup(table, value[, fallback])``       value mapped through a lookup table (instance

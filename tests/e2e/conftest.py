@@ -1,4 +1,4 @@
-"""Fixtures of the end-to-end tests (DESIGN §9): real processes, real servers.
+"""Fixtures of the end-to-end tests (docs/architecture.md §9): real processes, real servers.
 
 Per module (started once, shared by the module's tests): a :class:`Stack` — its own
 database and vhost, the sandbox BSS, a dispatcher and a pusher as subprocesses — and

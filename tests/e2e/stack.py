@@ -222,7 +222,7 @@ class Stack:
 
     @property
     def env(self) -> dict[str, str]:
-        """What the services and the CLI are configured with (DESIGN §7)."""
+        """What the services and the CLI are configured with (docs/architecture.md §7)."""
         return {
             "AMQP_URL": self.amqp_url,
             "DATABASE_URL": self.database_url,

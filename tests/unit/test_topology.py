@@ -1,4 +1,4 @@
-"""Queue names and arguments: the topology is contract (DESIGN §4)."""
+"""Queue names and arguments: the topology is contract (docs/architecture.md §4)."""
 
 from __future__ import annotations
 

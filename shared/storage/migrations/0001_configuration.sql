@@ -1,4 +1,4 @@
--- Configuration applied from the installation file (DESIGN §6, §7):
+-- Configuration applied from the installation file (docs/architecture.md §6, §7):
 -- organizations, connectors (+ every content version seen), instances,
 -- permissions and schedules.
 

@@ -1,4 +1,4 @@
--- The audit log (DESIGN §6): append-only, one partition per month (audit_log_YYYY_MM,
+-- The audit log (docs/architecture.md §6): append-only, one partition per month (audit_log_YYYY_MM,
 -- created ahead by ensure_audit_partitions), a DEFAULT partition as a safety net.
 -- Retention is dropping old partitions, never DELETE.
 

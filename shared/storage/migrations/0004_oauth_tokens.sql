@@ -1,6 +1,6 @@
 -- OAuth2 access tokens shared by every worker of an instance (shared/http/tokens.py).
 --
--- The database never holds a secret in clear (DESIGN §6): access_token and
+-- The database never holds a secret in clear (docs/architecture.md §6): access_token and
 -- refresh_token are AES-GCM sealed (12-byte nonce || ciphertext || tag) under a key
 -- derived from the instance's own resolved credentials, which never reach the
 -- database. refresh_token is set only when the server issued one (rotation).
