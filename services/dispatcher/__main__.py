@@ -1,13 +1,20 @@
-"""``python -m services.dispatcher``: fan BSS events out to the instances that push them."""
+"""``python -m services.dispatcher``: fan BSS events out to the instances that push them.
+
+``--help`` lists the environment it reads (shared.cli.service).
+"""
 
 from __future__ import annotations
 
 import sys
 
 from services.dispatcher.events import EVENT_CODEC, EventHandler
+from shared.cli.service import parse_service_args
 from shared.messaging.runner import RuntimeDeps, main
 from shared.storage.instances import InstanceStore
 from shared.storage.organizations import OrganizationStore
+
+SUMMARY = ("Consume BSS entity-changed events (bss.events) and publish one push message "
+           "per enabled instance of the organization that may push the entity.")
 
 
 def make_handler(deps: RuntimeDeps) -> EventHandler:
@@ -15,4 +22,5 @@ def make_handler(deps: RuntimeDeps) -> EventHandler:
 
 
 if __name__ == "__main__":
+    parse_service_args("dispatcher", SUMMARY)
     sys.exit(main("dispatcher", EVENT_CODEC, make_handler))

@@ -1,4 +1,7 @@
-"""``python -m services.pusher``: consume ``pusher`` and push records to third parties."""
+"""``python -m services.pusher``: consume ``pusher`` and push records to third parties.
+
+``--help`` lists the environment it reads (shared.cli.service).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,15 @@ import sys
 
 from services.pusher.handler import PushHandler
 from shared.bss import BssClient
+from shared.cli.service import parse_service_args
 from shared.credentials import resolve_credential
 from shared.messaging.codec import SYNC_CODEC
 from shared.messaging.runner import RuntimeDeps, main
 from shared.runtime import InstanceRegistry
 from shared.storage.links import LinkStore
+
+SUMMARY = ("Consume push messages (the pusher queue), read each record from the BSS API "
+           "and create, update or delete it in the instance's third-party system.")
 
 
 def make_handler(deps: RuntimeDeps) -> PushHandler:
@@ -26,4 +33,5 @@ def make_handler(deps: RuntimeDeps) -> PushHandler:
 
 
 if __name__ == "__main__":
+    parse_service_args("pusher", SUMMARY)
     sys.exit(main("pusher", SYNC_CODEC, make_handler))

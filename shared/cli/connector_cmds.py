@@ -17,72 +17,79 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from shared.cli.parser import Subparsers, add_command
 from shared.connector import ConnectorDocument, Problem, check_connector
 from shared.connector.preview import preview_pull, preview_push
 from shared.connector.source import SourceError, read_source
 from shared.errors import SyncError
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subparsers) -> None:
     """Add validate, preview and bundle."""
-    validate = sub.add_parser(
-        "validate",
-        help="check connector documents; list every problem",
-        description="Check connector documents. Exit 0 with one summary "
-        "line per connector, or 1 listing every problem.",
+    validate = add_command(
+        sub, "validate", "check connector documents; list every problem",
+        "Check connector documents. Exit 0 with one summary line per connector on "
+        "stdout, or 1 listing every problem (file:line: JSON pointer: sentence) on stderr.",
     )
     _connector_arguments(validate)
     validate.set_defaults(func=cmd_validate)
 
-    preview = sub.add_parser(
-        "preview",
-        help="show the HTTP request a record becomes",
-        description="Show what a sample record becomes: the HTTP request "
-        "(push) or the canonical record (pull), checked "
-        "against its schema. Nothing is sent.",
+    preview = add_command(
+        sub, "preview", "show the HTTP request a record becomes",
+        "Show what a sample record becomes: the HTTP request (push) or the canonical "
+        "record (pull), checked against its schema. Nothing is sent.",
     )
     _connector_arguments(preview)
-    preview.add_argument("--object", required=True, help="the x-synchronization object name")
-    preview.add_argument("--direction", choices=("push", "pull"), required=True)
+    preview.add_argument("--object", required=True, metavar="NAME",
+                         help="the x-synchronization object name (required)")
+    preview.add_argument("--direction", choices=("push", "pull"), required=True,
+                         help="push: a BSS record to a request; pull: an external record to "
+                              "a BSS record (required)")
     preview.add_argument(
         "--record",
         required=True,
         type=Path,
-        help="JSON file: a BSS record (push) or an external record (pull)",
+        metavar="FILE",
+        help="JSON file: a BSS record (push) or an external record (pull) (required)",
     )
-    preview.add_argument("--action", choices=("create", "update", "delete"), default="create")
+    preview.add_argument("--action", choices=("create", "update", "delete"), default="create",
+                         help="push: which request to show (default: %(default)s)")
     preview.add_argument(
         "--external-id",
         default="EXT-1",
-        help="external id for update/delete previews (default EXT-1)",
+        metavar="ID",
+        help="external id for update/delete previews (default: %(default)s)",
     )
     preview.add_argument(
         "--var",
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="a server variable or instance setting (repeatable)",
+        help="a server variable or instance setting (repeatable; default: the document's)",
     )
-    preview.add_argument("--server", help="server URL overriding the document's")
+    preview.add_argument("--server", metavar="URL",
+                         help="server URL overriding the document's (default: the document's)")
     preview.add_argument(
         "--since",
         type=_datetime,
-        help="pull: the cursor time (ISO 8601) for the list request; default: none",
+        metavar="TIME",
+        help="pull: the cursor time (ISO 8601) for the list request (default: none, a "
+             "full listing)",
     )
     preview.set_defaults(func=cmd_preview)
 
-    bundle = sub.add_parser(
-        "bundle",
-        help="write the combined document (specs + overlay)",
-        description="Write the connector as one OpenAPI document, for "
-        "standard tools (Prism, Swagger UI, generators).",
+    bundle = add_command(
+        sub, "bundle", "write the combined document (specs + overlay)",
+        "Write the connector as one OpenAPI document, for standard tools (Prism, "
+        "Swagger UI, generators).",
     )
     _connector_arguments(bundle)
-    bundle.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+    bundle.add_argument("-o", "--output", type=Path, metavar="FILE",
+                        help="file to write (default: stdout)")
     bundle.add_argument(
         "--json-media-types",
         action="store_true",
-        help="rewrite */* media types to application/json (Prism needs this)",
+        help="rewrite */* media types to application/json (Prism needs this; default: off)",
     )
     bundle.set_defaults(func=cmd_bundle)
 
@@ -101,10 +108,13 @@ def _connector_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         type=Path,
         metavar="FILE",
-        help="connector document(s): OpenAPI JSON/YAML, or an overlay",
+        help="connector document(s): OpenAPI JSON/YAML, or an overlay; with --overlay, "
+             "the specs it applies to",
     )
     parser.add_argument(
-        "--overlay", type=Path, help="Overlay 1.0 file adding x-synchronization to FILE(s)"
+        "--overlay", type=Path, metavar="FILE",
+        help="Overlay 1.0 file adding x-synchronization to the FILEs (default: none; each "
+             "FILE is a connector)",
     )
 
 

@@ -1,9 +1,14 @@
 """``bss-sync``: one console script, one module per group of subcommands.
 
 Each command module exposes ``register(subparsers)`` and sets ``func`` on its
-parsers; ``func(args) -> int`` is the exit code. A person never sees a traceback:
-errors they can act on are one sentence; anything unexpected is reported as a
-bug in one line (with ``--debug`` for the traceback).
+parsers; ``func(args) -> int`` is the exit code. The conventions every command
+follows (summaries, defaults in help, usage errors, stdout for data and stderr for
+counts) are in :mod:`shared.cli.parser`.
+
+A person never sees a traceback: errors they can act on are one sentence; an
+unusable environment variable is one line naming it (exit 78, ``EX_CONFIG``, as
+the services); anything unexpected is reported as a bug in one line (exit 70,
+with ``--debug`` for the traceback). Usage errors exit 2.
 """
 
 from __future__ import annotations
@@ -13,17 +18,26 @@ import sys
 from collections.abc import Sequence
 
 from shared.cli import connector_cmds, runtime_cmds, storage_cmds
+from shared.cli.parser import CommandParser, package_version
+from shared.settings import SettingsInvalid
 
 COMMAND_MODULES = (connector_cmds, storage_cmds, runtime_cmds)
+EXIT_CONFIG = 78
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="bss-sync",
-        description="Keep a BSS in sync with third-party REST systems.",
+        description="Keep a BSS in sync with third-party REST systems. `bss-sync COMMAND "
+        "--help` says what a command does. RabbitMQ and PostgreSQL come from the "
+        "environment (AMQP_URL, DATABASE_URL, …: `python -m services.pusher --help` "
+        "lists every variable with its default).",
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}",
+                        help="print the installed version and exit")
+    parser.add_argument("--debug", action="store_true",
+                        help="show tracebacks of unexpected errors (default: off)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for module in COMMAND_MODULES:
         module.register(sub)
     return parser
@@ -34,10 +48,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)
     if func is None:
-        parser.print_help()
+        parser.print_help(sys.stderr)
         return 2
     try:
         return int(func(args) or 0)
+    except SettingsInvalid as exc:
+        print(f"bss-sync: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

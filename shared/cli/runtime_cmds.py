@@ -2,7 +2,8 @@
 
 The broker comes from ``AMQP_URL``; the retry ladder and delivery limit from
 ``RETRY_DELAYS`` and ``DELIVERY_LIMIT``. Problems a person can act on (broker
-unreachable, a queue whose arguments changed) are one line on stderr, exit 1.
+unreachable, a queue whose arguments changed, a queue that does not exist yet)
+are one line on stderr naming the broker, exit 1.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import json
 import sys
 from typing import Any
 
+from shared.cli.parser import JSON_LINES_HELP, Subparsers, add_command, add_group, report_count
 from shared.errors import ConfigurationError, InfrastructureError
 from shared.logging import redact
-from shared.messaging.tooling import PeekedMessage, peek
+from shared.messaging.tooling import PeekedMessage, QueueMissing, peek
 from shared.messaging.topology import SERVICES, WorkQueue, declare_topology
 from shared.settings import get_settings
 
@@ -23,37 +25,44 @@ DEAD_HEADERS = ("x-error-class", "x-error", "x-http-status", "x-attempts", "x-fi
                 "x-original-routing-key")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subparsers) -> None:
     """Add ``topology`` and ``dead``."""
-    topology = sub.add_parser("topology", help="RabbitMQ exchanges and queues")
-    topology_sub = topology.add_subparsers(dest="topology_command", metavar="COMMAND")
-    topology_sub.add_parser(
-        "declare", help="declare every exchange, queue and binding (idempotent)",
-    ).set_defaults(func=cmd_topology_declare)
-    topology.set_defaults(func=_usage(topology))
+    topology_sub = add_group(sub, "topology", "RabbitMQ exchanges and queues")
+    add_command(topology_sub, "declare",
+                "declare every exchange, queue and binding (idempotent)",
+                "Declare every exchange, queue and binding on AMQP_URL's vhost, with the "
+                "retry ladder of RETRY_DELAYS and the delivery limit of DELIVERY_LIMIT; one "
+                "line per entity. Idempotent. The services declare it too when they start."
+                ).set_defaults(func=cmd_topology_declare)
 
-    dead = sub.add_parser("dead", help="dead-lettered messages")
-    dead_sub = dead.add_subparsers(dest="dead_command", metavar="COMMAND")
-    listing = dead_sub.add_parser("list", help="show dead letters with their headers; "
-                                               "they stay in the queue")
+    dead_sub = add_group(sub, "dead", "dead-lettered messages")
+    listing = add_command(dead_sub, "list",
+                          "show dead letters with their headers; they stay in the queue",
+                          "Show the dead letters at the head of a service's dead queue with "
+                          "their x- headers, and leave them there. Text (or JSON Lines with "
+                          "--json) on stdout; how many on stderr.")
     listing.add_argument("--service", choices=SERVICES, default="pusher",
-                         help="whose dead queue (default pusher)")
-    listing.add_argument("--limit", type=int, default=20, help="messages at most (default 20)")
-    listing.add_argument("--json", action="store_true", help="JSON lines instead of text")
+                         help="whose dead queue (default: %(default)s)")
+    listing.add_argument("--limit", type=_positive, default=20, metavar="N",
+                         help="messages at most (default: %(default)s)")
+    listing.add_argument("--json", action="store_true",
+                         help=JSON_LINES_HELP.format(row="message", instead="text")
+                         + " (default: off)")
     listing.set_defaults(func=cmd_dead_list)
-    dead.set_defaults(func=_usage(dead))
 
 
-def _usage(parser: argparse.ArgumentParser) -> Any:
-    def show(_args: argparse.Namespace) -> int:
-        parser.print_help()
-        return 2
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
-    return show
 
-
-def _fail(exc: Exception) -> int:
-    print(f"bss-sync: {redact(str(exc))}", file=sys.stderr)
+def _fail(message: str) -> int:
+    print(f"bss-sync: {redact(message)}", file=sys.stderr)
     return 1
 
 
@@ -63,7 +72,7 @@ def cmd_topology_declare(_args: argparse.Namespace) -> int:
         declared = declare_topology(settings.amqp_url, settings.retry_delays,
                                     settings.delivery_limit)
     except (ConfigurationError, InfrastructureError) as exc:
-        return _fail(exc)
+        return _fail(str(exc))
     for line in declared:
         print(line)
     return 0
@@ -73,13 +82,17 @@ def cmd_dead_list(args: argparse.Namespace) -> int:
     settings = get_settings()
     queue = WorkQueue(args.service, settings.retry_delays).dead_queue
     try:
-        messages = peek(settings.amqp_url, queue, max(args.limit, 0))
+        messages = peek(settings.amqp_url, queue, args.limit)
+    except QueueMissing as exc:
+        return _fail(f"{exc}; declare the topology with `bss-sync topology declare`")
     except InfrastructureError as exc:
-        return _fail(exc)
+        return _fail(str(exc))
     for message in messages:
-        print(json.dumps(_as_json(message), default=str) if args.json else _as_text(message))
-    if not args.json:
-        print(f"{len(messages)} message(s) shown from {queue}; they stay in the queue.")
+        print(json.dumps(_as_json(message), default=str, ensure_ascii=False) if args.json
+              else _as_text(message))
+    report_count(len(messages), f"dead letter shown from {queue}",
+                 f"dead letters shown from {queue}", limit=args.limit,
+                 empty=f"no dead letters in {queue}")
     return 0
 
 

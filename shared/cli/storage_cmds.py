@@ -3,6 +3,8 @@
 The database comes from ``DATABASE_URL`` and ``DB_SCHEMA``. What a person can act
 on (an unreachable database, a database not upgraded yet, an invalid
 installation file) is reported in plain lines on stderr with exit code 1.
+Listings print their rows on stdout (a table, or JSON Lines with ``--json``) and
+how many on stderr: an empty result leaves stdout empty.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import psycopg
 
 from shared.audit.record import OUTCOMES
+from shared.cli.parser import JSON_LINES_HELP, Subparsers, add_command, add_group, report_count
 from shared.errors import ConfigurationError, InfrastructureError
 from shared.logging import redact
 from shared.storage.db import Database
@@ -28,69 +31,78 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks
 TABLE_CELL_WIDTH = 60
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subparsers) -> None:
     """Add ``db``, ``apply``, ``orgs``, ``instances`` and ``audit``."""
-    db = sub.add_parser("db", help="database maintenance")
-    db_sub = db.add_subparsers(dest="db_command", metavar="COMMAND")
-    db_sub.add_parser("upgrade", help="apply pending migrations, create audit partitions ahead"
-                      ).set_defaults(func=cmd_db_upgrade)
-    db.set_defaults(func=_usage(db))
+    db_sub = add_group(sub, "db", "database maintenance")
+    add_command(db_sub, "upgrade", "apply pending migrations, create audit partitions ahead",
+                "Apply the pending migrations to DATABASE_URL's DB_SCHEMA and create the "
+                "audit log's monthly partitions ahead. Idempotent; safe to run from several "
+                "places at once.").set_defaults(func=cmd_db_upgrade)
 
-    apply = sub.add_parser("apply", help="make the database match an installation file")
-    apply.add_argument("file", help="installation file (JSON or YAML)")
-    apply.add_argument("--dry-run", action="store_true", help="show the changes, write nothing")
+    apply = add_command(sub, "apply", "make the database match an installation file",
+                        "Make the database match an installation file (organizations, "
+                        "connectors, instances, permissions, schedules). Declarative: twice "
+                        "is a no-op; what the file no longer names is deactivated. A file "
+                        "with problems is refused as a whole (exit 1, every problem listed).")
+    apply.add_argument("file", metavar="FILE", help="installation file (JSON or YAML)")
+    apply.add_argument("--dry-run", action="store_true",
+                       help="show the changes, write nothing (default: off)")
     apply.set_defaults(func=cmd_apply)
 
-    orgs = sub.add_parser("orgs", help="organizations")
-    orgs_sub = orgs.add_subparsers(dest="orgs_command", metavar="COMMAND")
-    orgs_sub.add_parser("list", help="list organizations").set_defaults(func=cmd_orgs_list)
-    orgs.set_defaults(func=_usage(orgs))
+    orgs_sub = add_group(sub, "orgs", "organizations")
+    add_command(orgs_sub, "list", "list organizations",
+                "List organizations as a table on stdout; how many on stderr."
+                ).set_defaults(func=cmd_orgs_list)
 
-    instances = sub.add_parser("instances", help="organizations' instances of connectors")
-    inst_sub = instances.add_subparsers(dest="instances_command", metavar="COMMAND")
-    listing = inst_sub.add_parser("list", help="list instances")
-    listing.add_argument("--org", help="only this organization's")
+    inst_sub = add_group(sub, "instances", "organizations' instances of connectors")
+    listing = add_command(inst_sub, "list", "list instances",
+                          "List instances as a table on stdout; how many on stderr.")
+    listing.add_argument("--org", metavar="ID",
+                         help="only this organization's (default: every organization's)")
     listing.set_defaults(func=cmd_instances_list)
-    show = inst_sub.add_parser("show", help="one instance: permissions, schedule, credentials "
-                                            "(as references)")
-    show.add_argument("id")
+    show = add_command(inst_sub, "show", "one instance: permissions, schedule, credentials "
+                                         "(as references)")
+    show.add_argument("id", metavar="ID", help="the instance id (see `bss-sync instances list`)")
     show.set_defaults(func=cmd_instances_show)
-    instances.set_defaults(func=_usage(instances))
 
-    audit = sub.add_parser("audit", help="the audit log")
-    audit_sub = audit.add_subparsers(dest="audit_command", metavar="COMMAND")
-    _add_search(audit_sub.add_parser("search", help="search audit rows, newest first"))
-    audit.set_defaults(func=_usage(audit))
+    audit_sub = add_group(sub, "audit", "the audit log")
+    _add_search(add_command(
+        audit_sub, "search", "search audit rows, newest first",
+        "Search the audit log, newest first: a table on stdout (or JSON Lines with "
+        "--json), how many rows on stderr. Flags combine with AND; unset ones match "
+        "anything."))
 
 
 def _add_search(parser: argparse.ArgumentParser) -> None:
-    for flag, helptext in (("--org", "organization id"), ("--instance", "instance id"),
-                           ("--entity", "account, contact, …"), ("--record", "BSS record id"),
-                           ("--external-id", "third-party record id"), ("--run", "run id"),
-                           ("--message", "message id"), ("--service", "pusher, puller, …"),
-                           ("--action", "create, update, delete, …"),
-                           ("--error-class", "RemoteRejected, SchemaViolation, …"),
-                           ("--correlation", "correlation id"),
-                           ("--text", "substring of error message, error class or details")):
-        parser.add_argument(flag, help=helptext)
-    parser.add_argument("--direction", choices=("push", "pull"))
-    parser.add_argument("--http-status", type=int, help="remote HTTP status, e.g. 422")
-    parser.add_argument("--attempt", type=int, help="delivery attempt (0 is the first)")
-    parser.add_argument("--outcome", action="append",
-                        help=f"one of {', '.join(OUTCOMES)}; repeat or comma-separate")
-    parser.add_argument("--since", help="ISO date/time, or relative: 30m, 1h, 2d, 1w")
-    parser.add_argument("--until", help="ISO date/time, or relative: 30m, 1h, 2d, 1w")
-    parser.add_argument("--limit", type=int, default=50, help="rows at most (default 50)")
-    parser.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    for flag, metavar, helptext in (
+            ("--org", "ID", "organization id"), ("--instance", "ID", "instance id"),
+            ("--entity", "NAME", "account, contact, …"), ("--record", "ID", "BSS record id"),
+            ("--external-id", "ID", "third-party record id"), ("--run", "ID", "run id"),
+            ("--message", "ID", "message id"), ("--service", "NAME", "pusher, puller, …"),
+            ("--action", "NAME", "create, update, delete, …"),
+            ("--error-class", "NAME", "RemoteRejected, SchemaViolation, …"),
+            ("--correlation", "ID", "correlation id"),
+            ("--text", "TEXT", "substring of error message, error class or details")):
+        parser.add_argument(flag, metavar=metavar, help=f"{helptext} (default: any)")
+    parser.add_argument("--direction", choices=("push", "pull"),
+                        help="only this direction (default: both)")
+    parser.add_argument("--http-status", type=int, metavar="STATUS",
+                        help="remote HTTP status, e.g. 422 (default: any)")
+    parser.add_argument("--attempt", type=int, metavar="N",
+                        help="delivery attempt, 0 is the first (default: any)")
+    parser.add_argument("--outcome", action="append", metavar="OUTCOME",
+                        help=f"one of {', '.join(OUTCOMES)}; repeat or comma-separate "
+                             "(default: any)")
+    parser.add_argument("--since", metavar="TIME",
+                        help="ISO date/time, or relative: 30m, 1h, 2d, 1w (default: no bound)")
+    parser.add_argument("--until", metavar="TIME",
+                        help="ISO date/time, or relative: 30m, 1h, 2d, 1w (default: no bound)")
+    parser.add_argument("--limit", type=int, default=50, metavar="N",
+                        help="rows at most (default: %(default)s)")
+    parser.add_argument("--json", action="store_true",
+                        help=JSON_LINES_HELP.format(row="audit row", instead="a table")
+                        + " (default: off)")
     parser.set_defaults(func=cmd_audit_search)
-
-
-def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    def show(_args: argparse.Namespace) -> int:
-        parser.print_help(sys.stderr)
-        return 2
-
-    return show
 
 
 def _error(message: str) -> int:
@@ -102,8 +114,10 @@ def _with_database(work: Callable[[Database], Awaitable[int]]) -> int:
     """Open the configured database, run ``work``, and turn known failures into one line."""
     from shared.settings import get_settings
 
+    settings = get_settings()  # an unusable DATABASE_URL is reported by main (exit 78)
+
     async def run() -> int:
-        async with Database.from_settings(get_settings(), min_size=1, max_size=4) as db:
+        async with Database.from_settings(settings, min_size=1, max_size=4) as db:
             return await work(db)
 
     try:
@@ -167,6 +181,7 @@ def cmd_orgs_list(_args: argparse.Namespace) -> int:
         rows = [[o.id, o.name, o.timezone, "yes" if o.active else "no",
                  "{}/{}".format(*counts.get(o.id, (0, 0)))] for o in await store.list()]
         print_table(["ID", "NAME", "TIMEZONE", "ACTIVE", "INSTANCES (ACTIVE/ALL)"], rows)
+        report_count(len(rows), "organization")
         return 0
 
     return _with_database(work)
@@ -180,6 +195,7 @@ def cmd_instances_list(args: argparse.Namespace) -> int:
         rows = [[i.id, i.org_id, i.connector_id, i.name, "yes" if i.enabled else "no",
                  i.server_url or "(connector's)"] for i in instances]
         print_table(["ID", "ORG", "CONNECTOR", "NAME", "ACTIVE", "SERVER"], rows)
+        report_count(len(rows), "instance")
         return 0
 
     return _with_database(work)
@@ -294,6 +310,7 @@ def cmd_audit_search(args: argparse.Namespace) -> int:
             print_table(["AT", "SERVICE", "ORG", "INSTANCE", "ENTITY", "DIR", "ACTION", "RECORD",
                          "EXTERNAL", "OUTCOME", "TRY", "HTTP", "ERROR"],
                         [_audit_cells(row) for row in rows])
+        report_count(len(rows), "row", limit=query.limit)
         return 0
 
     return _with_database(work)
@@ -308,9 +325,9 @@ def _audit_cells(row: Any) -> list[str]:
 
 
 def print_table(headers: list[str], rows: list[list[Any]]) -> None:
-    """Columns aligned on the widest cell; long cells shortened; ``(none)`` when empty."""
+    """Columns aligned on the widest cell; long cells shortened; nothing at all when empty
+    (not even the headers: the count on stderr says so)."""
     if not rows:
-        print("(none)")
         return
     cells = [[_cell(v) for v in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]

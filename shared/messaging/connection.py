@@ -21,6 +21,7 @@ from pika.channel import Channel
 
 from shared.errors import InfrastructureError
 from shared.logging import redact
+from shared.messaging.amqp_url import broker_at
 
 CONNECT_TIMEOUT = 10.0
 HEARTBEAT = 30
@@ -78,7 +79,7 @@ async def open_connection(amqp_url: str, name: str) -> AmqpConnection:
 
     def on_open_error(_conn: Any, exc: BaseException) -> None:
         if not opened.done():
-            opened.set_exception(translate(exc, f"connect to RabbitMQ at {amqp_url}"))
+            opened.set_exception(translate(_root_cause(exc), f"connect to {broker_at(amqp_url)}"))
 
     def on_close(_conn: Any, reason: BaseException) -> None:
         _resolve(closed, reason)
@@ -92,7 +93,7 @@ async def open_connection(amqp_url: str, name: str) -> AmqpConnection:
         with contextlib.suppress(Exception):
             conn.close()
         raise InfrastructureError(
-            f"timed out connecting to RabbitMQ at {redact(amqp_url)}") from exc
+            f"cannot connect to {broker_at(amqp_url)}: no answer in {CONNECT_TIMEOUT:g} s") from exc
     coalesce_writes(conn)
     return AmqpConnection(conn, closed, name)
 
@@ -152,6 +153,26 @@ def channel_closed_future(channel: Channel) -> asyncio.Future[BaseException]:
     closed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
     channel.add_on_close_callback(lambda _ch, reason: _resolve(closed, reason))
     return closed
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The socket error inside pika's connection-workflow wrappers (their own text is a
+    paragraph: ``AMQPConnectionWorkflowFailed: 1 exceptions in all; last exception - …``)."""
+    for _ in range(4):
+        inner = getattr(exc, "exceptions", None)  # AMQPConnectionWorkflowFailed
+        if inner:
+            exc = inner[-1]
+            continue
+        if (isinstance(exc, pika.exceptions.AMQPConnectionError) and exc.args
+                and isinstance(exc.args[0], BaseException)):
+            exc = exc.args[0]  # AMQPConnectionError(workflow error), socket connect errors
+            continue
+        nested = getattr(exc, "exception", None)  # AMQPConnectorSocketConnectError
+        if isinstance(nested, BaseException):
+            exc = nested
+            continue
+        break
+    return exc
 
 
 def translate(exc: BaseException, doing: str) -> InfrastructureError:

@@ -7,46 +7,24 @@ messages. Failures raise :class:`~shared.errors.InfrastructureError`.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote
 
 import httpx
 
 from shared.errors import InfrastructureError
 from shared.logging import redact
+from shared.messaging.amqp_url import AmqpUrl
 
 DEFAULT_PORT = 15672
+#: AmqpUrl lives in shared.messaging.amqp_url; importing it from here keeps working.
+__all__ = ["AmqpUrl", "ManagementClient", "management_url_for"]
 
 
 def _q(name: str) -> str:
     return quote(name, safe="")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class AmqpUrl:
-    """The parts of an ``amqp://user:password@host:port/vhost`` URL."""
-
-    host: str
-    port: int
-    user: str
-    password: str
-    vhost: str
-
-    @classmethod
-    def parse(cls, url: str) -> AmqpUrl:
-        parts = urlsplit(url)
-        path = parts.path[1:] if parts.path.startswith("/") else parts.path
-        return cls(parts.hostname or "localhost", parts.port or 5672,
-                   unquote(parts.username or "guest"), unquote(parts.password or "guest"),
-                   unquote(path) if path else "/")
-
-    def with_vhost(self, vhost: str) -> str:
-        """The URL of another vhost on the same broker."""
-        return (f"amqp://{quote(self.user, safe='')}:{quote(self.password, safe='')}"
-                f"@{self.host}:{self.port}/{_q(vhost)}")
 
 
 def management_url_for(amqp_url: str, management_url: str | None = None) -> str:

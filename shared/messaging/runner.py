@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -31,7 +32,7 @@ from shared.messaging.connection import Backoff
 from shared.messaging.consumer import Consumer, ConsumerConfig
 from shared.messaging.live_publisher import LivePublisher
 from shared.messaging.topology import WorkQueue, declare_topology
-from shared.settings import Settings, get_settings
+from shared.settings import Settings, SettingsInvalid, get_settings
 from shared.storage.db import Database
 
 log = structlog.get_logger("shared.messaging")
@@ -142,10 +143,16 @@ def main(service: str, codec: Codec[Any], handler_factory: HandlerFactory,
          *, burst_idle: float | None = None, always_deduplicate: bool = False) -> int:
     """Entry point of a service process: configure logging, run, return the exit code.
 
-    0 after a graceful stop; 78 (EX_CONFIG) when the configuration or the
-    topology is wrong, with one log line saying why.
+    0 after a graceful stop; 78 (EX_CONFIG) when the configuration (an unusable
+    environment variable) or the topology is wrong, with one log line saying why.
     """
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except SettingsInvalid as exc:  # logging as configured as the environment allows
+        configure_logging(os.environ.get("LOG_LEVEL", "INFO"),
+                          os.environ.get("LOG_FORMAT", "auto"), service=service)
+        log.error("cannot start", error=str(exc))
+        return 78
     configure_logging(settings.log_level, settings.log_format, service=service)
     try:
         tune_gc(settings)

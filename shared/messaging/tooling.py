@@ -16,6 +16,7 @@ from kombu import Connection
 
 from shared.errors import InfrastructureError
 from shared.logging import redact
+from shared.messaging.amqp_url import broker_at
 from shared.messaging.publisher import CONTENT_TYPE, PERSISTENT, OutgoingMessage
 
 TIMEOUT = 10.0
@@ -33,13 +34,23 @@ class PeekedMessage:
     redelivered: bool
 
 
+class QueueMissing(InfrastructureError):
+    """The queue asked for does not exist (the topology was never declared there)."""
+
+    def __init__(self, queue: str, amqp_url: str) -> None:
+        super().__init__(f"queue {queue!r} does not exist on {broker_at(amqp_url)}")
+        self.queue = queue
+
+
 def _connection(amqp_url: str) -> Connection:
+    """An open kombu connection. Raises :class:`InfrastructureError` naming the broker."""
     conn = Connection(amqp_url, connect_timeout=TIMEOUT,
                       transport_options={"confirm_publish": True})
     try:
         conn.ensure_connection(max_retries=1, timeout=TIMEOUT)
     except Exception as exc:
-        raise InfrastructureError(f"cannot connect to RabbitMQ: {redact(str(exc))}") from exc
+        reason = redact(str(exc)) or type(exc).__name__
+        raise InfrastructureError(f"cannot connect to {broker_at(amqp_url)}: {reason}") from exc
     return conn
 
 
@@ -72,25 +83,28 @@ def publish_blocking(amqp_url: str, messages: Iterable[OutgoingMessage]) -> int:
 def queue_depth(amqp_url: str, queue: str) -> int:
     """Ready messages in ``queue`` right now (exact; unacked ones are not counted).
 
-    Raises :class:`InfrastructureError`, also when the queue does not exist.
+    Raises :class:`QueueMissing` when the queue does not exist, else
+    :class:`InfrastructureError`.
     """
     with _connection(amqp_url) as conn:
         try:
             return conn.default_channel.queue_declare(queue, passive=True).message_count
         except amqp.exceptions.NotFound as exc:
-            raise InfrastructureError(f"queue {queue!r} does not exist") from exc
+            raise QueueMissing(queue, amqp_url) from exc
 
 
 def peek(amqp_url: str, queue: str, limit: int = 20) -> list[PeekedMessage]:
     """Up to ``limit`` messages from the head of ``queue``, left in the queue.
 
     They are fetched unacknowledged and returned to the queue when the channel
-    closes, in their order. Raises :class:`InfrastructureError`.
+    closes, in their order. Raises :class:`QueueMissing` when the queue does not
+    exist (whatever ``limit``), else :class:`InfrastructureError`.
     """
     seen: list[PeekedMessage] = []
     with _connection(amqp_url) as conn:
         channel = conn.channel()
         try:
+            channel.queue_declare(queue, passive=True)
             for _ in range(limit):
                 message = channel.basic_get(queue, no_ack=False)
                 if message is None:
@@ -103,7 +117,7 @@ def peek(amqp_url: str, queue: str, limit: int = 20) -> list[PeekedMessage]:
                     body.encode() if isinstance(body, str) else bytes(body),
                     bool(info.get("redelivered"))))
         except amqp.exceptions.NotFound as exc:
-            raise InfrastructureError(f"queue {queue!r} does not exist") from exc
+            raise QueueMissing(queue, amqp_url) from exc
         finally:
             if channel.is_open:
                 channel.close()  # unacked messages go back to the queue

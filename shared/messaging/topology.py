@@ -36,6 +36,7 @@ from kombu import Connection, Exchange, Queue, binding
 
 from shared.errors import ConfigurationError
 from shared.logging import redact
+from shared.messaging.amqp_url import broker_at
 
 EVENTS_EXCHANGE = "bss.events"
 PUSH_EXCHANGE = "sync.push"
@@ -254,11 +255,10 @@ def declare_topology(
             _declare_all(conn, entities, conflicts)
     except TopologyConflict:
         raise
-    except (OSError, ConnectionError) as exc:
-        raise InfrastructureError(f"cannot declare the topology: {redact(str(exc))}") from exc
     except Exception as exc:
-        if _is_amqp_error(exc):
-            raise InfrastructureError(f"cannot declare the topology: {redact(str(exc))}") from exc
+        if isinstance(exc, OSError | ConnectionError) or _is_amqp_error(exc):
+            raise InfrastructureError(f"cannot declare the topology on {broker_at(amqp_url)}: "
+                                      f"{redact(str(exc)) or type(exc).__name__}") from exc
         raise
     if conflicts:
         raise TopologyConflict(

@@ -36,6 +36,7 @@ DEFAULT_MAX_SIZE = 10
 DEFAULT_TIMEOUT = 10.0
 #: A pooled connection unused for longer than this is checked before it is handed out.
 IDLE_CHECK_AFTER = 5.0
+POSTGRES_SCHEMES = ("postgresql", "postgres")
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 Params = Sequence[Any] | dict[str, Any] | None
@@ -46,6 +47,32 @@ def redact_url(url: str) -> str:
     """``url`` with its password masked (``postgresql://user:***@host/db``)."""
     masked = redact(url)
     return re.sub(r"(?i)(password=)\S+", r"\1***", masked)
+
+
+def check_database_url(url: str) -> None:
+    """Raise ``ValueError`` saying what is wrong when ``url`` is not a PostgreSQL URL.
+
+    libpq itself parses it (so what passes here, psycopg accepts); only the URL form
+    (``postgresql://user:password@host:port/database``) is allowed, not a
+    ``key=value`` string. The message never contains the URL or a part of it (libpq
+    quotes the offending part, which may be the password).
+    """
+    from psycopg.conninfo import conninfo_to_dict
+
+    scheme, sep, _ = url.strip().partition("://")
+    if not sep or scheme.lower() not in POSTGRES_SCHEMES:
+        raise ValueError("it must start with postgresql:// "
+                         "(postgresql://user:password@host:port/database)")
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "libpq refused it"
+        reason = reason.split(': "', 1)[0].removesuffix(" in URI")
+        raise ValueError(reason) from None
+    for port in str(params.get("port") or "").split(","):
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            hint = " (a / @ : or % in a password must be percent-encoded)" if "@" in url else ""
+            raise ValueError(f"its port is not a number from 1 to 65535{hint}")
 
 
 def url_with_database(url: str, dbname: str) -> str:
