@@ -14,8 +14,8 @@ from typing import Any
 from jsonschema import ValidationError
 from jsonschema.exceptions import best_match
 
-from shared.connector.schema_errors import sentence_for
-from shared.connector.source import join_pointer
+from shared.json_pointer import join_pointer
+from shared.schema_errors import sentence_for
 from shared.schemas import ENTITIES, validator
 
 

@@ -19,7 +19,8 @@ import re
 from typing import Any
 
 from shared.connector.problems import Problem
-from shared.connector.source import SourceFile, join_pointer, resolve_pointer
+from shared.connector.source import SourceFile, resolve_pointer
+from shared.json_pointer import join_pointer
 
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 

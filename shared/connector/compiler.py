@@ -22,7 +22,7 @@ from shared.connector.document import (
 )
 from shared.connector.openapi import Operation, find_operation, schema_has_path
 from shared.connector.problems import Problem
-from shared.connector.source import join_pointer
+from shared.json_pointer import join_pointer
 from shared.schemas import ENTITIES
 from shared.transform import (
     Expression,

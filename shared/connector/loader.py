@@ -22,8 +22,8 @@ from shared.connector.document import ConnectorDocument
 from shared.connector.openapi import index_operations, openapi_problems
 from shared.connector.overlay import apply_overlay, check_overlay, is_overlay
 from shared.connector.problems import DocumentInvalid, Problem
-from shared.connector.schema_errors import schema_problems
 from shared.connector.source import SourceError, SourceFile, read_source
+from shared.schema_errors import located_sentences
 from shared.schemas import load_schema, registry, schema_uri
 
 
@@ -151,9 +151,9 @@ def _sync_problems(bundle: dict[str, Any]) -> list[Problem]:
             )
         ]
     validator = _meta_validator()
-    return schema_problems(
-        validator.iter_errors(sync), "/x-synchronization", root=load_schema("connector")
-    )
+    found = located_sentences(validator.iter_errors(sync), base_pointer="/x-synchronization",
+                              root=load_schema("connector"))
+    return [Problem(pointer, sentence) for pointer, sentence in found]
 
 
 @cache

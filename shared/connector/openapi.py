@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from shared.connector.problems import Problem
-from shared.connector.source import join_pointer, resolve_pointer
+from shared.connector.source import resolve_pointer
+from shared.json_pointer import join_pointer
 
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 _METHOD_PATH = re.compile(r"^\s*([A-Za-z]+)\s+(/\S*)\s*$")

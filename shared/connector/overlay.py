@@ -18,7 +18,7 @@ from typing import Any
 import jsonpath
 
 from shared.connector.problems import Problem
-from shared.connector.source import join_pointer
+from shared.json_pointer import join_pointer
 
 OVERLAY_VERSIONS = ("1.0.0", "1.0")
 

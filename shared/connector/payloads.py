@@ -23,7 +23,7 @@ from referencing.jsonschema import DRAFT4, DRAFT202012
 
 from shared.connector.document import ConnectorDocument
 from shared.connector.openapi import Operation
-from shared.connector.source import join_pointer
+from shared.json_pointer import join_pointer
 from shared.schemas import validator as schema_validator
 
 _DOC_URI = "urn:bss-sync:connector"

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from shared.connector.problems import Problem
+from shared.json_pointer import join_pointer, split_pointer
 
 try:  # libyaml when present: much faster on large specs
     _BaseLoader: type = yaml.CSafeLoader
@@ -30,27 +31,6 @@ _JsonCompatibleLoader.yaml_implicit_resolvers = {
     key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
     for key, resolvers in _BaseLoader.yaml_implicit_resolvers.items()
 }
-
-
-def escape_pointer_token(token: str | int) -> str:
-    return str(token).replace("~", "~0").replace("/", "~1")
-
-
-def unescape_pointer_token(token: str) -> str:
-    return token.replace("~1", "/").replace("~0", "~")
-
-
-def join_pointer(base: str, *tokens: str | int) -> str:
-    """``join_pointer("/paths", "/a/{b}", "get")`` → ``/paths/~1a~1{b}/get``."""
-    return base + "".join("/" + escape_pointer_token(t) for t in tokens)
-
-
-def split_pointer(pointer: str) -> list[str]:
-    if not pointer:
-        return []
-    if not pointer.startswith("/"):
-        raise ValueError(f"not a JSON pointer: {pointer!r}")
-    return [unescape_pointer_token(t) for t in pointer[1:].split("/")]
 
 
 def resolve_pointer(document: Any, pointer: str) -> Any:

@@ -178,7 +178,7 @@ async def test_dry_run_writes_nothing(db: Database) -> None:
 EXPECTED_PROBLEMS = [
     ("/timezone", 2, "unknown timezone 'Mars/Olympus'"),
     ("/schedule", 3, "invalid cron expression: the hour field '25' is invalid: 25 is outside 0-23"),
-    ("/colour", 4, "unknown property 'colour'"),
+    ("/colour", 4, "unknown key 'colour'"),
     ("/connectors/1/id", 7, "connector id 'acme-crm' is used more than once"),
     ("/organizations/0/instances/0/connector", 17,
      "unknown connector 'sap-erp'; declare it under /connectors"),

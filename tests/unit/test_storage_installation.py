@@ -7,7 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from shared.installation import desired_state, line_locator, read_file, validate
+from shared.installation import desired_state, read_file, validate
 
 
 def problems(data: Any) -> list[tuple[str, str]]:
@@ -72,15 +72,18 @@ def test_schedule_shapes() -> None:
     ]
 
 
-def test_line_locator_for_json_and_yaml() -> None:
-    text = '{\n  "a": {\n    "b": [\n      1,\n      {"c": 2}\n    ]\n  }\n}\n'
-    line_of = line_locator(text)
+def test_lines_of_pointers_in_json_and_yaml(tmp_path: Path) -> None:
+    json_file, yaml_file = tmp_path / "i.json", tmp_path / "i.yaml"
+    json_file.write_text('{\n  "a": {\n    "b": [\n      1,\n      {"c": 2}\n    ]\n  }\n}\n')
+    yaml_file.write_text("a:\n  b:\n    - x\n    - y: 1\n  since: 2025-01-31\n")
+    _, line_of = read_file(json_file)
     assert line_of("") == 1
     assert line_of("/a") == 2
     assert line_of("/a/b/1/c") == 5
     assert line_of("/a/missing") == 2
-    yaml_line_of = line_locator("a:\n  b:\n    - x\n    - y: 1\n")
+    data, yaml_line_of = read_file(yaml_file)
     assert yaml_line_of("/a/b/1/y") == 4
+    assert data["a"]["since"] == "2025-01-31"  # a date stays the string it looks like
 
 
 def test_desired_state() -> None:
