@@ -17,8 +17,8 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from shared.connector.bundle import Provenance, merge_documents
-from shared.connector.compiler import Compiler
 from shared.connector.document import ConnectorDocument
+from shared.connector.object_compiler import compile_sync
 from shared.connector.openapi import index_operations, openapi_problems
 from shared.connector.overlay import apply_overlay, check_overlay, is_overlay
 from shared.connector.problems import DocumentInvalid, Problem
@@ -163,14 +163,13 @@ def _meta_validator() -> Draft202012Validator:
 
 def _compile(bundle: dict[str, Any]) -> tuple[dict[str, Any], list[Problem]]:
     operations = index_operations(bundle)
-    compiler = Compiler(bundle, operations, inlined_entity_schema)
-    objects = compiler.compile()
+    compiled = compile_sync(bundle, operations, inlined_entity_schema)
     return {
         "operations": operations,
-        "objects": objects,
-        "transforms": compiler.transforms,
-        "lookups": compiler.lookups,
-    }, compiler.problems
+        "objects": compiled.objects,
+        "transforms": compiled.transforms,
+        "lookups": compiled.lookups,
+    }, compiled.problems
 
 
 def _document(

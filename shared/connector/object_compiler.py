@@ -1,49 +1,31 @@
-"""Checking and compiling ``x-synchronization`` against its OpenAPI document.
+"""Compiling the objects of ``x-synchronization`` and their calls, and the whole block.
 
-One pass does both: every operation reference is resolved, every expression and
-template compiled, every mapped field checked against the schema it must fit —
-and every problem is recorded with its pointer instead of stopping at the first.
-The meta-schema (``schemas/connector.schema.json``) has been checked before; this
-pass still never trusts a shape it did not check itself, so a broken block
-yields problems, never a traceback.
+:func:`compile_sync` is the one pass that checks and compiles a bundle's
+``x-synchronization`` against its OpenAPI document: every operation reference is
+resolved, every parameter, header and body checked against the operation, every
+mapped field checked against the schema it must fit, the entity dependencies
+checked for cycles — and every problem is recorded with its pointer instead of
+stopping at the first. The meta-schema (``schemas/connector.schema.json``) has
+been checked before; this pass still never trusts a shape it did not check
+itself, so a broken block yields problems, never a traceback. Expressions,
+templates and transforms are compiled by :mod:`shared.connector.transform_compiler`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from shared.connector.document import (
-    DEFAULT_EXTERNAL_ID,
-    CallSpec,
-    SyncObject,
-)
+from shared.connector.document import DEFAULT_EXTERNAL_ID, CallSpec, SyncObject
 from shared.connector.openapi import Operation, find_operation, schema_has_path
 from shared.connector.problems import Problem
+from shared.connector.source import resolve_pointer
+from shared.connector.transform_compiler import SYNC, TransformCompiler, as_mapping
 from shared.json_pointer import join_pointer
 from shared.schemas import ENTITIES
-from shared.transform import (
-    Expression,
-    ExpressionSyntaxError,
-    LookupTable,
-    Template,
-    TemplateSyntaxError,
-    Transform,
-    compile_expression,
-    compile_template,
-)
-from shared.transform.expressions import (
-    UNDEFINED,
-    bound_names,
-    builtin_function_names,
-    function_calls,
-)
-from shared.transform.helpers import ENTITY_HELPERS, HELPERS, TABLE_HELPERS
-from shared.transform.transform import FieldRule
-
-SYNC = "/x-synchronization"
+from shared.transform import Expression, LookupTable, Template, Transform
 
 #: Names a template may start with, per kind of call.
 TEMPLATE_ROOTS = {
@@ -56,204 +38,71 @@ TEMPLATE_ROOTS = {
     "before": ("record", "externalId"),
 }
 
+EntitySchema = Callable[[str], Any]
+"""The fully inlined canonical JSON Schema of an entity."""
 
-class Compiler:
-    """Compiles one bundle's ``x-synchronization``; read ``problems`` afterwards."""
 
-    def __init__(
-        self, document: dict[str, Any], operations: Mapping[str, Operation], entity_schema: Any
-    ) -> None:
+@dataclasses.dataclass(frozen=True, slots=True)
+class CompiledSync:
+    """What :func:`compile_sync` made of a bundle, and every problem it found."""
+
+    objects: dict[str, SyncObject]
+    transforms: dict[str, Transform]
+    lookups: dict[str, LookupTable]
+    problems: list[Problem]
+
+
+def compile_sync(document: dict[str, Any], operations: Mapping[str, Operation],
+                 entity_schema: EntitySchema) -> CompiledSync:
+    """Compile ``document``'s ``x-synchronization``: transforms first, then the objects
+    that use them. Never raises for a malformed block: its problems are returned."""
+    problems: list[Problem] = []
+    transforms = TransformCompiler(document, problems)
+    transforms.compile()
+    objects = ObjectCompiler(document, operations, entity_schema, transforms).compile()
+    transforms.report_unused()
+    return CompiledSync(objects, transforms.transforms, transforms.lookups, problems)
+
+
+class ObjectCompiler:
+    """Compiles the objects of one bundle and their calls, with ``transforms``' help."""
+
+    def __init__(self, document: dict[str, Any], operations: Mapping[str, Operation],
+                 entity_schema: EntitySchema, transforms: TransformCompiler) -> None:
         self.document = document
         self.operations = operations
-        self.entity_schema = entity_schema  # callable: entity -> fully inlined JSON schema
-        self.sync: dict[str, Any] = _mapping(document.get("x-synchronization"))
-        self.problems: list[Problem] = []
-        self.transforms: dict[str, Transform] = {}
-        self.lookups: dict[str, LookupTable] = {}
-        self.used_transforms: set[str] = set()
-        self._builtins = builtin_function_names()
+        self.entity_schema = entity_schema
+        self.transforms = transforms
+        self.sync = transforms.sync
+        self.problems = transforms.problems
         self._target_misses: dict[tuple[str, str], list[str]] = {}
 
-    # -- entry point -----------------------------------------------------------------
-
     def compile(self) -> dict[str, SyncObject]:
-        self.lookups = self._compile_lookups()
-        self.transforms = self._compile_transforms()
+        """Every object that compiles, by name; then the dependency and target checks."""
         objects = {}
-        for name, spec in _mapping(self.sync.get("objects")).items():
+        for name, spec in as_mapping(self.sync.get("objects")).items():
             if isinstance(spec, dict):
                 obj = self._compile_object(name, spec, join_pointer(SYNC, "objects", name))
                 if obj is not None:
                     objects[name] = obj
         self._check_dependencies()
         self._report_target_misses()
-        for name in self.transforms:
-            if name not in self.used_transforms:
-                self._problem(
-                    join_pointer(SYNC, "transforms", name),
-                    f"transform {name} is not used by any object",
-                    severity="warning",
-                )
         return objects
 
     def _problem(self, pointer: str, message: str, severity: str = "error") -> None:
         self.problems.append(Problem(pointer, message, severity=severity))
 
-    # -- lookups and transforms ------------------------------------------------------
-
-    def _compile_lookups(self) -> dict[str, LookupTable]:
-        tables = {}
-        for name, spec in _mapping(self.sync.get("lookups")).items():
-            if isinstance(spec, dict):
-                tables[name] = LookupTable.from_spec(name, spec)
-        return tables
-
-    def _compile_transforms(self) -> dict[str, Transform]:
-        specs = {
-            n: s for n, s in _mapping(self.sync.get("transforms")).items() if isinstance(s, dict)
-        }
-        own: dict[str, Transform] = {}
-        for name, spec in specs.items():
-            transform = self._compile_transform(name, spec)
-            if transform is not None:
-                own[name] = transform
-        return {
-            name: self._with_parents(name, transform, specs, own) for name, transform in own.items()
-        }
-
-    def _compile_transform(self, name: str, spec: dict[str, Any]) -> Transform | None:
-        pointer = join_pointer(SYNC, "transforms", name)
-        keep_nulls = spec.get("keepNulls") is True
-        if isinstance(spec.get("expression"), str):
-            if "extends" in spec:
-                self._problem(
-                    join_pointer(pointer, "extends"), "only a 'map' transform can extend another"
-                )
-            expression = self._expression(spec["expression"], join_pointer(pointer, "expression"))
-            return (
-                Transform(name, expression=expression, keep_nulls=keep_nulls)
-                if expression is not None
-                else None
-            )
-        rules = []
-        for target, source in _mapping(spec.get("map")).items():
-            path = tuple(str(target).split("."))
-            if isinstance(source, str):
-                expression = self._expression(source, join_pointer(pointer, "map", target))
-                if expression is not None:  # a broken field is left out; others still checked
-                    rules.append(FieldRule(path, expression, origin=name))
-            else:
-                rules.append(FieldRule(path, None, source, origin=name))
-        return Transform(name, fields=tuple(rules), keep_nulls=keep_nulls)
-
-    def _with_parents(
-        self, name: str, transform: Transform, specs: dict[str, Any], own: dict[str, Transform]
-    ) -> Transform:
-        """``transform`` with the fields of the transforms it ``extends`` (its own win)."""
-        chain: list[str] = [name]
-        fields = list(transform.fields)
-        parent = specs[name].get("extends")
-        while isinstance(parent, str):
-            pointer = join_pointer(SYNC, "transforms", chain[-1], "extends")
-            if parent in chain:
-                self._problem(
-                    pointer, "transform inheritance cycle: " + " → ".join([*chain, parent])
-                )
-                break
-            if parent not in specs:
-                self._problem(pointer, f"{chain[-1]} extends unknown transform {parent!r}")
-                break
-            self.used_transforms.add(parent)
-            base = own.get(parent)
-            if base is None or base.expression is not None:
-                if base is not None:
-                    self._problem(
-                        pointer,
-                        f"{parent} is an 'expression' transform; only "
-                        "'map' transforms can be extended",
-                    )
-                break
-            taken = {rule.target for rule in fields}
-            fields = [rule for rule in base.fields if rule.target not in taken] + fields
-            chain.append(parent)
-            parent = specs[parent].get("extends")
-        if len(chain) == 1:
-            return transform
-        return dataclasses.replace(transform, fields=tuple(fields))
-
     def _expression(self, source: str, pointer: str) -> Expression | None:
-        try:
-            expression = compile_expression(source)
-        except ExpressionSyntaxError as exc:
-            self._problem(pointer, str(exc))
-            return None
-        self._check_calls(expression, pointer)
-        return expression
-
-    def _check_calls(self, expression: Expression, pointer: str) -> None:
-        bound = bound_names(expression)
-        variables = self._variable_names()
-        for name, args, position in function_calls(expression):
-            where = f" (at character {position})" if position is not None else ""
-            if name not in HELPERS and name not in self._builtins and name not in bound:
-                known = sorted(set(HELPERS) | set(self._builtins))
-                hint = difflib.get_close_matches(name, known, n=1)
-                suggestion = f"; did you mean ${hint[0]}?" if hint else ""
-                self._problem(pointer, f"unknown function ${name}{where}{suggestion}")
-                continue
-            first = args[0] if args else UNDEFINED
-            if not isinstance(first, str):
-                continue
-            if name in TABLE_HELPERS and first not in self.lookups:
-                self._problem(
-                    pointer,
-                    f"${name} uses lookup table {first!r}, which is not "
-                    f"defined in x-synchronization.lookups{where}",
-                )
-            elif name in ENTITY_HELPERS and first not in ENTITIES:
-                self._problem(
-                    pointer, f"${name}: {first!r} is not an entity ({', '.join(ENTITIES)}){where}"
-                )
-            elif name == "var" and first not in variables:
-                self._problem(
-                    pointer,
-                    f"$var({first!r}): no server variable or declared "
-                    f"variable has that name{where}",
-                )
-
-    def _variable_names(self) -> set[str]:
-        names = set(_mapping(self.sync.get("variables")))
-        for server in self.document.get("servers") or []:
-            if isinstance(server, dict):
-                names.update(_mapping(server.get("variables")))
-        return names
+        return self.transforms.expression(source, pointer)
 
     def _template(self, value: Any, pointer: str, kind: str) -> Template | None:
-        try:
-            template = compile_template(value)
-        except TemplateSyntaxError as exc:
-            self._problem(pointer, f"template {value!r}: {exc}")
-            return None
-        roots = TEMPLATE_ROOTS.get(kind, ())
-        for expression in template.expressions():
-            self._check_calls(expression, pointer)
-            head = expression.source.strip().split(".")[0].split("[")[0]
-            if head.isidentifier() and head not in roots:
-                options = ", ".join(roots) or "nothing"
-                self._problem(
-                    pointer,
-                    f"template {value!r}: {{{head}}} is not available here "
-                    f"(a {kind} template can use {options})",
-                )
-        return template
-
-    # -- objects ---------------------------------------------------------------------
+        return self.transforms.template(value, pointer, kind, TEMPLATE_ROOTS.get(kind, ()))
 
     def _compile_object(self, name: str, spec: dict[str, Any], pointer: str) -> SyncObject | None:
         entity = spec.get("entity")  # an unknown entity is reported by the meta-schema;
         # the object is still checked so that every other problem shows too.
         push: dict[str, CallSpec] = {}
-        push_spec = _mapping(spec.get("push"))
+        push_spec = as_mapping(spec.get("push"))
         for kind in ("create", "update", "delete", "match"):
             if isinstance(push_spec.get(kind), dict):
                 call = self._call(
@@ -271,7 +120,7 @@ class Compiler:
                 "nor 'match': records could never get linked",
                 severity="warning",
             )
-        pull_spec = _mapping(spec.get("pull"))
+        pull_spec = as_mapping(spec.get("pull"))
         pull_list = pull_read = pull_body = pull_deleted = None
         if pull_spec:
             pull_pointer = join_pointer(pointer, "pull")
@@ -323,9 +172,9 @@ class Compiler:
         if operation is None:
             self._unknown_operation(reference, join_pointer(pointer, "operation"))
             return None
-        params = self._params(kind, operation, _mapping(spec.get("params")), pointer)
+        params = self._params(kind, operation, as_mapping(spec.get("params")), pointer)
         headers = {}
-        for header, value in _mapping(spec.get("headers")).items():
+        for header, value in as_mapping(spec.get("headers")).items():
             template = self._template(value, join_pointer(pointer, "headers", header), kind)
             if template is not None:
                 headers[header] = template
@@ -422,15 +271,13 @@ class Compiler:
         return kind == "list" and name in self._list_param_names(pointer)
 
     def _list_param_names(self, pointer: str) -> set[str]:
-        from shared.connector.source import resolve_pointer
-
         try:
             spec = resolve_pointer(self.document, pointer)
         except (KeyError, ValueError):
             return set()
         names = set()
-        pagination = _mapping(spec.get("pagination"))
-        incremental = _mapping(spec.get("incremental"))
+        pagination = as_mapping(spec.get("pagination"))
+        incremental = as_mapping(spec.get("incremental"))
         for key in ("param", "sizeParam", "limitParam"):
             if isinstance(pagination.get(key), str) and pagination.get("in", "query") == "query":
                 names.add(pagination[key])
@@ -448,8 +295,8 @@ class Compiler:
                     "(or with the overlay)",
                     severity="warning",
                 )
-        pagination = _mapping(spec.get("pagination"))
-        incremental = _mapping(spec.get("incremental"))
+        pagination = as_mapping(spec.get("pagination"))
+        incremental = as_mapping(spec.get("incremental"))
         needs_body = "body" in (pagination.get("in"), incremental.get("in"))
         if needs_body and "body" not in spec:
             self._problem(
@@ -463,15 +310,8 @@ class Compiler:
     ) -> Transform | None:
         if not isinstance(name, str):
             return None
-        self.used_transforms.add(name)
-        transform = self.transforms.get(name)
+        transform = self.transforms.use(name, pointer)
         if transform is None:
-            if name not in _mapping(self.sync.get("transforms")):
-                hint = difflib.get_close_matches(
-                    name, list(_mapping(self.sync.get("transforms"))), n=1
-                )
-                suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
-                self._problem(pointer, f"unknown transform {name!r}{suggestion}")
             return None
         if schema is not None:
             for rule in transform.fields:
@@ -491,7 +331,7 @@ class Compiler:
     def _check_dependencies(self) -> None:
         graph = {
             k: [e for e in v if isinstance(e, str)]
-            for k, v in _mapping(self.sync.get("dependencies")).items()
+            for k, v in as_mapping(self.sync.get("dependencies")).items()
             if isinstance(v, list)
         }
         for entity, needs in graph.items():
@@ -518,7 +358,3 @@ def _cycle_from(graph: dict[str, list[str]], start: str) -> list[str] | None:
             if nxt not in path:
                 stack.append((nxt, [*path, nxt]))
     return None
-
-
-def _mapping(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
