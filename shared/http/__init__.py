@@ -7,7 +7,7 @@ Public surface::
         await client.send(plan) -> Response                       # raises shared.errors.*
         await client.aclose()
     InstanceEndpoint, Response, ClientOptions, RateLimit, Timeouts
-    TokenStore, PostgresTokenStore, MemoryTokenStore, Token
+    TokenStore, SharedTokenStore, MemoryTokenStore, Token
 
 Errors are those of :mod:`shared.errors` (``UnsafeRequest``, ``RemoteUnavailable``,
 ``RateLimited``, ``RemoteConflict``, ``RemoteRejected``, ``AuthenticationFailed``,
@@ -17,15 +17,15 @@ in :mod:`shared.http.outcome`.
 
 from shared.http.client import Response, ThirdPartyClient
 from shared.http.settings import ClientOptions, InstanceEndpoint, RateLimit, Timeouts
-from shared.http.tokens import MemoryTokenStore, PostgresTokenStore, Token, TokenStore
+from shared.http.tokens import MemoryTokenStore, SharedTokenStore, Token, TokenStore
 
 __all__ = [
     "ClientOptions",
     "InstanceEndpoint",
     "MemoryTokenStore",
-    "PostgresTokenStore",
     "RateLimit",
     "Response",
+    "SharedTokenStore",
     "ThirdPartyClient",
     "Timeouts",
     "Token",

@@ -48,9 +48,10 @@ from shared.http.settings import (
     RateLimit,
     Timeouts,
 )
-from shared.http.tokens import MemoryTokenStore, PostgresTokenStore, TokenCipher, TokenStore
+from shared.http.tokens import MemoryTokenStore, SharedTokenStore, TokenCipher, TokenStore
 from shared.http.transport import BodyTooLarge, Http1Transport
 from shared.storage.db import Database
+from shared.storage.oauth_tokens import SealedTokenStore
 from shared.transform import UNDEFINED
 
 log = structlog.get_logger(__name__)
@@ -144,7 +145,8 @@ class ThirdPartyClient:
         credentials = resolve_credentials(endpoint.credentials)
         if token_store is None:
             token_store = (
-                PostgresTokenStore(db, endpoint.id, TokenCipher.derive(endpoint.id, credentials))
+                SharedTokenStore(SealedTokenStore(db), endpoint.id,
+                                 TokenCipher.derive(endpoint.id, credentials))
                 if db is not None
                 else MemoryTokenStore()
             )

@@ -1,16 +1,18 @@
 """OAuth2 tokens: cached in memory and shared by every worker through PostgreSQL.
 
-``TokenStore`` is the port; ``PostgresTokenStore`` shares one token per instance
-between processes (table ``oauth_tokens``), ``MemoryTokenStore`` serves a process
-without a database. ``refresh`` is single-flight: under a lock (an advisory lock
-across processes) it re-reads the current token, returns it if it is still usable,
-and only otherwise calls the grant.
+``TokenStore`` is the port the authenticator uses; ``SharedTokenStore`` shares one
+token per instance between processes through a store of sealed tokens
+(``SealedTokens``: :mod:`shared.storage.oauth_tokens` holds the SQL),
+``MemoryTokenStore`` serves a process without a database. ``refresh`` is
+single-flight: under a lock (an advisory lock across processes) it re-reads the
+current token, returns it if it is still usable, and only otherwise calls the grant.
 
-The database never holds a secret in clear (docs/architecture.md §6): token values are sealed with
-AES-GCM under a key derived (HKDF-SHA256) from the instance's resolved credential
-values. Only a process that can read the instance's own credentials can open them;
-the database alone reveals nothing. A row that does not open (the credentials
-changed) is treated as absent and overwritten by the next grant.
+The database never holds a secret in clear (docs/architecture.md §6): token values are
+sealed here, with AES-GCM under a key derived (HKDF-SHA256) from the instance's
+resolved credential values, before they reach the storage layer. Only a process
+that can read the instance's own credentials can open them; the database alone
+reveals nothing. A token that does not open (the credentials changed) is treated
+as absent and overwritten by the next grant.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import dataclasses
 import os
 import struct
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
 from cryptography.exceptions import InvalidTag
@@ -29,8 +32,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from shared.storage.db import Database
-from shared.storage.migrate import LOCK_CLASS
+from shared.storage.oauth_tokens import SealedToken
 
 log = structlog.get_logger(__name__)
 
@@ -146,77 +148,73 @@ def _framed(text: str) -> bytes:
     return struct.pack(">I", len(data)) + data
 
 
-_SELECT = (
-    "SELECT access_token, refresh_token, expires_at, updated_at"
-    " FROM oauth_tokens WHERE instance_id = %s"
-)
-_UPSERT = """
-INSERT INTO oauth_tokens (instance_id, access_token, refresh_token, expires_at, updated_at)
-VALUES (%s, %s, %s, %s, %s)
-ON CONFLICT (instance_id) DO UPDATE
-   SET access_token = EXCLUDED.access_token, refresh_token = EXCLUDED.refresh_token,
-       expires_at = EXCLUDED.expires_at, updated_at = EXCLUDED.updated_at
-"""
+class LockedSealedToken(Protocol):
+    """A stored token under its instance's lock (the storage side of a refresh)."""
+
+    current: SealedToken | None
+
+    async def replace(self, token: SealedToken) -> None:
+        """Store ``token``; it is committed when the lock is released."""
+        ...
 
 
-class PostgresTokenStore:
-    """One instance's token in ``oauth_tokens``, sealed, shared by every process.
+class SealedTokens(Protocol):
+    """Where sealed tokens are kept (``shared.storage.oauth_tokens.SealedTokenStore``)."""
 
-    A refresh holds ``pg_advisory_xact_lock`` for the instance while it re-reads the
-    row and, if still needed, calls the grant: other processes wait, then reuse the
-    token it stored. Raises ``InfrastructureError`` when PostgreSQL fails.
+    async def get(self, instance_id: str) -> SealedToken | None:
+        """The instance's stored token, or ``None``. Raises ``InfrastructureError``."""
+        ...
+
+    def locked(self, instance_id: str) -> AbstractAsyncContextManager[LockedSealedToken]:
+        """The instance's stored token under a lock only one process holds at a time."""
+        ...
+
+
+class SharedTokenStore:
+    """One instance's token, sealed with ``cipher``, shared by every process through
+    ``tokens`` (``oauth_tokens`` in PostgreSQL).
+
+    A refresh holds the instance's lock while it re-reads the stored token and, if it
+    is still needed, calls the grant: other processes wait, then reuse the token it
+    stored. Raises ``InfrastructureError`` when the storage fails.
     """
 
-    def __init__(self, db: Database, instance_id: str, cipher: TokenCipher) -> None:
-        self.db = db
+    def __init__(self, tokens: SealedTokens, instance_id: str, cipher: TokenCipher) -> None:
+        self._tokens = tokens
         self.instance_id = instance_id
         self._cipher = cipher
 
     async def load(self) -> Token | None:
-        return self._unseal(await self.db.fetchrow(_SELECT, (self.instance_id,)))
+        return self._unseal(await self._tokens.get(self.instance_id))
 
     async def refresh(self, fetch: Fetch, usable: Callable[[Token], bool]) -> Token:
-        async with self.db.transaction() as conn:
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
-                (LOCK_CLASS, f"oauth_tokens/{self.instance_id}"),
-            )
-            cur = await conn.execute(_SELECT, (self.instance_id,))
-            current = self._unseal(await cur.fetchone())
+        async with self._tokens.locked(self.instance_id) as stored:
+            current = self._unseal(stored.current)
             if current is not None and usable(current):
                 return current
             token = await fetch(current)
-            await conn.execute(_UPSERT, self._sealed(token))
+            await stored.replace(self._seal(token))
         return token
 
-    def _sealed(self, token: Token) -> tuple[Any, ...]:
-        refresh = (
-            self._cipher.seal(token.refresh_token, "refresh_token")
-            if token.refresh_token
-            else None
-        )
-        return (
-            self.instance_id,
-            self._cipher.seal(token.access_token, "access_token"),
-            refresh,
-            token.expires_at,
-            token.obtained_at,
-        )
+    def _seal(self, token: Token) -> SealedToken:
+        refresh = (self._cipher.seal(token.refresh_token, "refresh_token")
+                   if token.refresh_token else None)
+        return SealedToken(self._cipher.seal(token.access_token, "access_token"), refresh,
+                           token.expires_at, token.obtained_at)
 
-    def _unseal(self, row: Mapping[str, Any] | None) -> Token | None:
-        if row is None:
+    def _unseal(self, sealed: SealedToken | None) -> Token | None:
+        """The token in clear; ``None`` when there is none or it was sealed under other
+        credentials (the next grant replaces it)."""
+        if sealed is None:
             return None
-        access = self._cipher.open(row["access_token"], "access_token")
-        refresh = (
-            self._cipher.open(row["refresh_token"], "refresh_token")
-            if row["refresh_token"] is not None
-            else None
-        )
-        if access is None or (row["refresh_token"] is not None and refresh is None):
+        access = self._cipher.open(sealed.access_token, "access_token")
+        refresh = (self._cipher.open(sealed.refresh_token, "refresh_token")
+                   if sealed.refresh_token is not None else None)
+        if access is None or (sealed.refresh_token is not None and refresh is None):
             log.warning("oauth_token.unreadable", instance_id=self.instance_id,
                         reason="sealed under other credentials; a new grant will replace it")
             return None
-        return Token(access, row["expires_at"], refresh, row["updated_at"])
+        return Token(access, sealed.expires_at, refresh, sealed.obtained_at)
 
     def __repr__(self) -> str:
-        return f"PostgresTokenStore(instance={self.instance_id!r})"
+        return f"SharedTokenStore(instance={self.instance_id!r})"
