@@ -1,7 +1,7 @@
 """The host BSS's API, as bss-sync uses it (``schemas/bss-api.openapi.json``).
 
 ``get`` is what the pusher calls for every record. With ``batch_reads`` (the
-default) concurrent calls are coalesced (``shared.storage.batching``) into one
+default) concurrent calls are coalesced (``shared.batching``) into one
 listing by ids per organization and entity — ``GET …/{entity}?id=a&id=b`` — so
 one request serves many pushes. A BSS that ignores the ``id`` filter is noticed
 (its answer holds records nobody asked for, or it refuses the parameter with a
@@ -27,11 +27,11 @@ import httpx
 import orjson
 import structlog
 
+from shared.batching import Coalescer
 from shared.errors import BssRejected, BssUnavailable
 from shared.http.settings import USER_AGENT
 from shared.http.transport import BodyTooLarge, Fetched, Http1Transport
 from shared.logging import redact
-from shared.storage.batching import Coalescer
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 DEFAULT_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=64)

@@ -10,7 +10,7 @@ States: ``creating`` (claimed or failed before the remote create succeeded),
 ``linked`` (both ids known), ``deleted`` (deleted on the other side by us).
 
 ``LinkStore(db, batched=True)`` (the pusher) serves concurrent push-side claims
-and link writes with one statement per batch (``shared.storage.batching``): the
+and link writes with one statement per batch (``shared.batching``): the
 same rows, the same guarantees, a fraction of the round trips. Batch statements
 take their rows in key order, so two processes' batches cannot deadlock.
 """
@@ -18,17 +18,18 @@ take their rows in key order, so two processes' batches cannot deadlock.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import psycopg
 
+from shared.batching import Coalescer
 from shared.errors import PermanentError
-from shared.storage.batching import Coalescer, distinct_rounds
 from shared.storage.db import Database
 
 Key = Literal["bss_id", "external_id"]
+T = TypeVar("T")
 
 
 class LinkConflict(PermanentError):
@@ -426,3 +427,21 @@ def _key(bss_id: str | None, external_id: str | None) -> tuple[Key, str]:
     if (bss_id is None) == (external_id is None):
         raise ValueError("give exactly one of bss_id and external_id")
     return ("bss_id", bss_id) if bss_id is not None else ("external_id", external_id)  # type: ignore[return-value]
+
+
+def distinct_rounds(items: list[T], key: Callable[[T], object]) -> list[list[int]]:
+    """Indexes of ``items`` split into rounds without a repeated key (first come first):
+    one statement cannot upsert the same row twice."""
+    rounds: list[list[int]] = []
+    seen: list[set[object]] = []
+    for index, item in enumerate(items):
+        k = key(item)
+        for number, keys in enumerate(seen):
+            if k not in keys:
+                keys.add(k)
+                rounds[number].append(index)
+                break
+        else:
+            seen.append({k})
+            rounds.append([index])
+    return rounds

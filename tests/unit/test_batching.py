@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from shared.storage.batching import Coalescer, distinct_rounds
+from shared.batching import Coalescer
+from shared.storage.links import distinct_rounds
 
 
 def test_distinct_rounds_keep_order_and_never_repeat_a_key() -> None:

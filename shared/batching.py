@@ -1,12 +1,13 @@
-"""Concurrent calls served by one batch call (group commit for statements).
+"""Concurrent calls served by one batch call: an asyncio primitive, used by storage and HTTP.
 
-On this kind of machine a round trip to PostgreSQL costs far more in waking
-processes than in the statement itself, so the push path's per-record
-statements (claim a link, store a link) are coalesced: ``await
-coalescer.submit(item)`` queues the item, and one task runs ``run(items)`` for
-everything queued. Items arriving while a batch runs wait and form the next batch
-(at most ``max_batch`` each), so under load batches grow by themselves, and a lone
-call waits for one turn of the event loop only.
+On this kind of machine a round trip costs far more in waking processes than in
+the work itself, so the push path's per-record calls are coalesced (group
+commit): link claims and writes (``shared.storage.links``), record reads from
+the BSS API (``shared.bss.client``). ``await coalescer.submit(item)`` queues the
+item, and one task runs ``run(items)`` for everything queued. Items arriving while
+a batch runs wait and form the next batch (at most ``max_batch`` each), so under
+load batches grow by themselves, and a lone call waits for one turn of the event
+loop only.
 
 ``run`` returns one result per item, in order: a value, or an exception for that
 item alone. When ``run`` itself raises, every item of the batch gets the error.
@@ -83,21 +84,3 @@ class Coalescer(Generic[T, R]):
                 future.set_exception(result)
             else:
                 future.set_result(result)
-
-
-def distinct_rounds(items: list[T], key: Callable[[T], object]) -> list[list[int]]:
-    """Indexes of ``items`` split into rounds without a repeated key (first come first):
-    one statement cannot upsert the same row twice."""
-    rounds: list[list[int]] = []
-    seen: list[set[object]] = []
-    for index, item in enumerate(items):
-        k = key(item)
-        for number, keys in enumerate(seen):
-            if k not in keys:
-                keys.add(k)
-                rounds[number].append(index)
-                break
-        else:
-            seen.append({k})
-            rounds.append([index])
-    return rounds
