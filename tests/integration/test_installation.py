@@ -11,10 +11,10 @@ import pytest
 
 from shared.cli.main import main
 from shared.installation import InstallationInvalid, apply
+from shared.schemas import ENTITIES
 from shared.storage.db import Database
 from shared.storage.instances import InstanceStore
 from shared.storage.schedules import ScheduleStore
-from shared.storage.vocabulary import ENTITIES
 
 pytestmark = pytest.mark.integration
 

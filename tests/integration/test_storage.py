@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import uuid
 from datetime import UTC, date, datetime, timedelta
@@ -13,6 +14,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from shared.errors import ConfigurationError, InfrastructureError
+from shared.schemas import ENTITIES
 from shared.storage.cursors import CursorStore
 from shared.storage.db import Database
 from shared.storage.instances import InstanceStore
@@ -144,6 +146,17 @@ async def test_the_database_refuses_a_credential_that_is_not_a_reference(db: Dat
     with pytest.raises(psycopg.errors.CheckViolation):
         await db.execute("UPDATE instances SET credentials = %s",
                          (Jsonb({"apiKey": "sk_live_plain_secret"}),))
+
+
+@pytest.mark.parametrize("table", ["permissions", "links"])
+async def test_the_tables_accept_exactly_the_entities_of_the_code(db: Database,
+                                                                  table: str) -> None:
+    """The migrations spell the entities in CHECK constraints; the code has one list."""
+    clause = await db.fetchval(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass"
+        " AND contype = 'c' AND pg_get_constraintdef(oid) LIKE '%%(entity %%'", (table,))
+    assert clause is not None
+    assert tuple(re.findall(r"'(\w+)'::text", clause)) == ENTITIES
 
 
 # --- stores ------------------------------------------------------------------------------------

@@ -527,3 +527,12 @@ def test_schemas_dir_override_is_honoured(tmp_path: Path, monkeypatch: pytest.Mo
     assert [e.json_path for e in schemas.validator("thing").iter_errors({"n": "x"})] == ["$.n"]
     with pytest.raises(FileNotFoundError):
         schemas.load_schema("bss-event")
+
+
+def test_what_the_sandbox_keeps_per_entity_covers_every_entity_once() -> None:
+    """Its seeding order and id prefixes are per-entity data: a new entity needs both."""
+    from sandbox.records import ID_PREFIXES
+    from sandbox.seed import SEED_ORDER
+
+    assert sorted(SEED_ORDER) == sorted(schemas.ENTITIES)
+    assert sorted(ID_PREFIXES) == sorted(schemas.ENTITIES)
