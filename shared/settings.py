@@ -27,7 +27,9 @@ from shared.errors import ConfigurationError
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-DEFAULT_RETRY_DELAYS = (30.0, 120.0, 600.0, 3600.0)
+#: The retry ladder (seconds): one retry queue per rung (shared.messaging.topology); the
+#: one default of the project, imported wherever a default ladder is meant.
+DEFAULT_RETRY_DELAYS: tuple[float, ...] = (30.0, 120.0, 600.0, 3600.0)
 
 
 #: ``json_schema_extra`` key of a field read by some services only (absent: every service).
@@ -59,7 +61,8 @@ class Settings(BaseSettings):
         None, ge=1, description="messages RabbitMQ sends ahead to each consumer; unset: "
                                 "4 x CONCURRENCY")
     retry_delays: tuple[float, ...] = Field(
-        DEFAULT_RETRY_DELAYS, description="backoff ladder in seconds, e.g. [30,120,600,3600]"
+        DEFAULT_RETRY_DELAYS, description="backoff ladder in seconds, e.g. "
+                                          f"{[int(d) for d in DEFAULT_RETRY_DELAYS]}"
     )
     delivery_limit: int = Field(
         20, ge=1, description="quorum-queue redeliveries before the safety-net dead letter"

@@ -37,6 +37,7 @@ from kombu import Connection, Exchange, Queue, binding
 from shared.errors import ConfigurationError
 from shared.logging import redact
 from shared.messaging.amqp_url import broker_at
+from shared.settings import DEFAULT_RETRY_DELAYS
 
 EVENTS_EXCHANGE = "bss.events"
 PUSH_EXCHANGE = "sync.push"
@@ -92,12 +93,12 @@ class RetryQueue:
 class WorkQueue:
     """A service's queues: the work queue, its retry ladder and its dead queue.
 
-    ``WorkQueue("pusher", retry_delays=(30, 120))`` — the ladder defaults to
-    ``shared.settings.DEFAULT_RETRY_DELAYS``.
+    ``WorkQueue(PUSHER, retry_delays=(30, 120))`` — the ladder defaults to
+    :data:`shared.settings.DEFAULT_RETRY_DELAYS`.
     """
 
     service: str
-    retry_delays: tuple[float, ...] = (30.0, 120.0, 600.0, 3600.0)
+    retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS
 
     def __post_init__(self) -> None:
         if self.service not in SERVICES:

@@ -26,9 +26,10 @@ from shared.messaging.settle import (
     retry_rung,
 )
 from shared.messaging.topology import WorkQueue
+from shared.settings import DEFAULT_RETRY_DELAYS
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-QUEUE = WorkQueue("pusher", (30, 120, 600, 3600))
+QUEUE = WorkQueue("pusher", DEFAULT_RETRY_DELAYS)
 LADDER = QUEUE.retry_delays
 
 
