@@ -48,6 +48,7 @@ from shared.messaging.publisher import OutgoingMessage, Publisher
 from shared.messaging.runner import run_loop, tune_gc
 from shared.messaging.topology import (
     PUSH_EXCHANGE,
+    PUSHER,
     WorkQueue,
     declare_topology,
     sync_routing_key,
@@ -56,7 +57,7 @@ from shared.settings import DEFAULT_AMQP_URL, DEFAULT_DATABASE_URL, Settings
 from shared.storage.db import Database, quote_ident, url_with_database
 from shared.storage.migrate import upgrade
 
-QUEUE = WorkQueue("pusher", (30.0, 120.0))
+QUEUE = WorkQueue(PUSHER, (30.0, 120.0))
 
 
 def messages(count: int) -> list[OutgoingMessage]:

@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 from sandbox.server import SandboxServer, free_port  # noqa: E402
 from sandbox.settings import SandboxSettings  # noqa: E402
 from shared.messaging.management import AmqpUrl, ManagementClient  # noqa: E402
+from shared.messaging.topology import DISPATCHER, DISPATCHER_QUEUE, PUSHER  # noqa: E402
 
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -256,7 +257,7 @@ class Bench:
         """Accounts the pusher created since ``since`` (cheap: the audit index on ``at``)."""
         row = conn.execute(
             "SELECT count(*) FROM audit_log WHERE at >= to_timestamp(%s)"
-            " AND service = 'pusher' AND outcome = 'created'", (since,)).fetchone()
+            " AND service = %s AND outcome = 'created'", (since, PUSHER)).fetchone()
         return int(row[0]) if row else 0
 
     def wait_pushed(self, since: float, count: int) -> float:
@@ -271,7 +272,7 @@ class Bench:
                 time.sleep(1.0)
             row = conn.execute(
                 "SELECT extract(epoch FROM max(at)) FROM audit_log WHERE at >= to_timestamp(%s)"
-                " AND service = 'pusher' AND outcome = 'created'", (since,)).fetchone()
+                " AND service = %s AND outcome = 'created'", (since, PUSHER)).fetchone()
         return float(row[0]) if row and row[0] is not None else time.time()
 
     def wait_events_queued(self, count: int) -> None:
@@ -286,8 +287,8 @@ class Bench:
                 if time.monotonic() > deadline:
                     raise RuntimeError("the sandbox did not publish its events in time")
                 time.sleep(0.2)
-        queue = self.management.for_vhost(self.vhost).queue("dispatcher.events") or {}
-        print(f"  {count} events waiting in dispatcher.events "
+        queue = self.management.for_vhost(self.vhost).queue(DISPATCHER_QUEUE) or {}
+        print(f"  {count} events waiting in {DISPATCHER_QUEUE} "
               f"(broker says {queue.get('messages', '?')})")
 
     def latencies(self, since: float) -> list[float]:
@@ -295,14 +296,14 @@ class Bench:
             rows = conn.execute(
                 "SELECT extract(epoch FROM a.at - (r.data->>'createdAt')::timestamptz)"
                 "  FROM audit_log a JOIN sandbox.records r ON r.id = a.record_id"
-                " WHERE a.at >= to_timestamp(%s) AND a.service = 'pusher'"
-                "   AND a.outcome = 'created' ORDER BY 1", (since,)).fetchall()
+                " WHERE a.at >= to_timestamp(%s) AND a.service = %s"
+                "   AND a.outcome = 'created' ORDER BY 1", (since, PUSHER)).fetchall()
         return [float(r[0]) for r in rows]
 
     def start_services(self, concurrency: int, pushers: int) -> None:
-        self.start("dispatcher", ["-m", "services.dispatcher"])
+        self.start(DISPATCHER, ["-m", "services.dispatcher"])
         for n in range(pushers):
-            self.start("pusher" if n == 0 else f"pusher-{n + 1}", ["-m", "services.pusher"],
+            self.start(PUSHER if n == 0 else f"{PUSHER}-{n + 1}", ["-m", "services.pusher"],
                        BSS_API_URL=self.sandbox.url, CONCURRENCY=str(concurrency))
 
     def commits(self) -> int:

@@ -10,6 +10,7 @@ import sys
 from services.dispatcher.events import EVENT_CODEC, EventHandler
 from shared.cli.service import parse_service_args
 from shared.messaging.runner import RuntimeDeps, main
+from shared.messaging.topology import DISPATCHER
 from shared.storage.instances import InstanceStore
 from shared.storage.organizations import OrganizationStore
 
@@ -22,5 +23,5 @@ def make_handler(deps: RuntimeDeps) -> EventHandler:
 
 
 if __name__ == "__main__":
-    parse_service_args("dispatcher", SUMMARY)
-    sys.exit(main("dispatcher", EVENT_CODEC, make_handler))
+    parse_service_args(DISPATCHER, SUMMARY)
+    sys.exit(main(DISPATCHER, EVENT_CODEC, make_handler))

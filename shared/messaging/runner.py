@@ -2,7 +2,7 @@
 
 A service's ``__main__`` is one call::
 
-    sys.exit(main("pusher", SYNC_CODEC, make_handler))
+    sys.exit(main(PUSHER, SYNC_CODEC, make_handler))   # shared.messaging.topology.PUSHER
 
 where ``make_handler(deps) -> handler`` receives :class:`RuntimeDeps` (settings,
 database, audit writer, and the live publisher the dispatcher publishes with).

@@ -1,8 +1,10 @@
 """The RabbitMQ topology (docs/architecture.md §4): the only module that spells exchange
 and queue names.
 
-Declared as data with kombu, idempotently, by :func:`declare_topology` at service
-start and by ``bss-sync topology declare``::
+Every other module (services, tooling, tests, benchmarks) imports the names from
+here: the constants below, or :class:`WorkQueue` for a service's work, retry and
+dead queues. Declared as data with kombu, idempotently, by :func:`declare_topology`
+at service start and by ``bss-sync topology declare``::
 
     bss.events (topic) ──#──▶ dispatcher.events (quorum)
     sync.push  (topic) ──#──▶ pusher            (quorum)
@@ -46,7 +48,14 @@ DEAD_EXCHANGE = "sync.dead"
 #: The AMQP default exchange: routes by queue name (retry queues are reached through it).
 DEFAULT_EXCHANGE = ""
 
-SERVICES = ("dispatcher", "pusher", "puller")
+#: The services that consume: each has a work queue, a retry ladder and a dead queue.
+DISPATCHER = "dispatcher"
+PUSHER = "pusher"
+PULLER = "puller"
+SERVICES = (DISPATCHER, PUSHER, PULLER)
+#: The dispatcher's work queue; the pusher's and the puller's are named after the service.
+DISPATCHER_QUEUE = "dispatcher.events"
+
 DECLARE_TIMEOUT = 10.0
 
 
@@ -112,13 +121,13 @@ class WorkQueue:
     @property
     def name(self) -> str:
         """The queue the service consumes."""
-        return "dispatcher.events" if self.service == "dispatcher" else self.service
+        return DISPATCHER_QUEUE if self.service == DISPATCHER else self.service
 
     @property
     def source_exchange(self) -> str:
         """The exchange that feeds the work queue."""
-        return {"dispatcher": EVENTS_EXCHANGE, "pusher": PUSH_EXCHANGE,
-                "puller": PULL_EXCHANGE}[self.service]
+        return {DISPATCHER: EVENTS_EXCHANGE, PUSHER: PUSH_EXCHANGE,
+                PULLER: PULL_EXCHANGE}[self.service]
 
     @property
     def dead_queue(self) -> str:

@@ -17,6 +17,7 @@ import sys
 from shared.audit.record import Outcome
 from shared.messaging.codec import SYNC_CODEC, Handler, InboundMessage
 from shared.messaging.runner import RuntimeDeps, main
+from shared.messaging.topology import PUSHER
 
 
 def sleeping_handler(seconds: float) -> Handler:
@@ -29,7 +30,7 @@ def sleeping_handler(seconds: float) -> Handler:
 
 def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="consumer_app")
-    parser.add_argument("--service", default="pusher")
+    parser.add_argument("--service", default=PUSHER)
     parser.add_argument("--sleep-ms", type=float, default=5.0)
     parser.add_argument("--burst-ms", type=float, default=None,
                         help="stop once the queue has been empty this long")

@@ -33,15 +33,24 @@ from shared.messaging.envelope import SyncMessage, encode
 from shared.messaging.publisher import OutgoingMessage, Publisher, Unroutable
 from shared.messaging.tooling import publish_blocking
 from shared.messaging.topology import (
+    DEAD_EXCHANGE,
     PUSH_EXCHANGE,
+    PUSHER,
     TopologyConflict,
+    WorkQueue,
     declare_topology,
+    queues_of,
     sync_routing_key,
+    work_queues,
 )
 from shared.paths import project_root
 from tests.fixtures.amqp import TEST_DELIVERY_LIMIT, TEST_RETRY_DELAYS, TestTopology, eventually
 
 pytestmark = pytest.mark.integration
+
+#: The pusher's queues on the tests' ladder (names from shared.messaging.topology).
+PUSH = WorkQueue(PUSHER, TEST_RETRY_DELAYS)
+RETRY_1, RETRY_2 = (PUSH.retry_queue(rung).name for rung in (0, 1))
 
 FINAL = [o.value for o in (Outcome.CREATED, Outcome.UPDATED, Outcome.DELETED, Outcome.UNCHANGED,
                            Outcome.SKIPPED, Outcome.DEAD)]
@@ -85,7 +94,7 @@ async def running(consumer: Consumer) -> AsyncIterator[Consumer]:
 
 
 def pusher(topology: TestTopology, handler: Any, audit: Any, **config: Any) -> Consumer:
-    return Consumer(topology.queue("pusher"), SYNC_CODEC, handler, audit,
+    return Consumer(topology.queue(PUSHER), SYNC_CODEC, handler, audit,
                     ConsumerConfig(topology.url, **config))
 
 
@@ -116,17 +125,19 @@ def test_declaring_the_topology_twice_changes_nothing(topology: TestTopology) ->
     after = {q["name"]: q["arguments"] for q in topology.management.queues()}
     assert again == topology.declared
     assert before == after
-    assert {"pusher", "puller", "dispatcher.events", "pusher.retry.200ms", "pusher.retry.400ms",
-            "pusher.dead", "puller.dead", "dispatcher.dead"} <= set(after)
-    assert after["pusher"]["x-delivery-limit"] == TEST_DELIVERY_LIMIT
-    assert after["pusher.retry.400ms"]["x-message-ttl"] == 400
+    declared = {queue.name for service in work_queues(TEST_RETRY_DELAYS)
+                for queue in queues_of(service, TEST_DELIVERY_LIMIT)}
+    assert len(declared) == 3 * (2 + len(TEST_RETRY_DELAYS))  # work, retries, dead; 3 services
+    assert declared <= set(after)
+    assert after[PUSH.name]["x-delivery-limit"] == TEST_DELIVERY_LIMIT
+    assert after[RETRY_2]["x-message-ttl"] == 400
 
 
 def test_a_changed_queue_argument_is_a_clear_error(topology: TestTopology) -> None:
     with pytest.raises(TopologyConflict) as caught:
         declare_topology(topology.url, TEST_RETRY_DELAYS, TEST_DELIVERY_LIMIT + 1)
     text = str(caught.value)
-    assert "'pusher'" in text and "x-delivery-limit" in text
+    assert f"'{PUSH.name}'" in text and "x-delivery-limit" in text
     assert "delete the queue" in text
 
 
@@ -137,13 +148,13 @@ def test_a_message_that_keeps_coming_back_ends_in_the_dead_queue(
     deliveries = 0
     with Connection(topology.url) as conn:
         channel = conn.channel()
-        while (message := channel.basic_get("pusher", no_ack=False)) is not None:
+        while (message := channel.basic_get(PUSH.name, no_ack=False)) is not None:
             deliveries += 1
             channel.basic_reject(message.delivery_tag, requeue=True)
             assert deliveries <= TEST_DELIVERY_LIMIT + 1
     assert deliveries == TEST_DELIVERY_LIMIT + 1
-    topology.wait_ready("pusher.dead", 1)  # quorum queues dead-letter asynchronously
-    [dead] = topology.peek("pusher.dead")
+    topology.wait_ready(PUSH.dead_queue, 1)  # quorum queues dead-letter asynchronously
+    [dead] = topology.peek(PUSH.dead_queue)
     assert dead.headers["x-death"][0]["reason"] == "delivery_limit"
 
 
@@ -157,7 +168,7 @@ async def test_an_unroutable_publish_fails_and_the_publisher_carries_on(
         await publisher.publish_many([outgoing(sync_message(f"r{i}")) for i in range(2000)])
     finally:
         await conn.close()
-    assert topology.ready("pusher") == 2000
+    assert topology.ready(PUSH.name) == 2000
 
 
 async def test_frames_buffered_in_one_turn_go_out_in_one_send(topology: TestTopology) -> None:
@@ -177,7 +188,7 @@ async def test_frames_buffered_in_one_turn_go_out_in_one_send(topology: TestTopo
         await publisher.publish_many([outgoing(sync_message(f"r{i}")) for i in range(300)])
     finally:
         await conn.close()
-    assert topology.ready("pusher") == 300
+    assert topology.ready(PUSH.name) == 300
     # 300 publishes are 900 frames; pika alone would send each with a syscall of its own
     assert 0 < len(sends) <= 30
 
@@ -200,9 +211,9 @@ async def test_a_transient_failure_walks_the_ladder_then_dies_while_others_flow(
     good = [sync_message(f"good-{i}") for i in range(50)]
     async with running(pusher(topology, handler, audit_writer)):
         await publish(topology.url, [outgoing(bad)] + [outgoing(m) for m in good[:25]])
-        await eventually(lambda: topology.ready("pusher.retry.200ms") == 1, what="1st retry")
+        await eventually(lambda: topology.ready(RETRY_1) == 1, what="1st retry")
         await publish(topology.url, [outgoing(m) for m in good[25:]])
-        await eventually(lambda: topology.ready("pusher.dead") == 1, what="the dead letter")
+        await eventually(lambda: topology.ready(PUSH.dead_queue) == 1, what="the dead letter")
 
     assert attempts == [0, 1, 2]  # a ladder of 2 delays allows 3 attempts
     history = await rows(db, "message_id = %s", (bad.id,))
@@ -218,7 +229,7 @@ async def test_a_transient_failure_walks_the_ladder_then_dies_while_others_flow(
                              (bad.id,))
     assert good_done < died  # the good ones did not wait behind the failing one
 
-    [dead] = topology.peek("pusher.dead")
+    [dead] = topology.peek(PUSH.dead_queue)
     h = dead.headers
     assert dead.message_id == bad.id
     assert h["x-error-class"] == "RemoteUnavailable"
@@ -231,8 +242,8 @@ async def test_a_transient_failure_walks_the_ladder_then_dies_while_others_flow(
         "org1", "inst1", "account", "bad")
     assert h["x-original-exchange"] == PUSH_EXCHANGE
     assert h["x-original-routing-key"] == "account.update.org1.inst1"
-    assert h["x-service"] == "pusher"
-    assert dead.routing_key == "pusher.account.update.org1.inst1"
+    assert h["x-service"] == PUSHER
+    assert dead.routing_key == PUSH.dead_routing_key("account.update.org1.inst1")
     assert SYNC_CODEC.decode(dead.body, None).attempt == 2
 
 
@@ -244,15 +255,15 @@ async def test_a_permanent_failure_goes_to_the_dead_queue_at_once(
     message = sync_message("r1")
     async with running(pusher(topology, handler, audit_writer)):
         await publish(topology.url, [outgoing(message)])
-        await eventually(lambda: topology.ready("pusher.dead") == 1, what="the dead letter")
+        await eventually(lambda: topology.ready(PUSH.dead_queue) == 1, what="the dead letter")
         await eventually(lambda: rows(db), what="the audit row")
 
     assert [(r["outcome"], r["attempt"], r["http_status"]) for r in await rows(db)] == [
         ("dead", 0, 422)]
-    [dead] = topology.peek("pusher.dead")
+    [dead] = topology.peek(PUSH.dead_queue)
     assert dead.headers["x-attempts"] == 1
     assert dead.headers["x-error-class"] == "RemoteRejected"
-    assert topology.ready("pusher.retry.200ms") == topology.ready("pusher.retry.400ms") == 0
+    assert topology.ready(RETRY_1) == topology.ready(RETRY_2) == 0
 
 
 def test_the_cli_lists_dead_letters_and_leaves_them(
@@ -262,7 +273,7 @@ def test_the_cli_lists_dead_letters_and_leaves_them(
     from shared.settings import get_settings
 
     publish_blocking(topology.url, [OutgoingMessage(
-        "sync.dead", "pusher.account.update.org1.inst1", b"{}", "m-dead",
+        DEAD_EXCHANGE, PUSH.dead_routing_key("account.update.org1.inst1"), b"{}", "m-dead",
         {"x-error-class": "RemoteRejected", "x-error": "422: name is required",
          "x-attempts": 1, "x-record-id": "42"})])
     monkeypatch.setenv("AMQP_URL", topology.url)
@@ -271,8 +282,8 @@ def test_the_cli_lists_dead_letters_and_leaves_them(
     get_settings.cache_clear()
     try:
         assert main(["topology", "declare"]) == 0
-        assert "queue pusher.dead (quorum)" in capsys.readouterr().out
-        assert main(["dead", "list", "--service", "pusher"]) == 0
+        assert f"queue {PUSH.dead_queue} (quorum)" in capsys.readouterr().out
+        assert main(["dead", "list", "--service", PUSHER]) == 0
         out = capsys.readouterr().out
         assert main(["dead", "list", "--json", "--limit", "5"]) == 0
         [line] = capsys.readouterr().out.splitlines()
@@ -283,7 +294,7 @@ def test_the_cli_lists_dead_letters_and_leaves_them(
     listed = json.loads(line)
     assert listed["message_id"] == "m-dead" and listed["body"] == "{}"
     assert listed["headers"]["x-error-class"] == "RemoteRejected"
-    topology.wait_ready("pusher.dead", 1)  # peeked, not taken
+    topology.wait_ready(PUSH.dead_queue, 1)  # peeked, not taken
 
 
 async def test_poison_messages_are_dead_lettered_with_a_reason_and_consuming_goes_on(
@@ -299,18 +310,18 @@ async def test_poison_messages_are_dead_lettered_with_a_reason_and_consuming_goe
     ]
     async with running(pusher(topology, updated_handler, audit_writer)):
         await publish(topology.url, [*poison, outgoing(valid)])
-        await eventually(lambda: topology.ready("pusher.dead") == 2, what="2 dead letters")
+        await eventually(lambda: topology.ready(PUSH.dead_queue) == 2, what="2 dead letters")
         await eventually(lambda: final_counts(db), what="audit rows")
         counts = await eventually(
             lambda: _when(final_counts(db), lambda c: c.get(valid.id) == 1),
             what="the valid message settled")
 
-    dead = {d.message_id: d.headers for d in topology.peek("pusher.dead")}
+    dead = {d.message_id: d.headers for d in topology.peek(PUSH.dead_queue)}
     assert dead["p-1"]["x-error-class"] == "InvalidMessage"
     assert "not JSON" in dead["p-1"]["x-error"]
     assert "org_id" in dead[broken["id"]]["x-error"]
     assert counts[valid.id] == 1
-    assert topology.ready("pusher") == 0
+    assert topology.ready(PUSH.name) == 0
 
 
 async def _when(value: Any, check: Any) -> Any:
@@ -328,8 +339,8 @@ async def test_a_redelivered_message_already_audited_is_acked_not_handled_again(
     # An earlier delivery: its audit row committed, then it died before the ack.
     with Connection(topology.url) as conn:
         channel = conn.channel()
-        assert channel.basic_get("pusher", no_ack=False) is not None
-        await audit_writer.write(AuditRecord("pusher", Outcome.UPDATED, message_id=message.id,
+        assert channel.basic_get(PUSH.name, no_ack=False) is not None
+        await audit_writer.write(AuditRecord(PUSHER, Outcome.UPDATED, message_id=message.id,
                                              attempt=0))
         channel.close()  # the unacked message goes back, flagged redelivered
     handled: list[str] = []
@@ -348,7 +359,7 @@ async def test_a_redelivered_message_already_audited_is_acked_not_handled_again(
                          what="the redelivery recognised")
     assert handled == ["r2"]
     assert await final_counts(db) == {message.id: 1, later.id: 1}
-    assert topology.ready("pusher") == 0
+    assert topology.ready(PUSH.name) == 0
 
 
 class FlakyAudit:
@@ -395,7 +406,7 @@ async def test_while_the_audit_log_is_down_messages_are_held_not_acked_nor_redon
         await eventually(lambda: audit.refused == 3, what="the audit writes refused")
         # Held: not acked while its row is not durable, and its retry copy sent once.
         assert await rows(db) == []
-        await eventually(lambda: topology.ready("pusher.dead") == 1, what="the dead letter")
+        await eventually(lambda: topology.ready(PUSH.dead_queue) == 1, what="the dead letter")
     history = await rows(db, "message_id = %s", (message.id,))
     assert [(r["outcome"], r["attempt"]) for r in history] == [
         ("retrying", 0), ("retrying", 1), ("dead", 2)]
@@ -428,7 +439,7 @@ async def test_postgresql_connections_killed_mid_run_lose_and_double_nothing(
             timeout=60, what="every message settled after the database came back")
     assert len(killed) >= 3
     assert set(counts.values()) == {1}
-    assert topology.ready("pusher") == 0
+    assert topology.ready(PUSH.name) == 0
 
 
 # ---------------------------------------------------------------------------- processes
@@ -485,7 +496,7 @@ async def test_sigkill_with_a_thousand_in_flight_loses_nothing_and_settles_nothi
     assert set(counts) == {m.id for m in messages}, "lost messages"
     assert set(counts.values()) == {1}, "messages settled twice"
     assert await db.fetchval("SELECT count(*) FROM audit_log") == 1000
-    assert topology.ready("pusher") == 0
+    assert topology.ready(PUSH.name) == 0
 
 
 async def test_the_consumer_reconnects_when_the_broker_drops_it(
@@ -504,7 +515,7 @@ async def test_the_consumer_reconnects_when_the_broker_drops_it(
     consumer = pusher(topology, handler, audit_writer, prefetch=200, concurrency=32,
                       reconnect_base=0.05, reconnect_cap=0.2)
     async with running(consumer):
-        connections = await eventually(lambda: topology.consumer_connections("pusher"),
+        connections = await eventually(lambda: topology.consumer_connections(PUSHER),
                                        what="the consumer's connection in the management API")
         go.set()
         await eventually(lambda: db.fetchval("SELECT count(*) >= 300 FROM audit_log"),
@@ -518,7 +529,7 @@ async def test_the_consumer_reconnects_when_the_broker_drops_it(
     assert settled_before < len(messages), "the drop came too late to prove anything"
     assert set(counts.values()) == {1}, "messages settled twice"
     assert consumer.connections == 2
-    assert topology.ready("pusher") == 0
+    assert topology.ready(PUSH.name) == 0
     outcomes = await db.fetch("SELECT outcome, count(*) AS n FROM audit_log GROUP BY outcome")
     assert {r["outcome"]: r["n"] for r in outcomes}.get("retrying", 0) >= 200
 
@@ -542,7 +553,7 @@ async def test_sigterm_finishes_in_flight_work_and_exits_zero(
     counts = await final_counts(db)
     assert len(counts) > at_signal, "in-flight handlers were abandoned, not finished"
     assert set(counts.values()) == {1}
-    await eventually(lambda: len(counts) + topology.ready("pusher") == len(messages),
+    await eventually(lambda: len(counts) + topology.ready(PUSH.name) == len(messages),
                      what="every unsettled message back in the queue")  # none lost
 
     code, out = _finish(_start_app(env, "--sleep-ms", "1", "--burst-ms", "300"))

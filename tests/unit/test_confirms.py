@@ -18,6 +18,7 @@ from pika.spec import Basic
 from shared.errors import InfrastructureError
 from shared.messaging.delivery import ConsumeSession
 from shared.messaging.publisher import OutgoingMessage, Publisher, PublishNacked, Unroutable
+from shared.messaging.topology import PUSH_EXCHANGE
 
 
 class FakeChannel:
@@ -47,7 +48,7 @@ def confirm(publisher: Publisher, tag: int, *, multiple: bool = False, nack: boo
 
 
 def message(i: int) -> OutgoingMessage:
-    return OutgoingMessage("sync.push", f"k{i}", b"{}", f"m{i}")
+    return OutgoingMessage(PUSH_EXCHANGE, f"k{i}", b"{}", f"m{i}")
 
 
 async def make_publisher() -> tuple[Publisher, FakeChannel, asyncio.Future[Any]]:
@@ -58,7 +59,7 @@ async def make_publisher() -> tuple[Publisher, FakeChannel, asyncio.Future[Any]]
 
 async def test_messages_are_persistent_json_with_their_id() -> None:
     publisher, channel, _ = await make_publisher()
-    publisher.publish_nowait(OutgoingMessage("sync.push", "k", b"{}", "m1", {"x-a": 1}, "c1"))
+    publisher.publish_nowait(OutgoingMessage(PUSH_EXCHANGE, "k", b"{}", "m1", {"x-a": 1}, "c1"))
     props = channel.published[0][3]
     assert (props.delivery_mode, props.content_type, props.message_id, props.headers,
             props.correlation_id) == (2, "application/json", "m1", {"x-a": 1}, "c1")

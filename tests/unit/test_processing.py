@@ -19,9 +19,10 @@ from shared.errors import InfrastructureError, RemoteUnavailable
 from shared.messaging.codec import SYNC_CODEC, InboundMessage
 from shared.messaging.delivery import ConsumeSession, Delivery
 from shared.messaging.processing import MessageProcessor
-from shared.messaging.topology import WorkQueue
+from shared.messaging.topology import PUSH_EXCHANGE, PUSHER, WorkQueue
 
-QUEUE = WorkQueue("pusher", (0.01, 0.02))
+QUEUE = WorkQueue(PUSHER, (0.01, 0.02))
+RETRY = f"confirmed {QUEUE.retry_queue(0).name}"  # the copy to the first rung, confirmed
 
 
 class Recorder:
@@ -125,7 +126,7 @@ async def setup(handler: Any, *, fail_audit: int = 0, refuse_copies: bool = Fals
 def delivery(session: ConsumeSession, tag: int, data: bytes, redelivered: bool = False):
     session.received(tag)
     props = pika.BasicProperties(message_id=json.loads(data)["id"], headers={})
-    return Delivery(session, tag, "sync.push", "account.update.o.i", redelivered, props, data)
+    return Delivery(session, tag, PUSH_EXCHANGE, "account.update.o.i", redelivered, props, data)
 
 
 async def settle_turn() -> None:
@@ -149,7 +150,7 @@ async def test_a_retry_copy_is_confirmed_before_the_audit_row_before_the_ack() -
     rec, session, _, publisher, processor = await setup(handler)
     await processor.process(delivery(session, 1, body(str(uuid.uuid4()))))
     await settle_turn()
-    assert rec.events == ["confirmed pusher.retry.10ms", "audit retrying 0", "ack 1 and before"]
+    assert rec.events == [RETRY, "audit retrying 0", "ack 1 and before"]
     [(_, attempt, headers)] = publisher.copies
     assert attempt == 1 and headers["x-attempt"] == 1
 
@@ -160,7 +161,7 @@ async def test_an_unconfirmed_copy_sends_the_message_back_and_writes_no_row() ->
 
     rec, session, sink, _, processor = await setup(handler, refuse_copies=True)
     await processor.process(delivery(session, 1, body(str(uuid.uuid4()))))
-    assert rec.events == ["confirmed pusher.retry.10ms", "nack 1"]
+    assert rec.events == [RETRY, "nack 1"]
     assert sink.rows == []
 
 
@@ -171,7 +172,7 @@ async def test_a_failing_audit_log_holds_the_message_and_never_republishes() -> 
     rec, session, _, publisher, processor = await setup(handler, fail_audit=2)
     await processor.process(delivery(session, 1, body(str(uuid.uuid4()))))
     await settle_turn()
-    assert rec.events == ["confirmed pusher.retry.10ms", "audit refused", "audit refused",
+    assert rec.events == [RETRY, "audit refused", "audit refused",
                           "audit retrying 0", "ack 1 and before"]
     assert len(publisher.copies) == 1
 
@@ -224,11 +225,11 @@ async def test_a_poison_message_is_dead_lettered_with_its_reason() -> None:
     rec, session, sink, publisher, processor = await setup(handler)
     props = pika.BasicProperties(message_id="p-1", headers={"x-attempt": 2})
     session.received(1)
-    await processor.process(Delivery(session, 1, "sync.push", "account.update.o.i", False,
+    await processor.process(Delivery(session, 1, PUSH_EXCHANGE, "account.update.o.i", False,
                                      props, b"{not json"))
     await settle_turn()
-    assert rec.events == ["confirmed pusher.account.update.o.i", "audit dead 2",
-                          "ack 1 and before"]
+    dead_copy = f"confirmed {QUEUE.dead_routing_key('account.update.o.i')}"
+    assert rec.events == [dead_copy, "audit dead 2", "ack 1 and before"]
     [(_routing_key, _, headers)] = publisher.copies
     assert headers["x-error-class"] == "InvalidMessage" and "not JSON" in headers["x-error"]
     assert headers["x-attempts"] == 3

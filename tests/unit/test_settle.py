@@ -25,17 +25,18 @@ from shared.messaging.settle import (
     describe_error,
     retry_rung,
 )
-from shared.messaging.topology import WorkQueue
+from shared.messaging.topology import DEAD_EXCHANGE, PULLER, PUSH_EXCHANGE, PUSHER, WorkQueue
 from shared.settings import DEFAULT_RETRY_DELAYS
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-QUEUE = WorkQueue("pusher", DEFAULT_RETRY_DELAYS)
+QUEUE = WorkQueue(PUSHER, DEFAULT_RETRY_DELAYS)
+ROUTING_KEY = "account.update.org1.inst1"
 LADDER = QUEUE.retry_delays
 
 
 def facts(attempt: int = 0, **kw: object) -> MessageFacts:
     base: dict[str, object] = dict(
-        attempt=attempt, exchange="sync.push", routing_key="account.update.org1.inst1",
+        attempt=attempt, exchange=PUSH_EXCHANGE, routing_key=ROUTING_KEY,
         headers={}, org_id="org1", instance_id="inst1", entity="account", record_id="42")
     base.update(kw)
     return MessageFacts(**base)  # type: ignore[arg-type]
@@ -53,16 +54,14 @@ def test_a_handler_returning_something_else_is_a_bug_retried(outcome: object) ->
     assert decision.error.bug and decision.error.error_class == "ValueError"
 
 
-@pytest.mark.parametrize(("attempt", "queue"), [
-    (0, "pusher.retry.30s"), (1, "pusher.retry.2m"), (2, "pusher.retry.10m"),
-    (3, "pusher.retry.1h")])
-def test_transient_errors_walk_the_ladder(attempt: int, queue: str) -> None:
+@pytest.mark.parametrize("attempt", [0, 1, 2, 3])
+def test_transient_errors_walk_the_ladder(attempt: int) -> None:
     decision = decide(RemoteUnavailable("timeout"), facts(attempt), QUEUE, NOW)
     assert isinstance(decision, Retry)
-    assert decision.queue.name == queue
+    assert decision.queue == QUEUE.retry_queue(attempt)
     assert decision.attempt == attempt + 1
     assert decision.headers["x-attempt"] == attempt + 1
-    assert decision.queue.work_queue == "pusher"
+    assert decision.queue.work_queue == QUEUE.name
 
 
 def test_after_the_last_rung_a_transient_error_is_dead() -> None:
@@ -78,8 +77,8 @@ def test_permanent_errors_are_dead_at_once(error: Exception) -> None:
     decision = decide(error, facts(0), QUEUE, NOW)
     assert isinstance(decision, Dead)
     assert decision.headers["x-attempts"] == 1
-    assert decision.exchange == "sync.dead"
-    assert decision.routing_key == "pusher.account.update.org1.inst1"
+    assert decision.exchange == DEAD_EXCHANGE
+    assert decision.routing_key == QUEUE.dead_routing_key(ROUTING_KEY)
 
 
 @pytest.mark.parametrize(("attempt", "retry_after", "rung"), [
@@ -93,7 +92,7 @@ def test_retry_after_picks_the_first_rung_at_least_that_long(
 def test_rate_limited_uses_its_retry_after() -> None:
     decision = decide(RateLimited("429", retry_after=100, http_status=429), facts(0), QUEUE, NOW)
     assert isinstance(decision, Retry)
-    assert decision.queue.name == "pusher.retry.2m"
+    assert decision.queue == QUEUE.retry_queue(1)  # 100 s: the 2-minute rung
     assert decision.attempt == 1
 
 
@@ -110,10 +109,10 @@ def test_an_unexpected_exception_is_a_bug_treated_as_transient() -> None:
 def test_dead_letter_headers_carry_everything_an_operator_and_redelivery_need() -> None:
     decision = decide(RemoteRejected("422: name missing", http_status=422), facts(
         2, headers={"x-first-failed-at": "2026-01-01T00:00:00+00:00", "x-attempt": 2,
-                    "x-original-routing-key": "account.update.org1.inst1",
-                    "x-original-exchange": "sync.push", "x-death": [{"count": 1}],
-                    "x-first-death-queue": "pusher.retry.2m"},
-        exchange="", routing_key="pusher"), QUEUE, NOW)
+                    "x-original-routing-key": ROUTING_KEY,
+                    "x-original-exchange": PUSH_EXCHANGE, "x-death": [{"count": 1}],
+                    "x-first-death-queue": QUEUE.retry_queue(1).name},
+        exchange="", routing_key=QUEUE.name), QUEUE, NOW)
     assert isinstance(decision, Dead)
     assert decision.headers == {
         "x-attempt": 2,
@@ -126,11 +125,11 @@ def test_dead_letter_headers_carry_everything_an_operator_and_redelivery_need() 
         "x-instance-id": "inst1",
         "x-entity": "account",
         "x-record-id": "42",
-        "x-original-exchange": "sync.push",
-        "x-original-routing-key": "account.update.org1.inst1",
-        "x-service": "pusher",
+        "x-original-exchange": PUSH_EXCHANGE,
+        "x-original-routing-key": ROUTING_KEY,
+        "x-service": PUSHER,
     }
-    assert decision.routing_key == "pusher.account.update.org1.inst1"
+    assert decision.routing_key == QUEUE.dead_routing_key(ROUTING_KEY)
 
 
 def test_the_first_failure_time_is_set_once() -> None:
@@ -149,8 +148,8 @@ def test_error_text_is_redacted_and_truncated() -> None:
 
 def test_pull_messages_carry_their_external_id() -> None:
     decision = decide(SchemaViolation("bad"), facts(0, record_id=None, external_id="ext-9"),
-                      WorkQueue("puller"), NOW)
+                      WorkQueue(PULLER), NOW)
     assert isinstance(decision, Dead)
     assert decision.headers["x-external-id"] == "ext-9"
     assert "x-record-id" not in decision.headers
-    assert decision.headers["x-service"] == "puller"
+    assert decision.headers["x-service"] == PULLER

@@ -1,4 +1,8 @@
-"""Queue names and arguments: the topology is contract (docs/architecture.md §4)."""
+"""Queue names and arguments: the topology is contract (docs/architecture.md §4).
+
+The one test module that spells the names: it holds shared.messaging.topology to the
+names the architecture documents. Everything else imports them from there.
+"""
 
 from __future__ import annotations
 
