@@ -16,19 +16,18 @@ One concept per module, each depending only on those below it::
     connectors   the connector documents the file names, loaded; permissions held to them
     validation   the file's own problems: its schema, then what a schema cannot say
     file         reading the file; the line a JSON pointer is on
-    problems     InstallationProblem, InstallationInvalid
+    problems     InstallationInvalid (its problems are connector Problems: same form)
 """
 
 from shared.installation.applying import ApplyReport, apply, load_installation
 from shared.installation.desired import desired_state
 from shared.installation.file import read_file
-from shared.installation.problems import InstallationInvalid, InstallationProblem
+from shared.installation.problems import InstallationInvalid
 from shared.installation.validation import validate
 
 __all__ = [
     "ApplyReport",
     "InstallationInvalid",
-    "InstallationProblem",
     "apply",
     "desired_state",
     "load_installation",

@@ -7,26 +7,26 @@ instance's connector does not synchronize is a problem of the installation file.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from shared.connector import DocumentInvalid, Problem, load_connector
 from shared.installation.file import LineOf
-from shared.installation.problems import InstallationProblem
 from shared.installation.validation import entries
 from shared.json_pointer import join_pointer
 from shared.schemas import ENTITIES
 
 
 def load_connectors(data: dict[str, Any], path: Path,
-                    line_of: LineOf) -> tuple[dict[str, Any], list[InstallationProblem]]:
+                    line_of: LineOf) -> tuple[dict[str, Any], list[Problem]]:
     """``{id: ConnectorDocument}`` for every connector of ``data``, and their problems.
 
     Spec and overlay paths are relative to ``path``'s folder. An entry the schema or
     the duplicate check rejects is skipped (they report it).
     """
     loaded: dict[str, Any] = {}
-    problems: list[InstallationProblem] = []
+    problems: list[Problem] = []
     for i, entry in entries(data.get("connectors")):
         specs = [entry.get("spec")] if isinstance(entry.get("spec"), str) else entry.get("spec")
         if not isinstance(entry.get("id"), str) or entry["id"] in loaded or not specs \
@@ -41,8 +41,8 @@ def load_connectors(data: dict[str, Any], path: Path,
         if overlay is not None and not overlay.is_file():
             missing.append(("/overlay", overlay))
         for suffix, file in missing:
-            problems.append(InstallationProblem(pointer + suffix, f"file {file} does not exist",
-                                                str(path), line_of(pointer + suffix)))
+            problems.append(Problem(pointer + suffix, f"file {file} does not exist",
+                                    str(path), line_of(pointer + suffix)))
         if missing:
             continue
         try:
@@ -53,9 +53,8 @@ def load_connectors(data: dict[str, Any], path: Path,
     return loaded, problems
 
 
-def _connector_problem(connector_id: str, problem: Problem) -> InstallationProblem:
-    return InstallationProblem(problem.pointer, f"connector {connector_id!r}: {problem.message}",
-                               problem.file, problem.line)
+def _connector_problem(connector_id: str, problem: Problem) -> Problem:
+    return dataclasses.replace(problem, message=f"connector {connector_id!r}: {problem.message}")
 
 
 def connector_entities(document: Any) -> set[str] | None:
@@ -71,9 +70,9 @@ def connector_entities(document: Any) -> set[str] | None:
 
 
 def check_permitted_entities(data: dict[str, Any], connectors: dict[str, Any], line_of: LineOf,
-                             file: str) -> list[InstallationProblem]:
+                             file: str) -> list[Problem]:
     """A permission for an entity the instance's connector does not synchronize is a problem."""
-    problems: list[InstallationProblem] = []
+    problems: list[Problem] = []
     for i, org in entries(data.get("organizations")):
         for j, inst in entries(org.get("instances")):
             connector = inst.get("connector")
@@ -88,7 +87,7 @@ def check_permitted_entities(data: dict[str, Any], connectors: dict[str, Any], l
                 if entity not in entities:
                     pointer = join_pointer("/organizations", i, "instances", j, "permissions",
                                            entity)
-                    problems.append(InstallationProblem(
+                    problems.append(Problem(
                         pointer, f"connector {connector!r} does not synchronize "
                                  f"{entity} records (it has: {', '.join(sorted(entities))})",
                         file, line_of(pointer)))

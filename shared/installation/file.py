@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.connector.source import SourceError, read_source
-from shared.installation.problems import InstallationInvalid, InstallationProblem
+from shared.installation.problems import InstallationInvalid
 
 LineOf = Callable[[str], int | None]
 """The 1-based line of a JSON pointer (or of its nearest parent), ``None`` when unknown."""
@@ -27,7 +27,5 @@ def read_file(path: Path) -> tuple[Any, LineOf]:
     try:
         source = read_source(path)
     except SourceError as exc:
-        problem = exc.problem
-        raise InstallationInvalid([InstallationProblem(problem.pointer, problem.message,
-                                                       problem.file, problem.line)]) from None
+        raise InstallationInvalid([exc.problem]) from None
     return source.data, source.line_of

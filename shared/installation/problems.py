@@ -1,36 +1,21 @@
-"""What is wrong with an installation file: located problems, and the error that lists them.
+"""The error that lists what is wrong with an installation file.
 
-A problem never quotes a credential value.
+Each problem is a :class:`shared.connector.problems.Problem` — a JSON pointer, its
+file and line, one sentence — as for connector documents, so that the problems of
+an installation file and of the connectors it names read alike. A problem never
+quotes a credential value.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
+from shared.connector.problems import Problem
 from shared.errors import ConfigurationError
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class InstallationProblem:
-    """One located problem: ``file:line: /pointer: sentence``."""
-
-    pointer: str
-    message: str
-    file: str | None = None
-    line: int | None = None
-
-    def format(self) -> str:
-        where = (self.file or "<installation>") + (f":{self.line}" if self.line else "")
-        return f"{where}: {self.pointer or '/'}: {self.message}"
-
-    def __str__(self) -> str:
-        return self.format()
 
 
 class InstallationInvalid(ConfigurationError):
     """The installation file (or a connector it names) has problems; ``problems`` lists all."""
 
-    def __init__(self, problems: list[InstallationProblem]) -> None:
+    def __init__(self, problems: list[Problem]) -> None:
         count = len(problems)
         super().__init__(f"{count} problem{'s' if count != 1 else ''} in the installation: "
                          + "; ".join(p.format() for p in problems[:3])

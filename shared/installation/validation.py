@@ -17,9 +17,9 @@ from typing import Any
 
 from jsonschema import ValidationError
 
+from shared.connector.problems import Problem
 from shared.credentials import is_reference, reference_problem
 from shared.installation.file import LineOf
-from shared.installation.problems import InstallationProblem
 from shared.json_pointer import join_pointer
 from shared.schema_errors import located_sentences
 from shared.schemas import ENTITIES, validator
@@ -29,13 +29,13 @@ from shared.storage.vocabulary import ACTIONS, ID_PATTERN
 SCHEMA = "installation"
 
 
-def validate(data: Any, line_of: LineOf, file: str) -> list[InstallationProblem]:
+def validate(data: Any, line_of: LineOf, file: str) -> list[Problem]:
     """Every problem of the parsed file ``data`` (read from ``file``), in line order."""
     found: list[tuple[str, str]] = list(
         located_sentences(validator(SCHEMA).iter_errors(data), wording=_wording))
     if isinstance(data, dict):
         found += list(_semantic_problems(data))
-    problems = [InstallationProblem(p, m, file, line_of(p)) for p, m in dict.fromkeys(found)]
+    problems = [Problem(p, m, file, line_of(p)) for p, m in dict.fromkeys(found)]
     return sorted(problems, key=lambda p: (p.line or 0, p.pointer))
 
 
