@@ -61,8 +61,8 @@ class Settings(BaseSettings):
         None, ge=1, description="messages RabbitMQ sends ahead to each consumer; unset: "
                                 "4 x CONCURRENCY")
     retry_delays: tuple[float, ...] = Field(
-        DEFAULT_RETRY_DELAYS, description="backoff ladder in seconds, e.g. "
-                                          f"{[int(d) for d in DEFAULT_RETRY_DELAYS]}"
+        DEFAULT_RETRY_DELAYS, description="backoff ladder in seconds, a JSON list: one retry "
+                                          "queue per rung"
     )
     delivery_limit: int = Field(
         20, ge=1, description="quorum-queue redeliveries before the safety-net dead letter"

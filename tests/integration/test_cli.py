@@ -27,7 +27,7 @@ from shared.messaging.amqp_url import AmqpUrl
 from shared.messaging.connection import open_connection
 from shared.messaging.publisher import OutgoingMessage
 from shared.messaging.tooling import publish_blocking
-from shared.messaging.topology import DEAD_EXCHANGE, WorkQueue
+from shared.messaging.topology import DEAD_EXCHANGE, PUSHER, WorkQueue
 from shared.settings import get_settings
 from tests.fixtures.amqp import RabbitServer
 
@@ -175,12 +175,13 @@ def test_dead_list_missing_queue_then_empty_then_json_lines(
     vhost = AmqpUrl.parse(empty_vhost).vhost
     settings_env.setenv("AMQP_URL", empty_vhost)
 
+    dead = WorkQueue(PUSHER)  # what `dead list` reads by default
     # before the topology exists: one line pointing at `topology declare`, nothing created
     assert main(["dead", "list"]) == 1
     captured = capsys.readouterr()
     assert captured.out == ""
     [line] = captured.err.splitlines()
-    assert line.startswith("bss-sync: queue 'pusher.dead' does not exist on RabbitMQ at ")
+    assert line.startswith(f"bss-sync: queue '{dead.dead_queue}' does not exist on RabbitMQ at ")
     assert f'(vhost "{vhost}", ' in line
     assert line.endswith("; declare the topology with `bss-sync topology declare`")
     management = rabbitmq.management(vhost)
@@ -191,10 +192,9 @@ def test_dead_list_missing_queue_then_empty_then_json_lines(
     capsys.readouterr()
     for flags in ([], ["--json"]):
         assert main(["dead", "list", *flags]) == 0
-        assert capsys.readouterr() == ("", "no dead letters in pusher.dead\n")
+        assert capsys.readouterr() == ("", f"no dead letters in {dead.dead_queue}\n")
 
     # two dead letters: --json is JSON Lines, one object per message
-    dead = WorkQueue("pusher")
     publish_blocking(empty_vhost, [
         OutgoingMessage(DEAD_EXCHANGE, dead.dead_routing_key(f"account.update.o.i{n}"),
                         json.dumps({"n": n}).encode(), f"m-{n}",
@@ -206,13 +206,14 @@ def test_dead_list_missing_queue_then_empty_then_json_lines(
     assert [m["message_id"] for m in listed] == ["m-1", "m-2"]
     assert all(isinstance(m, dict) for m in listed)
     assert listed[1]["headers"]["x-error"] == "422: no 2"
-    assert captured.err == "2 dead letters shown from pusher.dead\n"
+    assert captured.err == f"2 dead letters shown from {dead.dead_queue}\n"
 
     assert main(["dead", "list", "--limit", "1"]) == 0
     captured = capsys.readouterr()
-    assert captured.out.startswith("message m-1  routing key pusher.account.update.o.i1\n")
+    assert captured.out.startswith(
+        f"message m-1  routing key {dead.dead_routing_key('account.update.o.i1')}\n")
     assert "m-2" not in captured.out
-    assert captured.err == ("1 dead letter shown from pusher.dead "
+    assert captured.err == (f"1 dead letter shown from {dead.dead_queue} "
                             "(the --limit; there may be more)\n")
     management.close()
 
