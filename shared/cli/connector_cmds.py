@@ -3,9 +3,12 @@
 Connector files on the command line:
 
 * ``bss-sync validate a.json b.yaml`` — each file is one connector (an OpenAPI
-  document with ``x-synchronization``, or an overlay whose ``extends`` names its specs);
+  document with ``x-synchronization``, or an overlay whose ``extends`` names spec
+  files beside it);
 * ``bss-sync validate spec1.json spec2.json --overlay sync.overlay.json`` — the specs
-  and the overlay together form one connector.
+  and the overlay together form one connector. This is the form for an overlay whose
+  ``extends`` is the URL of a vendor's published spec: bss-sync never fetches a URL,
+  so the downloaded files are given here.
 """
 
 from __future__ import annotations
@@ -132,7 +135,7 @@ def _print_problems(problems: list[Problem], stream: Any) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     failed = False
     for paths, overlay in _connectors(args):
-        document, problems = check_connector(paths, overlay)
+        document, problems = check_connector(paths, overlay, command=f"bss-sync {args.command}")
         name = " + ".join(str(p) for p in [*paths, *([overlay] if overlay else [])])
         if document is None:
             failed = True
@@ -147,7 +150,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _load_one(args: argparse.Namespace) -> ConnectorDocument | None:
     paths, overlay = (list(args.files), args.overlay)
-    document, problems = check_connector(paths, overlay)
+    document, problems = check_connector(paths, overlay, command=f"bss-sync {args.command}")
     if document is None:
         print("the connector is invalid:", file=sys.stderr)
         _print_problems(problems, sys.stderr)

@@ -3,6 +3,10 @@
 A connector is one or more OpenAPI documents (JSON or YAML) plus, optionally, an
 Overlay 1.0 document adding ``x-synchronization`` to them. Every problem found on
 the way is reported with the file, line and JSON pointer where it was written.
+
+Only files are read, never a URL: an overlay whose ``extends`` is the URL of a
+vendor's published spec is given the downloaded files with it (``--overlay`` on the
+command line, ``spec`` + ``overlay`` in an installation file).
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ import hashlib
 import json
 from collections.abc import Sequence
 from functools import cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 from jsonschema import Draft202012Validator
 
@@ -40,9 +46,12 @@ def load_connector(
 def check_connector(
     paths: Sequence[str | Path] | str | Path,
     overlay: str | Path | None = None,
+    *,
+    command: str = "bss-sync validate",
 ) -> tuple[ConnectorDocument | None, list[Problem]]:
     """Load a connector; returns it (``None`` when there are errors) and all problems,
-    warnings included, each located in its source file."""
+    warnings included, each located in its source file. ``command`` is the command line
+    a problem quotes when an overlay given alone extends URLs or missing files."""
     if isinstance(paths, str | Path):
         paths = [paths]
     problems: list[Problem] = []
@@ -50,7 +59,7 @@ def check_connector(
     overlay_source = _read_all([Path(overlay)], problems)[0] if overlay else None
     if overlay_source is None and len(sources) == 1 and is_overlay(sources[0].data):
         overlay_source = sources.pop()
-        sources = _read_all(_extended_paths(overlay_source, problems), problems)
+        sources = _read_all(_extended_paths(overlay_source, problems, command), problems)
     if overlay_source is not None:
         problems += [_in_file(p, overlay_source) for p in check_overlay(overlay_source.data)]
     if problems or not sources:
@@ -114,16 +123,15 @@ def _read_all(paths: list[Path], problems: list[Problem]) -> list[SourceFile]:
     return sources
 
 
-def _extended_paths(overlay: SourceFile, problems: list[Problem]) -> list[Path]:
+def _extended_paths(overlay: SourceFile, problems: list[Problem], command: str) -> list[Path]:
     """The documents an overlay given alone applies to: ``extends`` (Overlay 1.0), plus
-    ``x-extends`` (a list, for connectors made of several vendor specs)."""
-    data = overlay.data
-    targets: list[str] = []
-    if isinstance(data.get("extends"), str):
-        targets.append(data["extends"])
-    extra = data.get("x-extends")
-    if isinstance(extra, list):
-        targets += [t for t in extra if isinstance(t, str) and t not in targets]
+    ``x-extends`` (a list, for connectors made of several vendor specs), each a path
+    relative to the overlay or a ``file:`` URL.
+
+    bss-sync never fetches a URL: when a target is one, or is not a file here, the result
+    is empty and ``problems`` gets one sentence, at the first such target, saying how
+    to give the files on the command line."""
+    targets = _extends_targets(overlay.data)
     if not targets:
         problems.append(
             _in_file(
@@ -136,8 +144,80 @@ def _extended_paths(overlay: SourceFile, problems: list[Problem]) -> list[Path]:
                 overlay,
             )
         )
+        return []
     base = overlay.path.parent
-    return [base / t.removeprefix("file://") for t in targets]
+    local = {pointer: _local_path(base, target) for pointer, target in targets}
+    unreadable = [(pointer, target) for pointer, target in targets if not _is_file(local[pointer])]
+    if unreadable:
+        problems.append(
+            _in_file(_not_local(overlay, targets, local, unreadable, command), overlay)
+        )
+        return []
+    return [path for path in local.values() if path is not None]
+
+
+def _extends_targets(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(pointer, target)`` of ``extends`` and every ``x-extends`` item, in order."""
+    targets: list[tuple[str, str]] = []
+    if isinstance(data.get("extends"), str) and data["extends"]:
+        targets.append(("/extends", data["extends"]))
+    extra = data.get("x-extends")
+    for index, target in enumerate(extra if isinstance(extra, list) else []):
+        if isinstance(target, str) and target and target not in (t for _, t in targets):
+            targets.append((f"/x-extends/{index}", target))
+    return targets
+
+
+def _local_path(base: Path, target: str) -> Path | None:
+    """Where ``target`` is on this machine, or ``None`` for a URL bss-sync would have to
+    fetch (any scheme but ``file:``; a one-letter scheme is a Windows drive)."""
+    parts = urlsplit(target)
+    if parts.scheme == "file":
+        return base / url2pathname(parts.path)
+    if len(parts.scheme) > 1:
+        return None
+    return base / target
+
+
+def _is_file(path: Path | None) -> bool:
+    return path is not None and path.is_file()
+
+
+def _not_local(
+    overlay: SourceFile,
+    targets: list[tuple[str, str]],
+    local: dict[str, Path | None],
+    unreadable: list[tuple[str, str]],
+    command: str,
+) -> Problem:
+    """One sentence for an overlay whose specs are URLs or missing files: what is wrong
+    and the command that gives them, e.g. ``bss-sync validate companies.json
+    contacts.json --overlay connectors/hubspot-crm.overlay.json``."""
+    urls = [target for pointer, target in unreadable if local[pointer] is None]
+    missing = [str(local[pointer]) for pointer, _ in unreadable if local[pointer] is not None]
+    files: list[str] = []
+    for pointer, target in targets:
+        path = local[pointer]
+        name = PurePosixPath(urlsplit(target).path).name or "spec.json"
+        if _is_file(path):
+            files.append(str(path))
+        else:
+            files.append(name if name not in files else f"{len(files) + 1}-{name}")
+    what = []
+    if urls:
+        what.append(f"bss-sync does not fetch {_and(urls)}")
+    if missing:
+        what.append(f"{_and(missing)} {'is' if len(missing) == 1 else 'are'} not a file")
+    how = f"download {'it' if len(unreadable) == 1 else 'them'} and " if urls else ""
+    example = f"{command} {' '.join(files)} --overlay {overlay.path}"
+    return Problem(
+        unreadable[0][0],
+        f"{', and '.join(what)}: {how}give the files before --overlay ({example})",
+    )
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def _sync_problems(bundle: dict[str, Any]) -> list[Problem]:

@@ -172,10 +172,19 @@ class AuditLog:
 
 @dataclasses.dataclass(frozen=True)
 class Connector:
-    """A connector of the installation file: ``spec`` files (absolute paths)."""
+    """A connector of the installation file: ``spec`` files and the ``overlay`` applied
+    to them, if any (absolute paths)."""
 
     id: str
     spec: list[Path]
+    overlay: Path | None = None
+
+    def entry(self) -> dict[str, Any]:
+        """Its entry in the installation file's ``connectors``."""
+        entry: dict[str, Any] = {"id": self.id, "spec": [str(p) for p in self.spec]}
+        if self.overlay is not None:
+            entry["overlay"] = str(self.overlay)
+        return entry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,8 +333,7 @@ class Stack:
             instance["settings"] = settings
         installation = {
             "timezone": "UTC",
-            "connectors": [{"id": c.id, "spec": [str(p) for p in c.spec]}
-                           for c in self.connectors.values()],
+            "connectors": [c.entry() for c in self.connectors.values()],
             "organizations": [{"id": tenant.org_id, "name": f"Test organization {n}",
                                "instances": [instance]}],
         }

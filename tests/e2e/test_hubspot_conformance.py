@@ -1,5 +1,6 @@
 """Conformance with a vendor's published API: pushes through the HubSpot connector
-(``connectors/hubspot-crm.overlay.json`` over HubSpot's own CRM v3 specs) to Prism.
+(``connectors/hubspot-crm.overlay.json`` over HubSpot's own CRM v3 specs, from
+``VENDOR_SPECS``: ``tests/fixtures/vendor_specs.py``) to Prism.
 
 Prism (``prism mock -d``) validates every request against the vendor's schemas — 422
 when a body, parameter or header breaks them, 401 without the OAuth2 bearer — and
@@ -25,6 +26,7 @@ from tests.e2e.processes import run_cli
 from tests.e2e.records import account_bodies, contact_bodies
 from tests.e2e.stack import HUBSPOT_TOKEN, Connector, Stack, wait_until
 from tests.e2e.thirdparty import REPO, Prism
+from tests.fixtures.vendor_specs import VendorSpecs
 
 pytestmark = pytest.mark.e2e
 
@@ -50,10 +52,12 @@ def for_prism(bundle: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def prism(node_tools: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prism]:
+def prism(vendor_specs: VendorSpecs, node_tools: None,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prism]:
     workdir = tmp_path_factory.mktemp("prism")
     bundle = workdir / "hubspot-crm.bundle.json"
-    run_cli(["bundle", str(HUBSPOT_OVERLAY), "--json-media-types", "-o", str(bundle)], {})
+    run_cli(["bundle", *map(str, vendor_specs.files), "--overlay", str(HUBSPOT_OVERLAY),
+             "--json-media-types", "-o", str(bundle)], {})
     served = workdir / "hubspot-crm.prism.json"
     served.write_text(json.dumps(for_prism(json.loads(bundle.read_text()))))
     server = Prism(served, workdir)
@@ -64,9 +68,9 @@ def prism(node_tools: None, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 @pytest.fixture(scope="module")
-def hubspot_stack(request: pytest.FixtureRequest) -> Stack:
-    return make_stack(request, [Connector("hubspot-crm", [HUBSPOT_OVERLAY])],
-                      {"HUBSPOT_TOKEN": HUBSPOT_TOKEN})
+def hubspot_stack(vendor_specs: VendorSpecs, request: pytest.FixtureRequest) -> Stack:
+    connector = Connector("hubspot-crm", vendor_specs.files, overlay=HUBSPOT_OVERLAY)
+    return make_stack(request, [connector], {"HUBSPOT_TOKEN": HUBSPOT_TOKEN})
 
 
 class HubspotWorld:

@@ -34,6 +34,7 @@ from shared.errors import (
 from shared.http import ClientOptions, InstanceEndpoint, ThirdPartyClient
 from shared.storage.db import Database
 from shared.transform import UNDEFINED
+from tests.fixtures.vendor_specs import VendorSpecs
 from tests.integration.http_stub import StubServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -318,11 +319,12 @@ async def test_a_refused_refresh_token_falls_back_to_the_password_grant(
 
 
 async def test_hubspot_refresh_token_with_client_credentials_in_the_body(
-    stub, secrets_env, monkeypatch
+    vendor_specs: VendorSpecs, stub, secrets_env, monkeypatch
 ) -> None:
     stub.oauth.refresh.add("rt-initial-from-the-install-flow")
     monkeypatch.setenv("T_REFRESHTOKEN", "rt-initial-from-the-install-flow")
-    hubspot = load_connector(ROOT / "connectors" / "hubspot-crm.overlay.json")
+    hubspot = load_connector(vendor_specs.files,
+                             overlay=ROOT / "connectors" / "hubspot-crm.overlay.json")
     endpoint = InstanceEndpoint(
         "hubspot-1", server_url=stub.url,
         credentials=refs("refreshToken", "clientId", "clientSecret"),

@@ -14,12 +14,17 @@ from shared.connector.bundle import merge_documents
 from shared.connector.openapi import index_operations
 from shared.connector.overlay import apply_overlay, check_overlay
 from shared.connector.source import parse_source
+from shared.installation import load_installation
+from tests.fixtures.vendor_specs import VendorSpecs
 
 ROOT = Path(__file__).resolve().parents[2]
-VENDOR = ROOT.parent / "shared" / "vendor-specs"
-COMPANIES = VENDOR / "hubspot-crm-companies-v3.json"
-CONTACTS = VENDOR / "hubspot-crm-contacts-v3.json"
 HUBSPOT_OVERLAY = ROOT / "connectors" / "hubspot-crm.overlay.json"
+# Two small published specs of our own and an overlay extending their URLs: the shape
+# of the HubSpot connector, without needing HubSpot's text.
+DATA = ROOT / "tests" / "data" / "overlay"
+WIDGETS = DATA / "widgets.json"
+GADGETS = DATA / "gadgets.json"
+WIDGETS_OVERLAY = DATA / "widgets.overlay.json"
 
 
 def source(data: dict, name: str = "doc.json"):
@@ -179,11 +184,154 @@ def test_the_same_path_defined_differently_is_a_problem():
     assert "also defined, differently" in problem.message
 
 
-# -- the HubSpot connector, from the published specs ---------------------------------------
+# -- published specs given as files, the overlay naming their URLs ---------------------
 
 
-def test_hubspot_overlay_validates_against_the_published_specs():
-    document, problems = check_connector(HUBSPOT_OVERLAY)
+def test_specs_given_as_files_before_the_overlay_make_one_connector():
+    document = load_connector([WIDGETS, GADGETS], overlay=WIDGETS_OVERLAY)
+    assert set(document.objects) == {"Widget", "Gadget"}
+    assert document.sources == (str(WIDGETS), str(GADGETS), str(WIDGETS_OVERLAY))
+    create = document.objects["Gadget"].push["create"].operation
+    ref = create.raw["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    assert ref == "#/components/schemas/GadgetsInput", "the second spec's Input, renamed"
+
+
+def test_an_overlay_alone_extending_urls_says_how_to_give_the_files():
+    document, problems = check_connector(WIDGETS_OVERLAY)
+    assert document is None
+    (problem,) = problems
+    assert (problem.file, problem.pointer) == (str(WIDGETS_OVERLAY), "/extends")
+    assert '"extends"' in WIDGETS_OVERLAY.read_text().splitlines()[problem.line - 1]
+    assert problem.message == (
+        "bss-sync does not fetch https://specs.widgets.example/v1/widgets.json and "
+        "https://specs.widgets.example/v1/gadgets.json: download them and give the files "
+        f"before --overlay (bss-sync validate widgets.json gadgets.json --overlay "
+        f"{WIDGETS_OVERLAY})"
+    )
+
+
+def test_the_hubspot_overlay_alone_names_hubspots_published_specs():
+    _, problems = check_connector(HUBSPOT_OVERLAY, command="bss-sync bundle")
+    (problem,) = problems
+    published = "https://raw.githubusercontent.com/HubSpot/HubSpot-public-api-spec-collection/main"
+    assert problem.pointer == "/extends"
+    assert problem.message.startswith(
+        f"bss-sync does not fetch {published}/PublicApiSpecs/CRM/Companies/Rollouts/424/v3/"
+        f"companies.json and {published}/PublicApiSpecs/CRM/Contacts/Rollouts/424/v3/"
+        "contacts.json: download them"
+    )
+    assert problem.message.endswith(
+        f"(bss-sync bundle companies.json contacts.json --overlay {HUBSPOT_OVERLAY})"
+    )
+
+
+def test_an_overlay_alone_extending_a_missing_file_says_so_where_it_is_named(tmp_path):
+    overlay = json.loads(WIDGETS_OVERLAY.read_text())
+    overlay["extends"] = str(WIDGETS)
+    overlay["x-extends"] = ["specs/gadgets.json"]
+    path = tmp_path / "o.overlay.json"
+    path.write_text(json.dumps(overlay, indent=2))
+    _, problems = check_connector(path)
+    (problem,) = problems
+    assert (problem.file, problem.pointer) == (str(path), "/x-extends/0")
+    assert problem.message == (
+        f"{tmp_path / 'specs' / 'gadgets.json'} is not a file: give the files before "
+        f"--overlay (bss-sync validate {WIDGETS} gadgets.json --overlay {path})"
+    )
+
+
+def test_an_overlay_alone_extending_local_files_is_the_same_connector(tmp_path):
+    shutil.copy(WIDGETS, tmp_path / "widgets.json")
+    overlay = json.loads(WIDGETS_OVERLAY.read_text())
+    overlay["extends"] = "widgets.json"  # relative to the overlay
+    overlay["x-extends"] = [GADGETS.as_uri()]
+    path = tmp_path / "local.overlay.json"
+    path.write_text(json.dumps(overlay, indent=2))
+    alone = load_connector(path)
+    explicit = load_connector([WIDGETS, GADGETS], overlay=WIDGETS_OVERLAY)
+    assert alone.sources[:2] == (str(tmp_path / "widgets.json"), str(GADGETS))
+    assert alone.sha256 == explicit.sha256
+
+
+def test_an_installation_file_gives_the_specs_and_the_overlay(tmp_path):
+    """``bss-sync apply`` loads a connector as the command line does: the overlay's
+    URLs are not followed, the files named in ``spec`` are the specs."""
+    installation = tmp_path / "installation.json"
+    installation.write_text(json.dumps({"connectors": [{
+        "id": "widgets",
+        "spec": [str(WIDGETS.relative_to(ROOT)), str(GADGETS.relative_to(ROOT))],
+        "overlay": str(WIDGETS_OVERLAY.relative_to(ROOT)),
+    }]}))
+    shutil.copytree(DATA, tmp_path / DATA.relative_to(ROOT))
+    (connector,) = load_installation(installation).connectors
+    expected = load_connector([WIDGETS, GADGETS], overlay=WIDGETS_OVERLAY)
+    assert (connector.id, connector.sha256) == ("widgets", expected.sha256)
+    assert connector.sources == {
+        "spec": ["tests/data/overlay/widgets.json", "tests/data/overlay/gadgets.json"],
+        "overlay": "tests/data/overlay/widgets.overlay.json",
+    }
+
+
+def test_vendor_release_is_a_file_swap(tmp_path):
+    """A new vendor release replaces the spec files; the overlay stays as it is."""
+    release = json.loads(WIDGETS.read_text())
+    release["info"]["version"] = "2-next"
+    release["paths"]["/widgets/{id}"]["patch"]["summary"] = "Changed"
+    (tmp_path / "widgets.json").write_text(json.dumps(release))
+    document = load_connector([tmp_path / "widgets.json", GADGETS], overlay=WIDGETS_OVERLAY)
+    original = load_connector([WIDGETS, GADGETS], overlay=WIDGETS_OVERLAY)
+    assert document.sha256 != original.sha256
+    assert document.document["info"]["version"] == "2-next"
+    assert document.objects.keys() == original.objects.keys()
+
+
+def test_problem_in_the_overlay_is_reported_in_the_overlay_file(tmp_path):
+    overlay = json.loads(WIDGETS_OVERLAY.read_text())
+    sync = overlay["actions"][0]["update"]["x-synchronization"]
+    sync["objects"]["Widget"]["push"]["create"]["operation"] = "POST /widgetz"
+    path = tmp_path / "broken.overlay.json"
+    path.write_text(json.dumps(overlay, indent=2))
+    document, problems = check_connector([WIDGETS, GADGETS], path)
+    assert document is None
+    (problem,) = [p for p in problems if p.severity == "error"]
+    assert problem.file == str(path)
+    assert problem.pointer == (
+        "/actions/0/update/x-synchronization/objects/Widget/push/create/operation"
+    )
+    assert "unknown operation 'POST /widgetz'" in problem.message
+    lines = path.read_text().splitlines()
+    assert "/widgetz" in lines[problem.line - 1]
+
+
+def test_problem_in_a_vendor_spec_is_reported_in_that_spec(tmp_path):
+    broken = json.loads(GADGETS.read_text())
+    del broken["paths"]["/gadgets"]["post"]["responses"]
+    gadgets = tmp_path / "gadgets.json"
+    gadgets.write_text(json.dumps(broken, indent=2))
+    document, problems = check_connector([WIDGETS, gadgets], WIDGETS_OVERLAY)
+    assert document is None
+    problem = next(p for p in problems if "responses" in p.message)
+    assert problem.file == str(gadgets)
+    assert problem.pointer == "/paths/~1gadgets/post"
+    assert '"post"' in gadgets.read_text().splitlines()[problem.line - 1]
+
+
+def test_overlay_without_extends_needs_the_specs(tmp_path):
+    overlay = json.loads(WIDGETS_OVERLAY.read_text())
+    overlay.pop("extends")
+    overlay.pop("x-extends")
+    path = tmp_path / "o.json"
+    path.write_text(json.dumps(overlay))
+    document, problems = check_connector(path)
+    assert document is None
+    assert any(p.pointer == "/extends" and "names no document" in p.message for p in problems)
+
+
+# -- the HubSpot connector, from HubSpot's published specs (VENDOR_SPECS) ----------------
+
+
+def test_hubspot_overlay_validates_against_the_published_specs(vendor_specs: VendorSpecs):
+    document, problems = check_connector(vendor_specs.files, HUBSPOT_OVERLAY)
     assert document is not None, [p.format() for p in problems]
     assert set(document.objects) == {"Company", "Contact"}
     # The vendor's operationIds are unusable ("post-/crm/v3/objects/companies_create"),
@@ -197,77 +345,12 @@ def test_hubspot_overlay_validates_against_the_published_specs():
     assert ref == "#/components/schemas/ContactsSimplePublicObjectInputForCreate"
 
 
-def test_hubspot_specs_plus_overlay_given_explicitly(tmp_path):
-    document = load_connector([COMPANIES, CONTACTS], overlay=HUBSPOT_OVERLAY)
-    alone = load_connector(HUBSPOT_OVERLAY)
-    assert document.sha256 == alone.sha256
-
-
-def test_vendor_release_is_a_file_swap(tmp_path):
-    """A new vendor release replaces the spec files; the overlay stays as it is."""
-    vendor = tmp_path / "vendor"
-    vendor.mkdir()
-    release = json.loads(COMPANIES.read_text())
-    release["info"]["version"] = "v3.1-next"
-    release["paths"]["/crm/v3/objects/companies/{companyId}"]["patch"]["summary"] = "Changed"
-    (vendor / "companies.json").write_text(json.dumps(release))
-    shutil.copy(CONTACTS, vendor / "contacts.json")
-    document = load_connector(
-        [vendor / "companies.json", vendor / "contacts.json"], overlay=HUBSPOT_OVERLAY
-    )
-    original = load_connector(HUBSPOT_OVERLAY)
-    assert document.sha256 != original.sha256
-    assert document.document["info"]["version"] == "v3.1-next"
-    assert document.objects.keys() == original.objects.keys()
-
-
-def test_problem_in_the_overlay_is_reported_in_the_overlay_file(tmp_path):
-    overlay = json.loads(HUBSPOT_OVERLAY.read_text())
-    sync = overlay["actions"][0]["update"]["x-synchronization"]
-    sync["objects"]["Company"]["push"]["create"]["operation"] = "POST /crm/v3/objects/companys"
-    overlay["extends"] = str(COMPANIES)
-    overlay["x-extends"] = [str(CONTACTS)]
-    path = tmp_path / "broken.overlay.json"
-    path.write_text(json.dumps(overlay, indent=2))
-    document, problems = check_connector(path)
-    assert document is None
-    (problem,) = [p for p in problems if p.severity == "error"]
-    assert problem.file == str(path)
-    assert problem.pointer == (
-        "/actions/0/update/x-synchronization/objects/Company/push/create/operation"
-    )
-    assert "unknown operation 'POST /crm/v3/objects/companys'" in problem.message
-    lines = path.read_text().splitlines()
-    assert "/crm/v3/objects/companys" in lines[problem.line - 1]
-
-
-def test_problem_in_a_vendor_spec_is_reported_in_that_spec(tmp_path):
-    broken = json.loads(CONTACTS.read_text())
-    del broken["paths"]["/crm/v3/objects/contacts"]["post"]["responses"]
-    contacts = tmp_path / "contacts.json"
-    contacts.write_text(json.dumps(broken, indent=2))
-    document, problems = check_connector([COMPANIES, contacts], HUBSPOT_OVERLAY)
-    assert document is None
-    problem = next(p for p in problems if "responses" in p.message)
-    assert problem.file == str(contacts)
-    assert problem.pointer == "/paths/~1crm~1v3~1objects~1contacts/post"
-    assert '"post"' in contacts.read_text().splitlines()[problem.line - 1]
-
-
-def test_overlay_without_extends_needs_the_specs(tmp_path):
-    overlay = json.loads(HUBSPOT_OVERLAY.read_text())
-    overlay.pop("extends")
-    overlay.pop("x-extends")
-    path = tmp_path / "o.json"
-    path.write_text(json.dumps(overlay))
-    document, problems = check_connector(path)
-    assert document is None
-    assert any(p.pointer == "/extends" and "names no document" in p.message for p in problems)
-
-
-@pytest.mark.parametrize("spec", [COMPANIES, CONTACTS])
-def test_vendor_specs_as_published_index_every_operation(spec):
+@pytest.mark.parametrize(("name", "count"), [("companies", 12), ("contacts", 13)])
+def test_vendor_specs_as_published_index_every_operation(
+    vendor_specs: VendorSpecs, name: str, count: int
+):
+    spec = vendor_specs.companies if name == "companies" else vendor_specs.contacts
     operations = index_operations(json.loads(spec.read_text()))
     keys = {k for k in operations if " /" in k}
-    assert len(keys) == 12 if spec == COMPANIES else len(keys) == 13
+    assert len(keys) == count
     assert any("{" in op.operation_id for op in operations.values() if op.operation_id)

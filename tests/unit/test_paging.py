@@ -25,6 +25,7 @@ from shared.connector.paging import (
     records_of,
     since_value,
 )
+from tests.fixtures.vendor_specs import VendorSpecs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -624,8 +625,9 @@ def acme():
 
 
 @pytest.fixture(scope="module")
-def hubspot():
-    return load_connector([ROOT / "connectors" / "hubspot-crm.overlay.json"])
+def hubspot(vendor_specs: VendorSpecs):
+    overlay = ROOT / "connectors" / "hubspot-crm.overlay.json"
+    return load_connector(vendor_specs.files, overlay=overlay)
 
 
 def test_acme_accounts_page_with_size_and_iso_filter(acme):

@@ -15,12 +15,15 @@ from referencing.jsonschema import DRAFT4
 from shared.cli.main import main
 from shared.connector import load_connector
 from shared.connector.preview import preview_pull, preview_push
+from tests.fixtures.vendor_specs import VendorSpecs
 
 ROOT = Path(__file__).resolve().parents[2]
 ACME = ROOT / "connectors" / "acme-crm.json"
 HUBSPOT = ROOT / "connectors" / "hubspot-crm.overlay.json"
-VENDOR = ROOT.parent / "shared" / "vendor-specs"
 DATA = ROOT / "tests" / "data"
+# Small published specs of our own with an overlay extending their URLs, as HUBSPOT does.
+WIDGETS = [DATA / "overlay" / "widgets.json", DATA / "overlay" / "gadgets.json"]
+WIDGETS_OVERLAY = DATA / "overlay" / "widgets.overlay.json"
 
 
 @pytest.fixture(scope="module")
@@ -29,23 +32,28 @@ def acme():
 
 
 @pytest.fixture(scope="module")
-def hubspot():
-    return load_connector(HUBSPOT)
+def hubspot(vendor_specs: VendorSpecs):
+    return load_connector(vendor_specs.files, overlay=HUBSPOT)
+
+
+@pytest.fixture(scope="module")
+def vendor_validator(vendor_specs: VendorSpecs):
+    """A validator over HubSpot's own, unmodified spec — not our bundle of it."""
+
+    def validator(spec_file: str, schema_name: str) -> OAS30Validator:
+        spec = json.loads((vendor_specs.folder / spec_file).read_text())
+        registry = Registry().with_resource(
+            "urn:vendor", Resource.from_contents(spec, default_specification=DRAFT4)
+        )
+        return OAS30Validator(
+            {"$ref": f"urn:vendor#/components/schemas/{schema_name}"}, registry=registry
+        )
+
+    return validator
 
 
 def record(name: str) -> dict:
     return json.loads((DATA / name).read_text())
-
-
-def vendor_validator(spec_file: str, schema_name: str) -> OAS30Validator:
-    """A validator over HubSpot's own, unmodified spec — not our bundle of it."""
-    spec = json.loads((VENDOR / spec_file).read_text())
-    registry = Registry().with_resource(
-        "urn:vendor", Resource.from_contents(spec, default_specification=DRAFT4)
-    )
-    return OAS30Validator(
-        {"$ref": f"urn:vendor#/components/schemas/{schema_name}"}, registry=registry
-    )
 
 
 # -- push ------------------------------------------------------------------------------
@@ -123,7 +131,7 @@ def test_push_delete_has_no_body(acme):
     )
 
 
-def test_hubspot_create_bodies_satisfy_hubspots_own_schemas(hubspot):
+def test_hubspot_create_bodies_satisfy_hubspots_own_schemas(hubspot, vendor_validator):
     account = record("entities/account.json")
     company = preview_push(hubspot, hubspot.objects["Company"], account, "create")
     assert company.errors == []
@@ -156,7 +164,7 @@ def test_hubspot_create_bodies_satisfy_hubspots_own_schemas(hubspot):
     ]
 
 
-def test_hubspot_update_body_satisfies_hubspots_schema(hubspot):
+def test_hubspot_update_body_satisfies_hubspots_schema(hubspot, vendor_validator):
     preview = preview_push(
         hubspot,
         hubspot.objects["Company"],
@@ -205,7 +213,7 @@ def test_pull_preview_reports_schema_violations(acme):
     ), preview.errors
 
 
-def test_hubspot_pull_preview_with_since(hubspot):
+def test_hubspot_pull_preview_with_since(hubspot, vendor_validator):
     from datetime import UTC, datetime
 
     preview = preview_pull(
@@ -227,12 +235,63 @@ def test_hubspot_pull_preview_with_since(hubspot):
 # -- the command line ------------------------------------------------------------------
 
 
-def test_cli_validate_ok_prints_one_summary_line_per_connector(capsys):
-    assert main(["validate", str(ACME), str(HUBSPOT)]) == 0
+def test_cli_validate_ok_prints_one_summary_line_per_connector(tmp_path, capsys):
+    copy = tmp_path / "acme-copy.json"
+    copy.write_text(ACME.read_text())
+    assert main(["validate", str(ACME), str(copy)]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 2
     assert out[0].startswith(f"{ACME}: OK — Acme CRM 1.2.0")
-    assert "Company(account, push/pull)" in out[1]
+    assert out[1].startswith(f"{copy}: OK — Acme CRM 1.2.0")
+
+
+def test_cli_validate_hubspot_with_the_published_specs_on_the_command_line(
+    vendor_specs: VendorSpecs, capsys
+):
+    files = [str(f) for f in vendor_specs.files]
+    assert main(["validate", *files, "--overlay", str(HUBSPOT)]) == 0
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    assert line.startswith(f"{' + '.join(files)} + {HUBSPOT}: OK — HubSpot CRM")
+    assert "Company(account, push/pull), Contact(contact, push/pull)" in line
+
+
+SAMPLE = ["--object", "Widget", "--direction", "push",
+          "--record", str(DATA / "entities" / "account.json")]
+
+
+@pytest.mark.parametrize(("command", "options"), [
+    ("validate", []), ("preview", SAMPLE), ("bundle", ["-o", "{tmp}/bundle.json"]),
+])
+def test_cli_specs_given_before_the_overlay(tmp_path, capsys, command, options):
+    options = [o.replace("{tmp}", str(tmp_path)) for o in options]
+    files = [str(f) for f in WIDGETS]
+    assert main([command, *files, "--overlay", str(WIDGETS_OVERLAY), *options]) == 0
+    out = capsys.readouterr().out
+    expected = {
+        "validate": f"{' + '.join(files)} + {WIDGETS_OVERLAY}: OK — Widgets and gadgets",
+        "preview": "POST https://api.widgets.example/widgets",
+        "bundle": f"wrote {tmp_path}/bundle.json",
+    }
+    assert expected[command] in out
+
+
+@pytest.mark.parametrize(("command", "options"), [
+    ("validate", []), ("preview", SAMPLE), ("bundle", []),
+])
+def test_cli_an_overlay_alone_extending_urls_is_one_located_sentence(capsys, command, options):
+    assert main([command, str(HUBSPOT), *options]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    heading, problem = captured.err.splitlines()  # the command's heading, one problem
+    assert heading in (f"{HUBSPOT}: INVALID — 1 problem(s):", "the connector is invalid:")
+    published = "https://raw.githubusercontent.com/HubSpot/HubSpot-public-api-spec-collection/main"
+    assert problem == (
+        f"{HUBSPOT}:7: /extends: bss-sync does not fetch "
+        f"{published}/PublicApiSpecs/CRM/Companies/Rollouts/424/v3/companies.json and "
+        f"{published}/PublicApiSpecs/CRM/Contacts/Rollouts/424/v3/contacts.json: download "
+        f"them and give the files before --overlay (bss-sync {command} companies.json "
+        f"contacts.json --overlay {HUBSPOT})"
+    )
 
 
 def test_cli_validate_lists_every_problem_and_exits_1(tmp_path, capsys):
@@ -298,11 +357,13 @@ def test_cli_preview_unknown_object(capsys):
     )
 
 
-def test_cli_bundle_writes_a_document_standard_tools_accept(tmp_path):
+def test_cli_bundle_writes_a_document_standard_tools_accept(tmp_path, vendor_specs: VendorSpecs):
     from openapi_spec_validator import validate
 
     output = tmp_path / "hubspot.bundle.json"
-    assert main(["bundle", str(HUBSPOT), "-o", str(output), "--json-media-types"]) == 0
+    files = [str(f) for f in vendor_specs.files]
+    arguments = ["bundle", *files, "--overlay", str(HUBSPOT), "-o", str(output)]
+    assert main([*arguments, "--json-media-types"]) == 0
     bundle = json.loads(output.read_text())
     validate(bundle)  # raises if standard OpenAPI tooling would refuse it
     assert "x-synchronization" in bundle
