@@ -39,7 +39,8 @@ from shared.messaging.topology import (
     sync_routing_key,
 )
 from shared.paths import project_root
-from tests.fixtures.amqp import TEST_DELIVERY_LIMIT, TEST_RETRY_DELAYS, TestTopology, eventually
+from tests.fixtures.amqp import TEST_DELIVERY_LIMIT, TEST_RETRY_DELAYS, TestTopology
+from tests.fixtures.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -35,7 +35,7 @@ from shared.messaging.management import AmqpUrl
 from shared.messaging.topology import EVENTS_EXCHANGE
 from shared.schemas import ENTITIES, load_schema, registry, schema_uri, validator
 from shared.storage.db import quote_ident
-from tests.fixtures.amqp import eventually
+from tests.fixtures.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
