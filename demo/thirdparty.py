@@ -23,12 +23,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from demo.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_BIN = REPO / "node_modules" / ".bin"
@@ -109,21 +110,18 @@ class NodeProcess:
             log.close()
 
     def wait_for_output(self, pattern: str, timeout: float = STARTUP_TIMEOUT) -> re.Match[str]:
-        """Block until the output matches ``pattern``; raise with the output's tail if the
-        process exits or ``timeout`` passes first."""
+        """Block until the output matches ``pattern``; raise ``RuntimeError`` with the
+        output's tail if the process exits first, :class:`~demo.waiting.WaitTimedOut`
+        if ``timeout`` passes first."""
         regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while True:
-            found = regex.search(self.output())
-            if found:
-                return found
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode} at "
-                                   f"start:\n{self.tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} did not print {pattern!r} within {timeout}s:"
-                                   f"\n{self.tail()}")
-            time.sleep(0.05)
+        return wait_until(lambda: regex.search(self.output()), timeout=timeout,
+                          interval=0.05, between=self._check_started,
+                          what=f"{self.name} to print {pattern!r}", state=self.tail)
+
+    def _check_started(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.process.returncode} at "
+                               f"start:\n{self.tail()}")
 
     def output(self) -> str:
         try:
