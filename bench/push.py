@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 from sandbox.server import SandboxServer, free_port  # noqa: E402
 from sandbox.settings import SandboxSettings  # noqa: E402
 from shared.messaging.management import AmqpUrl, ManagementClient  # noqa: E402
+from shared.messaging.topology import WorkQueue  # noqa: E402
 
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -286,8 +287,9 @@ class Bench:
                 if time.monotonic() > deadline:
                     raise RuntimeError("the sandbox did not publish its events in time")
                 time.sleep(0.2)
-        queue = self.management.for_vhost(self.vhost).queue("dispatcher.events") or {}
-        print(f"  {count} events waiting in dispatcher.events "
+        name = WorkQueue("dispatcher").name
+        queue = self.management.for_vhost(self.vhost).queue(name) or {}
+        print(f"  {count} events waiting in {name} "
               f"(broker says {queue.get('messages', '?')})")
 
     def latencies(self, since: float) -> list[float]:
