@@ -294,7 +294,10 @@ class Consumer:
         """Return once the queue is drained and nothing arrived for ``burst_idle`` seconds."""
         idle = self.config.burst_idle or 0.0
         while True:
-            await self._drained(session)
+            try:
+                await self._drained(session)
+            except ConsumerStopped:
+                return  # stopping anyway
             version = self._version
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed_since(version), idle)

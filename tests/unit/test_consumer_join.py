@@ -160,3 +160,15 @@ async def test_a_burst_ends_once_drained_and_idle_for_burst_idle() -> None:
     await asyncio.wait_for(burst, 10)
     assert rec.events == ["check pusher"]
     await running.close()
+
+
+async def test_a_burst_ends_quietly_when_the_consumer_stops_while_draining() -> None:
+    rec = Recorder()
+    running = Running(consumer_for(Sink(rec), burst_idle=30.0), rec)
+    burst = asyncio.ensure_future(running.consumer._burst_done(running.session))
+    await eventually(lambda: running.channel.declares, what="the queue check")
+    running.channel.answer(5)  # five ready: it waits for them
+    running.consumer.stop()
+    await asyncio.wait_for(burst, 10)  # returned, no exception left unretrieved
+    assert burst.exception() is None
+    await running.close()
