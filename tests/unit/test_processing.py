@@ -33,10 +33,12 @@ from tests.unit.messaging_doubles import (
 
 
 async def setup(handler: Any, *, fail_audit: int = 0, refuse_copies: bool = False,
-                always_deduplicate: bool = False):
+                always_deduplicate: bool = False, gated: bool = False):
+    """``gated``: the audit sink commits only once the test opens ``sink.gate``."""
     rec = Recorder()
     session, _channel = new_session(rec)
-    sink, publisher = Sink(rec, fail_audit), FakePublisher(rec, refuse_copies)
+    sink = GatedSink(rec) if gated else Sink(rec, fail_audit)
+    publisher = FakePublisher(rec, refuse_copies)
     processor = processor_for(handler, sink, publisher, always_deduplicate=always_deduplicate)
     return rec, session, sink, publisher, processor
 
@@ -182,9 +184,7 @@ async def test_a_handled_message_stays_in_progress_until_its_row_commits() -> No
     async def handler(m: InboundMessage[Any]) -> Outcome:
         return Outcome.CREATED
 
-    rec, session, _, publisher, _ = await setup(handler)
-    sink = GatedSink(rec)
-    processor = processor_for(handler, sink, publisher)
+    rec, session, sink, _, processor = await setup(handler, gated=True)
     message_id = str(uuid.uuid4())
     await processor.process(delivery(session, 1, body(message_id)))
     await eventually(lambda: sink.parked == 1, what="the row waiting for its commit")
@@ -218,9 +218,7 @@ async def test_settled_is_cancellable_and_the_processor_carries_on() -> None:
     async def handler(m: InboundMessage[Any]) -> Outcome:
         return Outcome.UPDATED
 
-    rec, session, _, publisher, _ = await setup(handler)
-    sink = GatedSink(rec)
-    processor = processor_for(handler, sink, publisher)
+    rec, session, sink, _, processor = await setup(handler, gated=True)
     await processor.process(delivery(session, 1, body(str(uuid.uuid4()))))
     waiting = asyncio.ensure_future(processor.settled())
     await eventually(lambda: sink.parked == 1, what="the row waiting for its commit")
