@@ -13,6 +13,7 @@ from urllib.parse import quote
 from demo.processes import bss_sync
 from demo.systems import COLLECTIONS, INSTANCE, ORG
 from demo.thirdparty import REPO
+from shared.messaging.topology import WorkQueue
 from shared.paths import schemas_dir
 
 if TYPE_CHECKING:
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 AUDIT_LIMIT = 15
 CONNECTOR = REPO / "connectors" / "acme-crm.json"
 TRANSFORM = "AccountToCompany"
+PUSHER = WorkQueue("pusher")
 #: Where the connector's default server variables point (preview needs no --server then).
 DEFAULT_CRM_URL = "http://127.0.0.1:3000"
 
@@ -116,8 +118,8 @@ class Report:
         out.line(f"  Acme CRM            {crm}/companies   (also /people, /tickets; header "
                  f"X-Api-Key: {demo.env()['ACME_CRM_API_KEY']}; {crm}/db needs no key)")
         out.line(f"  RabbitMQ            {demo.management_url}   (user {demo.amqp_user}) "
-                 f"vhost {vhost}, queues pusher and pusher.dead: "
-                 f"{demo.management_url}/#/queues/{quote(vhost, safe='')}/pusher")
+                 f"vhost {vhost}, queues {PUSHER.name} and {PUSHER.dead_queue}: "
+                 f"{demo.management_url}/#/queues/{quote(vhost, safe='')}/{PUSHER.name}")
         out.line(f"  PostgreSQL          {demo.database_url}   (tables audit_log, links, "
                  "instances…; the sandbox's records in schema sandbox)")
         logs = ", ".join(demo.rel(p) for p in sorted(demo.workdir.glob("*.log")))

@@ -1,8 +1,10 @@
 """The demo, step by step: set up, start, seed, wait, change, report, keep running, stop.
 
-:class:`Demo` owns every process it starts; :meth:`Demo.stop` stops them all (in the
-order that lets in-flight work finish: pusher, dispatcher, sandbox, CRM) whatever
-happened before, and is what Ctrl-C, SIGTERM and SIGHUP lead to.
+:class:`Demo` tells the story; the stack it runs on — database, vhost, migrations,
+topology, the Acme CRM stand-in, the sandbox BSS, the services — is the harness the
+end-to-end tests use too (:class:`demo.stack.Stack`). :meth:`Demo.stop` stops every
+process (in the order that lets in-flight work finish: pusher, dispatcher, sandbox,
+CRM) whatever happened before, and is what Ctrl-C, SIGTERM and SIGHUP lead to.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import dataclasses
 import json
 import os
 import shlex
-import shutil
 import signal
 import socket
 import sys
@@ -22,16 +23,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
-from kombu import Connection
 
 from demo.console import Console
-from demo.processes import LoggedSandbox, Service, bss_sync, run
+from demo.processes import LoggedSandbox, run
 from demo.report import Report
+from demo.stack import PUSH_PATH, Stack, StackConfig
 from demo.systems import ENTITIES, INSTANCE, ORG, Bss, Crm, EntitySync, compare
-from demo.thirdparty import NODE_BIN, REPO, JsonServer
-from sandbox.settings import SandboxSettings
-from shared.messaging.management import AmqpUrl, ManagementClient, management_url_for
-from shared.storage.db import quote_ident, redact_url, url_with_database
+from demo.thirdparty import REPO, JsonServer
+from demo.waiting import WaitTimedOut, wait_until
+from shared.messaging.management import AmqpUrl
 
 T = TypeVar("T")
 DEMO_DIR = Path(__file__).resolve().parent
@@ -73,24 +73,36 @@ class Demo:
         self.options = options
         self.out = console or Console()
         self.workdir = options.workdir
-        self.base_amqp_url = os.environ.get("AMQP_URL") or DEFAULT_AMQP_URL
-        self.base_database_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
-        self.database_url = url_with_database(self.base_database_url, options.database)
-        self.amqp_url = AmqpUrl.parse(self.base_amqp_url).with_vhost(options.vhost)
-        self.amqp_user = AmqpUrl.parse(self.base_amqp_url).user
-        self.management_url = management_url_for(self.base_amqp_url,
-                                                 os.environ.get("MANAGEMENT_URL"))
-        self.management: ManagementClient | None = None
-        self.crm_server: JsonServer | None = None
-        self.sandbox: LoggedSandbox | None = None
-        self.services: dict[str, Service] = {}
+        base_amqp_url = os.environ.get("AMQP_URL") or DEFAULT_AMQP_URL
+        self.amqp_user = AmqpUrl.parse(base_amqp_url).user
+        self.stack = Stack(StackConfig(
+            amqp_url=base_amqp_url,
+            database_url=os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
+            database=options.database, vhost=options.vhost, workdir=options.workdir,
+            management_url=os.environ.get("MANAGEMENT_URL"), recreate=True,
+            retry_delays=RETRY_DELAYS, bss_port=options.bss_port, crm_port=options.crm_port,
+            crm_api_key=ACME_CRM_API_KEY, service_env={"ACME_CRM_API_KEY": ACME_CRM_API_KEY},
+            orphans_die=True))
+        self.database_url = self.stack.database_url
+        self.amqp_url = self.stack.amqp_url
+        self.management_url = self.stack.management_url
         self.bss: Bss | None = None
         self.crm: Crm | None = None
-        self.created_database = False
-        self.created_vhost = False
         self.changes: dict[str, Any] = {}
         self.reported = False
         self.pid_file: Path | None = None
+
+    @property
+    def sandbox(self) -> LoggedSandbox | None:
+        return self.stack.sandbox
+
+    @property
+    def crm_server(self) -> JsonServer | None:
+        return self.stack.crm
+
+    def env(self) -> dict[str, str]:
+        """What the services and the CLI are configured with (docs/architecture.md §7)."""
+        return self.stack.env
 
     # ------------------------------------------------------------------ the whole run
 
@@ -115,7 +127,7 @@ class Demo:
             self.out.line()
             self.out.step(f"{exc}: stopping")
             code = 0 if self.reported else 143
-        except (DemoFailed, RuntimeError) as exc:  # RuntimeError: a process or command failed
+        except (DemoFailed, RuntimeError, WaitTimedOut) as exc:  # a process or command failed
             self.out.line()
             self.out.line(f"DEMO FAILED: {exc}")
             code = 1
@@ -128,7 +140,7 @@ class Demo:
     # ------------------------------------------------------------------ set-up
 
     def setup(self) -> None:
-        out = self.out
+        out, stack = self.out, self.stack
         out.heading("bss-sync demo")
         out.line(f"BSS (sandbox) --events--> RabbitMQ --> dispatcher --> pusher --> Acme CRM "
                  f"(json-server); organization {ORG}, instance {INSTANCE}")
@@ -138,12 +150,21 @@ class Demo:
         for name in ("*.log", "installation.json", "sample-account.json", "acme-crm-db.json"):
             for old in self.workdir.glob(name):  # the previous run's
                 old.unlink()
-        self.check_prerequisites()
-        self.recreate_database()
-        self.recreate_vhost()
-        bss_sync(["db", "upgrade"], self.env())
+        problems = stack.problems()
+        if problems:
+            raise DemoFailed("cannot start:\n  - " + "\n  - ".join(problems))
+        out.step(f"PostgreSQL, RabbitMQ (management API {self.management_url}) and "
+                 "Node.js are there")
+        fresh = "dropped and recreated (each run starts fresh)"
+        existed = stack.create_database()
+        out.step(f"PostgreSQL database {self.options.database}: "
+                 f"{fresh if existed else 'created'}")
+        existed = stack.create_vhost()
+        out.step(f"RabbitMQ vhost {self.options.vhost}: "
+                 f"{fresh.replace('dropped', 'deleted') if existed else 'created'}")
+        stack.migrate()
         out.step("bss-sync db upgrade: bss-sync's tables created")
-        bss_sync(["topology", "declare"], self.env())
+        stack.declare_topology()
         out.step(f"bss-sync topology declare: exchanges and queues declared in vhost "
                  f"{self.options.vhost}")
 
@@ -158,105 +179,27 @@ class Demo:
         pid_file.write_text(f"{os.getpid()}\n")
         self.pid_file = pid_file
 
-    def check_prerequisites(self) -> None:
-        problems = []
-        try:
-            psycopg.connect(self.base_database_url, connect_timeout=5).close()
-        except psycopg.Error as exc:
-            problems.append(f"PostgreSQL is not reachable at {redact_url(self.base_database_url)}"
-                            f" ({first_line(exc)}): start it, or set DATABASE_URL")
-        try:
-            with Connection(self.base_amqp_url, connect_timeout=5) as conn:
-                conn.ensure_connection(max_retries=1, timeout=5)
-        except Exception as exc:
-            problems.append(f"RabbitMQ is not reachable at {redact_url(self.base_amqp_url)} "
-                            f"({first_line(exc)}): start it, or set AMQP_URL")
-        else:
-            self.management = ManagementClient.for_amqp_url(self.base_amqp_url,
-                                                            os.environ.get("MANAGEMENT_URL"))
-            try:
-                self.management.overview()
-            except Exception as exc:
-                problems.append(f"the RabbitMQ management API is not reachable at "
-                                f"{self.management_url} ({first_line(exc)}): "
-                                "`rabbitmq-plugins enable rabbitmq_management`")
-        if shutil.which("node") is None:
-            problems.append("node is not on PATH: the Acme CRM stand-in needs Node.js 18+")
-        elif not (NODE_BIN / "json-server").exists():
-            problems.append(f"{NODE_BIN / 'json-server'} is missing: run `make install` "
-                            "(or `npm ci`) at the repository root")
-        if problems:
-            raise DemoFailed("cannot start:\n  - " + "\n  - ".join(problems))
-        self.out.step(f"PostgreSQL, RabbitMQ (management API {self.management_url}) and "
-                      "Node.js are there")
-
-    def recreate_database(self) -> None:
-        name = self.options.database
-        with psycopg.connect(self.base_database_url, autocommit=True) as conn:
-            existed = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
-                                   (name,)).fetchone() is not None
-            conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
-            conn.execute(f"CREATE DATABASE {quote_ident(name)}")
-        self.created_database = True
-        what = "dropped and recreated (each run starts fresh)" if existed else "created"
-        self.out.step(f"PostgreSQL database {name}: {what}")
-
-    def recreate_vhost(self) -> None:
-        assert self.management is not None
-        vhost = self.options.vhost
-        existed = vhost in self.management.vhosts()
-        if existed:
-            self.management.delete_vhost(vhost)
-        self.management.create_vhost(vhost)
-        self.created_vhost = True
-        what = "deleted and recreated (each run starts fresh)" if existed else "created"
-        self.out.step(f"RabbitMQ vhost {vhost}: {what}")
-
-    def env(self) -> dict[str, str]:
-        """What the services and the CLI are configured with (docs/architecture.md §7)."""
-        return {
-            "AMQP_URL": self.amqp_url,
-            "DATABASE_URL": self.database_url,
-            "DB_SCHEMA": "public",
-            "BSS_API_URL": self.sandbox.url if self.sandbox else "",
-            "ACME_CRM_API_KEY": ACME_CRM_API_KEY,
-            "RETRY_DELAYS": json.dumps(list(RETRY_DELAYS)),
-            "LOG_FORMAT": "json",  # one JSON object per line in .demo/*.log (try jq)
-            "LOG_LEVEL": "INFO",
-            "SHUTDOWN_TIMEOUT": "10",
-        }
-
     # ------------------------------------------------------------------ processes
 
     def start(self) -> None:
-        out = self.out
-        crm_port = port_or_any(self.options.crm_port, out, "the Acme CRM")
-        self.crm_server = JsonServer(self.workdir, ACME_CRM_API_KEY, port=crm_port,
-                                     db_name="acme-crm-db.json", log_name="acme-crm.log",
-                                     die_with_parent=True)
-        self.crm_server.start()  # assigned first: stop() stops it even if this is interrupted
-        self.crm = Crm(self.crm_server.url, ACME_CRM_API_KEY)
+        out, stack = self.out, self.stack
+        crm_server = stack.start_crm(port_or_any(self.options.crm_port, out, "the Acme CRM"))
+        self.crm = Crm(crm_server.url, ACME_CRM_API_KEY)
         out.step(f"Acme CRM stand-in (json-server + demo/acme_crm/middleware.js) on "
-                 f"{self.crm_server.url}   log: {self.rel(self.crm_server.log_path)}")
+                 f"{crm_server.url}   log: {self.rel(crm_server.log_path)}")
 
         self.apply_installation()
 
-        bss_port = port_or_any(self.options.bss_port, out, "the sandbox BSS")
-        settings = SandboxSettings(database_url=self.database_url, schema="sandbox",
-                                   amqp_url=self.amqp_url, poll_interval=0.2)
-        self.sandbox = LoggedSandbox(settings, self.workdir / "sandbox.log",
-                                     port=bss_port or None)
-        self.sandbox.start()
-        self.bss = Bss(self.sandbox.url, ORG)
-        out.step(f"sandbox BSS (python -m sandbox serve) on {self.sandbox.url}   "
-                 f"log: {self.rel(self.sandbox.log_path)}")
+        sandbox = stack.start_sandbox(port_or_any(self.options.bss_port, out,
+                                                  "the sandbox BSS"))
+        self.bss = Bss(sandbox.url, ORG)
+        out.step(f"sandbox BSS (python -m sandbox serve) on {sandbox.url}   "
+                 f"log: {self.rel(sandbox.log_path)}")
 
-        for name in ("dispatcher", "pusher"):
-            service = Service(name, self.env(), self.workdir)
-            self.services[name] = service
+        for name in PUSH_PATH:
             try:
-                service.start()
-            except RuntimeError as exc:
+                service = stack.start_service(name)
+            except (RuntimeError, WaitTimedOut) as exc:
                 raise DemoFailed(str(exc)) from None
             out.step(f"{name} (python -m services.{name}) consuming its queue   "
                      f"log: {self.rel(service.log_path)}")
@@ -279,7 +222,7 @@ class Demo:
             document["$schema"] = str((DEMO_DIR / document["$schema"]).resolve())
             path = self.workdir / "installation.json"
             path.write_text(json.dumps(document, indent=2) + "\n")
-        result = bss_sync(["apply", str(path)], self.env())
+        result = self.stack.cli(["apply", str(path)])
         note = "" if path == INSTALLATION else \
             f" (a copy of {self.rel(INSTALLATION)} with the CRM's actual URL)"
         self.out.step(f"bss-sync apply {self.rel(path)}{note}:")
@@ -360,30 +303,26 @@ class Demo:
 
     def wait_for(self, what: str, done: Callable[[], bool], progress: Callable[[], str]) -> None:
         """Poll ``done`` with a deadline, showing ``progress``; check the processes too."""
-        deadline = time.monotonic() + self.options.timeout
-        while not done():
+        def between() -> None:
             self.check_processes()
-            if time.monotonic() > deadline:
-                raise DemoFailed(f"timed out after {self.options.timeout:g} s waiting for "
-                                 f"{what}; {progress()}.\n{self.problems()}")
             self.out.progress(progress())
-            time.sleep(0.25)
+
+        try:
+            wait_until(done, timeout=self.options.timeout, what=what, state=progress,
+                       interval=0.25, between=between)
+        except WaitTimedOut as exc:
+            raise DemoFailed(f"{exc}.\n{self.problems()}") from None
 
     def check_processes(self) -> None:
-        for name, service in self.services.items():
-            if not service.alive:
-                raise DemoFailed(f"the {name} exited; its log ({self.rel(service.log_path)}):"
-                                 f"\n{service.tail()}")
-        if self.sandbox is not None and not self.sandbox.alive:
-            raise DemoFailed(f"the sandbox BSS exited; see {self.rel(self.sandbox.log_path)}")
-        if self.crm_server is not None and not self.crm_server.alive:
-            raise DemoFailed(f"the Acme CRM stand-in exited; see "
-                             f"{self.rel(self.crm_server.log_path)}")
+        try:
+            self.stack.check_processes()
+        except RuntimeError as exc:
+            raise DemoFailed(str(exc)) from None
 
     def problems(self) -> str:
         """What went wrong, as the audit log says (for a failed wait)."""
-        result = bss_sync(["audit", "search", "--org", ORG, "--outcome",
-                           "retrying,failed,dead", "--limit", "10"], self.env(), check=False)
+        result = self.stack.cli(["audit", "search", "--org", ORG, "--outcome",
+                                 "retrying,failed,dead", "--limit", "10"], check=False)
         logs = ", ".join(self.rel(p) for p in sorted(self.workdir.glob("*.log")))
         return (f"Problems in the audit log (bss-sync audit search --org {ORG} --outcome "
                 f"retrying,failed,dead):\n{(result.stdout + result.stderr).strip()}\n"
@@ -417,50 +356,29 @@ class Demo:
 
     def stop(self) -> None:
         """Stop everything started, pusher first (in-flight work finishes); never raises."""
-        started = [name for name, service in self.services.items() if service.process]
-        if started or self.sandbox or self.crm_server:
+        stack = self.stack
+        running = stack.running
+        if running:
             self.out.step("stopping the pusher, the dispatcher, the sandbox BSS and the "
                           "Acme CRM stand-in")
-        for name in ("pusher", "dispatcher"):
-            service = self.services.get(name)
-            if service is not None:
-                with contextlib.suppress(Exception):
-                    service.stop()
         for closer in (self.bss, self.crm):
             if closer is not None:
                 with contextlib.suppress(Exception):
                     closer.close()
-        if self.sandbox is not None:
-            with contextlib.suppress(Exception):
-                self.sandbox.stop()
-        if self.crm_server is not None:
-            with contextlib.suppress(Exception):
-                self.crm_server.stop()
-        if started or self.sandbox or self.crm_server:
+        stack.stop()
+        if running:
             self.out.step("all processes stopped")
         if self.options.drop_at_exit:
-            self.drop()
-        elif self.created_database:
+            stack.drop()
+            self.out.step(f"dropped: database {self.options.database} and vhost "
+                          f"{self.options.vhost}")
+        elif stack.created_database:
             self.out.step(f"kept: database {self.options.database} and vhost "
                           f"{self.options.vhost} (recreated on the next run)")
-        if self.management is not None:
-            with contextlib.suppress(Exception):
-                self.management.close()
+        stack.close()
         if self.pid_file is not None:
             with contextlib.suppress(OSError):
                 self.pid_file.unlink()
-
-    def drop(self) -> None:
-        if self.created_vhost and self.management is not None:
-            with contextlib.suppress(Exception):
-                self.management.delete_vhost(self.options.vhost)
-        if self.created_database:
-            with contextlib.suppress(Exception), psycopg.connect(
-                    self.base_database_url, autocommit=True) as conn:
-                conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(self.options.database)} "
-                             "WITH (FORCE)")
-        self.out.step(f"dropped: database {self.options.database} and vhost "
-                      f"{self.options.vhost}")
 
     # ------------------------------------------------------------------ helpers
 
@@ -489,11 +407,6 @@ def _is_demo(pid: int) -> bool:
             return False
         return True  # no /proc (macOS): alive is enough
     return b"demo" in cmdline and b"-m" in cmdline
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:

@@ -6,31 +6,26 @@ Used by the demo (``python -m demo``) and by the end-to-end tests (``tests/e2e``
   the database in memory, and ``acme_crm/middleware.js`` adding what a real CRM does
   and json-server does not (API key, timestamps, idempotency keys, ids never reused).
   ``reset()`` empties it; ``state()`` reads it whole.
-* :class:`NodeProcess` runs any Node.js server with its output in a file (the tests'
-  Prism uses it too); :func:`node_tool` finds an npm binary of the repository.
+* :class:`NodeProcess` runs any Node.js server with its output in a file (a
+  :class:`~demo.processes.LoggedProcess`; the tests' Prism uses it too);
+  :func:`node_tool` finds an npm binary of the repository.
 
 Node.js 18+ and ``npm install`` (``make install``) at the repository root are needed.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
-import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[1]
+from demo.processes import REPO, LoggedProcess
+from demo.waiting import wait_until
+
 NODE_BIN = REPO / "node_modules" / ".bin"
 ACME_CRM_DIR = Path(__file__).resolve().parent / "acme_crm"
 ACME_SERVER_JS = ACME_CRM_DIR / "server.js"
@@ -48,111 +43,41 @@ def node_tool(name: str) -> Path:
     return path
 
 
-def die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` making the child receive SIGTERM when its parent dies, even by
-    SIGKILL (Linux ``PR_SET_PDEATHSIG``); ``None`` elsewhere.
-
-    Only for processes started from a program's main thread without other threads
-    running (``preexec_fn`` is unsafe with threads; the signal fires when the *thread*
-    that started the child ends).
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-    pr_set_pdeathsig = 1
-
-    def preexec() -> None:
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-    return preexec
-
-
 # --------------------------------------------------------------------------- processes
 
 
-class NodeProcess:
+class NodeProcess(LoggedProcess):
     """A Node.js server process whose output goes to ``log_path``, in a session of its own
     (a Ctrl-C in the terminal does not reach it: its owner stops it)."""
 
     def __init__(self, name: str, command: list[str], log_path: Path,
-                 env: dict[str, str] | None = None, cwd: Path | None = None,
-                 preexec: Callable[[], None] | None = None) -> None:
-        self.name = name
-        self.command = command
-        self.log_path = log_path
-        self.env = {**os.environ, **(env or {})}
-        self.cwd = cwd
-        self.preexec = preexec
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+                 env: dict[str, str] | None = None, cwd: Path = REPO,
+                 orphan_dies: bool = False) -> None:
+        super().__init__(name, command, log_path, env=env, cwd=cwd, orphan_dies=orphan_dies)
 
     def start(self) -> None:
+        """Start; returns at once (:meth:`wait_for_output` says when it is ready)."""
         if shutil.which("node") is None:
             raise RuntimeError("node is not on PATH: the Acme CRM stand-in needs Node.js 18+")
-        log = self.log_path.open("ab")
-        try:
-            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
-                                            env=self.env, cwd=self.cwd,
-                                            start_new_session=True,
-                                            preexec_fn=self.preexec)
-        finally:
-            log.close()
+        self.launch()
 
     def wait_for_output(self, pattern: str, timeout: float = STARTUP_TIMEOUT) -> re.Match[str]:
-        """Block until the output matches ``pattern``; raise with the output's tail if the
-        process exits or ``timeout`` passes first."""
+        """Block until the output matches ``pattern``; raise ``RuntimeError`` with the
+        output's tail if the process exits first, :class:`~demo.waiting.WaitTimedOut`
+        if ``timeout`` passes first."""
         regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while True:
-            found = regex.search(self.output())
-            if found:
-                return found
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode} at "
-                                   f"start:\n{self.tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} did not print {pattern!r} within {timeout}s:"
-                                   f"\n{self.tail()}")
-            time.sleep(0.05)
+        return wait_until(lambda: regex.search(self.output()), timeout=timeout,
+                          interval=0.05, between=self._check_started,
+                          what=f"{self.name} to print {pattern!r}", state=self.tail)
 
-    def output(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+    def _check_started(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.process.returncode} at "
+                               f"start:\n{self.tail()}")
 
-    def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.output().splitlines()[-lines:])
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after ``STOP_TIMEOUT``; idempotent."""
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        stop_group(process, STOP_TIMEOUT)
-
-
-def stop_group(process: subprocess.Popen[bytes], timeout: float) -> None:
-    """SIGTERM the process group a ``start_new_session`` process leads (its children
-    too), SIGKILL it after ``timeout``."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout``; idempotent."""
+        return super().stop(timeout)
 
 
 # --------------------------------------------------------------------------- json-server
@@ -163,7 +88,7 @@ class JsonServer:
 
     ``workdir`` receives its database file (``db_name``: the content it starts from and
     resets to, all collections empty) and its log (``log_name``). ``die_with_parent``:
-    the server is sent SIGTERM if this process dies (see :func:`die_with_parent`).
+    the server is sent SIGTERM if this process dies (:func:`demo.processes.die_with_parent`).
     """
 
     def __init__(self, workdir: Path, api_key: str, *, port: int = 0,
@@ -178,8 +103,7 @@ class JsonServer:
         self.url = ""
         self._node = NodeProcess(
             "json-server", ["node", str(ACME_SERVER_JS), str(self.db_path), str(port), host],
-            self.log_path, env={"ACME_API_KEY": api_key}, cwd=REPO,
-            preexec=_die_with_parent_fn(die_with_parent))
+            self.log_path, env={"ACME_API_KEY": api_key}, orphan_dies=die_with_parent)
         self._http: httpx.Client | None = None
 
     @property
@@ -228,7 +152,3 @@ class JsonServer:
 
     def collection(self, name: str) -> list[dict[str, Any]]:
         return self.state()[name]
-
-
-def _die_with_parent_fn(wanted: bool) -> Callable[[], None] | None:
-    return die_with_parent() if wanted else None

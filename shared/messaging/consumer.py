@@ -18,6 +18,12 @@ burst mode, until the queue has stayed empty for ``burst_idle`` seconds.
 * **Graceful stop**: cancel the subscription, finish the deliveries in progress
   within ``shutdown_timeout``, leave the rest unacked for redelivery, flush the
   acks, close the channel and the connection.
+* **Drained** (dramatiq's ``broker.join``): :meth:`Consumer.join` returns once the
+  queue reports no ready message, no delivery is waiting or in progress, and every
+  ack has been sent — and read by the broker, which answered the queue check after
+  them on the same channel. Burst mode ends when the queue stays drained for
+  ``burst_idle`` seconds. Both wake on events (a delivery, a settle, the acks sent,
+  a session starting or ending), never on a polling interval.
 """
 
 from __future__ import annotations
@@ -88,6 +94,11 @@ class ConsumerConfig:
         return min(max(self.prefetch or 4 * self.concurrency, 1), 65_535)
 
 
+class ConsumerStopped(Exception):
+    """The consumer stopped (or its burst ended) before :meth:`Consumer.join` saw its
+    queue drained."""
+
+
 class Consumer:
     """Consumes one work queue; see the module docstring."""
 
@@ -104,17 +115,41 @@ class Consumer:
             requeue_delay=config.requeue_delay, always_deduplicate=config.always_deduplicate,
         )
         self.connections = 0
+        #: The consume session of the current connection (None between connections).
+        self.session: ConsumeSession | None = None
         self._stop = asyncio.Event()
+        self._ended = False
         self._inbox: Inbox  # made by run(), inside the event loop
-        self._last_delivery = 0.0
+        #: Bumped by every delivery received, session started or ended, and stop.
+        self._version = 0
+        self._watchers: list[asyncio.Future[None]] = []
 
     def stop(self) -> None:
         """Ask :meth:`run` to stop gracefully (safe from a signal handler)."""
         self._stop.set()
+        self._bump()
 
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
+
+    async def join(self) -> None:
+        """Return once the queue is drained (see the module docstring): it reported no
+        ready message, no delivery received is waiting or in progress, and every ack
+        has been sent to the broker. Messages waiting in the retry queues are not
+        waited for (they come back after their delay).
+
+        Waits for a connection when there is none (across reconnections). Woken by
+        events, never by a timer; cancellable (bound it with ``asyncio.wait_for``).
+        Raises :class:`ConsumerStopped` when the consumer stops first.
+        """
+        while True:
+            session = await self._live_session()
+            try:
+                await self._drained(session)
+            except InfrastructureError:
+                continue  # the session ended while we looked: the next one will say
+            return
 
     async def run(self) -> None:
         """Consume until stopped (or, in burst mode, until the queue stays empty)."""
@@ -128,6 +163,8 @@ class Consumer:
                     break
                 await self._sleep_unless_stopped(backoff.next_delay())
         finally:
+            self._ended = True
+            self._bump()
             for worker in workers:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
@@ -155,7 +192,11 @@ class Consumer:
         began = time.monotonic()
         log.info("consuming", queue=self.queue.name, prefetch=self.config.window,
                  concurrency=self.processor.concurrency)
-        ending = await self._wait_session_end(conn, session, publisher)
+        self._adopt(session)
+        try:
+            ending = await self._wait_session_end(conn, session, publisher)
+        finally:
+            self._adopt(None)
         self.publisher.detach(publisher)
         if time.monotonic() - began > STABLE_SESSION_SECONDS:
             backoff.reset()
@@ -176,10 +217,8 @@ class Consumer:
         channel.add_on_cancel_callback(lambda _frame: session.cancel_by_broker())
 
         def on_message(_ch: Any, method: Any, properties: Any, body: bytes) -> None:
-            session.received(method.delivery_tag)
-            self._last_delivery = time.monotonic()
-            self._inbox.put(Delivery(session, method.delivery_tag, method.exchange,
-                                     method.routing_key, method.redelivered, properties, body))
+            self._receive(Delivery(session, method.delivery_tag, method.exchange,
+                                   method.routing_key, method.redelivered, properties, body))
 
         await rpc(lambda cb: channel.basic_consume(self.queue.name, on_message, callback=cb),
                   closed, f"consume queue {self.queue.name!r}")
@@ -252,18 +291,93 @@ class Consumer:
         await conn.close()
 
     async def _burst_done(self, session: ConsumeSession) -> None:
-        """Return once the queue has been empty and we idle for ``burst_idle`` seconds."""
+        """Return once the queue is drained and nothing arrived for ``burst_idle`` seconds."""
         idle = self.config.burst_idle or 0.0
-        self._last_delivery = time.monotonic()
         while True:
-            await asyncio.sleep(max(min(idle / 4, 0.25), 0.005))
-            if (len(self._inbox) or session.active
-                    or time.monotonic() - self._last_delivery < idle):
-                continue
+            try:
+                await self._drained(session)
+            except ConsumerStopped:
+                return  # stopping anyway
+            version = self._version
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed_since(version), idle)
+                continue  # a delivery (or the session's end) came first: look again
+            return
+
+    # ------------------------------------------------------------------ drained
+
+    async def _drained(self, session: ConsumeSession) -> None:
+        """Return once ``session``'s queue is drained (see :meth:`join`).
+
+        Raises :class:`InfrastructureError` when the session ends first,
+        :class:`ConsumerStopped` when the consumer stops.
+        """
+        inbox, processor = self._inbox, self.processor
+        while True:
+            self._raise_if_stopped()
+            if not session.alive or not session.accepting:
+                raise InfrastructureError("the consume session ended")
+            await inbox.emptied()
+            await processor.settled()
+            await session.flushed()
+            if len(inbox) or processor.in_progress:
+                continue  # a delivery arrived meanwhile
+            version = self._version
             frame = await rpc(lambda cb: session.channel.queue_declare(
                 self.queue.name, passive=True, callback=cb), session.closed, "check the queue")
-            if frame.method.message_count == 0 and not session.active:
+            if self._version != version or len(inbox) or processor.in_progress:
+                continue
+            if frame.method.message_count == 0:
                 return
+            # Ready messages the broker has not sent yet (it had not read our acks when
+            # it counted): they come, or the session ends.
+            await self._changed_since(version)
+
+    async def _live_session(self) -> ConsumeSession:
+        """The current session once there is one taking deliveries; raises
+        :class:`ConsumerStopped` when the consumer stops first."""
+        while True:
+            self._raise_if_stopped()
+            session = self.session
+            if session is not None and session.alive and session.accepting:
+                return session
+            await self._changed_since(self._version)
+
+    def _raise_if_stopped(self) -> None:
+        if self._stop.is_set() or self._ended:
+            raise ConsumerStopped(f"the consumer of {self.queue.name!r} stopped before its "
+                                  "queue was drained")
+
+    def _adopt(self, session: ConsumeSession | None) -> None:
+        self.session = session
+        self._bump()
+
+    def _bump(self) -> None:
+        self._version += 1
+        self._wake_watchers()
+
+    def _wake_watchers(self) -> None:
+        watchers, self._watchers = self._watchers, []
+        for watcher in watchers:
+            if not watcher.done():
+                watcher.set_result(None)
+
+    async def _changed_since(self, version: int) -> None:
+        """Return once a delivery arrived, a session started or ended, or stop was asked,
+        after ``version``."""
+        if self._version != version:
+            return
+        watcher: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._watchers.append(watcher)
+        await watcher
+
+    def _receive(self, delivery: Delivery) -> None:
+        """A delivery arrived: queue it for the workers (pika's consumer callback)."""
+        delivery.session.received(delivery.tag)
+        self._inbox.put(delivery)
+        self._version += 1
+        if self._watchers:
+            self._wake_watchers()
 
     def _drain_inbox(self) -> None:
         """Forget deliveries nobody started: the broker redelivers them."""

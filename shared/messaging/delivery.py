@@ -12,6 +12,8 @@ the event loop the session acks the longest run of done tags from the oldest
 unsettled one with a single ``basic.ack(multiple=True)``, and the done tags
 beyond a still-running delivery one by one. Nothing is acked before its
 delivery called :meth:`Delivery.ack`, so acks still follow durability.
+:meth:`ConsumeSession.flushed` returns once the acks marked so far are sent (what
+:meth:`~shared.messaging.consumer.Consumer.join` waits for).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class ConsumeSession:
         self._done: set[int] = set()
         self._settled_singly: set[int] = set()
         self._flush_scheduled = False
+        self._flush_waiters: list[asyncio.Future[None]] = []
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -97,9 +100,28 @@ class ConsumeSession:
             return
         self._settled_singly.add(tag)
 
+    async def flushed(self) -> None:
+        """Return once every ack marked so far has been handed to the channel (at once
+        when none is waiting for the end of the turn). Cancellable."""
+        if not self._flush_scheduled:
+            return
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._flush_waiters.append(waiter)
+        await waiter
+
     def flush(self) -> None:
         """Send the acks marked so far (see the module docstring)."""
         self._flush_scheduled = False
+        try:
+            self._send_acks()
+        finally:
+            if self._flush_waiters:  # resolved last: when they resume, the acks are sent
+                waiters, self._flush_waiters = self._flush_waiters, []
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+
+    def _send_acks(self) -> None:
         if not self._done or not self.alive:
             return
         order, done, singly = self._order, self._done, self._settled_singly
@@ -163,6 +185,7 @@ class Inbox:
         self._items: deque[Delivery] = deque()
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._waking = 0  # workers woken that have not taken a delivery yet
+        self._empty_waiters: list[asyncio.Future[None]] = []
 
     def __len__(self) -> int:
         return len(self._items)
@@ -190,9 +213,27 @@ class Inbox:
                 raise
             self._waking -= 1
         delivery = items.popleft()
-        if items and not self._waking:
-            self._wake_one()
+        if items:
+            if not self._waking:
+                self._wake_one()
+        elif self._empty_waiters:
+            self._wake_emptied()
         return delivery
+
+    async def emptied(self) -> None:
+        """Return once every delivery put has been taken (or cleared); at once when none
+        waits. A worker that took the last one has started it by the time this returns."""
+        if not self._items:
+            return
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._empty_waiters.append(waiter)
+        await waiter
+
+    def _wake_emptied(self) -> None:
+        waiters, self._empty_waiters = self._empty_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _wake_one(self) -> None:
         waiters = self._waiters
@@ -205,3 +246,4 @@ class Inbox:
 
     def clear(self) -> None:
         self._items.clear()
+        self._wake_emptied()

@@ -22,6 +22,10 @@ message on the common path). The message's slot in the session (what a graceful
 stop or a reconnection waits for) and its de-duplication key are released only
 by that callback.
 
+:meth:`MessageProcessor.settled` returns once no delivery is in progress — every one
+taken has been acked after its outcome became durable, or nacked back, or abandoned
+with its channel (dramatiq's ``join``, for tests and tools).
+
 A redelivered message (or a retry copy, or a duplicate of a message in flight
 here) is first looked up in the audit log: a row for its ``(message id, attempt)``
 means an earlier delivery's outcome is already durable — it is acked and nothing
@@ -100,6 +104,10 @@ class MessageProcessor:
         self._in_flight: dict[tuple[str, int], list[asyncio.Future[None]]] = {}
         #: Rows the audit sink could not commit at the first try, being retried.
         self._held: set[asyncio.Future[None]] = set()
+        #: Deliveries taken and not settled yet (see settled()).
+        self.in_progress = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.counts: dict[str, int] = dict.fromkeys(("ack", "retry", "dead", "duplicate",
                                                      "requeued"), 0)
 
@@ -110,14 +118,14 @@ class MessageProcessor:
         settled, which may be after this returns (see the module docstring).
         """
         started = time.perf_counter()
-        delivery.session.started()
+        self._begin(delivery)
         try:
             message = self.codec.decode(delivery.body, delivery.properties)
         except Exception as exc:
             try:
                 await self._reject_undecodable(delivery, exc, started)
             finally:
-                delivery.session.finished()
+                self._end(delivery)
             return
         _bind(message_id=message.message_id, org_id=message.org_id,
               instance_id=message.instance_id, entity=message.entity,
@@ -129,7 +137,7 @@ class MessageProcessor:
             try:
                 waited = key in in_flight and await self._wait_for_twin(key)
             except BaseException:
-                delivery.session.finished()
+                self._end(delivery)
                 raise
             in_flight[key] = []  # claimed with no await since the twin left: one at a time
         handed_off = False
@@ -151,7 +159,32 @@ class MessageProcessor:
             for waiter in self._in_flight.pop(key, ()):
                 if not waiter.done():
                     waiter.set_result(None)
+        self._end(delivery)
+
+    async def settled(self) -> None:
+        """Return once no delivery is in progress (at once when none is): each one taken
+        has been acked — after its audit row committed, and its retry or dead copy was
+        confirmed — or nacked back to its queue, or abandoned with its channel.
+
+        Acks are marked on the delivery's session, which sends them at the end of the
+        loop's turn (:meth:`~shared.messaging.delivery.ConsumeSession.flushed`). Woken
+        by the last delivery settling, not by polling; cancellable. Under a steady flow
+        it may never return: ``Consumer.join`` says when a queue is drained.
+        """
+        while self.in_progress:
+            await self._idle.wait()
+
+    def _begin(self, delivery: Delivery) -> None:
+        """``delivery`` is in progress, in its session and here, until :meth:`_end`."""
+        delivery.session.started()
+        self.in_progress += 1
+        self._idle.clear()
+
+    def _end(self, delivery: Delivery) -> None:
         delivery.session.finished()
+        self.in_progress -= 1
+        if not self.in_progress:
+            self._idle.set()
 
     # ------------------------------------------------------------------ steps
 

@@ -1,11 +1,11 @@
 """Fixtures of the end-to-end tests (docs/architecture.md §9): real processes, real servers.
 
-Per module (started once, shared by the module's tests): a :class:`Stack` — its own
-database and vhost, the sandbox BSS, a dispatcher and a pusher as subprocesses — and
-the third party (json-server behind the fault proxy, or Prism). Per test: the third
-party emptied, the proxy passing everything through again, the dead-letter queue
-purged, and a tenant (organization + instance) of the test's own from
-:meth:`Stack.tenant`.
+Per module (started once, shared by the module's tests): a :class:`TestStack` — the
+demo's harness: its own database and vhost, the sandbox BSS, a dispatcher and a
+pusher as subprocesses, json-server for the Acme tests — and the third party's front
+(the fault proxy, or Prism). Per test: the third party emptied, the proxy passing
+everything through again, the dead-letter queue purged, and a tenant (organization
++ instance) of the test's own from :meth:`TestStack.tenant`.
 
 When a test fails, the tails of the services' logs (and of the third party's) are
 added to its report.
@@ -17,7 +17,9 @@ import contextlib
 import itertools
 import json
 import os
+import secrets
 import shutil
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,9 +27,21 @@ from typing import Any
 
 import pytest
 
+from demo.stack import StackConfig
+from demo.thirdparty import NODE_BIN, JsonServer
 from tests.e2e.records import ACME_CONNECTOR
-from tests.e2e.stack import ACME_API_KEY, FULL_PUSH, Connector, Stack, Tenant
-from tests.e2e.thirdparty import NODE_BIN, FaultProxy, JsonServer
+from tests.e2e.stack import (
+    ACME_API_KEY,
+    BSS_TOKEN,
+    FULL_PUSH,
+    PUSHER_DEAD,
+    RETRY_DELAYS,
+    Connector,
+    Tenant,
+    TestStack,
+)
+from tests.e2e.thirdparty import FaultProxy
+from tests.fixtures.database import DATABASE_PREFIX
 
 #: The read timeout of the ``acme-crm-short-timeout`` connector (a copy of acme-crm.json):
 #: the timeout test holds answers longer than this, not the real connector's 30 s.
@@ -52,16 +66,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
 
 
 def make_stack(request: pytest.FixtureRequest, connectors: list[Connector],
-               extra_env: dict[str, str]) -> Stack:
-    """A started :class:`Stack` for the requesting module, stopped at the module's end."""
+               extra_env: dict[str, str], *, crm: bool = False) -> TestStack:
+    """A started :class:`TestStack` for the requesting module (with json-server as the
+    Acme CRM when ``crm``), stopped and dropped at the module's end."""
     rabbitmq = request.getfixturevalue("rabbitmq")
     session_vhost = request.getfixturevalue("_session_vhost")
     name = request.module.__name__.rsplit(".", 1)[-1]
-    vhost = f"{session_vhost}.e2e-{next(_vhosts)}"
-    workdir = request.getfixturevalue("tmp_path_factory").mktemp(f"e2e-{name}")
-    stack = Stack(postgres_url=request.getfixturevalue("postgres_server_url"),
-                  management=rabbitmq.management(vhost), amqp_url=rabbitmq.url_for(vhost),
-                  vhost=vhost, workdir=workdir, connectors=connectors, extra_env=extra_env)
+    config = StackConfig(
+        amqp_url=rabbitmq.amqp_url, database_url=request.getfixturevalue("postgres_server_url"),
+        # named as tests/fixtures/database.py names them: a killed session's get dropped
+        database=f"{DATABASE_PREFIX}{int(time.time())}_{secrets.token_hex(3)}",
+        vhost=f"{session_vhost}.e2e-{next(_vhosts)}",
+        workdir=request.getfixturevalue("tmp_path_factory").mktemp(f"e2e-{name}"),
+        management_url=rabbitmq.management_url, retry_delays=RETRY_DELAYS,
+        bss_token=BSS_TOKEN, relay_backoff_cap=1.0, crm_port=0 if crm else None,
+        crm_api_key=ACME_API_KEY, service_env=extra_env)
+    stack = TestStack(config, connectors)
     request.addfinalizer(stack.stop)
     stack.start()
     return stack
@@ -99,13 +119,19 @@ def node_tools() -> None:
 
 
 @pytest.fixture(scope="module")
-def json_server(node_tools: None,
-                tmp_path_factory: pytest.TempPathFactory) -> Iterator[JsonServer]:
-    server = JsonServer(tmp_path_factory.mktemp("json-server"), ACME_API_KEY)
-    try:
-        yield server.start()
-    finally:
-        server.stop()
+def acme_stack(request: pytest.FixtureRequest, node_tools: None,
+               tmp_path_factory: pytest.TempPathFactory) -> TestStack:
+    short = short_timeout_connector(tmp_path_factory.mktemp("connectors"))
+    return make_stack(request, [Connector("acme-crm", [ACME_CONNECTOR]),
+                                Connector("acme-crm-short-timeout", [short])],
+                      {"ACME_KEY": ACME_API_KEY}, crm=True)
+
+
+@pytest.fixture(scope="module")
+def json_server(acme_stack: TestStack) -> JsonServer:
+    """The stack's Acme CRM stand-in."""
+    assert acme_stack.crm is not None
+    return acme_stack.crm
 
 
 @pytest.fixture(scope="module")
@@ -117,19 +143,10 @@ def fault_proxy(json_server: JsonServer) -> Iterator[FaultProxy]:
         proxy.stop()
 
 
-@pytest.fixture(scope="module")
-def acme_stack(request: pytest.FixtureRequest,
-               tmp_path_factory: pytest.TempPathFactory) -> Stack:
-    short = short_timeout_connector(tmp_path_factory.mktemp("connectors"))
-    return make_stack(request, [Connector("acme-crm", [ACME_CONNECTOR]),
-                                Connector("acme-crm-short-timeout", [short])],
-                      {"ACME_KEY": ACME_API_KEY})
-
-
 class AcmeWorld:
     """What an Acme test works with: the stack, json-server, the proxy in front of it."""
 
-    def __init__(self, stack: Stack, json_server: JsonServer, proxy: FaultProxy) -> None:
+    def __init__(self, stack: TestStack, json_server: JsonServer, proxy: FaultProxy) -> None:
         self.stack = stack
         self.json_server = json_server
         self.proxy = proxy
@@ -148,14 +165,13 @@ class AcmeWorld:
         proxy = "\n".join(f"{m} /{p} -> {st} {f or ''}: {n}" for (m, p, st, f), n in
                           sorted(seen.items(), key=str)) or "no requests"
         return [*self.stack.process_logs(),
-                ("fault proxy requests (method, collection, status, fault)", proxy),
-                ("json-server output (tail)", self.json_server.tail(20))]
+                ("fault proxy requests (method, collection, status, fault)", proxy)]
 
 
 @pytest.fixture
-def acme(acme_stack: Stack, json_server: JsonServer, fault_proxy: FaultProxy) -> AcmeWorld:
+def acme(acme_stack: TestStack, json_server: JsonServer, fault_proxy: FaultProxy) -> AcmeWorld:
     """A clean Acme CRM, a pass-through proxy and an empty ``pusher.dead``."""
     json_server.reset()
     fault_proxy.reset()
-    acme_stack.purge("pusher.dead")
+    acme_stack.purge(PUSHER_DEAD)
     return AcmeWorld(acme_stack, json_server, fault_proxy)

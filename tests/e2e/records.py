@@ -20,8 +20,8 @@ from datetime import date
 from functools import cache
 from typing import Any
 
+from demo.thirdparty import REPO
 from sandbox.factory import RecordFactory
-from tests.e2e.thirdparty import REPO
 
 Record = dict[str, Any]
 ACME_CONNECTOR = REPO / "connectors" / "acme-crm.json"

@@ -1,16 +1,16 @@
-"""One running installation for the end-to-end tests: database, vhost, sandbox BSS,
-dispatcher and pusher as real processes — and the helpers tests drive it with.
+"""The end-to-end tests' installation: the stack harness of the demo
+(:class:`demo.stack.Stack`: database, vhost, migrations, topology, sandbox BSS,
+json-server, dispatcher and pusher as real processes) and what tests drive it with.
 
-* :class:`Stack` owns what a module shares: its own PostgreSQL database (migrated with
-  ``bss-sync db upgrade``), its own RabbitMQ vhost, the sandbox BSS, the services.
-* :meth:`Stack.tenant` gives a test an organization and an instance of its own, applied
-  with ``bss-sync apply`` from a generated installation file: a fresh organization
-  means fresh caches in the services (they cache instances by id for a few seconds)
-  and records nobody else touches; the previous test's organization disappears from
-  the file and is deactivated.
+* :class:`TestStack` adds to the harness what tests need: :meth:`TestStack.tenant`
+  gives a test an organization and an instance of its own, applied with ``bss-sync
+  apply`` from a generated installation file — a fresh organization means fresh
+  caches in the services (they cache instances by id for a few seconds) and records
+  nobody else touches; the previous test's organization disappears from the file and
+  is deactivated. It reads the dead-letter queue and purges queues.
 * :class:`BssApi` writes records through the sandbox's HTTP API (events follow);
-  :class:`AuditLog` reads ``audit_log``; :func:`wait_until` polls with a deadline and
-  fails showing the state it last saw.
+  :class:`AuditLog` reads ``audit_log``; :func:`~demo.waiting.wait_until` polls with
+  a deadline and fails showing the state it last saw.
 """
 
 from __future__ import annotations
@@ -20,51 +20,28 @@ import dataclasses
 import itertools
 import json
 import secrets
-import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import psycopg
 from psycopg.rows import dict_row
 
-from sandbox.server import SandboxServer
-from sandbox.settings import SandboxSettings
-from shared.messaging.management import ManagementClient
-from shared.storage.db import quote_ident, url_with_database
-from tests.e2e.processes import ServiceProcess, run_cli
-from tests.e2e.thirdparty import REPO
+from demo.processes import Service
+from demo.stack import Stack, StackConfig
+from shared.messaging.topology import WorkQueue
 
-T = TypeVar("T")
-DATABASE_PREFIX = "bss_sync_t_"  # as tests/fixtures/database.py: stale ones get dropped
 RETRY_DELAYS = (1, 2, 4)
 BSS_TOKEN = "e2e-bss-token-" + secrets.token_hex(8)
 ACME_API_KEY = "e2e-acme-key-" + secrets.token_hex(8)
 HUBSPOT_TOKEN = "e2e-hubspot-token-" + secrets.token_hex(8)
 FINAL_OUTCOMES = frozenset({"created", "updated", "deleted", "unchanged", "skipped", "dead"})
+#: The pusher's dead-letter queue (docs/architecture.md §4).
+PUSHER_DEAD = WorkQueue("pusher").dead_queue
 _tenants = itertools.count(1)
-
-
-def wait_until(probe: Callable[[], T], *, timeout: float, what: str,
-               state: Callable[[], Any] | None = None, interval: float = 0.1) -> T:
-    """Call ``probe`` until it returns something truthy, and return that.
-
-    Raises ``AssertionError`` naming ``what`` after ``timeout`` seconds, with
-    ``state()`` (what the test was waiting on, as it stands) in the message.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            shown = state() if state is not None else result
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; "
-                                 f"current state: {shown}")
-        time.sleep(interval)
 
 
 # --------------------------------------------------------------------------- the BSS
@@ -202,87 +179,34 @@ FULL_PUSH = {"push": ["create", "update", "delete"]}
 # --------------------------------------------------------------------------- the stack
 
 
-class Stack:
-    """A module's installation; ``start()`` brings everything up, ``stop()`` tears down.
+class TestStack(Stack):
+    """A module's installation (see the module docstring); ``connectors`` are what
+    :meth:`tenant` may instantiate."""
 
-    ``workdir`` receives the logs, the installation files and the database of
-    json-server; ``extra_env`` goes to the services (credentials they resolve).
-    """
+    __test__ = False  # not a test class, whatever pytest thinks of the name
 
-    def __init__(self, *, postgres_url: str, management: ManagementClient, amqp_url: str,
-                 vhost: str, workdir: Path, connectors: list[Connector],
-                 extra_env: dict[str, str] | None = None) -> None:
-        self.postgres_url = postgres_url
-        self.management = management
-        self.amqp_url = amqp_url
-        self.vhost = vhost
-        self.workdir = workdir
+    def __init__(self, config: StackConfig, connectors: list[Connector]) -> None:
+        super().__init__(config)
         self.connectors = {c.id: c for c in connectors}
-        self.extra_env = extra_env or {}
-        self.database = f"{DATABASE_PREFIX}{int(time.time())}_{secrets.token_hex(3)}"
-        self.database_url = url_with_database(postgres_url, self.database)
-        self.sandbox: SandboxServer | None = None
-        self.services: dict[str, ServiceProcess] = {}
         self._bss: BssApi | None = None
         self._audit: AuditLog | None = None
-        self._database_created = False
 
-    # -- life cycle -----------------------------------------------------------------------
-
-    @property
-    def env(self) -> dict[str, str]:
-        """What the services and the CLI are configured with (docs/architecture.md §7)."""
-        return {
-            "AMQP_URL": self.amqp_url,
-            "DATABASE_URL": self.database_url,
-            "DB_SCHEMA": "public",
-            "BSS_API_URL": self.sandbox.url if self.sandbox else "",
-            "BSS_API_TOKEN": "env:E2E_BSS_TOKEN",
-            "E2E_BSS_TOKEN": BSS_TOKEN,
-            "RETRY_DELAYS": json.dumps(list(RETRY_DELAYS)),
-            "LOG_FORMAT": "json",
-            "LOG_LEVEL": "INFO",
-            "SHUTDOWN_TIMEOUT": "10",
-            **self.extra_env,
-        }
-
-    def start(self) -> Stack:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        with psycopg.connect(self.postgres_url, autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {quote_ident(self.database)}")
-        self._database_created = True
-        self.management.create_vhost(self.vhost)
-        settings = SandboxSettings(database_url=self.database_url, schema="sandbox",
-                                   amqp_url=self.amqp_url, token=BSS_TOKEN,
-                                   poll_interval=0.2, backoff_cap=1.0)
-        self.sandbox = SandboxServer(settings)  # its port is chosen now: the pusher needs it
-        run_cli(["db", "upgrade"], self.env)
-        for service in ("dispatcher", "pusher"):  # they declare the topology
-            self.services[service] = ServiceProcess(service, self.env, self.workdir)
-            self.services[service].start()
-        self.sandbox.start()
-        self._bss = BssApi(self.sandbox.url, BSS_TOKEN)
+    def start(self) -> TestStack:
+        super().start()
+        assert self.sandbox is not None and self.config.bss_token is not None
+        self._bss = BssApi(self.sandbox.url, self.config.bss_token)
         self._audit = AuditLog(self.database_url)
         return self
 
     def stop(self) -> None:
-        """Stop everything that was started, whatever failed before (never leaves processes)."""
+        """Stop everything, drop the database and the vhost (never leaves processes)."""
         for closer in (self._bss, self._audit):
             if closer is not None:
                 with contextlib.suppress(Exception):
                     closer.close()
-        for service in self.services.values():
-            with contextlib.suppress(Exception):
-                service.stop()
-        if self.sandbox is not None:
-            with contextlib.suppress(Exception):
-                self.sandbox.stop()
-        with contextlib.suppress(Exception):
-            self.management.delete_vhost(self.vhost)
-        if self._database_created:
-            with psycopg.connect(self.postgres_url, autocommit=True) as conn:
-                conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(self.database)} "
-                             "WITH (FORCE)")
+        super().stop()
+        self.drop()
+        self.close()
 
     @property
     def bss(self) -> BssApi:
@@ -297,21 +221,12 @@ class Stack:
         return self._audit
 
     @property
-    def pusher(self) -> ServiceProcess:
+    def pusher(self) -> Service:
         return self.services["pusher"]
 
     @property
-    def dispatcher(self) -> ServiceProcess:
+    def dispatcher(self) -> Service:
         return self.services["dispatcher"]
-
-    def process_logs(self) -> list[tuple[str, str]]:
-        """Tails of every process's output, for a failed test's report."""
-        sections = [(f"{name} log (tail)", service.tail(60))
-                    for name, service in self.services.items()]
-        if self.sandbox is not None:
-            sections.append(("sandbox output (tail)",
-                             "\n".join(self.sandbox.output().splitlines()[-30:])))
-        return sections
 
     # -- tenants ----------------------------------------------------------------------------
 
@@ -339,19 +254,15 @@ class Stack:
         }
         path = self.workdir / f"installation-{n}.json"
         path.write_text(json.dumps(installation, indent=2))
-        run_cli(["apply", str(path)], self.env)
+        self.cli(["apply", str(path)])
         return tenant
 
     # -- queues -----------------------------------------------------------------------------
 
-    def dead_letters(self, queue: str = "pusher.dead") -> list[dict[str, Any]]:
+    def dead_letters(self, queue: str = PUSHER_DEAD) -> list[dict[str, Any]]:
         """Every message of ``queue``, left in it (management API ``get``, ack_requeue_true)."""
-        return self.management.for_vhost(self.vhost).get_messages(queue, count=1000,
-                                                                  requeue=True)
+        return self.management.for_vhost(self.config.vhost).get_messages(queue, count=1000,
+                                                                         requeue=True)
 
     def purge(self, queue: str) -> None:
-        self.management.for_vhost(self.vhost).purge_queue(queue)
-
-
-def repo_path(*parts: str) -> Path:
-    return REPO.joinpath(*parts)
+        self.management.for_vhost(self.config.vhost).purge_queue(queue)

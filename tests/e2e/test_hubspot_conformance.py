@@ -21,12 +21,14 @@ from typing import Any
 import httpx
 import pytest
 
+from demo.processes import bss_sync
+from demo.thirdparty import REPO
 from tests.e2e.conftest import make_stack
-from tests.e2e.processes import run_cli
 from tests.e2e.records import account_bodies, contact_bodies
-from tests.e2e.stack import HUBSPOT_TOKEN, Connector, Stack, wait_until
-from tests.e2e.thirdparty import REPO, Prism
+from tests.e2e.stack import HUBSPOT_TOKEN, PUSHER_DEAD, Connector, TestStack
+from tests.e2e.thirdparty import Prism
 from tests.fixtures.vendor_specs import VendorSpecs
+from tests.fixtures.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -56,7 +58,7 @@ def prism(vendor_specs: VendorSpecs, node_tools: None,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prism]:
     workdir = tmp_path_factory.mktemp("prism")
     bundle = workdir / "hubspot-crm.bundle.json"
-    run_cli(["bundle", *map(str, vendor_specs.files), "--overlay", str(HUBSPOT_OVERLAY),
+    bss_sync(["bundle", *map(str, vendor_specs.files), "--overlay", str(HUBSPOT_OVERLAY),
              "--json-media-types", "-o", str(bundle)], {})
     served = workdir / "hubspot-crm.prism.json"
     served.write_text(json.dumps(for_prism(json.loads(bundle.read_text()))))
@@ -68,13 +70,13 @@ def prism(vendor_specs: VendorSpecs, node_tools: None,
 
 
 @pytest.fixture(scope="module")
-def hubspot_stack(vendor_specs: VendorSpecs, request: pytest.FixtureRequest) -> Stack:
+def hubspot_stack(vendor_specs: VendorSpecs, request: pytest.FixtureRequest) -> TestStack:
     connector = Connector("hubspot-crm", vendor_specs.files, overlay=HUBSPOT_OVERLAY)
     return make_stack(request, [connector], {"HUBSPOT_TOKEN": HUBSPOT_TOKEN})
 
 
 class HubspotWorld:
-    def __init__(self, stack: Stack, prism: Prism) -> None:
+    def __init__(self, stack: TestStack, prism: Prism) -> None:
         self.stack = stack
         self.prism = prism
 
@@ -83,8 +85,8 @@ class HubspotWorld:
 
 
 @pytest.fixture
-def hubspot(hubspot_stack: Stack, prism: Prism) -> HubspotWorld:
-    hubspot_stack.purge("pusher.dead")
+def hubspot(hubspot_stack: TestStack, prism: Prism) -> HubspotWorld:
+    hubspot_stack.purge(PUSHER_DEAD)
     return HubspotWorld(hubspot_stack, prism)
 
 

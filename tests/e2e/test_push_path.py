@@ -26,8 +26,9 @@ from tests.e2e.records import (
     expected_person,
     mapping_differences,
 )
-from tests.e2e.stack import Tenant, wait_until
+from tests.e2e.stack import PUSHER_DEAD, Tenant
 from tests.e2e.thirdparty import Seen
+from tests.fixtures.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -335,7 +336,7 @@ def test_a_422_dead_letters_that_record_and_the_others_sync(acme: AcmeWorld) -> 
 
     state = wait_synced(acme, tenant, accounts, others, timeout=60)
     dead = wait_until(lambda: acme.stack.dead_letters(), timeout=30,
-                      what="a message in pusher.dead",
+                      what=f"a message in {PUSHER_DEAD}",
                       state=lambda: audit.outcomes(tenant.instance_id).get(refused["id"]))
 
     assert_exactly_once(state, accounts, others)

@@ -1,10 +1,7 @@
 """The third parties of the end-to-end tests, as real servers on free ports.
 
-* :class:`JsonServer` — the Acme CRM of ``connectors/acme-crm.json``: json-server 0.17
-  (npm) run by ``demo/acme_crm/server.js`` with an in-memory database and the middleware
-  of ``demo/acme_crm/middleware.js`` (API key, timestamps, idempotency keys, ids never
-  reused). ``reset()`` empties it between tests; ``state()`` reads it whole. It lives in
-  :mod:`demo.thirdparty` (the demo runs the same stand-in) and is re-exported here.
+* The Acme CRM of ``connectors/acme-crm.json`` is the demo's json-server
+  (:class:`demo.thirdparty.JsonServer`, started by the stack harness).
 * :class:`FaultProxy` — an HTTP proxy in front of it (uvicorn in a thread of the test
   process) that injects the failures a test asks for — 5xx, responses held past the
   client's read timeout, 429 with ``Retry-After``, 422 for chosen bodies — and logs
@@ -13,7 +10,8 @@
   bundle: it validates requests against the vendor's schemas (422, 401).
 
 Each is started and stopped by the fixtures of ``conftest.py``; processes write their
-output to a file whose tail :meth:`NodeProcess.tail` returns for failure reports.
+output to a file whose tail :meth:`~demo.thirdparty.NodeProcess.tail` returns for
+failure reports.
 """
 
 from __future__ import annotations
@@ -34,21 +32,9 @@ import uvicorn
 from starlette.requests import Request
 from starlette.responses import Response
 
-from demo.thirdparty import (
-    EMPTY_ACME_DB,
-    NODE_BIN,
-    REPO,
-    STARTUP_TIMEOUT,
-    STOP_TIMEOUT,
-    JsonServer,
-    NodeProcess,
-    node_tool,
-    stop_group,
-)
+from demo.thirdparty import REPO, STARTUP_TIMEOUT, STOP_TIMEOUT, NodeProcess, node_tool
+from demo.waiting import wait_until
 from sandbox.server import free_port
-
-__all__ = ["EMPTY_ACME_DB", "HOP_HEADERS", "NODE_BIN", "REPO", "Fault", "FaultProxy",
-           "JsonServer", "NodeProcess", "Prism", "Seen", "node_tool", "stop_group"]
 
 #: Headers a proxy must not copy from one hop to the next.
 HOP_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection",
@@ -219,11 +205,14 @@ class FaultProxy:
         self._thread = threading.Thread(target=run, name="fault-proxy", daemon=True)
         self._thread.start()
         started.wait()
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the fault proxy did not start")
-            time.sleep(0.01)
+        server, thread = self._server, self._thread
+
+        def check_alive() -> None:
+            if not thread.is_alive():
+                raise RuntimeError("the fault proxy's thread ended before it served")
+
+        wait_until(lambda: server.started, timeout=STARTUP_TIMEOUT, interval=0.01,
+                   between=check_alive, what="the fault proxy to listen")
         return self
 
     def stop(self) -> None:
@@ -272,7 +261,7 @@ class FaultProxy:
         seen.upstream_status, seen.forwarded_at = response.status_code, time.monotonic()
         if fault is not None and fault.kind == "hold":
             seen.fault = f"held {fault.delay}s"
-            await asyncio.sleep(fault.delay)
+            await asyncio.sleep(fault.delay)  # not a wait: the injected latency itself
         return response
 
     async def _forward(self, request: Request, content: bytes) -> Response:

@@ -22,7 +22,7 @@ from shared.messaging.topology import PUSHER
 
 def sleeping_handler(seconds: float) -> Handler:
     async def handle(message: InboundMessage[object]) -> Outcome:
-        await asyncio.sleep(seconds)
+        await asyncio.sleep(seconds)  # not a wait: simulated I/O (a handler's call out)
         return Outcome.UPDATED
 
     return handle

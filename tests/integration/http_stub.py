@@ -177,7 +177,7 @@ def _route(stub: StubServer, h: BaseHTTPRequestHandler, r: Recorded) -> None:
             return _json(h, int(segments[2]), {"message": "not now"}, headers)
         return _json(h, 200, _echo(r))
     if head == "sleep" and len(segments) >= 2:
-        time.sleep(float(segments[1]))
+        time.sleep(float(segments[1]))  # not a wait: the latency this endpoint simulates
         return _json(h, 200, _echo(r))
     if head == "redirect":
         return _send(h, int(r.query.get("status", 302)), b"", {"Location": r.query["to"]})
@@ -232,7 +232,7 @@ def _token(stub: StubServer, h: BaseHTTPRequestHandler, r: Recorded) -> None:
         oauth.calls.append({"grant_type": grant, "client_auth": client_auth,
                             "scope": form.get("scope")})
     if oauth.delay:
-        time.sleep(oauth.delay)
+        time.sleep(oauth.delay)  # not a wait: a slow token endpoint, simulated
     if (client_id, client_secret) != (oauth.client_id, oauth.client_secret):
         return _json(h, 401, {"error": "invalid_client"})
     with stub.lock:

@@ -130,7 +130,7 @@ async def test_close_flushes_what_is_queued(db: Database) -> None:
     writer = AuditWriter(db, interval=5.0)
     await writer.start()
     pending = [asyncio.create_task(writer.write(record(n))) for n in range(10)]
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # not a wait: one turn, in which the 10 writes are queued
     await writer.close()
     await asyncio.gather(*pending)
     assert await db.fetchval("SELECT count(*) FROM audit_log") == 10
@@ -306,7 +306,7 @@ async def test_a_cancelled_writer_fails_its_waiters_instead_of_hanging(db: Datab
     writer = AuditWriter(db, interval=5.0)
     await writer.start()
     waiters = [asyncio.create_task(writer.write(record(n))) for n in range(5)]
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # not a wait: one turn, in which the 5 writes are queued
     assert writer._task is not None
     writer._task.cancel()
     results = await asyncio.wait_for(asyncio.gather(*waiters, return_exceptions=True), 5)

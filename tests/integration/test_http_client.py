@@ -64,7 +64,7 @@ def _paths() -> dict[str, Any]:
     }
     no_content = {"204": {"description": "no content"}}
     paths["/empty"] = {"get": {"operationId": "get_empty", "responses": no_content}}
-    for name in ("echo", "status", "sleep", "protected"):
+    for name in ("echo", "status", "sleep", "protected"):  # sleep: the stub's slow answer
         param = {"name": "p", "in": "path", "required": True, "schema": {"type": "string"}}
         paths[f"/{name}/{{p}}"] = {
             "get": {"operationId": f"get_{name}", "parameters": [param], **get},
@@ -354,6 +354,7 @@ async def open_client(
 async def test_read_timeout_is_remote_unavailable(open_client, stub) -> None:
     document, client = open_client
     started = time.monotonic()
+    # /sleep/2: the stub answers after 2 s (simulated latency), past the 0.3 s read timeout
     with pytest.raises(RemoteUnavailable, match=r"GET /sleep/2 failed: ReadTimeout"):
         await client.send(plan(document, "get_sleep", f"{stub.url}/sleep/2"))
     assert time.monotonic() - started < 1.5
@@ -568,6 +569,7 @@ async def test_rate_limit_spreads_requests_over_time(tmp_path, stub, secrets_env
 async def test_concurrency_is_never_exceeded(tmp_path, stub, secrets_env, clients) -> None:
     document = make_connector(tmp_path, [{"headerKey": []}], rateLimit={"concurrency": 3})
     client = clients(document, stub.url, refs("apiKey"))
+    # /sleep/0.1: each answer takes 0.1 s (simulated latency), so that requests overlap
     await asyncio.gather(*(
         client.send(plan(document, "get_sleep", f"{stub.url}/sleep/0.1")) for _ in range(12)))
     assert stub.max_in_flight == 3
@@ -578,6 +580,7 @@ async def test_the_instance_override_replaces_the_connector_limit(
 ) -> None:
     document = make_connector(tmp_path, [{"headerKey": []}], rateLimit={"concurrency": 8})
     client = clients(document, stub.url, refs("apiKey"), {"rateLimit": {"concurrency": 2}})
+    # /sleep/0.1: each answer takes 0.1 s (simulated latency), so that requests overlap
     await asyncio.gather(*(
         client.send(plan(document, "get_sleep", f"{stub.url}/sleep/0.1")) for _ in range(8)))
     assert stub.max_in_flight == 2

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from shared.http.transport import Http1Transport
+from tests.fixtures.waiting import eventually
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -85,6 +86,7 @@ async def test_chunked_and_eof_delimited_bodies():
 
 async def test_an_idle_connection_closed_by_the_server_is_replaced_for_safe_requests():
     served = 0
+    forget, forgotten = asyncio.Event(), asyncio.Event()
 
     async def one_per_connection(reader: asyncio.StreamReader,
                                  writer: asyncio.StreamWriter) -> None:
@@ -94,15 +96,25 @@ async def test_an_idle_connection_closed_by_the_server_is_replaced_for_safe_requ
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         await writer.drain()
         # the server forgets the connection without saying "Connection: close"
-        await asyncio.sleep(0.05)
+        await forget.wait()
         writer.transport.abort()
+        forgotten.set()
 
     async with raw_server(one_per_connection) as url, client() as http:
         assert (await http.get(url)).content == b"ok"
-        await asyncio.sleep(0.1)
+        forget.set()  # the first connection sits idle in the pool now
+        await asyncio.wait_for(forgotten.wait(), 10)
+        await eventually(lambda: idle_connections_closed(http),
+                         what="the client to see the server close its idle connection")
         assert (await http.get(url)).content == b"ok"  # the dead idle connection was skipped
         assert (await http.post(url, json={}, headers={"Idempotency-Key": "k"})).content == b"ok"
     assert served == 3
+
+
+def idle_connections_closed(http: httpx.AsyncClient) -> bool:
+    """Whether every connection idle in the transport's pools is known closed."""
+    pools = http._transport._pools.values()  # type: ignore[attr-defined]
+    return all(connection.closed for pool in pools for connection in pool.idle)
 
 
 async def test_a_post_without_idempotency_key_is_not_resent_after_a_lost_connection():
@@ -123,7 +135,7 @@ async def test_a_post_without_idempotency_key_is_not_resent_after_a_lost_connect
 async def test_timeouts_and_refused_connections():
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
-        await asyncio.sleep(5)
+        await asyncio.sleep(5)  # not a wait: a server that does not answer within the timeout
 
     async with raw_server(silent) as url, httpx.AsyncClient(transport=Http1Transport(),
                                  timeout=httpx.Timeout(0.2)) as http:
@@ -177,7 +189,7 @@ async def test_connections_are_bounded_per_origin():
             await read_request(reader)
             in_flight += 1
             peak = max(peak, in_flight)
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # not a wait: a slow answer, so that requests overlap
             in_flight -= 1
             writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
             await writer.drain()

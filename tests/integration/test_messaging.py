@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -28,7 +29,7 @@ from shared.errors import InfrastructureError, RemoteRejected, RemoteUnavailable
 from shared.logging import register_secret
 from shared.messaging.codec import SYNC_CODEC, InboundMessage
 from shared.messaging.connection import open_connection
-from shared.messaging.consumer import Consumer, ConsumerConfig
+from shared.messaging.consumer import Consumer, ConsumerConfig, ConsumerStopped
 from shared.messaging.envelope import SyncMessage, encode
 from shared.messaging.publisher import OutgoingMessage, Publisher, Unroutable
 from shared.messaging.tooling import publish_blocking
@@ -44,7 +45,8 @@ from shared.messaging.topology import (
     work_queues,
 )
 from shared.paths import project_root
-from tests.fixtures.amqp import TEST_DELIVERY_LIMIT, TEST_RETRY_DELAYS, TestTopology, eventually
+from tests.fixtures.amqp import TEST_DELIVERY_LIMIT, TEST_RETRY_DELAYS, TestTopology
+from tests.fixtures.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -416,7 +418,7 @@ async def test_while_the_audit_log_is_down_messages_are_held_not_acked_nor_redon
 async def test_postgresql_connections_killed_mid_run_lose_and_double_nothing(
         topology: TestTopology, db: Any, audit_writer: Any, database_url: str) -> None:
     async def handler(message: InboundMessage[SyncMessage]) -> Outcome:
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # not a wait: simulated work, so that outages hit mid-flow
         return Outcome.UPDATED
 
     def kill_backends() -> set[int]:
@@ -440,6 +442,115 @@ async def test_postgresql_connections_killed_mid_run_lose_and_double_nothing(
     assert len(killed) >= 3
     assert set(counts.values()) == {1}
     assert topology.ready(PUSH.name) == 0
+
+
+# ---------------------------------------------------------------------------- join
+
+
+class GatedAudit(FlakyAudit):
+    """The real audit writer, its commits held until ``gate`` opens (a slow PostgreSQL);
+    ``held`` counts the rows handed over so far."""
+
+    def __init__(self, writer: Any) -> None:
+        super().__init__(writer, failures=0)
+        self.gate = asyncio.Event()
+        self.held = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, record: AuditRecord, done: Any) -> None:
+        self.held += 1
+
+        async def after_the_gate() -> None:
+            await self.gate.wait()
+            self.writer.submit(record, done)
+
+        task = asyncio.create_task(after_the_gate())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def crash(consumer: Consumer) -> None:
+    """What a killed process leaves behind, at once: its socket shut — acks not yet
+    handed to the kernel never leave — and the consumer told not to reconnect."""
+    assert consumer.session is not None
+    connection = consumer.session.channel.connection
+    connection._transport._sock.shutdown(socket.SHUT_RDWR)  # pika's socket
+    consumer.stop()
+
+
+async def returned_after_crash(topology: TestTopology) -> int:
+    """Once the broker has dropped the crashed consumer (and requeued what it had not
+    acked, in the same step): the messages back in the queue."""
+    await eventually(lambda: topology.consumers("pusher") == 0,
+                     what="the broker to drop the crashed consumer")
+    return topology.ready("pusher")
+
+
+async def test_join_returns_once_every_row_is_committed_and_every_ack_sent(
+        topology: TestTopology, db: Any, audit_writer: Any) -> None:
+    audit = GatedAudit(audit_writer)
+    messages = [sync_message(f"r{i}") for i in range(300)]
+    consumer = pusher(topology, updated_handler, audit, prefetch=50, concurrency=8)
+    async with running(consumer):
+        joined = asyncio.create_task(consumer.join())
+        await publish(topology.url, [outgoing(m) for m in messages])
+        await eventually(lambda: audit.held == 50, what="a window of 50 rows held")
+        # handled, but nothing durable: join must not have returned
+        assert not joined.done() and await rows(db) == []
+        assert topology.ready("pusher") == 250
+        audit.gate.set()
+        await asyncio.wait_for(joined, 60)
+        crash(consumer)  # right away: only what join waited for is done
+        counts = await final_counts(db)
+    assert len(counts) == 300 and set(counts.values()) == {1}  # committed
+    assert await returned_after_crash(topology) == 0  # acked: nothing came back
+
+
+async def test_a_crash_gives_back_what_was_not_acked(
+        topology: TestTopology, audit_writer: Any) -> None:
+    """The control of the test above: the crash does return unacked messages."""
+    audit = GatedAudit(audit_writer)
+    consumer = pusher(topology, updated_handler, audit)
+    async with running(consumer):
+        await publish(topology.url, [outgoing(sync_message(f"r{i}")) for i in range(3)])
+        await eventually(lambda: audit.held == 3, what="3 rows held")
+        crash(consumer)
+        audit.gate.set()  # the rows commit, but the acks have no channel left
+    assert await returned_after_crash(topology) == 3
+
+
+async def test_join_is_cancellable_and_follows_the_queue_through_retries_and_stop(
+        topology: TestTopology, db: Any, audit_writer: Any) -> None:
+    go = asyncio.Event()
+
+    async def handler(message: InboundMessage[SyncMessage]) -> Outcome:
+        await go.wait()
+        if message.attempt == 0 and message.record_id == "flaky":
+            raise RemoteUnavailable("503")
+        return Outcome.UPDATED
+
+    consumer = pusher(topology, handler, audit_writer)
+    async with running(consumer):
+        await publish(topology.url, [outgoing(sync_message("flaky")),
+                                     outgoing(sync_message("fine"))])
+        waiting = asyncio.create_task(consumer.join())
+        await eventually(lambda: consumer.processor.in_progress == 2, what="2 in progress")
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        go.set()
+        await asyncio.wait_for(consumer.join(), 60)
+        first = {r["outcome"] for r in await rows(db)}
+        # the retry copy waits in pusher.retry.200ms: not the work queue's to wait for
+        await eventually(lambda: topology.ready("pusher.retry.200ms") == 0,
+                         what="the retry copy back in the work queue")
+        await asyncio.wait_for(consumer.join(), 60)
+        final = await final_counts(db)
+        consumer.stop()
+        with pytest.raises(ConsumerStopped):
+            await asyncio.wait_for(consumer.join(), 60)
+    assert first == {"retrying", "updated"}
+    assert sorted(final.values()) == [1, 1]
 
 
 # ---------------------------------------------------------------------------- processes
@@ -476,7 +587,8 @@ async def test_sigkill_with_a_thousand_in_flight_loses_nothing_and_settles_nothi
         topology: TestTopology, db: Any, database_url: str) -> None:
     messages = [sync_message(f"r{i}") for i in range(1000)]
     await publish(topology.url, [outgoing(m) for m in messages])
-    # All 1,000 delivered at once (prefetch), 20 handlers of 10 ms: ~0.5 s of work.
+    # All 1,000 delivered at once (prefetch), 20 handlers of 10 ms (--sleep-ms: simulated
+    # work, not a wait): ~0.5 s of work.
     env = _app_env(topology, database_url, CONCURRENCY="20", PREFETCH="1000")
     first = _start_app(env, "--sleep-ms", "10")
     try:
@@ -505,7 +617,7 @@ async def test_the_consumer_reconnects_when_the_broker_drops_it(
 
     async def handler(message: InboundMessage[SyncMessage]) -> Outcome:
         await go.wait()
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.005)  # not a wait: simulated work, so that the drop hits mid-flow
         if message.attempt == 0 and (message.record_id or "").endswith("7"):
             raise RemoteUnavailable("flaky remote")  # retry copies in flight too
         return Outcome.UPDATED
@@ -539,7 +651,7 @@ async def test_sigterm_finishes_in_flight_work_and_exits_zero(
     messages = [sync_message(f"r{i}") for i in range(60)]
     await publish(topology.url, [outgoing(m) for m in messages])
     env = _app_env(topology, database_url, CONCURRENCY="8", SHUTDOWN_TIMEOUT="20")
-    proc = _start_app(env, "--sleep-ms", "400")
+    proc = _start_app(env, "--sleep-ms", "400")  # handlers in flight when SIGTERM comes
     try:
         await eventually(lambda: db.fetchval("SELECT count(*) >= 8 FROM audit_log"),
                          what="the first handlers done")

@@ -32,14 +32,18 @@ from sandbox.server import SandboxServer, free_port
 from sandbox.settings import SandboxSettings
 from shared.bss import BssClient
 from shared.messaging.management import AmqpUrl
+from shared.messaging.publisher import OutgoingMessage
+from shared.messaging.tooling import publish_blocking
 from shared.messaging.topology import EVENTS_EXCHANGE
 from shared.schemas import ENTITIES, load_schema, registry, schema_uri, validator
 from shared.storage.db import quote_ident
-from tests.fixtures.amqp import eventually
+from tests.fixtures.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
 ORG = "acme-telecom"
+#: Routing-key prefix of the markers a test publishes behind the sandbox's events.
+SENTINEL = "test-sentinel"
 
 
 # ---------------------------------------------------------------------- the contract
@@ -164,6 +168,7 @@ class EventTap:
     """An exclusive queue bound to ``bss.events`` ``#``: every event the sandbox publishes."""
 
     def __init__(self, amqp_url: str) -> None:
+        self.url = amqp_url
         self._conn = Connection(amqp_url)
         self._channel = self._conn.channel()
         self.name = f"sandbox-test-{secrets.token_hex(3)}"
@@ -172,9 +177,13 @@ class EventTap:
         self.events: list[dict[str, Any]] = []
         self.routing_keys: list[str] = []
         self.message_ids: list[str | None] = []
+        self._sentinels: set[str] = set()
 
     def drain(self) -> int:
         while (message := self._channel.basic_get(self.name, no_ack=True)) is not None:
+            if message.delivery_info["routing_key"].startswith(SENTINEL):
+                self._sentinels.add(message.properties.get("message_id"))
+                continue
             self.events.append(json.loads(message.body))
             self.routing_keys.append(message.delivery_info["routing_key"])
             self.message_ids.append(message.properties.get("message_id"))
@@ -185,8 +194,26 @@ class EventTap:
                          what=f"{count} events on bss.events")
         return self.events
 
+    async def everything(self, database_url: str, schema: str) -> int:
+        """Every event the sandbox will ever publish for what is in its outbox now: once
+        the outbox is empty (each row marked after the broker confirmed its event, so no
+        row can be published again), a sentinel published to ``bss.events`` comes back
+        through the tap's queue after all of them. The number of events then."""
+        await eventually(lambda: _outbox_empty(database_url, schema),
+                         what="every outbox row published and marked")
+        sentinel = secrets.token_hex(4)
+        publish_blocking(self.url, [OutgoingMessage(EVENTS_EXCHANGE, f"{SENTINEL}.{sentinel}",
+                                                    b"{}", sentinel)])
+        await eventually(lambda: self.drain() >= 0 and sentinel in self._sentinels,
+                         what="the sentinel, behind every event published before it")
+        return len(self.events)
+
     def close(self) -> None:
         self._conn.release()
+
+
+async def _outbox_empty(database_url: str, schema: str) -> bool:
+    return await _pending_outbox(database_url, schema) == 0
 
 
 async def _pending_outbox(database_url: str, schema: str) -> int:
@@ -370,7 +397,7 @@ async def test_pagination_returns_each_changed_record_once_under_concurrent_writ
         cursor = page["nextCursor"]
         if cursor is None:
             break
-        await asyncio.sleep(0.005)  # let the writer interleave
+        await asyncio.sleep(0.005)  # not a wait: paces the pages so that writes land between
     written = await writing
     counts = Counter(seen)
     assert all(counts[i] == 1 for i in existing), "a record was skipped or listed twice"
@@ -442,7 +469,7 @@ async def _create_many(api: httpx.AsyncClient, base: str, count: int) -> list[st
     ids = []
     for i in range(count):
         ids.append((await api.post(base, json=_valid_record("product", 100 + i))).json()["id"])
-        await asyncio.sleep(0.002)
+        await asyncio.sleep(0.002)  # not a wait: paces the writes across the listing's pages
     return ids
 
 
@@ -506,11 +533,16 @@ async def test_writes_publish_events_with_their_origin(
 
 
 class TcpProxy:
-    """A TCP forwarder on its own thread; :meth:`stop` drops every connection like a crash."""
+    """A TCP forwarder on its own thread. :meth:`refuse` drops every connection like a
+    crash and turns new ones away at once; :meth:`start` forwards again. ``attempts``
+    counts the connections accepted (refused ones too): how a test sees a client retry.
+    """
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self.port = free_port()
+        self.attempts = 0
+        self._refusing = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
@@ -520,26 +552,39 @@ class TcpProxy:
     def start(self) -> None:
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(5)
 
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(5)
+    def refuse(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._refuse(), self._loop).result(5)
 
     def close(self) -> None:
-        self.stop()
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
 
     async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self._refusing = False
+        if self._server is None:
+            self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def _refuse(self) -> None:
+        self._refusing = True
+        self._drop_all()
 
     async def _stop(self) -> None:
         if self._server is not None:
             self._server.close()
             self._server = None
+        self._drop_all()
+
+    def _drop_all(self) -> None:
         for writer in list(self._writers):
             writer.transport.abort()
         self._writers.clear()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.attempts += 1
+        if self._refusing:
+            writer.transport.abort()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
@@ -577,19 +622,21 @@ async def test_changes_made_while_rabbitmq_is_unreachable_are_published_when_it_
                 base = f"/organizations/{ORG}/order"
                 first = (await api.post(base, json=_valid_record("order"))).json()
                 await tap.wait_for(1)
-                proxy.stop()  # the broker is gone: connections dropped, new ones refused
+                proxy.refuse()  # the broker is gone: connections dropped, new ones refused
                 during = [(await api.post(base, json=_valid_record("order", i))).json()["id"]
                           for i in range(25)]
                 await api.put(f"{base}/{first['id']}", json=_valid_record("order", 99))
-                await asyncio.sleep(1.5)  # the relay tries, fails, backs off
+                # the relay tries, fails, backs off: two attempts after the writes make
+                # one whole round that had the 26 events waiting
+                await _relay_attempts(proxy, 2)
                 assert tap.drain() == 1
                 assert await _pending_outbox(database_url, sandbox_schema) == 26
                 health = (await api.get("/health")).json()
                 assert health["relay"] == "retrying"
                 proxy.start()
                 events = await tap.wait_for(27)
-                await asyncio.sleep(0.5)
-                assert tap.drain() == 27, "an event was published twice"
+                published = await tap.everything(database_url, sandbox_schema)
+                assert published == 27, "an event was published twice"
     finally:
         proxy.close()
     assert [e["recordId"] for e in events[1:26]] == during
@@ -598,11 +645,21 @@ async def test_changes_made_while_rabbitmq_is_unreachable_are_published_when_it_
     assert await _pending_outbox(database_url, sandbox_schema) == 0
 
 
+async def _relay_attempts(proxy: TcpProxy, count: int) -> None:
+    """Until the relay has tried to connect ``count`` more times through ``proxy``."""
+    start = proxy.attempts
+    await eventually(lambda: proxy.attempts >= start + count, timeout=60,
+                     what=f"{count} more connection attempts by the relay")
+
+
 async def test_changes_wait_in_the_outbox_until_the_vhost_exists(
         database_url: str, sandbox_schema: str, rabbitmq: Any, contract: Contract) -> None:
     vhost = f"sandbox-late-{secrets.token_hex(3)}"
     late_url = rabbitmq.url_for(vhost)
-    settings = _settings(database_url, sandbox_schema, late_url)
+    broker = AmqpUrl.parse(late_url)
+    proxy = TcpProxy(broker.host, broker.port)  # only to count the relay's attempts
+    proxy.start()
+    settings = _settings(database_url, sandbox_schema, proxy.url(late_url))
     management = rabbitmq.management(vhost)
     try:
         with SandboxServer(settings, mode="thread") as server:
@@ -610,7 +667,7 @@ async def test_changes_wait_in_the_outbox_until_the_vhost_exists(
                 ids = [(await api.post(f"/organizations/{ORG}/case",
                                        json=_valid_record("case", i))).json()["id"]
                        for i in range(3)]
-                await asyncio.sleep(1.0)
+                await _relay_attempts(proxy, 2)  # tried, refused by the broker, backed off
                 assert await _pending_outbox(database_url, sandbox_schema) == 3
                 management.create_vhost(vhost)
                 tap = EventTap(late_url)
@@ -619,6 +676,7 @@ async def test_changes_wait_in_the_outbox_until_the_vhost_exists(
                 finally:
                     tap.close()
     finally:
+        proxy.close()
         management.delete_vhost(vhost)
         management.close()
     assert [e["recordId"] for e in events] == ids
@@ -650,8 +708,8 @@ async def test_seed_creates_valid_connected_records_and_their_events(
             records = {e: (await api.get(f"/organizations/{ORG}/{e}")).json()["items"]
                        for e in ENTITIES}
             events = await tap.wait_for(count * len(ENTITIES))
-            await asyncio.sleep(1.0)
-            assert tap.drain() == count * len(ENTITIES), "an event was published twice"
+            published = await tap.everything(database_url, sandbox_schema)
+            assert published == count * len(ENTITIES), "an event was published twice"
     assert {e: len(items) for e, items in records.items()} == dict.fromkeys(ENTITIES, count)
     assert Counter(tap.routing_keys) == {f"{e}.created": count for e in ENTITIES}
     assert {e["origin"] for e in events} == {None}

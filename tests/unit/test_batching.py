@@ -20,7 +20,7 @@ async def test_concurrent_calls_share_a_batch_and_get_their_own_results() -> Non
 
     async def run(items: list[int]) -> list[int | BaseException]:
         calls.append(items)
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # not a wait: a statement's round trip, while calls pile up
         return [ValueError(f"odd {i}") if i % 2 else i * 10 for i in items]
 
     coalescer: Coalescer[int, int] = Coalescer(run, max_batch=4)

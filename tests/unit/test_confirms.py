@@ -105,7 +105,7 @@ async def test_a_closed_channel_fails_pending_and_later_publishes() -> None:
     pending = publisher.publish_nowait(message(1))
     channel.is_open = False
     closed.set_result(ConnectionError("connection reset"))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # not a wait: one turn, in which the close callbacks run
     with pytest.raises(InfrastructureError, match="before RabbitMQ confirmed"):
         pending.result()
     with pytest.raises(InfrastructureError):
@@ -117,7 +117,7 @@ async def test_publish_many_keeps_a_window_and_reports_the_first_failure() -> No
 
     async def broker() -> None:
         while len(channel.published) < 10 or publisher.in_flight:
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # not a wait: the broker answers once per turn
             if publisher.in_flight:
                 confirm(publisher, len(channel.published), multiple=True,
                         nack=len(channel.published) == 3)
@@ -146,8 +146,28 @@ async def test_acks_wait_for_the_turn_and_batch_the_contiguous_run() -> None:
     for tag in (1, 2, 3):
         session.ack(tag)
     assert channel.acks == []  # nothing until the end of this turn of the loop
-    await asyncio.sleep(0)
+    await session.flushed()
     assert channel.acks == [(3, True)]
+
+
+async def test_flushed_returns_at_once_with_no_ack_pending_and_is_cancellable() -> None:
+    session, channel = await make_session()
+    await asyncio.wait_for(session.flushed(), 10)  # nothing marked: nothing to wait for
+    session.ack(1)
+    waiting = asyncio.ensure_future(session.flushed())
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await asyncio.wait_for(session.flushed(), 10)  # the flush still happens, once
+    assert channel.acks == [(1, True)]
+
+
+async def test_flushed_returns_when_the_channel_died_with_acks_marked() -> None:
+    session, channel = await make_session()
+    session.ack(1)
+    session.closed.set_result(ConnectionError("gone"))
+    await asyncio.wait_for(session.flushed(), 10)  # dropped, not waited for forever
+    assert channel.acks == []
 
 
 async def test_a_delivery_still_in_progress_is_never_covered_by_a_multiple_ack() -> None:

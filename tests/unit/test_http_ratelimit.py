@@ -29,7 +29,7 @@ class FakeClock:
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.now += seconds
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # not a wait: yields, as a real sleep does; time is faked
 
 
 def test_a_burst_up_to_the_limit_starts_at_once_then_the_window_slides() -> None:
@@ -103,7 +103,7 @@ async def test_throttle_slots_bound_concurrency() -> None:
         nonlocal peak
         async with throttle.slot():
             peak = max(peak, throttle.in_flight)
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # not a wait: a request in flight, so that they overlap
 
     await asyncio.gather(*(work() for _ in range(6)))
     assert peak == 2 and throttle.in_flight == 0

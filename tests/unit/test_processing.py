@@ -8,129 +8,58 @@ could not show a wrong order reliably.
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from typing import Any
 
 import pika
+import pytest
 
-from shared.audit.record import AuditRecord, Outcome
-from shared.errors import InfrastructureError, RemoteUnavailable
-from shared.messaging.codec import SYNC_CODEC, InboundMessage
+from shared.audit.record import Outcome
+from shared.errors import RemoteUnavailable
+from shared.messaging.codec import InboundMessage
 from shared.messaging.delivery import ConsumeSession, Delivery
 from shared.messaging.processing import MessageProcessor
-from shared.messaging.topology import PUSH_EXCHANGE, PUSHER, WorkQueue
-
-QUEUE = WorkQueue(PUSHER, (0.01, 0.02))
-RETRY = f"confirmed {QUEUE.retry_queue(0).name}"  # the copy to the first rung, confirmed
-
-
-class Recorder:
-    """Everything observable, in order."""
-
-    def __init__(self) -> None:
-        self.events: list[str] = []
-
-
-class Channel:
-    def __init__(self, rec: Recorder) -> None:
-        self.rec = rec
-        self.is_open = True
-
-    def basic_ack(self, tag: int, multiple: bool = False) -> None:
-        self.rec.events.append(f"ack {tag}" + (" and before" if multiple else ""))
-
-    def basic_nack(self, tag: int, multiple: bool = False, requeue: bool = True) -> None:
-        self.rec.events.append(f"nack {tag}")
-
-
-class Sink:
-    def __init__(self, rec: Recorder, fail: int = 0) -> None:
-        self.rec, self.fail = rec, fail
-        self.rows: list[AuditRecord] = []
-        self.tasks: set[asyncio.Future[None]] = set()
-
-    async def write(self, record: AuditRecord) -> None:
-        await asyncio.sleep(0)
-        if self.fail:
-            self.fail -= 1
-            self.rec.events.append("audit refused")
-            raise InfrastructureError("db down")
-        self.rows.append(record)
-        self.rec.events.append(f"audit {record.outcome.value} {record.attempt}")
-
-    def submit(self, record: AuditRecord, done: Any) -> None:
-        async def commit() -> None:
-            try:
-                await self.write(record)
-            except InfrastructureError as exc:
-                done(exc)
-            else:
-                done(None)
-
-        task = asyncio.ensure_future(commit())
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def settled_outcome(self, message_id: str, attempt: int) -> Outcome | None:
-        for row in self.rows:
-            if row.message_id == message_id and row.attempt == attempt:
-                return row.outcome
-        return None
-
-    async def final_outcome(self, message_id: str) -> Outcome | None:
-        return None
-
-
-class FakePublisher:
-    def __init__(self, rec: Recorder, refuse: bool = False) -> None:
-        self.rec, self.refuse = rec, refuse
-        self.copies: list[tuple[str, str, dict]] = []
-
-    def republish_nowait(self, exchange: str, routing_key: str, body: bytes,
-                         properties: Any) -> asyncio.Future[None]:
-        future = asyncio.get_running_loop().create_future()
-
-        def confirm() -> None:
-            attempt = json.loads(body)["attempt"] if body.startswith(b'{"') else None
-            self.copies.append((routing_key, attempt, properties.headers))
-            self.rec.events.append(f"confirmed {routing_key}")
-            if self.refuse:
-                future.set_exception(InfrastructureError("nacked"))
-            else:
-                future.set_result(None)
-
-        asyncio.get_running_loop().call_later(0.001, confirm)
-        return future
-
-
-def body(message_id: str, attempt: int = 0) -> bytes:
-    return json.dumps({
-        "id": message_id, "direction": "push", "org_id": "o", "instance_id": "i",
-        "entity": "account", "action": "update", "record_id": "r", "trigger": "event",
-        "attempt": attempt, "created_at": "2026-01-01T00:00:00Z"}).encode()
+from shared.messaging.topology import PUSH_EXCHANGE
+from tests.fixtures.waiting import eventually
+from tests.unit.messaging_doubles import (
+    QUEUE,
+    RETRY,
+    FakePublisher,
+    GatedSink,
+    Recorder,
+    Sink,
+    body,
+    delivery,
+    new_session,
+    processor_for,
+)
 
 
 async def setup(handler: Any, *, fail_audit: int = 0, refuse_copies: bool = False,
-                always_deduplicate: bool = False):
+                always_deduplicate: bool = False, gated: bool = False):
+    """``gated``: the audit sink commits only once the test opens ``sink.gate``."""
     rec = Recorder()
-    closed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    session = ConsumeSession(Channel(rec), closed)  # type: ignore[arg-type]
-    sink, publisher = Sink(rec, fail_audit), FakePublisher(rec, refuse_copies)
-    processor = MessageProcessor(QUEUE, SYNC_CODEC, handler, sink, lambda: publisher,
-                                 concurrency=4, window=8, requeue_delay=0.01,
-                                 always_deduplicate=always_deduplicate)
+    session, _channel = new_session(rec)
+    sink = GatedSink(rec) if gated else Sink(rec, fail_audit)
+    publisher = FakePublisher(rec, refuse_copies)
+    processor = processor_for(handler, sink, publisher, always_deduplicate=always_deduplicate)
     return rec, session, sink, publisher, processor
 
 
-def delivery(session: ConsumeSession, tag: int, data: bytes, redelivered: bool = False):
-    session.received(tag)
-    props = pika.BasicProperties(message_id=json.loads(data)["id"], headers={})
-    return Delivery(session, tag, PUSH_EXCHANGE, "account.update.o.i", redelivered, props, data)
+def acked(events: list[str]) -> set[int]:
+    """The delivery tags the recorded acks cover (``ack N and before`` covers 1…N)."""
+    tags: set[int] = set()
+    for event in events:
+        if event.startswith("ack "):
+            tag = int(event.split()[1])
+            tags |= set(range(1, tag + 1)) if event.endswith("and before") else {tag}
+    return tags
 
 
-async def settle_turn() -> None:
-    await asyncio.sleep(0.05)
+async def settled(processor: MessageProcessor, session: ConsumeSession) -> None:
+    """Until every delivery is settled and its ack sent (the processor's own hook)."""
+    await processor.settled()
+    await session.flushed()
 
 
 async def test_success_is_audited_then_acked() -> None:
@@ -139,7 +68,7 @@ async def test_success_is_audited_then_acked() -> None:
 
     rec, session, _sink, _, processor = await setup(handler)
     await processor.process(delivery(session, 1, body(str(uuid.uuid4()))))
-    await settle_turn()
+    await settled(processor, session)
     assert rec.events == ["audit created 0", "ack 1 and before"]
 
 
@@ -149,7 +78,7 @@ async def test_a_retry_copy_is_confirmed_before_the_audit_row_before_the_ack() -
 
     rec, session, _, publisher, processor = await setup(handler)
     await processor.process(delivery(session, 1, body(str(uuid.uuid4()))))
-    await settle_turn()
+    await settled(processor, session)
     assert rec.events == [RETRY, "audit retrying 0", "ack 1 and before"]
     [(_, attempt, headers)] = publisher.copies
     assert attempt == 1 and headers["x-attempt"] == 1
@@ -171,7 +100,7 @@ async def test_a_failing_audit_log_holds_the_message_and_never_republishes() -> 
 
     rec, session, _, publisher, processor = await setup(handler, fail_audit=2)
     await processor.process(delivery(session, 1, body(str(uuid.uuid4()))))
-    await settle_turn()
+    await settled(processor, session)
     assert rec.events == [RETRY, "audit refused", "audit refused",
                           "audit retrying 0", "ack 1 and before"]
     assert len(publisher.copies) == 1
@@ -188,7 +117,7 @@ async def test_a_redelivered_message_with_a_row_is_acked_without_handling() -> N
     message_id = str(uuid.uuid4())
     await processor.process(delivery(session, 1, body(message_id)))
     await processor.process(delivery(session, 2, body(message_id), redelivered=True))
-    await settle_turn()
+    await settled(processor, session)
     assert calls == [0]
     # the redelivery waits for the first delivery's row, finds it, and is acked unhandled
     assert rec.events == ["audit updated 0", "ack 1 and before", "ack 2 and before"]
@@ -207,10 +136,11 @@ async def test_twins_in_flight_run_one_after_the_other_and_the_second_is_recogni
     _rec, session, sink, _, processor = await setup(handler)
     message_id = str(uuid.uuid4())
     first = asyncio.create_task(processor.process(delivery(session, 1, body(message_id))))
-    await asyncio.sleep(0.01)
+    await eventually(lambda: calls == [message_id], what="the first delivery in its handler")
     second = asyncio.create_task(processor.process(delivery(session, 2, body(message_id))))
     third = asyncio.create_task(processor.process(delivery(session, 3, body(message_id))))
-    await asyncio.sleep(0.01)
+    await eventually(lambda: len(processor._in_flight.get((message_id, 0), [])) == 2,
+                     what="both twins waiting for the first")
     assert calls == [message_id]
     release.set()
     await asyncio.gather(first, second, third)
@@ -227,7 +157,7 @@ async def test_a_poison_message_is_dead_lettered_with_its_reason() -> None:
     session.received(1)
     await processor.process(Delivery(session, 1, PUSH_EXCHANGE, "account.update.o.i", False,
                                      props, b"{not json"))
-    await settle_turn()
+    await settled(processor, session)
     dead_copy = f"confirmed {QUEUE.dead_routing_key('account.update.o.i')}"
     assert rec.events == [dead_copy, "audit dead 2", "ack 1 and before"]
     [(_routing_key, _, headers)] = publisher.copies
@@ -248,45 +178,79 @@ async def test_a_republished_duplicate_is_handled_again_unless_always_deduplicat
         _rec, session, _sink, _, processor = await setup(handler, always_deduplicate=always)
         message_id = str(uuid.uuid4())
         await processor.process(delivery(session, 1, body(message_id)))
-        await settle_turn()  # settled: the second publish is not a twin in flight
+        await settled(processor, session)  # the second publish is not a twin in flight
         await processor.process(delivery(session, 2, body(message_id)))  # a second publish
         assert calls == expected
-
-
-class GatedSink(Sink):
-    """Commits only when the test opens the gate (a slow PostgreSQL)."""
-
-    def __init__(self, rec: Recorder) -> None:
-        super().__init__(rec)
-        self.gate = asyncio.Event()
-
-    async def write(self, record: AuditRecord) -> None:
-        await self.gate.wait()
-        await super().write(record)
 
 
 async def test_a_handled_message_stays_in_progress_until_its_row_commits() -> None:
     async def handler(m: InboundMessage[Any]) -> Outcome:
         return Outcome.CREATED
 
-    rec, session, _, publisher, _ = await setup(handler)
-    sink = GatedSink(rec)
-    processor = MessageProcessor(QUEUE, SYNC_CODEC, handler, sink, lambda: publisher,
-                                 concurrency=4, window=8)
+    rec, session, sink, _, processor = await setup(handler, gated=True)
     message_id = str(uuid.uuid4())
     await processor.process(delivery(session, 1, body(message_id)))
-    await settle_turn()
+    await eventually(lambda: sink.parked == 1, what="the row waiting for its commit")
     # the worker moved on, but the message is neither acked nor released
-    assert rec.events == [] and session.active == 1
+    assert rec.events == [] and session.active == 1 and processor.in_progress == 1
     assert (message_id, 0) in processor._in_flight
-    idle = asyncio.ensure_future(session.wait_idle())
-    await settle_turn()
-    assert not idle.done()  # what a graceful stop waits for
+    idle = asyncio.ensure_future(session.wait_idle())  # what a graceful stop waits for
+    waiting = asyncio.ensure_future(processor.settled())  # what a test or a tool waits for
+    await asyncio.sleep(0)  # not a wait: one turn, in which both start and block
+    assert not idle.done() and not waiting.done()
     sink.gate.set()
-    await asyncio.wait_for(idle, 1)
-    await settle_turn()
+    await asyncio.wait_for(waiting, 10)
+    assert rec.events[0] == "audit created 0" and processor.in_progress == 0  # committed
+    assert idle.done()
+    await session.flushed()
     assert rec.events == ["audit created 0", "ack 1 and before"]
     assert session.active == 0 and processor._in_flight == {}
+
+
+async def test_settled_returns_at_once_when_nothing_is_in_progress() -> None:
+    async def handler(m: InboundMessage[Any]) -> Outcome:
+        return Outcome.CREATED
+
+    rec, session, _, _, processor = await setup(handler)
+    await asyncio.wait_for(processor.settled(), 10)
+    await asyncio.wait_for(session.flushed(), 10)
+    assert rec.events == []
+
+
+async def test_settled_is_cancellable_and_the_processor_carries_on() -> None:
+    async def handler(m: InboundMessage[Any]) -> Outcome:
+        return Outcome.UPDATED
+
+    rec, session, sink, _, processor = await setup(handler, gated=True)
+    await processor.process(delivery(session, 1, body(str(uuid.uuid4()))))
+    waiting = asyncio.ensure_future(processor.settled())
+    await eventually(lambda: sink.parked == 1, what="the row waiting for its commit")
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await processor.process(delivery(session, 2, body(str(uuid.uuid4()))))
+    sink.gate.set()
+    await asyncio.wait_for(settled(processor, session), 10)
+    assert rec.events == ["audit updated 0", "audit updated 0", "ack 2 and before"]
+
+
+async def test_settled_waits_for_every_delivery_of_a_burst_whatever_its_outcome() -> None:
+    async def handler(m: InboundMessage[Any]) -> Outcome:
+        await asyncio.sleep(0)  # not a wait: a handler that suspends, as real ones do
+        if m.attempt == 1:
+            raise RemoteUnavailable("503")
+        return Outcome.UPDATED
+
+    rec, session, sink, _, processor = await setup(handler)
+    tasks = [asyncio.create_task(processor.process(delivery(
+        session, tag, body(str(uuid.uuid4()), attempt=tag % 2)))) for tag in range(1, 9)]
+    await asyncio.sleep(0)  # not a wait: one turn, in which the 8 deliveries start
+    assert processor.in_progress == 8
+    await asyncio.wait_for(settled(processor, session), 10)
+    assert all(task.done() for task in tasks)
+    assert sorted(r.outcome.value for r in sink.rows) == ["retrying"] * 4 + ["updated"] * 4
+    assert acked(rec.events) == set(range(1, 9))
+    assert processor.in_progress == 0 and session.active == 0
 
 
 async def test_a_success_whose_row_is_refused_is_held_and_the_row_retried() -> None:
@@ -298,7 +262,7 @@ async def test_a_success_whose_row_is_refused_is_held_and_the_row_retried() -> N
 
     rec, session, _, _, processor = await setup(handler, fail_audit=2)
     await processor.process(delivery(session, 1, body(str(uuid.uuid4()))))
-    await asyncio.sleep(1.0)  # the retry backoff starts at 0.2 s
+    await asyncio.wait_for(settled(processor, session), 10)  # the backoff starts at 0.2 s
     assert calls == [0]  # held, not handled again
     assert rec.events == ["audit refused", "audit refused", "audit created 0",
                           "ack 1 and before"]
