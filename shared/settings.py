@@ -94,14 +94,15 @@ class Settings(BaseSettings):
     # built — once per process — never per message.
     http_transport: Literal["fast", "httpx"] = Field(
         "fast", description="the BSS and third-party clients' HTTP transport: fast (our "
-                            "HTTP/1.1 transport) or httpx (httpx's default transport)")
+                            "HTTP/1.1 transport) or httpx (httpx's default transport)",
+        json_schema_extra={SERVICES_KEY: ["pusher"]})
     schema_checks: Literal["fast", "jsonschema"] = Field(
         "fast", description="envelopes and BSS events: fast (a hand-written check of the "
                             "schema, jsonschema words what it refuses) or jsonschema alone")
     transform_paths: Literal["fast", "jsonata"] = Field(
         "fast", description="field paths in mappings (a.b, addresses[isBilling][0].city): "
                             "fast (walked in Python) or jsonata (jsonata-python for every "
-                            "expression)")
+                            "expression)", json_schema_extra={SERVICES_KEY: ["pusher"]})
 
     @field_validator("amqp_url")
     @classmethod
