@@ -159,7 +159,10 @@ class PinnedSchemaCheck:
     def check(self, document: Any) -> None:
         """Raise :class:`InvalidMessage` — the location and jsonschema's reason —
         unless ``document`` satisfies the schema."""
-        if self.fast_enabled and self.fast(document):
+        enabled = self._fast_enabled  # the per-message path: no property, no settings
+        if enabled is None:
+            enabled = self.fast_enabled
+        if enabled and self.fast(document):
             return
         error = best_match(self.validator.iter_errors(document))
         if error is None:
