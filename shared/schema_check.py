@@ -79,27 +79,33 @@ def rules_digest(schema: dict[str, Any], uri: str, known: Registry) -> str:
     """sha256 of the rules of ``schema`` (registered as ``uri``) and of every schema its
     ``$ref`` s reach in ``known``, in canonical JSON. Raises
     ``referencing.exceptions.Unresolvable`` for a ``$ref`` that ``known`` lacks."""
-    reached: dict[str, Any] = {uri: rules_of(schema)}
-    _follow_refs(schema, uri, known, reached)
+    rules = rules_of(schema)
+    reached: dict[str, Any] = {uri: rules}
+    _follow_refs(rules, uri, known, reached)
     canonical = json.dumps(reached, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _follow_refs(node: Any, base: str, known: Registry, reached: dict[str, Any]) -> None:
-    if isinstance(node, list):
-        for item in node:
+_DATA = frozenset({"enum", "const"})  # values, not schemas: a "$ref" key in them is data
+
+
+def _follow_refs(rules: Any, base: str, known: Registry, reached: dict[str, Any]) -> None:
+    """Add to ``reached`` the rules of what each ``$ref`` in ``rules`` points to, by
+    absolute URI, and of what theirs point to."""
+    if isinstance(rules, list):
+        for item in rules:
             _follow_refs(item, base, known, reached)
         return
-    if not isinstance(node, dict):
+    if not isinstance(rules, dict):
         return
-    for key, value in node.items():
+    for key, value in rules.items():
         if key == "$ref" and isinstance(value, str):
             target = urljoin(base, value)
             if target not in reached:
-                contents = known.resolver(base_uri=base).lookup(value).contents
-                reached[target] = rules_of(contents)
-                _follow_refs(contents, urldefrag(target).url, known, reached)
-        elif key not in ANNOTATIONS:
+                reached[target] = target_rules = rules_of(
+                    known.resolver(base_uri=base).lookup(value).contents)
+                _follow_refs(target_rules, urldefrag(target).url, known, reached)
+        elif key not in _DATA:
             _follow_refs(value, base, known, reached)
 
 

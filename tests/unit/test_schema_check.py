@@ -97,6 +97,13 @@ def test_the_pin_covers_what_a_ref_reaches() -> None:
     assert digest(SCHEMA, reworded) == digest(SCHEMA)
 
 
+def test_a_ref_under_a_property_named_like_an_annotation_is_followed() -> None:
+    schema = edited(_set("properties/description", {"$ref": "common.json#/$defs/id"}))
+    longer = edited(_set("$defs/id/maxLength", 10), COMMON)
+    assert digest(schema, longer) != digest(schema)
+    assert digest({"const": {"$ref": "nowhere.json"}}) != digest({"const": {}})  # data
+
+
 def test_the_real_schemas_rules_ignore_their_descriptions() -> None:
     schema = json.loads(json.dumps(envelope.ENVELOPE_CHECK.validator.schema))
     schema["description"] = "reworded"
