@@ -89,6 +89,20 @@ class Settings(BaseSettings):
         None, description="RabbitMQ management API, for tooling and tests; defaults to "
                           "http://<amqp host>:15672", json_schema_extra={SERVICES_KEY: []}
     )
+    # The hand-written fast paths, each with the library it stands in for
+    # (docs/decisions.md, "Fast paths"). Read when a client, a check or an expression is
+    # built — once per process — never per message.
+    http_transport: Literal["fast", "httpx"] = Field(
+        "fast", description="the BSS and third-party clients' HTTP transport: fast (our "
+                            "HTTP/1.1 transport) or httpx (httpx's default transport)",
+        json_schema_extra={SERVICES_KEY: ["pusher"]})
+    schema_checks: Literal["fast", "jsonschema"] = Field(
+        "fast", description="envelopes and BSS events: fast (a hand-written check of the "
+                            "schema, jsonschema words what it refuses) or jsonschema alone")
+    transform_paths: Literal["fast", "jsonata"] = Field(
+        "fast", description="field paths in mappings (a.b, addresses[isBilling][0].city): "
+                            "fast (walked in Python) or jsonata (jsonata-python for every "
+                            "expression)", json_schema_extra={SERVICES_KEY: ["pusher"]})
 
     @field_validator("amqp_url")
     @classmethod

@@ -17,18 +17,14 @@ message id so that a redelivery after a crash can resume at once).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
 import uuid
 from datetime import UTC, datetime
-from functools import cache
 from typing import Any
 
 import orjson
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
 
 from shared.audit import Outcome
 from shared.errors import InvalidMessage
@@ -36,8 +32,8 @@ from shared.messaging.codec import HandlerResult, InboundMessage
 from shared.messaging.envelope import SyncMessage, encode
 from shared.messaging.publisher import OutgoingMessage
 from shared.messaging.topology import PUSH_EXCHANGE, sync_routing_key
-from shared.paths import schemas_dir
-from shared.schemas import ENTITIES, load_schema, registry
+from shared.schema_check import PinnedSchemaCheck
+from shared.schemas import ENTITIES
 from shared.storage.instances import Instance, InstanceStore
 from shared.storage.organizations import OrganizationStore
 
@@ -45,29 +41,20 @@ EVENT_ACTIONS = {"created": "create", "updated": "update", "deleted": "delete"}
 CACHE_SECONDS = 5.0
 
 
-#: sha256 of ``schemas/bss-event.schema.json`` as :func:`conforms` mirrors it.
-FAST_PATH_SCHEMA_SHA256 = "f544a1941f3b8600a77fa53a23bc2574c084ee539680a473d597257e43b81014"
+#: :func:`shared.schema_check.rules_sha256` of ``schemas/bss-event.schema.json`` (and the
+#: ``common`` id it refers to) as :func:`conforms` mirrors it.
+EVENT_RULES_SHA256 = "1ad9a565a177e8bcad24ef09cb49bae235ce9c14c28877f4131151b78a0ac1b3"
 _EVENTS = ("created", "updated", "deleted")
 _ENTITY = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _TENANT = re.compile(r"^[A-Za-z0-9_-]+$")  # organizationId and origin
 
 
-@cache
-def _event_validator() -> Draft202012Validator:
-    return Draft202012Validator(load_schema("bss-event"), registry=registry())
-
-
-@cache
-def _fast_path_enabled() -> bool:
-    text = (schemas_dir() / "bss-event.schema.json").read_bytes()
-    return hashlib.sha256(text).hexdigest() == FAST_PATH_SCHEMA_SHA256
-
-
 def conforms(event: Any) -> bool:
     """True only when ``event`` satisfies ``bss-event.schema.json`` — a hand-written
     check of the same rules, ~20x cheaper than jsonschema (which then only words the
-    reasons of what this refuses). Never more lenient than the schema; used only
-    while the schema file is the one it mirrors (``FAST_PATH_SCHEMA_SHA256``)."""
+    reasons of what this refuses). Never more lenient than the schema; used by
+    :data:`EVENT_CHECK` only while the schema's rules are those it mirrors
+    (``EVENT_RULES_SHA256``)."""
     if type(event) is not dict:
         return False
     try:
@@ -97,6 +84,12 @@ def conforms(event: Any) -> bool:
             and len(set(fields)) == len(fields))
 
 
+#: The event's check: :func:`conforms`, then jsonschema for what it refuses
+#: (``occurredAt``'s format is an annotation in this schema, not asserted).
+EVENT_CHECK = PinnedSchemaCheck("bss-event", conforms, EVENT_RULES_SHA256,
+                                subject="the event", formats=False)
+
+
 class EventCodec:
     """Decodes BSS entity-changed events; anything else is ``InvalidMessage``."""
 
@@ -108,12 +101,7 @@ class EventCodec:
                 event = json.loads(body)
             except (ValueError, UnicodeDecodeError) as exc:
                 raise InvalidMessage(f"the event is not JSON: {exc}") from None
-        error = (None if _fast_path_enabled() and conforms(event)
-                 else best_match(_event_validator().iter_errors(event)))
-        if error is not None:
-            where = "/" + "/".join(str(p) for p in error.absolute_path)
-            raise InvalidMessage(f"the event breaks bss-event.schema.json at {where}: "
-                                 f"{error.message[:300]}")
+        EVENT_CHECK.check(event)
         return InboundMessage(
             event, message_id=event["id"], attempt=_attempt(properties),
             org_id=event["organizationId"], entity=event["entity"], direction="push",

@@ -29,8 +29,9 @@ import structlog
 
 from shared.batching import Coalescer
 from shared.errors import BssRejected, BssUnavailable
+from shared.http.httpx_transport import TransportKind, open_transport
 from shared.http.settings import USER_AGENT
-from shared.http.transport import BodyTooLarge, Fetched, Http1Transport
+from shared.http.transport import BodyTooLarge, Fetched
 from shared.logging import redact
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
@@ -56,11 +57,14 @@ class Page:
 
 
 class BssClient:
-    """Reads and writes records of the host BSS."""
+    """Reads and writes records of the host BSS. ``http_transport``: ``fast`` (ours) or
+    ``httpx`` (httpx's default transport); ``None`` takes ``HTTP_TRANSPORT`` from the
+    process's settings."""
 
     def __init__(self, base_url: str, *, token: str | None = None,
                  timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-                 limits: httpx.Limits = DEFAULT_LIMITS, batch_reads: bool = True) -> None:
+                 limits: httpx.Limits = DEFAULT_LIMITS, batch_reads: bool = True,
+                 http_transport: TransportKind | None = None) -> None:
         headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -68,7 +72,8 @@ class BssClient:
         self._headers = headers
         self._timeout = timeout.as_dict()
         # straight to the transport: no cookie jar, no redirects, one JSON body per answer
-        self._transport = Http1Transport(max_connections=limits.max_connections or 64)
+        self._transport = open_transport(http_transport,
+                                         max_connections=limits.max_connections or 64)
         self.batch_reads = batch_reads
         self._reads: Coalescer[ReadKey, dict[str, Any] | None] = Coalescer(
             self._read_batch, max_batch=4 * MAX_IDS)

@@ -39,6 +39,7 @@ from shared.connector.request import RequestPlan, server_url
 from shared.credentials import resolve_credentials
 from shared.errors import ConfigurationError, MappingError, RemoteProtocolError, UnsafeRequest
 from shared.http.auth import Applied, Authenticator
+from shared.http.httpx_transport import TransportKind, open_transport
 from shared.http.outcome import TRANSLATED, parse_retry_after, snippet, status_error, translate
 from shared.http.ratelimit import Throttle
 from shared.http.settings import (
@@ -49,7 +50,7 @@ from shared.http.settings import (
     Timeouts,
 )
 from shared.http.tokens import MemoryTokenStore, SharedTokenStore, TokenCipher, TokenStore
-from shared.http.transport import BodyTooLarge, Http1Transport
+from shared.http.transport import BodyTooLarge
 from shared.storage.db import Database
 from shared.storage.oauth_tokens import SealedTokenStore
 from shared.transform import UNDEFINED
@@ -116,7 +117,9 @@ class ThirdPartyClient:
     Construction resolves the instance's credential references and does no network
     I/O. Raises ``ConfigurationError`` (no server URL, unreadable credential, bad rate
     limit). ``db`` shares OAuth2 tokens with the other processes through PostgreSQL;
-    without it tokens are shared by this process's tasks only.
+    without it tokens are shared by this process's tasks only. ``http_transport``:
+    ``fast`` (ours) or ``httpx`` (httpx's default transport); ``None`` takes
+    ``HTTP_TRANSPORT`` from the process's settings.
     """
 
     def __init__(
@@ -127,6 +130,7 @@ class ThirdPartyClient:
         db: Database | None = None,
         token_store: TokenStore | None = None,
         options: ClientOptions | None = None,
+        http_transport: TransportKind | None = None,
     ) -> None:
         self.document = document
         self.endpoint = endpoint
@@ -157,7 +161,8 @@ class ThirdPartyClient:
         # Requests go straight to the transport (``fetch``): redirects are followed here,
         # credentials placed by the authenticator, and no cookie jar is kept — a
         # third party's Set-Cookie does not leak into later requests of other records.
-        self._transport = Http1Transport(max_connections=self.rate_limit.concurrency)
+        self._transport = open_transport(http_transport,
+                                         max_connections=self.rate_limit.concurrency)
         # The common case skips URL parsing: a URL that starts with the base URL's
         # scheme://host:port/ is on the instance's origin (see _within_origin).
         parts = urlsplit(self.base_url)

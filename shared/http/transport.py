@@ -23,6 +23,9 @@ A request that fails on a *reused* connection before any byte of the answer
 arrived (the server closed the idle connection at that moment) is sent once more
 on a new connection when that is safe: the method is idempotent, or the request
 carries an ``Idempotency-Key``.
+
+``HTTP_TRANSPORT=httpx`` puts httpx's default transport in its place, behind the
+same ``fetch``/``fetch_raw`` (:mod:`shared.http.httpx_transport`).
 """
 
 from __future__ import annotations
@@ -357,7 +360,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
                 chunks.append(chunk)
         finally:
             self._release(pool, conn)
-        return await _decoded(status, headers, b"".join(chunks), max_bytes)
+        return await fetched(status, headers, b"".join(chunks), max_bytes)
 
     async def _exchange(self, origin: Origin, raw: bytes, retry_safe: bool,
                         timeouts: dict[str, Any],
@@ -469,8 +472,7 @@ def _raw_request(origin: Origin, method: str, target: str, headers: Iterable[tup
     lines = [f"{method} {target} HTTP/1.1", f"Host: {host_header}"]
     retry_safe = method.encode() in IDEMPOTENT
     for name, value in headers:
-        if _HEADER_BREAK.search(name) or _HEADER_BREAK.search(value):
-            raise ValueError(f"the header {name!r} holds a line break or NUL")
+        refuse_line_breaks(name, value)
         lowered = name.lower()
         if lowered in ("host", "content-length", "transfer-encoding"):
             continue
@@ -483,8 +485,16 @@ def _raw_request(origin: Origin, method: str, target: str, headers: Iterable[tup
     return head + body if body else head, retry_safe
 
 
-async def _decoded(status: int, headers: httpx.Headers, content: bytes,
-                   max_bytes: int | None) -> Fetched:
+def refuse_line_breaks(name: str, value: str) -> None:
+    """Raise ``ValueError`` when a header's name or value holds a line break or NUL."""
+    if _HEADER_BREAK.search(name) or _HEADER_BREAK.search(value):
+        raise ValueError(f"the header {name!r} holds a line break or NUL")
+
+
+async def fetched(status: int, headers: httpx.Headers, content: bytes,
+                  max_bytes: int | None) -> Fetched:
+    """The answer, its body decoded when it came compressed (gzip, deflate…), the limit
+    applied again to what decoding gives. Raises :class:`BodyTooLarge`."""
     encoding = headers.get("content-encoding", "identity").strip().lower()
     if encoding != "identity" and content:
         # compressed: httpx's decoders, and the limit again on what they give

@@ -2,18 +2,18 @@
 
 The schema is the contract. A compiled jsonschema validator checks it, but costs
 about 100 µs a message — more than everything else the consumer does — so
-:func:`decode_sync_message` first runs :func:`conforms`, a hand-written check of
-the same rules (enums, patterns and lengths read from the schema document itself).
-Only a message the fast check rejects goes through jsonschema, which then words
-the reason. The fast check is used only while the schema file is the one it was
-written for (:data:`FAST_PATH_SCHEMA_SHA256`); any edit of the schema falls back
-to jsonschema alone, and a unit test fails until the fast check is reviewed.
+:func:`decode_sync_message` goes through :data:`ENVELOPE_CHECK`, which first runs
+:func:`conforms`, a hand-written check of the same rules (enums, patterns and
+lengths read from the schema document itself). Only a message the fast check
+rejects goes through jsonschema, which then words the reason. The fast check runs
+only while the schema's rules are the ones it was reviewed against
+(:data:`ENVELOPE_RULES_SHA256`) and ``SCHEMA_CHECKS`` allows it
+(:mod:`shared.schema_check`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
 from datetime import datetime
@@ -21,16 +21,15 @@ from functools import cache
 from typing import Any
 
 import orjson
-from jsonschema import Draft202012Validator, FormatChecker
-from jsonschema.exceptions import best_match
 
 from shared.errors import InvalidMessage
-from shared.paths import schemas_dir
+from shared.schema_check import MAX_REASON_CHARS, PinnedSchemaCheck
+from shared.schemas import load_schema
 
-SCHEMA_FILE = "sync-message.schema.json"
-#: sha256 of the schema file the fast check mirrors.
-FAST_PATH_SCHEMA_SHA256 = "21d316e2c872b578192deb1a23784630f4d5b274380c48e0354ccb91b74dce55"
-MAX_REASON_CHARS = 500
+SCHEMA = "sync-message"
+#: :func:`shared.schema_check.rules_sha256` of the schema :func:`conforms` was reviewed
+#: against.
+ENVELOPE_RULES_SHA256 = "cbb8e04deb7dbeef48f0a5f53f695bfc5b35efc11fd10ee4be8b8fe4e3947c1a"
 
 
 @dataclasses.dataclass(slots=True)
@@ -87,8 +86,7 @@ def decode_sync_message(body: bytes, properties: Any = None) -> SyncMessage:
         doc = orjson.loads(body)
     except (orjson.JSONDecodeError, TypeError):
         doc = _loads_or_explain(body)
-    if not (_fast_path_enabled() and conforms(doc)):
-        _raise_if_invalid(doc)
+    ENVELOPE_CHECK.check(doc)
     return _build(doc)
 
 
@@ -109,40 +107,8 @@ def _build(doc: dict[str, Any]) -> SyncMessage:
     return SyncMessage(**doc)
 
 
-def _raise_if_invalid(doc: Any) -> None:
-    error = best_match(validator().iter_errors(doc))
-    if error is None:
-        return
-    where = "/" + "/".join(str(p) for p in error.absolute_path)
-    raise InvalidMessage(f"breaks the envelope schema at {where}: {_short(error.message)}")
-
-
 def _short(text: str) -> str:
     return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"
-
-
-# --------------------------------------------------------------------------- schema
-
-
-@cache
-def schema_bytes() -> bytes:
-    return (schemas_dir() / SCHEMA_FILE).read_bytes()
-
-
-@cache
-def schema() -> dict[str, Any]:
-    return json.loads(schema_bytes())
-
-
-@cache
-def validator() -> Draft202012Validator:
-    """The compiled jsonschema validator, formats (uuid, date-time) checked."""
-    return Draft202012Validator(schema(), format_checker=FormatChecker())
-
-
-@cache
-def _fast_path_enabled() -> bool:
-    return hashlib.sha256(schema_bytes()).hexdigest() == FAST_PATH_SCHEMA_SHA256
 
 
 # --------------------------------------------------------------------------- fast check
@@ -163,7 +129,7 @@ class _Rules:
 
 @cache
 def _rules() -> _Rules:
-    s = schema()
+    s = load_schema(SCHEMA)
     props = s["properties"]
     org = props["org_id"]
     if org != props["instance_id"]:
@@ -256,3 +222,9 @@ def _non_negative_int(value: Any) -> bool:
     if type(value) is int:
         return value >= 0
     return type(value) is float and value.is_integer() and value >= 0
+
+
+#: The envelope's check: :func:`conforms`, then jsonschema (formats asserted: uuid,
+#: date-time) for what it refuses.
+ENVELOPE_CHECK = PinnedSchemaCheck(SCHEMA, conforms, ENVELOPE_RULES_SHA256,
+                                   subject="the envelope", formats=True)

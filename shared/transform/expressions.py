@@ -2,8 +2,11 @@
 
 ``Expression`` wraps one compiled JSONata expression. Plain field paths
 (``name``, ``billing.city``), which make up most of a field map, are evaluated by
-a direct dictionary walk instead of the JSONata interpreter — same result, a
-fraction of the cost. Anything else goes through jsonata-python.
+a direct dictionary walk instead of the JSONata interpreter, and filtered paths
+(``addresses[isBilling][0].city``) by :mod:`shared.transform.fastpath` — same
+result, a fraction of the cost. Anything else goes through jsonata-python, and
+everything does with ``TRANSFORM_PATHS=jsonata`` (read when an expression is
+compiled, never per record).
 
 Results distinguish JSON ``null`` (``None``) from "no value" (``UNDEFINED``): a map
 leaves a field out when its expression yields nothing.
@@ -21,6 +24,7 @@ from jsonata import jexception
 from jsonata.parser import Parser
 from jsonata.utils import Utils
 
+from shared.settings import get_settings
 from shared.transform.fastpath import FALLBACK, compile_path
 
 
@@ -90,23 +94,29 @@ def from_python(value: Any) -> Any:
 
 class Expression:
     """One compiled expression. ``evaluate`` never raises a foreign exception type except
-    the ones helper functions raise on purpose (``shared.errors`` classes)."""
+    the ones helper functions raise on purpose (``shared.errors`` classes).
+
+    ``fast``: evaluate field paths in Python (see the module docstring); ``None`` takes
+    ``TRANSFORM_PATHS`` from the process's settings."""
 
     __slots__ = ("_compiled", "_fast", "_path", "source")
 
-    def __init__(self, source: str, functions: dict[str, Any] | None = None) -> None:
+    def __init__(self, source: str, functions: dict[str, Any] | None = None, *,
+                 fast: bool | None = None) -> None:
         self.source = source
         stripped = source.strip()
+        if fast is None:
+            fast = get_settings().transform_paths == "fast"
         self._path: tuple[str, ...] | None = None
         self._compiled: jsonata.Jsonata | None = None
-        if _SIMPLE_PATH.match(stripped) and not set(stripped.split(".")) & _KEYWORDS:
+        if fast and _SIMPLE_PATH.match(stripped) and not set(stripped.split(".")) & _KEYWORDS:
             self._path = tuple(stripped.split("."))
         self._compiled = _compile(source)
         for name, implementation in (functions or {}).items():
             self._compiled.register_lambda(name, implementation)
         # paths with filters and indexes (addresses[isBilling][0].city): see fastpath
-        self._fast = (compile_path(self._compiled.ast, UNDEFINED) if self._path is None
-                      else None)
+        self._fast = (compile_path(self._compiled.ast, UNDEFINED)
+                      if fast and self._path is None else None)
 
     @property
     def ast(self) -> Any:

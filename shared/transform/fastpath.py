@@ -14,6 +14,8 @@ as it meets something whose JSONata semantics it does not reproduce — a ``null
 a number or object as a filter value (JSONata reads numbers as indexes there), an
 array where an object was expected, several results — and the caller then asks
 jsonata itself. A differential test compares the two on generated records.
+``TRANSFORM_PATHS=jsonata`` leaves every expression to jsonata
+(:class:`shared.transform.expressions.Expression`).
 """
 
 from __future__ import annotations

@@ -32,7 +32,8 @@ from shared.transform.helpers import HELPERS, HelperError
 
 
 def compile_expression(source: str) -> Expression:
-    """Compile with bss-sync's helper functions. Raises ``ExpressionSyntaxError``."""
+    """Compile with bss-sync's helper functions (field paths as ``TRANSFORM_PATHS`` says).
+    Raises ``ExpressionSyntaxError``."""
     return Expression(source, HELPERS)
 
 

@@ -1,16 +1,30 @@
-"""The HTTP/1.1 transport against raw TCP servers that send exactly the bytes we choose."""
+"""The HTTP/1.1 transport against raw TCP servers that send exactly the bytes we choose;
+httpx's default transport in its place (``HTTP_TRANSPORT=httpx``) against the same."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+import gzip
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from shared.http.transport import Http1Transport
+from shared.bss import BssClient
+from shared.connector import load_connector
+from shared.connector.request import RequestPlan
+from shared.http import InstanceEndpoint, ThirdPartyClient
+from shared.http.httpx_transport import open_transport
+from shared.http.transport import BodyTooLarge, Http1Transport
+from shared.settings import get_settings
+from shared.transform import UNDEFINED
 from tests.fixtures.waiting import eventually
+
+ROOT = Path(__file__).resolve().parents[2]
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -249,3 +263,136 @@ async def test_fetch_raw_writes_host_and_length_and_reads_the_whole_answer():
     assert f"Host: 127.0.0.1:{port}".encode() in first
     assert b"Content-Length: 7" in first
     assert len(heads) == 3
+
+
+# -- httpx's default transport in ours' place (HTTP_TRANSPORT) ----------------------------
+
+KINDS = ["fast", "httpx"]
+
+
+async def answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Echoes the request (head | body); ``/gzip`` gzipped, ``/declared-big`` announcing
+    more than it sends, ``/chunked-big`` 64 KiB in chunks, ``/slow`` never."""
+    while True:
+        head, body = await read_request(reader)
+        path = head.split(b" ", 2)[1]
+        payload = head + b"|" + body
+        if path == b"/slow":
+            await asyncio.sleep(5)  # not a wait: a server that never answers in time
+        elif path == b"/gzip":
+            packed = gzip.compress(b"z" * 50_000)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(packed), packed))
+        elif path == b"/declared-big":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nshort")
+            writer.close()
+            return
+        elif path == b"/chunked-big":
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         + b"1000\r\n" + b"c" * 4096 + b"\r\n" * 1)
+            for _ in range(15):
+                writer.write(b"1000\r\n" + b"c" * 4096 + b"\r\n")
+            writer.write(b"0\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 201 Created\r\nX-Seen: yes\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(payload), payload))
+        await writer.drain()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_both_transports_fetch_alike(kind: str) -> None:
+    transport = open_transport(kind, max_connections=4)  # type: ignore[arg-type]
+    try:
+        async with raw_server(answering) as url:
+            port = int(url.rsplit(":", 1)[1])
+            origin = (b"http", b"127.0.0.1", port)
+            raw = await transport.fetch_raw(
+                origin, "POST", "/things?x=%C3%A9", [("Content-Type", "application/json"),
+                                                     ("Host", "ignored.example")],
+                b'{"i":1}', {"read": 2.0}, max_bytes=1000)
+            head, body = raw.content.split(b"|")
+            lines = head.split(b"\r\n")
+            assert (raw.status, raw.headers["x-seen"], body) == (201, "yes", b'{"i":1}')
+            assert lines[0] == b"POST /things?x=%C3%A9 HTTP/1.1"
+            assert {f"Host: 127.0.0.1:{port}".encode(), b"Content-Length: 7"} <= set(
+                lines), lines
+            with pytest.raises(ValueError, match="line break"):
+                await transport.fetch_raw(origin, "GET", "/", [("X-A", "b\r\nX-B: c")],
+                                          None, {})
+            request = httpx.Request("GET", f"{url}/gzip", extensions={"timeout": {"read": 2.0}})
+            assert (await transport.fetch(request, 60_000)).content == b"z" * 50_000
+            with pytest.raises(BodyTooLarge):  # the limit holds after decoding too
+                await transport.fetch(httpx.Request("GET", f"{url}/gzip"), 10_000)
+            with pytest.raises(BodyTooLarge):  # as declared
+                await transport.fetch(httpx.Request("GET", f"{url}/declared-big"), 1000)
+            with pytest.raises(BodyTooLarge):  # as it arrives
+                await transport.fetch(httpx.Request("GET", f"{url}/chunked-big"), 10_000)
+            again = await transport.fetch(httpx.Request("GET", f"{url}/after"), 1000)
+            assert again.status == 201  # the pool is still usable after a refused answer
+            with pytest.raises(httpx.ReadTimeout):
+                await transport.fetch(httpx.Request(
+                    "GET", f"{url}/slow", extensions={"timeout": {"read": 0.2}}))
+        with pytest.raises(httpx.ConnectError):
+            await transport.fetch(httpx.Request("GET", "http://127.0.0.1:9/"))
+    finally:
+        await transport.aclose()
+
+
+@pytest.fixture
+def senders(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Counts the requests each transport sends: ours (``fast``) and httpx's."""
+    sent: Counter[str] = Counter()
+    ours = Http1Transport._exchange
+    theirs = httpx.AsyncHTTPTransport.handle_async_request
+
+    async def exchange(self: Http1Transport, *args: Any) -> Any:
+        sent["fast"] += 1
+        return await ours(self, *args)
+
+    async def handle(self: httpx.AsyncHTTPTransport, request: httpx.Request) -> Any:
+        sent["httpx"] += 1
+        return await theirs(self, request)
+
+    monkeypatch.setattr(Http1Transport, "_exchange", exchange)
+    monkeypatch.setattr(httpx.AsyncHTTPTransport, "handle_async_request", handle)
+    return sent
+
+
+@pytest.fixture
+def http_transport(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
+    def choose(kind: str) -> None:
+        monkeypatch.setenv("HTTP_TRANSPORT", kind)
+        get_settings.cache_clear()
+    yield choose
+    get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_http_transport_decides_who_carries_the_clients_requests(
+        kind: str, senders: Counter[str], http_transport: Callable[[str], None],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Observable, not read back: which transport sent the BSS client's and the
+    third-party client's requests."""
+    http_transport(kind)
+
+    async def json_answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 11\r\n\r\n{\"id\":\"r1\"}")
+            await writer.drain()
+
+    monkeypatch.setenv("T_APIKEY", "k3y")
+    acme = load_connector(ROOT / "connectors" / "acme-crm.json")
+    async with raw_server(json_answers) as url:
+        port = url.rsplit(":", 1)[1]
+        async with BssClient(url, batch_reads=False) as bss:
+            assert await bss.get("org", "account", "r1") == {"id": "r1"}
+        endpoint = InstanceEndpoint("acme-1", variables={"port": port},
+                                    credentials={"apiKey": "env:T_APIKEY"})
+        async with ThirdPartyClient(acme, endpoint) as crm:
+            plan = RequestPlan("GET", f"{url}/companies/7", {}, UNDEFINED,
+                               acme.operations["getCompany"])
+            assert (await crm.send(plan)).body == {"id": "r1"}
+    other = "httpx" if kind == "fast" else "fast"
+    assert (senders[kind], senders[other]) == (2, 0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import random
 from datetime import UTC, datetime
@@ -127,20 +126,40 @@ def _event_mutations() -> list[Any]:
 
 
 def test_the_event_fast_check_was_reviewed_against_this_schema() -> None:
-    """If this fails the event schema changed: review ``conforms`` and update the hash."""
-    from services.dispatcher.events import FAST_PATH_SCHEMA_SHA256
-    from shared.paths import schemas_dir
+    """If this fails the event schema's rules changed (or those of a schema it refers
+    to): review ``conforms`` and update the hash."""
+    from services.dispatcher.events import EVENT_RULES_SHA256
+    from shared.schema_check import rules_sha256
 
-    text = (schemas_dir() / "bss-event.schema.json").read_bytes()
-    assert hashlib.sha256(text).hexdigest() == FAST_PATH_SCHEMA_SHA256
+    assert rules_sha256("bss-event") == EVENT_RULES_SHA256
 
 
 def test_the_event_fast_check_is_never_more_lenient_and_takes_valid_events() -> None:
-    from services.dispatcher.events import _event_validator, conforms
+    from services.dispatcher.events import EVENT_CHECK, conforms
 
-    schema_ok = _event_validator().is_valid
+    schema_ok = EVENT_CHECK.validator.is_valid
     docs = _event_mutations()
     assert [d for d in docs if conforms(d) and not schema_ok(d)] == []
     valid = [d for d in docs if schema_ok(d)]
     assert len(valid) > 100
     assert [d for d in valid if not conforms(d)] == []
+
+
+@pytest.mark.parametrize("fast_enabled", [True, False])
+def test_the_event_check_judges_every_mutation_as_jsonschema_does(fast_enabled: bool) -> None:
+    """Through the shared helper, fast check on and off: the same verdicts."""
+    from services.dispatcher.events import EVENT_RULES_SHA256, conforms
+    from shared.schema_check import PinnedSchemaCheck
+
+    check = PinnedSchemaCheck("bss-event", conforms, EVENT_RULES_SHA256, subject="the event",
+                              formats=False, fast_enabled=fast_enabled)
+    differ = []
+    for doc in _event_mutations():
+        try:
+            check.check(doc)
+            accepted = True
+        except InvalidMessage:
+            accepted = False
+        if accepted != check.validator.is_valid(doc):
+            differ.append(doc)
+    assert differ == []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import json
 import random
@@ -13,14 +12,14 @@ import pytest
 
 from shared.errors import InvalidMessage
 from shared.messaging.envelope import (
-    FAST_PATH_SCHEMA_SHA256,
+    ENVELOPE_CHECK,
+    ENVELOPE_RULES_SHA256,
     SyncMessage,
     conforms,
     decode_sync_message,
     encode,
-    schema_bytes,
-    validator,
 )
+from shared.schema_check import PinnedSchemaCheck, rules_sha256
 
 VALID: dict[str, Any] = {
     "id": "3f1e6a4c-1b2d-4c3e-9f00-0123456789ab", "direction": "push", "org_id": "org_1",
@@ -35,8 +34,8 @@ PULL: dict[str, Any] = {
 
 
 def test_the_fast_check_was_reviewed_against_this_schema() -> None:
-    """If this fails the schema changed: review ``conforms`` and update the hash."""
-    assert hashlib.sha256(schema_bytes()).hexdigest() == FAST_PATH_SCHEMA_SHA256
+    """If this fails the schema's rules changed: review ``conforms`` and update the hash."""
+    assert rules_sha256("sync-message") == ENVELOPE_RULES_SHA256
 
 
 def test_a_valid_message_round_trips() -> None:
@@ -107,15 +106,32 @@ def _mutations() -> list[dict[str, Any]]:
 
 
 def test_the_fast_check_is_never_more_lenient_than_the_schema() -> None:
-    schema_ok = validator().is_valid
+    schema_ok = ENVELOPE_CHECK.validator.is_valid
     disagreements = [d for d in _mutations() if conforms(d) and not schema_ok(d)]
     assert disagreements == []
 
 
 def test_the_fast_check_accepts_ordinary_valid_messages() -> None:
     assert conforms(VALID) and conforms(PULL)
-    valid = [d for d in _mutations() if validator().is_valid(d)]
+    valid = [d for d in _mutations() if ENVELOPE_CHECK.validator.is_valid(d)]
     accepted = [d for d in valid if conforms(d)]
     assert len(valid) > 100
     # Only odd-but-legal spellings (braced UUIDs, lower-case 'z') take the slow path.
     assert len(accepted) / len(valid) > 0.9
+
+
+@pytest.mark.parametrize("fast_enabled", [True, False])
+def test_the_envelope_check_judges_every_mutation_as_jsonschema_does(fast_enabled: bool) -> None:
+    """Through the shared helper, fast check on and off: the same verdicts."""
+    check = PinnedSchemaCheck("sync-message", conforms, ENVELOPE_RULES_SHA256,
+                              subject="the envelope", formats=True, fast_enabled=fast_enabled)
+    differ = []
+    for doc in _mutations():
+        try:
+            check.check(doc)
+            accepted = True
+        except InvalidMessage:
+            accepted = False
+        if accepted != check.validator.is_valid(doc):
+            differ.append(doc)
+    assert differ == []

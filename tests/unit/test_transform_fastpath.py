@@ -10,8 +10,11 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import jsonata
 import pytest
 
+from shared.settings import get_settings
+from shared.transform import TransformContext, build_transform
 from shared.transform.expressions import UNDEFINED, Expression, to_python
 from shared.transform.fastpath import FALLBACK
 
@@ -46,7 +49,7 @@ def _jsonata(expression: Expression, data: Any) -> Any:
 
 @pytest.mark.parametrize("source", EXPRESSIONS)
 def test_the_fast_path_agrees_with_jsonata(source: str) -> None:
-    expression = Expression(source)
+    expression = Expression(source, fast=True)
     # plain field paths (a.b.c) have a fast path of their own, inside evaluate()
     fast_path = expression._fast or expression.evaluate
     assert expression._fast is not None or expression._path is not None
@@ -69,8 +72,8 @@ def test_expressions_outside_the_subset_are_left_to_jsonata() -> None:
     for source in ["a[b=1]", "a.b[]", "$lowercase(a)", "a#$i.b", "a@$x.b", "a^(b)",
                    "a{'b': c}", "a[[0..1]]", "a[$x]", "a.(b)", "a.*", "a.**.b", "$.a[0]",
                    "a[flag or b]", "a[-flag]"]:
-        assert Expression(source)._fast is None, source
-    assert Expression("name")._fast is None  # plain fields have their own fast path
+        assert Expression(source, fast=True)._fast is None, source
+    assert Expression("name", fast=True)._fast is None  # plain fields have their own path
 
 
 def test_a_mapping_with_filters_gives_the_same_payload() -> None:
@@ -82,3 +85,26 @@ def test_a_mapping_with_filters_gives_the_same_payload() -> None:
     assert Expression("addresses[isBilling][0].state").evaluate(record) is UNDEFINED
     assert Expression("addresses[isBilling].line1").evaluate(record) == ["2 Main St",
                                                                           "3 Other St"]
+
+
+@pytest.mark.parametrize(("setting", "through_jsonata"), [("fast", 1), ("jsonata", 4)])
+def test_transform_paths_decides_who_evaluates_a_mapping(
+        setting: str, through_jsonata: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Observable, not read back: how many of a mapping's expressions reach jsonata."""
+    monkeypatch.setenv("TRANSFORM_PATHS", setting)
+    get_settings.cache_clear()
+    try:
+        transform = build_transform("AccountToCompany", {"map": {
+            "name": "name", "city": "billing.city",
+            "street": "addresses[isBilling][0].line1", "web": "$lowercase(web)"}})
+    finally:
+        get_settings.cache_clear()
+    evaluated: list[str] = []
+    real = jsonata.Jsonata.evaluate
+    monkeypatch.setattr(jsonata.Jsonata, "evaluate",
+                        lambda self, *a: evaluated.append("jsonata") or real(self, *a))
+    record = {"name": "ACME", "billing": {"city": "Paris"}, "web": "ACME.example",
+              "addresses": [{"line1": "1 Dock Road"}, {"isBilling": True, "line1": "2 Main St"}]}
+    assert transform.apply(record, TransformContext()) == {
+        "name": "ACME", "city": "Paris", "street": "2 Main St", "web": "acme.example"}
+    assert len(evaluated) == through_jsonata

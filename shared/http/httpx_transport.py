@@ -1,0 +1,113 @@
+"""httpx's default transport behind our transport's interface, and the choice between
+the two (``HTTP_TRANSPORT``).
+
+The BSS and third-party clients send through ``fetch`` / ``fetch_raw``
+(:class:`FetchTransport`). :class:`~shared.http.transport.Http1Transport` is ours
+(asyncio protocols + httptools, a third of httpx's CPU per request);
+:class:`HttpxTransport` is ``httpx.AsyncHTTPTransport`` — httpcore over anyio, what
+``httpx.AsyncClient`` uses — with the same two methods: the same body limit,
+decoding and errors (httpx's exceptions, :class:`~shared.http.transport.BodyTooLarge`),
+so that turning our transport off changes nothing else. What the library does its
+own way: it checks an idle connection's socket before reusing it instead of resending
+a request the server hung up on, and it sends ``Content-Length: 0`` with a bodiless
+POST.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterable
+from typing import Any, Literal, Protocol
+
+import httpx
+
+from shared.http.transport import (
+    DEFAULT_KEEPALIVE_EXPIRY,
+    BodyTooLarge,
+    Fetched,
+    Http1Transport,
+    Origin,
+    fetched,
+    refuse_line_breaks,
+)
+from shared.settings import get_settings
+
+TransportKind = Literal["fast", "httpx"]
+_ADDED_BY_THE_TRANSPORT = frozenset({"host", "content-length", "transfer-encoding"})
+
+
+class FetchTransport(Protocol):
+    """What the clients need of a transport (see ``Http1Transport.fetch``/``fetch_raw``)."""
+
+    async def fetch(self, request: httpx.Request, max_bytes: int | None = None) -> Fetched: ...
+
+    async def fetch_raw(self, origin: Origin, method: str, target: str,
+                        headers: Iterable[tuple[str, str]], body: bytes | None,
+                        timeouts: dict[str, Any], max_bytes: int | None = None) -> Fetched: ...
+
+    async def aclose(self) -> None: ...
+
+
+def open_transport(kind: TransportKind | None = None, *,
+                   max_connections: int) -> FetchTransport:
+    """Ours (``fast``) or httpx's (``httpx``) transport, at most ``max_connections`` per
+    origin; ``kind=None`` takes ``HTTP_TRANSPORT`` from the process's settings."""
+    if (kind or get_settings().http_transport) == "httpx":
+        return HttpxTransport(max_connections=max_connections)
+    return Http1Transport(max_connections=max_connections)
+
+
+class HttpxTransport:
+    """``httpx.AsyncHTTPTransport`` with ``fetch`` and ``fetch_raw``. ``verify`` as in httpx."""
+
+    def __init__(self, *, verify: bool | str | ssl.SSLContext = True,
+                 max_connections: int = 100,
+                 keepalive_expiry: float = DEFAULT_KEEPALIVE_EXPIRY) -> None:
+        self._transport = httpx.AsyncHTTPTransport(verify=verify, limits=httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections,
+            keepalive_expiry=keepalive_expiry))
+
+    async def fetch(self, request: httpx.Request, max_bytes: int | None = None) -> Fetched:
+        """Send ``request`` and read the whole answer, within ``max_bytes`` (decoded).
+
+        Raises httpx's exceptions and :class:`BodyTooLarge`.
+        """
+        response = await self._transport.handle_async_request(request)
+        stream = response.stream
+        assert isinstance(stream, httpx.AsyncByteStream)
+        status = response.status_code
+        try:
+            declared = response.headers.get("content-length", "")
+            if max_bytes is not None and declared.isdigit() and int(declared) > max_bytes:
+                raise BodyTooLarge(status, max_bytes)
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in stream:
+                size += len(chunk)
+                if max_bytes is not None and size > max_bytes:
+                    raise BodyTooLarge(status, max_bytes)
+                chunks.append(chunk)
+        finally:
+            await stream.aclose()
+        return await fetched(status, response.headers, b"".join(chunks), max_bytes)
+
+    async def fetch_raw(self, origin: Origin, method: str, target: str,
+                        headers: Iterable[tuple[str, str]], body: bytes | None,
+                        timeouts: dict[str, Any], max_bytes: int | None = None) -> Fetched:
+        """``fetch`` of ``method`` ``target`` (path and query, percent-encoded) on
+        ``origin``; ``Host`` and ``Content-Length`` are httpx's. A header holding a line
+        break is refused (``ValueError``)."""
+        scheme, host, port = origin
+        kept = []
+        for name, value in headers:
+            refuse_line_breaks(name, value)
+            if name.lower() not in _ADDED_BY_THE_TRANSPORT:
+                kept.append((name, value))
+        url = httpx.URL(scheme=scheme.decode("ascii"), host=host.decode("ascii"), port=port,
+                        raw_path=target.encode("ascii"))
+        request = httpx.Request(method, url, headers=kept, content=body,
+                                extensions={"timeout": timeouts})
+        return await self.fetch(request, max_bytes)
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
