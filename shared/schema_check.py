@@ -36,7 +36,7 @@ from referencing import Registry
 
 from shared.errors import InvalidMessage
 from shared.schemas import load_schema, registry, schema_uri
-from shared.settings import get_settings
+from shared.settings import get_setting
 
 log = structlog.get_logger(__name__)
 
@@ -151,7 +151,7 @@ class PinnedSchemaCheck:
         return self._fast_enabled
 
     def _decide(self) -> bool:
-        if get_settings().schema_checks != "fast":
+        if get_setting("schema_checks") != "fast":
             return False
         actual = rules_sha256(self.name)
         if actual != self.pinned_sha256:

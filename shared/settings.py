@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, create_model, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from shared.errors import ConfigurationError
@@ -147,6 +147,29 @@ def get_settings() -> Settings:
             raise SettingsInvalid(f"the environment is invalid: {exc}") from None
         raise SettingsInvalid(f"{match.group(1).upper()} is invalid: it must be JSON, like "
                               f"{_shown_default(field.default)}") from None
+
+
+def get_setting(name: str) -> Any:
+    """One setting (a :class:`Settings` field name), read and checked alone.
+
+    For code that needs one switch and nothing else (compiling a mapping in
+    ``bss-sync validate``, choosing a transport): a malformed ``DATABASE_URL`` must
+    not stop a command that never connects. The whole settings are used when they
+    are valid, so a process sees one value. Raises :class:`SettingsInvalid` when this
+    variable itself is unusable.
+    """
+    try:
+        return getattr(get_settings(), name)
+    except SettingsInvalid:
+        pass
+    field = Settings.model_fields[name]
+    only = create_model(f"Only{name.title()}", __base__=BaseSettings,
+                        __config__=None, **{name: (field.annotation, field)})
+    only.model_config = Settings.model_config
+    try:
+        return getattr(only(), name)
+    except ValidationError as exc:
+        raise SettingsInvalid("; ".join(_problems(exc))) from None
 
 
 def _problems(exc: ValidationError) -> Iterator[str]:

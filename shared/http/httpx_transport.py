@@ -30,7 +30,7 @@ from shared.http.transport import (
     fetched,
     refuse_line_breaks,
 )
-from shared.settings import get_settings
+from shared.settings import get_setting
 
 TransportKind = Literal["fast", "httpx"]
 _ADDED_BY_THE_TRANSPORT = frozenset({"host", "content-length", "transfer-encoding"})
@@ -52,7 +52,7 @@ def open_transport(kind: TransportKind | None = None, *,
                    max_connections: int) -> FetchTransport:
     """Ours (``fast``) or httpx's (``httpx``) transport, at most ``max_connections`` per
     origin; ``kind=None`` takes ``HTTP_TRANSPORT`` from the process's settings."""
-    if (kind or get_settings().http_transport) == "httpx":
+    if (kind or get_setting("http_transport")) == "httpx":
         return HttpxTransport(max_connections=max_connections)
     return Http1Transport(max_connections=max_connections)
 

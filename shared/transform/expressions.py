@@ -24,7 +24,7 @@ from jsonata import jexception
 from jsonata.parser import Parser
 from jsonata.utils import Utils
 
-from shared.settings import get_settings
+from shared.settings import get_setting
 from shared.transform.fastpath import FALLBACK, compile_path
 
 
@@ -106,7 +106,7 @@ class Expression:
         self.source = source
         stripped = source.strip()
         if fast is None:
-            fast = get_settings().transform_paths == "fast"
+            fast = get_setting("transform_paths") == "fast"
         self._path: tuple[str, ...] | None = None
         self._compiled: jsonata.Jsonata | None = None
         if fast and _SIMPLE_PATH.match(stripped) and not set(stripped.split(".")) & _KEYWORDS:

@@ -13,6 +13,7 @@ from shared.settings import (
     Settings,
     SettingsInvalid,
     environment_help,
+    get_setting,
     get_settings,
     masked_url,
 )
@@ -139,3 +140,22 @@ def test_the_dispatcher_is_not_told_about_the_bss_api() -> None:
     text = environment_help("dispatcher")
     assert "AMQP_URL" in text and "DATABASE_URL" in text and "CONCURRENCY" in text
     assert "BSS_API" not in text
+
+
+def test_one_setting_is_read_alone_when_another_variable_is_unusable(monkeypatch):
+    """`bss-sync validate` compiles mappings (TRANSFORM_PATHS) and never connects: a
+    malformed DATABASE_URL must not stop it; the switch itself is still checked."""
+    monkeypatch.setenv("DATABASE_URL", f"postgres://app:{SECRET}@[db")
+    monkeypatch.setenv("TRANSFORM_PATHS", "jsonata")
+    with pytest.raises(SettingsInvalid):
+        get_settings()
+    assert get_setting("transform_paths") == "jsonata"
+    monkeypatch.setenv("TRANSFORM_PATHS", "quick")
+    with pytest.raises(SettingsInvalid, match="^TRANSFORM_PATHS is invalid") as caught:
+        get_setting("transform_paths")
+    assert SECRET not in str(caught.value)
+
+
+def test_one_setting_is_the_whole_settings_value_when_they_are_valid(monkeypatch):
+    monkeypatch.setenv("SCHEMA_CHECKS", "jsonschema")
+    assert get_setting("schema_checks") == get_settings().schema_checks == "jsonschema"
