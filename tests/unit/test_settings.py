@@ -151,7 +151,7 @@ def test_one_setting_is_read_alone_when_another_variable_is_unusable(monkeypatch
         get_settings()
     assert get_setting("transform_paths") == "jsonata"
     monkeypatch.setenv("TRANSFORM_PATHS", "quick")
-    with pytest.raises(SettingsInvalid, match="^TRANSFORM_PATHS is invalid") as caught:
+    with pytest.raises(SettingsInvalid, match=r"^TRANSFORM_PATHS is invalid") as caught:
         get_setting("transform_paths")
     assert SECRET not in str(caught.value)
 
