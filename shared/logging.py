@@ -21,6 +21,8 @@ from typing import Any
 
 import structlog
 
+from shared.message_context import MessageContext
+
 MASK = "***"
 
 _SENSITIVE_KEY = re.compile(
@@ -89,22 +91,24 @@ def redact_mapping(data: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-_message_context: ContextVar[dict[str, Any] | None] = ContextVar("bss_sync_message", default=None)
+_message_context: ContextVar[MessageContext | None] = ContextVar("bss_sync_message",
+                                                                 default=None)
 
 
-def bind_message(**fields: Any) -> None:
-    """Bind the fields of the message being processed to every log line of this context.
+def bind_message(context: MessageContext) -> None:
+    """Bind the message being processed to every log line of this (asyncio) context.
 
     One ``ContextVar.set`` per message: binding through structlog's
-    ``bind_contextvars`` (one variable per key) cost ~10 % of a no-op consumer.
+    ``bind_contextvars`` (one variable per key) cost ~10 % of a no-op consumer. The
+    fields (:meth:`MessageContext.log_fields`) are read only when a line is written.
     """
-    _message_context.set(fields)
+    _message_context.set(context)
 
 
 def _merge_message(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    fields = _message_context.get()
-    if fields:
-        for key, value in fields.items():
+    context = _message_context.get()
+    if context is not None:
+        for key, value in context.log_fields().items():
             event_dict.setdefault(key, value)
     return event_dict
 

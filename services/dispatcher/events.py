@@ -28,7 +28,8 @@ import orjson
 
 from shared.audit import Outcome
 from shared.errors import InvalidMessage
-from shared.messaging.codec import HandlerResult, InboundMessage
+from shared.message_context import MessageContext
+from shared.messaging.codec import HandlerResult, InboundMessage, header_attempt
 from shared.messaging.envelope import SyncMessage, encode
 from shared.messaging.publisher import OutgoingMessage
 from shared.messaging.topology import PUSH_EXCHANGE, sync_routing_key
@@ -102,20 +103,14 @@ class EventCodec:
             except (ValueError, UnicodeDecodeError) as exc:
                 raise InvalidMessage(f"the event is not JSON: {exc}") from None
         EVENT_CHECK.check(event)
-        return InboundMessage(
-            event, message_id=event["id"], attempt=_attempt(properties),
-            org_id=event["organizationId"], entity=event["entity"], direction="push",
-            action=event["event"], record_id=event["recordId"], correlation_id=event["id"])
+        return InboundMessage(event, MessageContext(
+            event["id"], org_id=event["organizationId"], entity=event["entity"],
+            direction="push", action=event["event"], record_id=event["recordId"],
+            attempt=header_attempt(properties), correlation_id=event["id"]))
 
     def retry_body(self, message: InboundMessage[dict[str, Any]], body: bytes,
                    attempt: int) -> bytes:
         return body  # the attempt travels in the x-attempt header
-
-
-def _attempt(properties: Any) -> int:
-    headers = getattr(properties, "headers", None) or {}
-    value = headers.get("x-attempt", 0)
-    return value if isinstance(value, int) and value >= 0 else 0
 
 
 EVENT_CODEC = EventCodec()

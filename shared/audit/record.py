@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
+from shared.message_context import MessageContext
+
 CATEGORY = "integration_framework"
 
 
@@ -57,6 +59,15 @@ class AuditRecord:
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
     at: datetime = dataclasses.field(default_factory=lambda: datetime.now(UTC))
     category: str = CATEGORY
+
+    @classmethod
+    def for_message(cls, service: str, outcome: Outcome, context: MessageContext,
+                    **fields: Any) -> AuditRecord:
+        """The row of one message: its context's columns, plus ``fields``."""
+        c = context
+        return cls(service, outcome, c.org_id, c.instance_id, c.entity, c.direction, c.action,
+                   c.record_id, c.external_id, c.attempt, run_id=c.run_id,
+                   message_id=c.message_id, correlation_id=c.correlation_id, **fields)
 
 
 class AuditSink(Protocol):

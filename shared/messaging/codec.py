@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 from shared.audit.record import Outcome
+from shared.message_context import MessageContext
 from shared.messaging.envelope import SyncMessage, decode_sync_message, encode
 
 T = TypeVar("T")
@@ -23,20 +24,11 @@ T_co = TypeVar("T_co", covariant=True)
 
 @dataclasses.dataclass(slots=True)
 class InboundMessage(Generic[T]):
-    """A decoded message: ``payload`` plus the fields logs, audit rows and headers use."""
+    """A decoded message: ``payload`` for the handler, ``context`` for the logs, the
+    audit row and the headers of its retry or dead copy."""
 
     payload: T
-    message_id: str | None
-    attempt: int = 0
-    org_id: str | None = None
-    instance_id: str | None = None
-    entity: str | None = None
-    direction: str | None = None
-    action: str | None = None
-    record_id: str | None = None
-    external_id: str | None = None
-    run_id: str | None = None
-    correlation_id: str | None = None
+    context: MessageContext
 
 
 @dataclasses.dataclass(slots=True)
@@ -88,9 +80,7 @@ class SyncCodec:
     def decode(self, body: bytes, properties: Any) -> InboundMessage[SyncMessage]:
         """Raises ``InvalidMessage`` when ``body`` is not a valid envelope."""
         m = decode_sync_message(body, properties)
-        return InboundMessage(m, m.id, m.attempt, m.org_id, m.instance_id, m.entity,
-                              m.direction, m.action, m.record_id, m.external_id, m.run_id,
-                              m.correlation_id)
+        return InboundMessage(m, m.context())
 
     def retry_body(self, message: InboundMessage[SyncMessage], body: bytes,
                    attempt: int) -> bytes:

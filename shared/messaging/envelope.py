@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from shared.errors import InvalidMessage
+from shared.message_context import MessageContext
 from shared.schema_check import MAX_REASON_CHARS, PinnedSchemaCheck
 from shared.schemas import load_schema
 
@@ -55,6 +56,12 @@ class SyncMessage:
     run_id: str | None = None
     redeliveries: int = 0
     correlation_id: str | None = None
+
+    def context(self) -> MessageContext:
+        """The message's identifying fields (logs, audit row, dead-letter headers)."""
+        return MessageContext(self.id, self.org_id, self.instance_id, self.entity,
+                              self.direction, self.action, self.record_id, self.external_id,
+                              self.attempt, self.run_id, self.correlation_id)
 
     def with_attempt(self, attempt: int) -> SyncMessage:
         """The same message for its next attempt (same id)."""

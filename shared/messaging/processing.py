@@ -50,6 +50,7 @@ import structlog
 from shared.audit.record import AuditRecord, AuditSink, Outcome
 from shared.errors import InfrastructureError, InvalidMessage
 from shared.logging import bind_message
+from shared.message_context import MessageContext
 from shared.messaging.codec import Codec, Handler, HandlerResult, InboundMessage, header_attempt
 from shared.messaging.connection import Backoff
 from shared.messaging.delivery import Delivery
@@ -127,10 +128,9 @@ class MessageProcessor:
             finally:
                 self._end(delivery)
             return
-        _bind(message_id=message.message_id, org_id=message.org_id,
-              instance_id=message.instance_id, entity=message.entity,
-              record_id=message.record_id or message.external_id, attempt=message.attempt)
-        key = (message.message_id, message.attempt) if message.message_id else None
+        context = message.context
+        _bind(context)
+        key = context.key
         waited = False
         if key is not None:
             in_flight = self._in_flight
@@ -142,7 +142,7 @@ class MessageProcessor:
             in_flight[key] = []  # claimed with no await since the twin left: one at a time
         handed_off = False
         try:
-            suspicious = (waited or delivery.redelivered or message.attempt > 0
+            suspicious = (waited or delivery.redelivered or context.attempt > 0
                           or self.always_deduplicate)
             if key is not None and suspicious and await self._already_settled(key):
                 self.counts["duplicate"] += 1
@@ -215,9 +215,8 @@ class MessageProcessor:
                     delivery.ack()
                 return False
             return True
-        facts = MessageFacts(message.attempt, delivery.exchange, delivery.routing_key,
-                             delivery.headers, message.org_id, message.instance_id,
-                             message.entity, message.record_id, message.external_id)
+        facts = MessageFacts(message.context, delivery.exchange, delivery.routing_key,
+                             delivery.headers)
         decision = decide(outcome, facts, self.queue, datetime.now(UTC))
         _log_failure(decision, result)
         await self._settle(delivery, message, decision, result, started)
@@ -250,11 +249,11 @@ class MessageProcessor:
         if isinstance(decision, Retry):
             body = self.codec.retry_body(message, delivery.body, decision.attempt)
             if not await self._publish_copy(delivery, "", decision.queue.name, body,
-                                            decision.headers, message.message_id):
+                                            decision.headers, message.context.message_id):
                 return
         elif isinstance(decision, Dead) and not await self._publish_copy(
                 delivery, decision.exchange, decision.routing_key, delivery.body,
-                decision.headers, message.message_id):
+                decision.headers, message.context.message_id):
             return
         record = _audit_record(self.queue.service, message, decision, result, started)
         if await self._write_audit(delivery, record):
@@ -267,11 +266,10 @@ class MessageProcessor:
             log.error("the decoder failed (a bug); dead-lettering the message", exc_info=exc)
             exc = InvalidMessage(f"undecodable ({type(exc).__name__}: {exc})")
         props = delivery.properties
-        attempt = header_attempt(props)
-        message: InboundMessage[None] = InboundMessage(None, props.message_id, attempt)
-        _bind(message_id=props.message_id, org_id=None, instance_id=None, entity=None,
-              record_id=None, attempt=attempt)
-        facts = MessageFacts(attempt, delivery.exchange, delivery.routing_key, delivery.headers)
+        context = MessageContext(props.message_id, attempt=header_attempt(props))
+        message: InboundMessage[None] = InboundMessage(None, context)
+        _bind(context)
+        facts = MessageFacts(context, delivery.exchange, delivery.routing_key, delivery.headers)
         decision = dead(describe_error(exc), facts, self.queue, datetime.now(UTC))
         log.warning("invalid message dead-lettered", reason=decision.error.message,
                     routing_key=delivery.routing_key)
@@ -387,13 +385,8 @@ async def _until_durable(call: Callable[[], Awaitable[T]], doing: str) -> T:
 def _audit_record(service: str, message: InboundMessage[Any], decision: Decision | str,
                   result: Any, started: float) -> AuditRecord:
     """The audit row of a settled message; ``decision`` may be the success outcome."""
-    record = AuditRecord(
-        service, Outcome.DEAD, message.org_id, message.instance_id, message.entity,
-        message.direction, message.action, message.record_id, message.external_id,
-        message.attempt, duration_ms=(time.perf_counter() - started) * 1000.0,
-        run_id=message.run_id, message_id=message.message_id,
-        correlation_id=message.correlation_id,
-    )
+    record = AuditRecord.for_message(service, Outcome.DEAD, message.context,
+                                     duration_ms=(time.perf_counter() - started) * 1000.0)
     if isinstance(decision, Ack | str):
         record.outcome = Outcome(decision.outcome if isinstance(decision, Ack) else decision)
         if type(result) is HandlerResult:

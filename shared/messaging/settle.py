@@ -26,6 +26,7 @@ from typing import Any
 from shared.audit.record import FINAL_OUTCOMES, Outcome
 from shared.errors import RateLimited, SyncError, TransientError
 from shared.logging import redact
+from shared.message_context import MessageContext
 from shared.messaging.topology import RetryQueue, WorkQueue
 
 MAX_ERROR_CHARS = 1000
@@ -50,17 +51,17 @@ _CONTEXT_HEADERS = (
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class MessageFacts:
-    """What the settle policy needs to know about the message that was handled."""
+    """What the settle policy needs to know about the message that was handled: its
+    context and where the broker delivered it from."""
 
-    attempt: int
+    context: MessageContext
     exchange: str
     routing_key: str
     headers: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    org_id: str | None = None
-    instance_id: str | None = None
-    entity: str | None = None
-    record_id: str | None = None
-    external_id: str | None = None
+
+    @property
+    def attempt(self) -> int:
+        return self.context.attempt
 
     @property
     def original_exchange(self) -> str:
@@ -190,7 +191,7 @@ def failure_headers(
     headers[H_ATTEMPTS] = facts.attempt + 1
     headers[H_FIRST_FAILED_AT] = str(facts.headers.get(H_FIRST_FAILED_AT) or now.isoformat())
     for header, field in _CONTEXT_HEADERS:
-        value = getattr(facts, field)
+        value = getattr(facts.context, field)
         if value is not None:
             headers[header] = value
     headers[H_ORIGINAL_EXCHANGE] = facts.original_exchange

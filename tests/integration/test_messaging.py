@@ -204,8 +204,8 @@ async def test_a_transient_failure_walks_the_ladder_then_dies_while_others_flow(
     attempts: list[int] = []
 
     async def handler(message: InboundMessage[SyncMessage]) -> Outcome:
-        if message.record_id == "bad":
-            attempts.append(message.attempt)
+        if message.context.record_id == "bad":
+            attempts.append(message.context.attempt)
             raise RemoteUnavailable("remote said 503 for s3cr3t-token", http_status=503)
         return Outcome.UPDATED
 
@@ -246,7 +246,7 @@ async def test_a_transient_failure_walks_the_ladder_then_dies_while_others_flow(
     assert h["x-original-routing-key"] == "account.update.org1.inst1"
     assert h["x-service"] == PUSHER
     assert dead.routing_key == PUSH.dead_routing_key("account.update.org1.inst1")
-    assert SYNC_CODEC.decode(dead.body, None).attempt == 2
+    assert SYNC_CODEC.decode(dead.body, None).context.attempt == 2
 
 
 async def test_a_permanent_failure_goes_to_the_dead_queue_at_once(
@@ -348,7 +348,7 @@ async def test_a_redelivered_message_already_audited_is_acked_not_handled_again(
     handled: list[str] = []
 
     async def handler(m: InboundMessage[SyncMessage]) -> Outcome:
-        handled.append(m.record_id or "")
+        handled.append(m.context.record_id or "")
         return Outcome.UPDATED
 
     later = sync_message("r2")
@@ -398,7 +398,7 @@ async def test_while_the_audit_log_is_down_messages_are_held_not_acked_nor_redon
     calls: list[int] = []
 
     async def handler(m: InboundMessage[SyncMessage]) -> Outcome:
-        calls.append(m.attempt)
+        calls.append(m.context.attempt)
         raise RemoteUnavailable("503", http_status=503)
 
     message = sync_message("r1")
@@ -525,7 +525,7 @@ async def test_join_is_cancellable_and_follows_the_queue_through_retries_and_sto
 
     async def handler(message: InboundMessage[SyncMessage]) -> Outcome:
         await go.wait()
-        if message.attempt == 0 and message.record_id == "flaky":
+        if message.context.attempt == 0 and message.context.record_id == "flaky":
             raise RemoteUnavailable("503")
         return Outcome.UPDATED
 
@@ -618,7 +618,7 @@ async def test_the_consumer_reconnects_when_the_broker_drops_it(
     async def handler(message: InboundMessage[SyncMessage]) -> Outcome:
         await go.wait()
         await asyncio.sleep(0.005)  # not a wait: simulated work, so that the drop hits mid-flow
-        if message.attempt == 0 and (message.record_id or "").endswith("7"):
+        if message.context.attempt == 0 and (message.context.record_id or "").endswith("7"):
             raise RemoteUnavailable("flaky remote")  # retry copies in flight too
         return Outcome.UPDATED
 

@@ -63,13 +63,14 @@ def test_event_kinds_map_to_actions(event, action):
 
 def test_event_codec_reads_valid_events_and_refuses_others():
     decoded = EVENT_CODEC.decode(json.dumps(EVENT).encode(), None)
-    assert (decoded.org_id, decoded.entity, decoded.record_id) == ("acme", "account", "acc-1")
+    context = decoded.context
+    assert (context.org_id, context.entity, context.record_id) == ("acme", "account", "acc-1")
     with pytest.raises(InvalidMessage, match="not JSON"):
         EVENT_CODEC.decode(b"{nope", None)
     with pytest.raises(InvalidMessage, match=r"bss-event\.schema\.json at /event"):
         EVENT_CODEC.decode(json.dumps({**EVENT, "event": "archived"}).encode(), None)
     other = EVENT_CODEC.decode(json.dumps({**EVENT, "entity": "quote"}).encode(), None)
-    assert other.entity == "quote"  # a BSS entity bss-sync does not sync: the handler skips
+    assert other.context.entity == "quote"  # a BSS entity bss-sync does not sync: the handler skips
 
 
 async def test_events_of_unknown_entities_are_skipped_not_dead_lettered():

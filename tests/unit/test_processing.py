@@ -110,7 +110,7 @@ async def test_a_redelivered_message_with_a_row_is_acked_without_handling() -> N
     calls: list[int] = []
 
     async def handler(m: InboundMessage[Any]) -> Outcome:
-        calls.append(m.attempt)
+        calls.append(m.context.attempt)
         return Outcome.UPDATED
 
     rec, session, _sink, _, processor = await setup(handler)
@@ -129,7 +129,7 @@ async def test_twins_in_flight_run_one_after_the_other_and_the_second_is_recogni
     calls: list[str] = []
 
     async def handler(m: InboundMessage[Any]) -> Outcome:
-        calls.append(m.message_id or "")
+        calls.append(m.context.message_id or "")
         await release.wait()
         return Outcome.UPDATED
 
@@ -170,7 +170,7 @@ async def test_a_republished_duplicate_is_handled_again_unless_always_deduplicat
     calls: list[int] = []
 
     async def handler(m: InboundMessage[Any]) -> Outcome:
-        calls.append(m.attempt)
+        calls.append(m.context.attempt)
         return Outcome.UPDATED
 
     for always, expected in ((False, [0, 0]), (True, [0])):
@@ -237,7 +237,7 @@ async def test_settled_is_cancellable_and_the_processor_carries_on() -> None:
 async def test_settled_waits_for_every_delivery_of_a_burst_whatever_its_outcome() -> None:
     async def handler(m: InboundMessage[Any]) -> Outcome:
         await asyncio.sleep(0)  # not a wait: a handler that suspends, as real ones do
-        if m.attempt == 1:
+        if m.context.attempt == 1:
             raise RemoteUnavailable("503")
         return Outcome.UPDATED
 
@@ -257,7 +257,7 @@ async def test_a_success_whose_row_is_refused_is_held_and_the_row_retried() -> N
     calls: list[int] = []
 
     async def handler(m: InboundMessage[Any]) -> Outcome:
-        calls.append(m.attempt)
+        calls.append(m.context.attempt)
         return Outcome.CREATED
 
     rec, session, _, _, processor = await setup(handler, fail_audit=2)

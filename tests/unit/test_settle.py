@@ -15,6 +15,7 @@ from shared.errors import (
     SchemaViolation,
 )
 from shared.logging import register_secret
+from shared.message_context import MessageContext
 from shared.messaging.settle import (
     MAX_ERROR_CHARS,
     Ack,
@@ -34,12 +35,14 @@ ROUTING_KEY = "account.update.org1.inst1"
 LADDER = QUEUE.retry_delays
 
 
-def facts(attempt: int = 0, **kw: object) -> MessageFacts:
-    base: dict[str, object] = dict(
-        attempt=attempt, exchange=PUSH_EXCHANGE, routing_key=ROUTING_KEY,
-        headers={}, org_id="org1", instance_id="inst1", entity="account", record_id="42")
-    base.update(kw)
-    return MessageFacts(**base)  # type: ignore[arg-type]
+def facts(attempt: int = 0, headers: dict[str, object] | None = None,
+          exchange: str = PUSH_EXCHANGE, routing_key: str = ROUTING_KEY,
+          **context: object) -> MessageFacts:
+    fields: dict[str, object] = dict(org_id="org1", instance_id="inst1", entity="account",
+                                     record_id="42")
+    fields.update(context)
+    return MessageFacts(MessageContext("m-1", attempt=attempt, **fields),  # type: ignore[arg-type]
+                        exchange, routing_key, headers or {})
 
 
 @pytest.mark.parametrize("outcome", ["created", "updated", "deleted", "unchanged", "skipped"])
