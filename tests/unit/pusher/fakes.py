@@ -100,6 +100,10 @@ class FakeLinkStore:
         self._put(link)
         return link
 
+    async def by_bss_id(self, instance_id: str, entity: str, bss_id: str) -> Link | None:
+        """As ``LinkStore.by_bss_id`` (not a port method: for the contract test)."""
+        return self.get(instance_id, entity, bss_id)
+
     # -- the port ------------------------------------------------------------------------
 
     async def claim_for_create(self, instance_id: str, entity: str, bss_id: str,
