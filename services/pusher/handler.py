@@ -5,6 +5,10 @@ instance, an entity the connector does not push, no push permission): those
 messages are audited ``skipped`` and acked. Parents pushed first on a record's
 behalf get audit rows of their own (message id derived from the child's, the
 child's id as correlation id).
+
+The handler and ``RecordPush`` reach PostgreSQL, the BSS, the third party and the
+clock through the ports of ``services.pusher.ports``; ``__main__`` builds the real
+adapters, the unit tests in-memory fakes.
 """
 
 from __future__ import annotations

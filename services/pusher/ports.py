@@ -5,7 +5,8 @@ the clock only through these ``Protocol``s, and use nothing of the real adapters
 beyond them. The adapters satisfy them as they are — ``LinkStore``
 (shared.storage.links), ``BssClient`` (shared.bss), ``ThirdPartyClient``
 (shared.http), ``InstanceContext`` / ``InstanceRegistry`` (shared.runtime), the
-audit writer (shared.audit) — and so do the in-memory fakes of ``tests/unit``;
+audit writer (``shared.audit.writer.AuditWriter``) — and so do the in-memory fakes of
+``tests/unit/pusher/fakes.py``;
 ``tests/unit/pusher/test_ports.py`` checks both against every signature here.
 
 A port lists what the push *uses*, not everything an adapter offers: a method

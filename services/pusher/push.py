@@ -45,8 +45,6 @@ from shared.references import references
 from shared.storage.links import Link
 from shared.transform import LinksNotLoaded, PreloadedLinks
 
-__all__ = ["MAX_PARENT_DEPTH", "PARENT_WAIT_SECONDS", "PushOutcome", "RecordPush"]
-
 log = structlog.get_logger("services.pusher")
 CLAIM_STALE_SECONDS = 300.0
 MAX_PARENT_DEPTH = 3
@@ -272,11 +270,13 @@ class RecordPush:
         return response
 
     async def _before(self, call: CallSpec, data: dict[str, Any]) -> dict[str, Any]:
+        """Send ``call``'s ``before`` call; what it captures (an ETag…)."""
+        before = call.before
+        assert before is not None
         request = await self._with_links(
             lambda: self.planner.before_request(call, data, self.context))
         response = await self.ctx.client.send(request)
-        assert call.before is not None
-        return self.planner.captured(call.before, response)
+        return self.planner.captured(before, response)
 
     async def _match(self, match: CallPlan, record: dict[str, Any]) -> str | None:
         response = await self._send(match, record)
