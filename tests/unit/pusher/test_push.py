@@ -7,12 +7,15 @@ outcome (or the error raised).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 
 import pytest
 
 from services.pusher.plan import payload_hash
 from services.pusher.push import CLAIM_STALE_SECONDS, MAX_PARENT_DEPTH
+from shared.connector import document_from_bundle
 from shared.errors import (
     AmbiguousMatch,
     DependencyPending,
@@ -538,3 +541,22 @@ async def test_an_undeclared_reference_linked_is_used(world):
 def test_payload_hash_ignores_key_order_and_spacing():
     assert payload_hash({"a": 1, "b": [1, 2]}) == payload_hash(json.loads('{"b":[1,2],"a":1}'))
     assert payload_hash({"a": 1}) != payload_hash({"a": 2})
+
+
+async def test_a_link_the_transform_asks_for_beyond_the_references_is_loaded_then_used(world):
+    # The schema's references are loaded before the transform runs; a link asked for
+    # by a computed id is not, so the planner stops (LinksNotLoaded), the push loads
+    # it and plans again.
+    bundle = copy.deepcopy(world.target.connector.document)
+    mapping = bundle["x-synchronization"]["transforms"]["AccountToCompany"]["map"]
+    mapping["parentCompanyId"] = "$externalId('account', 'acc_' & vatNumber)"
+    world.target = dataclasses.replace(world.target, connector=document_from_bundle(bundle))
+    world.links.seed(INSTANCE, "account", "acc_FR40303265045", external_id="co-group")
+    world.put("account", account())
+    world.remote.script("listCompanies", Answer(200, []))
+    world.remote.script("createCompany", Answer(201, {"id": "co-1"}))
+
+    outcome = await world.run("account", ACCOUNT)
+
+    assert body(world, 1)["parentCompanyId"] == "co-group"
+    assert outcome.outcome == "created"
