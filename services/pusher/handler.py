@@ -5,20 +5,31 @@ instance, an entity the connector does not push, no push permission): those
 messages are audited ``skipped`` and acked. Parents pushed first on a record's
 behalf get audit rows of their own (message id derived from the child's, the
 child's id as correlation id).
+
+The handler and ``RecordPush`` reach PostgreSQL, the BSS, the third party and the
+clock through the ports of ``services.pusher.ports``; ``__main__`` builds the real
+adapters, the unit tests in-memory fakes.
 """
 
 from __future__ import annotations
 
 import uuid
 
-from services.pusher.push import PushOutcome, RecordPush
-from shared.audit import AuditRecord, AuditSink, Outcome
-from shared.bss import BssClient
+from services.pusher.outcome import PushOutcome
+from services.pusher.ports import (
+    SYSTEM_CLOCK,
+    AuditLog,
+    BssRecords,
+    Clock,
+    Instances,
+    Links,
+    PushTarget,
+)
+from services.pusher.push import RecordPush
+from shared.audit import AuditRecord, Outcome
 from shared.errors import RecordBusy, SyncError
 from shared.messaging.codec import HandlerResult, InboundMessage
 from shared.messaging.envelope import SyncMessage
-from shared.runtime import InstanceContext, InstanceRegistry
-from shared.storage.links import LinkStore
 
 PARENT_NAMESPACE = uuid.UUID("8a4f3c1e-2b7d-4e59-9c1a-5d6e7f8a9b0c")
 SERVICE = "pusher"
@@ -34,14 +45,15 @@ def _skipped(reason: str) -> HandlerResult:
 
 
 class PushHandler:
-    """Handles ``sync.push`` messages."""
+    """Handles ``sync.push`` messages (the adapters are given: ``__main__`` builds them)."""
 
-    def __init__(self, registry: InstanceRegistry, links: LinkStore, bss: BssClient,
-                 audit: AuditSink) -> None:
+    def __init__(self, registry: Instances, links: Links, bss: BssRecords, audit: AuditLog,
+                 *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.registry = registry
         self.links = links
         self.bss = bss
         self.audit = audit
+        self.clock = clock
 
     async def aclose(self) -> None:
         """Close the HTTP clients (called by the runner at shutdown)."""
@@ -66,10 +78,11 @@ class PushHandler:
             return _skipped(f"the instance may not push {m.entity} records")
         assert m.record_id is not None  # the envelope schema requires it for push
         push = RecordPush(ctx=ctx, obj=objects[0], org_id=m.org_id, record_id=m.record_id,
-                          message_id=m.id, links=self.links, bss=self.bss, parents=self)
+                          message_id=m.id, links=self.links, bss=self.bss, parents=self,
+                          clock=self.clock)
         return _result(await push.run())
 
-    async def push_parent(self, ctx: InstanceContext, entity: str, record_id: str, org_id: str,
+    async def push_parent(self, ctx: PushTarget, entity: str, record_id: str, org_id: str,
                           depth: int, *, child_message_id: str) -> PushOutcome:
         """Push a record a child depends on, and audit it as its own outcome."""
         objects = ctx.connector.objects_for(entity)
@@ -80,7 +93,7 @@ class PushHandler:
                 "reason": f"connector {ctx.instance.connector_id} does not push {entity}"})
         push = RecordPush(ctx=ctx, obj=objects[0], org_id=org_id, record_id=record_id,
                           message_id=message_id, links=self.links, bss=self.bss, parents=self,
-                          depth=depth)
+                          depth=depth, clock=self.clock)
         record = AuditRecord(service=SERVICE, outcome=Outcome.SKIPPED, org_id=org_id,
                              instance_id=ctx.instance.id, entity=entity, direction="push",
                              action="dependency", record_id=record_id, message_id=message_id)

@@ -11,26 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import uuid
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from shared.connector import paging, security
 from shared.connector.document import CallSpec, ConnectorDocument, SyncObject
+from shared.connector.idempotency import idempotency_key
 from shared.connector.payloads import PayloadChecker, entity_errors
 from shared.connector.request import RequestPlan, plan_request, server_url, with_query
 from shared.errors import SyncError
 from shared.transform import UNDEFINED, TransformContext
-
-IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0c4c2e-6f5e-4d8a-9a57-3f1c2c1f0b7e")
-
-
-def idempotency_key(*parts: object) -> str:
-    """A key stable for the same parts: the pusher derives a create's key from the
-    instance, the record and its link, so every attempt to create that record (any
-    message, any retry) carries the same key and the third party creates it once."""
-    return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, ":".join(str(p) for p in parts)))
 
 
 class PlaceholderLinks:
