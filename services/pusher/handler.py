@@ -28,6 +28,7 @@ from services.pusher.ports import (
 from services.pusher.push import RecordPush
 from shared.audit import AuditRecord, Outcome
 from shared.errors import RecordBusy, SyncError
+from shared.message_context import MessageContext
 from shared.messaging.codec import HandlerResult, InboundMessage
 from shared.messaging.envelope import SyncMessage
 
@@ -94,9 +95,9 @@ class PushHandler:
         push = RecordPush(ctx=ctx, obj=objects[0], org_id=org_id, record_id=record_id,
                           message_id=message_id, links=self.links, bss=self.bss, parents=self,
                           depth=depth, clock=self.clock)
-        record = AuditRecord(service=SERVICE, outcome=Outcome.SKIPPED, org_id=org_id,
-                             instance_id=ctx.instance.id, entity=entity, direction="push",
-                             action="dependency", record_id=record_id, message_id=message_id)
+        context = MessageContext(message_id, org_id, ctx.instance.id, entity, "push",
+                                 "dependency", record_id, correlation_id=child_message_id)
+        record = AuditRecord.for_message(SERVICE, Outcome.SKIPPED, context)
         try:
             outcome = await push.run()
         except RecordBusy:

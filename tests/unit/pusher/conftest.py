@@ -96,10 +96,7 @@ class World:
                               trigger="event", attempt=0,
                               created_at=datetime(2025, 1, 1, tzinfo=UTC).isoformat(),
                               record_id=record_id)
-        return await self.handler(InboundMessage(payload=message, message_id=message_id,
-                                                 org_id=ORG, instance_id=INSTANCE,
-                                                 entity=entity, direction="push",
-                                                 record_id=record_id))
+        return await self.handler(InboundMessage(message, message.context()))
 
 
 @pytest.fixture

@@ -47,6 +47,7 @@ async def test_a_contact_gets_its_account_pushed_first_and_audited(world):
             row.direction, row.http_status) == (Outcome.CREATED, "account", ACCOUNT, "co-1",
                                                 "dependency", "push", 201)
     assert row.message_id == parent_message_id("account", ACCOUNT, "m-contact", 1)
+    assert row.correlation_id == "m-contact"  # the child's row is found from the parent's
     assert row.details["pushedFirstFor"] == "a record depending on it"
     assert world.link("account", ACCOUNT).external_id == "co-1"
     assert world.link("contact", CONTACT).external_id == "pe-1"
