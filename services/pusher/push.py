@@ -160,6 +160,9 @@ class RecordPush:
             claim = await self.links.claim_for_create(self.instance_id, self.entity,
                                                       self.record_id, self.message_id,
                                                       CLAIM_STALE_SECONDS)
+            if not claim.owned:  # another delivery claimed it since: it creates the record
+                raise RecordBusy(f"{self.entity} {self.record_id} is being pushed by another "
+                                 "delivery right now")
             return await self._create(record, claim.link)
         return PushOutcome("skipped", None, details={
             **self.details, "reason": "the remote record was deleted and the instance may "

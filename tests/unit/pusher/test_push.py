@@ -210,6 +210,30 @@ async def test_update_answered_404_without_the_create_permission_is_skipped(worl
     assert (link.state, link.push_hash, link.claim) == ("deleted", None, None)
 
 
+async def test_a_recreate_whose_record_another_delivery_claimed_meanwhile_is_busy(world):
+    """Between the link marked deleted (404 on update) and the new claim, another delivery
+    may claim the record to create it: this one must not create it too."""
+    linked(world)
+    world.put("account", account(name="Northwind Renamed"))
+    world.remote.script("updateCompany", Answer(404, {"message": "no company co-1"}))
+    mark_deleted = world.links.mark_deleted
+
+    async def deleted_then_claimed_elsewhere(*args, **kwargs):
+        done = await mark_deleted(*args, **kwargs)
+        await world.links.claim_for_create(INSTANCE, "account", ACCOUNT, "m-other",
+                                           CLAIM_STALE_SECONDS)
+        return done
+
+    world.links.mark_deleted = deleted_then_claimed_elsewhere
+
+    with pytest.raises(RecordBusy):
+        await world.run("account", ACCOUNT, "m-2")
+
+    assert world.remote.sent == ["PATCH /companies/co-1"]  # nothing created by this one
+    link = world.link("account", ACCOUNT)
+    assert (link.state, link.claim) == ("creating", "m-other")
+
+
 async def test_update_answered_422_is_not_a_recreate(world):
     linked(world)
     world.put("account", account(name="Northwind Renamed"))
