@@ -231,7 +231,7 @@ async def test_a_recreate_whose_record_another_delivery_claimed_meanwhile_is_bus
 
     assert world.remote.sent == ["PATCH /companies/co-1"]  # nothing created by this one
     link = world.link("account", ACCOUNT)
-    assert (link.state, link.claim) == ("creating", "m-other")
+    assert (link.state, link.claim) == ("deleted", "m-other")  # the other delivery's claim
 
 
 async def test_update_answered_422_is_not_a_recreate(world):
