@@ -492,8 +492,10 @@ async def test_join_returns_once_every_row_is_committed_and_every_ack_sent(
     messages = [sync_message(f"r{i}") for i in range(300)]
     consumer = pusher(topology, updated_handler, audit, prefetch=50, concurrency=8)
     async with running(consumer):
-        joined = asyncio.create_task(consumer.join())
+        # published (and confirmed) first: a join asked before would rightly return at
+        # once, the queue being empty and nothing in progress
         await publish(topology.url, [outgoing(m) for m in messages])
+        joined = asyncio.create_task(consumer.join())
         await eventually(lambda: audit.held == 50, what="a window of 50 rows held")
         # handled, but nothing durable: join must not have returned
         assert not joined.done() and await rows(db) == []
