@@ -23,7 +23,7 @@ import psycopg
 from shared.audit.record import OUTCOMES
 from shared.cli.parser import JSON_LINES_HELP, Subparsers, add_command, add_group, report_count
 from shared.errors import ConfigurationError, InfrastructureError
-from shared.logging import redact
+from shared.logging import redact, redact_value
 from shared.storage.db import Database
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|w)$", re.IGNORECASE)
@@ -50,15 +50,17 @@ def register(sub: Subparsers) -> None:
     apply.set_defaults(func=cmd_apply)
 
     orgs_sub = add_group(sub, "orgs", "organizations")
-    add_command(orgs_sub, "list", "list organizations",
-                "List organizations as a table on stdout; how many on stderr."
-                ).set_defaults(func=cmd_orgs_list)
+    orgs = add_command(orgs_sub, "list", "list organizations",
+                       "List organizations as a table on stdout; how many on stderr.")
+    _add_json(orgs, "organization")
+    orgs.set_defaults(func=cmd_orgs_list)
 
     inst_sub = add_group(sub, "instances", "organizations' instances of connectors")
     listing = add_command(inst_sub, "list", "list instances",
                           "List instances as a table on stdout; how many on stderr.")
     listing.add_argument("--org", metavar="ID",
                          help="only this organization's (default: every organization's)")
+    _add_json(listing, "instance")
     listing.set_defaults(func=cmd_instances_list)
     show = add_command(inst_sub, "show", "one instance: permissions, schedule, credentials "
                                          "(as references)")
@@ -99,10 +101,14 @@ def _add_search(parser: argparse.ArgumentParser) -> None:
                         help="ISO date/time, or relative: 30m, 1h, 2d, 1w (default: no bound)")
     parser.add_argument("--limit", type=int, default=50, metavar="N",
                         help="rows at most (default: %(default)s)")
-    parser.add_argument("--json", action="store_true",
-                        help=JSON_LINES_HELP.format(row="audit row", instead="a table")
-                        + " (default: off)")
+    _add_json(parser, "audit row")
     parser.set_defaults(func=cmd_audit_search)
+
+
+def _add_json(parser: argparse.ArgumentParser, row: str) -> None:
+    parser.add_argument("--json", action="store_true",
+                        help=JSON_LINES_HELP.format(row=row, instead="a table")
+                        + " (default: off)")
 
 
 def _error(message: str) -> int:
@@ -172,16 +178,24 @@ def _problems(problems: Sequence[Any], outcome: str) -> int:
     return _error(f"{count} problem{'s' if count != 1 else ''}; {outcome}")
 
 
-def cmd_orgs_list(_args: argparse.Namespace) -> int:
+def cmd_orgs_list(args: argparse.Namespace) -> int:
     from shared.storage.organizations import OrganizationStore
 
     async def work(db: Database) -> int:
         store = OrganizationStore(db)
         counts = await store.instance_counts()
-        rows = [[o.id, o.name, o.timezone, "yes" if o.active else "no",
-                 "{}/{}".format(*counts.get(o.id, (0, 0)))] for o in await store.list()]
-        print_table(["ID", "NAME", "TIMEZONE", "ACTIVE", "INSTANCES (ACTIVE/ALL)"], rows)
-        report_count(len(rows), "organization")
+        orgs = await store.list()
+        if args.json:
+            for o in orgs:
+                active, total = counts.get(o.id, (0, 0))
+                print_json({"id": o.id, "name": o.name, "timezone": o.timezone,
+                            "active": o.active, "instances": total,
+                            "active_instances": active})
+        else:
+            print_table(["ID", "NAME", "TIMEZONE", "ACTIVE", "INSTANCES (ACTIVE/ALL)"],
+                        [[o.id, o.name, o.timezone, "yes" if o.active else "no",
+                          "{}/{}".format(*counts.get(o.id, (0, 0)))] for o in orgs])
+        report_count(len(orgs), "organization")
         return 0
 
     return _with_database(work)
@@ -192,10 +206,15 @@ def cmd_instances_list(args: argparse.Namespace) -> int:
 
     async def work(db: Database) -> int:
         instances = await InstanceStore(db).list(args.org)
-        rows = [[i.id, i.org_id, i.connector_id, i.name, "yes" if i.enabled else "no",
-                 i.server_url or "(connector's)"] for i in instances]
-        print_table(["ID", "ORG", "CONNECTOR", "NAME", "ACTIVE", "SERVER"], rows)
-        report_count(len(rows), "instance")
+        if args.json:  # credentials are references, but an instance is listed without them
+            for i in instances:
+                print_json({"id": i.id, "org_id": i.org_id, "connector_id": i.connector_id,
+                            "name": i.name, "active": i.enabled, "server_url": i.server_url})
+        else:
+            print_table(["ID", "ORG", "CONNECTOR", "NAME", "ACTIVE", "SERVER"],
+                        [[i.id, i.org_id, i.connector_id, i.name, "yes" if i.enabled else "no",
+                          i.server_url or "(connector's)"] for i in instances])
+        report_count(len(instances), "instance")
         return 0
 
     return _with_database(work)
@@ -305,7 +324,7 @@ def cmd_audit_search(args: argparse.Namespace) -> int:
         rows = await search(db, query)
         if args.json:
             for row in rows:
-                print(json.dumps(row.to_json(), default=str, ensure_ascii=False))
+                print_json(row.to_json())
         else:
             print_table(["AT", "SERVICE", "ORG", "INSTANCE", "ENTITY", "DIR", "ACTION", "RECORD",
                          "EXTERNAL", "OUTCOME", "TRY", "HTTP", "ERROR"],
@@ -322,6 +341,11 @@ def _audit_cells(row: Any) -> list[str]:
             row.org_id, row.instance_id, row.entity, row.direction, row.action, row.record_id,
             row.external_id, row.outcome, str(row.attempt),
             "" if row.http_status is None else str(row.http_status), error]
+
+
+def print_json(obj: dict[str, Any]) -> None:
+    """One line of JSON Lines on stdout (strings redacted, as the table's cells are)."""
+    print(json.dumps(redact_value(obj), default=str, ensure_ascii=False))
 
 
 def print_table(headers: list[str], rows: list[list[Any]]) -> None:

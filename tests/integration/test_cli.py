@@ -225,9 +225,38 @@ def test_dead_list_missing_queue_then_empty_then_json_lines(
     (["audit", "search", "--json"], "0 rows"),
     (["orgs", "list"], "0 organizations"),
     (["instances", "list"], "0 instances"),
+    (["orgs", "list", "--json"], "0 organizations"),
+    (["instances", "list", "--json"], "0 instances"),
 ])
 def test_an_empty_listing_prints_nothing_on_stdout(database_env: str, command: list[str],
                                                    count: str,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     assert main(command) == 0
     assert capsys.readouterr() == ("", f"{count}\n")
+
+
+def test_orgs_and_instances_list_as_json_lines(database_env: str, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`--json` of a listing: one object per line, the count on stderr."""
+    installation = json.loads((REPO / "demo" / "installation.json").read_text())
+    installation["connectors"][0]["spec"] = str(REPO / "connectors" / "acme-crm.json")
+    installation.pop("$schema", None)
+    path = tmp_path / "installation.json"
+    path.write_text(json.dumps(installation))
+    assert main(["apply", str(path)]) == 0
+    capsys.readouterr()
+
+    assert main(["orgs", "list", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {"id": "acme-telecom", "name": "Acme Telecom", "timezone": "UTC", "active": True,
+         "instances": 1, "active_instances": 1}]
+    assert err == "1 organization\n"
+
+    assert main(["instances", "list", "--json", "--org", "acme-telecom"]) == 0
+    out, err = capsys.readouterr()
+    [instance] = [json.loads(line) for line in out.splitlines()]
+    assert instance == {"id": "acme-crm-prod", "org_id": "acme-telecom",
+                        "connector_id": "acme-crm", "name": instance["name"], "active": True,
+                        "server_url": "http://127.0.0.1:3000"}
+    assert err == "1 instance\n"
