@@ -13,7 +13,7 @@ from urllib.parse import quote
 from demo.processes import bss_sync
 from demo.systems import COLLECTIONS, INSTANCE, ORG
 from demo.thirdparty import REPO
-from shared.messaging.topology import WorkQueue
+from shared.messaging.topology import PUSHER, WorkQueue
 from shared.paths import schemas_dir
 
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 AUDIT_LIMIT = 15
 CONNECTOR = REPO / "connectors" / "acme-crm.json"
 TRANSFORM = "AccountToCompany"
-PUSHER = WorkQueue("pusher")
+PUSHER = WorkQueue(PUSHER)
 #: Where the connector's default server variables point (preview needs no --server then).
 DEFAULT_CRM_URL = "http://127.0.0.1:3000"
 

@@ -39,10 +39,11 @@ from demo.processes import LoggedSandbox, Service, bss_sync
 from demo.thirdparty import NODE_BIN, JsonServer
 from sandbox.settings import SandboxSettings
 from shared.messaging.management import AmqpUrl, ManagementClient, management_url_for
+from shared.messaging.topology import DISPATCHER, PUSHER
 from shared.storage.db import quote_ident, redact_url, url_with_database
 
 #: The services of the push path, in the order they start (and stop reversed).
-PUSH_PATH = ("dispatcher", "pusher")
+PUSH_PATH = (DISPATCHER, PUSHER)
 
 
 @dataclasses.dataclass(frozen=True)

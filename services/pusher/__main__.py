@@ -13,6 +13,7 @@ from shared.cli.service import parse_service_args
 from shared.credentials import resolve_credential
 from shared.messaging.codec import SYNC_CODEC
 from shared.messaging.runner import RuntimeDeps, main
+from shared.messaging.topology import PUSHER
 from shared.runtime import InstanceRegistry
 from shared.storage.links import LinkStore
 
@@ -33,5 +34,5 @@ def make_handler(deps: RuntimeDeps) -> PushHandler:
 
 
 if __name__ == "__main__":
-    parse_service_args("pusher", SUMMARY)
-    sys.exit(main("pusher", SYNC_CODEC, make_handler))
+    parse_service_args(PUSHER, SUMMARY)
+    sys.exit(main(PUSHER, SYNC_CODEC, make_handler))

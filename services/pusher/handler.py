@@ -31,9 +31,10 @@ from shared.errors import RecordBusy, SyncError
 from shared.message_context import MessageContext
 from shared.messaging.codec import HandlerResult, InboundMessage
 from shared.messaging.envelope import SyncMessage
+from shared.messaging.topology import PUSHER
 
 PARENT_NAMESPACE = uuid.UUID("8a4f3c1e-2b7d-4e59-9c1a-5d6e7f8a9b0c")
-SERVICE = "pusher"
+SERVICE = PUSHER  # the service of its audit rows
 
 
 def _result(outcome: PushOutcome) -> HandlerResult:

@@ -17,7 +17,7 @@ from shared.cli.parser import JSON_LINES_HELP, Subparsers, add_command, add_grou
 from shared.errors import ConfigurationError, InfrastructureError
 from shared.logging import redact
 from shared.messaging.tooling import PeekedMessage, QueueMissing, peek
-from shared.messaging.topology import SERVICES, WorkQueue, declare_topology
+from shared.messaging.topology import PUSHER, SERVICES, WorkQueue, declare_topology
 from shared.settings import get_settings
 
 DEAD_HEADERS = ("x-error-class", "x-error", "x-http-status", "x-attempts", "x-first-failed-at",
@@ -41,7 +41,7 @@ def register(sub: Subparsers) -> None:
                           "Show the dead letters at the head of a service's dead queue with "
                           "their x- headers, and leave them there. Text (or JSON Lines with "
                           "--json) on stdout; how many on stderr.")
-    listing.add_argument("--service", choices=SERVICES, default="pusher",
+    listing.add_argument("--service", choices=SERVICES, default=PUSHER,
                          help="whose dead queue (default: %(default)s)")
     listing.add_argument("--limit", type=_positive, default=20, metavar="N",
                          help="messages at most (default: %(default)s)")

@@ -32,7 +32,7 @@ from psycopg.rows import dict_row
 
 from demo.processes import Service
 from demo.stack import Stack, StackConfig
-from shared.messaging.topology import WorkQueue
+from shared.messaging.topology import DISPATCHER, PUSHER, WorkQueue
 
 RETRY_DELAYS = (1, 2, 4)
 BSS_TOKEN = "e2e-bss-token-" + secrets.token_hex(8)
@@ -40,7 +40,7 @@ ACME_API_KEY = "e2e-acme-key-" + secrets.token_hex(8)
 HUBSPOT_TOKEN = "e2e-hubspot-token-" + secrets.token_hex(8)
 FINAL_OUTCOMES = frozenset({"created", "updated", "deleted", "unchanged", "skipped", "dead"})
 #: The pusher's dead-letter queue (docs/architecture.md §4).
-PUSHER_DEAD = WorkQueue("pusher").dead_queue
+PUSHER_DEAD = WorkQueue(PUSHER).dead_queue
 _tenants = itertools.count(1)
 
 
@@ -222,11 +222,11 @@ class TestStack(Stack):
 
     @property
     def pusher(self) -> Service:
-        return self.services["pusher"]
+        return self.services[PUSHER]
 
     @property
     def dispatcher(self) -> Service:
-        return self.services["dispatcher"]
+        return self.services[DISPATCHER]
 
     # -- tenants ----------------------------------------------------------------------------
 

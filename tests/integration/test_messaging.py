@@ -481,9 +481,9 @@ def crash(consumer: Consumer) -> None:
 async def returned_after_crash(topology: TestTopology) -> int:
     """Once the broker has dropped the crashed consumer (and requeued what it had not
     acked, in the same step): the messages back in the queue."""
-    await eventually(lambda: topology.consumers("pusher") == 0,
+    await eventually(lambda: topology.consumers(PUSH.name) == 0,
                      what="the broker to drop the crashed consumer")
-    return topology.ready("pusher")
+    return topology.ready(PUSH.name)
 
 
 async def test_join_returns_once_every_row_is_committed_and_every_ack_sent(
@@ -499,7 +499,7 @@ async def test_join_returns_once_every_row_is_committed_and_every_ack_sent(
         await eventually(lambda: audit.held == 50, what="a window of 50 rows held")
         # handled, but nothing durable: join must not have returned
         assert not joined.done() and await rows(db) == []
-        assert topology.ready("pusher") == 250
+        assert topology.ready(PUSH.name) == 250
         audit.gate.set()
         await asyncio.wait_for(joined, 60)
         crash(consumer)  # right away: only what join waited for is done
@@ -544,7 +544,7 @@ async def test_join_is_cancellable_and_follows_the_queue_through_retries_and_sto
         await asyncio.wait_for(consumer.join(), 60)
         first = {r["outcome"] for r in await rows(db)}
         # the retry copy waits in pusher.retry.200ms: not the work queue's to wait for
-        await eventually(lambda: topology.ready("pusher.retry.200ms") == 0,
+        await eventually(lambda: topology.ready(PUSH.retry_queue(0).name) == 0,
                          what="the retry copy back in the work queue")
         await asyncio.wait_for(consumer.join(), 60)
         final = await final_counts(db)

@@ -20,7 +20,7 @@ from shared.errors import InfrastructureError
 from shared.messaging.codec import SYNC_CODEC
 from shared.messaging.delivery import ConsumeSession, Delivery
 from shared.messaging.processing import MessageProcessor
-from shared.messaging.topology import PUSHER, WorkQueue
+from shared.messaging.topology import PUSH_EXCHANGE, PUSHER, WorkQueue
 
 QUEUE = WorkQueue(PUSHER, (0.01, 0.02))
 RETRY = f"confirmed {QUEUE.retry_queue(0).name}"  # the copy to the first rung, confirmed
@@ -171,4 +171,4 @@ def unreceived(session: ConsumeSession, tag: int, data: bytes,
                redelivered: bool = False) -> Delivery:
     """A delivery of ``data`` on ``session`` that the consumer has yet to receive."""
     props = pika.BasicProperties(message_id=json.loads(data)["id"], headers={})
-    return Delivery(session, tag, "sync.push", "account.update.o.i", redelivered, props, data)
+    return Delivery(session, tag, PUSH_EXCHANGE, "account.update.o.i", redelivered, props, data)
