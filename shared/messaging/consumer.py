@@ -192,7 +192,6 @@ class Consumer:
         began = time.monotonic()
         log.info("consuming", queue=self.queue.name, prefetch=self.config.window,
                  concurrency=self.processor.concurrency)
-        self._adopt(session)
         try:
             ending = await self._wait_session_end(conn, session, publisher)
         finally:
@@ -220,8 +219,16 @@ class Consumer:
             self._receive(Delivery(session, method.delivery_tag, method.exchange,
                                    method.routing_key, method.redelivered, properties, body))
 
-        await rpc(lambda cb: channel.basic_consume(self.queue.name, on_message, callback=cb),
-                  closed, f"consume queue {self.queue.name!r}")
+        # Adopted before consuming: deliveries may be handled before basic.consume-ok
+        # has resumed this coroutine, and they belong to the consumer's session.
+        self._adopt(session)
+        try:
+            await rpc(lambda cb: channel.basic_consume(self.queue.name, on_message,
+                                                       callback=cb),
+                      closed, f"consume queue {self.queue.name!r}")
+        except BaseException:
+            self._adopt(None)
+            raise
         session.consumer_tag = channel.consumer_tags[0]
         return session, publisher
 
