@@ -26,7 +26,7 @@ import dataclasses
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
@@ -192,9 +192,11 @@ class ThirdPartyClient:
         await self._transport.aclose()
         await self._auth.aclose()
 
-    async def send(self, plan: RequestPlan) -> Response:
+    async def send(self, plan: RequestPlan, *, accept: Collection[int] = ()) -> Response:
         """Send ``plan`` and classify the answer (see the module docstring for errors).
 
+        A status of 400 or more in ``accept`` is returned as a ``Response`` when its body
+        is JSON (a create's 409 naming the record that exists), else raised as usual.
         A 401 with a refreshable OAuth2 token refreshes it once and retries once; a
         429/503 with ``Retry-After`` pauses the instance until then and, when that is
         at most ``options.inline_retry_max`` seconds, waits and retries once.
@@ -220,7 +222,7 @@ class ThirdPartyClient:
                 if not waited and retry_after <= self.options.inline_retry_max:
                     waited = True
                     continue
-            return self._outcome(plan, answer, retry_after, refreshed)
+            return self._outcome(plan, answer, retry_after, refreshed, accept)
 
     # -- one exchange: limits, redirects, bounded body -------------------------------
 
@@ -316,15 +318,25 @@ class ThirdPartyClient:
     # -- classification ---------------------------------------------------------------
 
     def _outcome(
-        self, plan: RequestPlan, answer: _Answer, retry_after: float | None, refreshed: bool
+        self, plan: RequestPlan, answer: _Answer, retry_after: float | None, refreshed: bool,
+        accept: Collection[int] = (),
     ) -> Response:
         request = answer.request
         if answer.status >= 400:
-            raise status_error(
+            error = status_error(
                 request, answer.status, answer.content,
                 retry_after=retry_after, after_refresh=refreshed and answer.status == 401,
             )
-        body = self._parse(plan.operation, request, answer)
+            if answer.status not in accept:
+                raise error
+            try:
+                body = self._parse(plan.operation, request, answer)
+            except RemoteProtocolError:
+                raise error from None
+            if body is None:
+                raise error
+        else:
+            body = self._parse(plan.operation, request, answer)
         return Response(answer.status, answer.headers, body, answer.elapsed, answer.url,
                         answer.content, request)
 
