@@ -24,6 +24,7 @@ from shared.connector.openapi import Operation
 from shared.errors import ConfigurationError, MappingError
 from shared.transform import UNDEFINED, TransformContext
 from shared.transform.expressions import as_text
+from shared.uri import encode_value, no_dot_segment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,22 +139,19 @@ def plan_request(
 
 
 _PLACEHOLDER = re.compile(r"{([^{}/]+)}")
-_DOT_SEGMENTS = frozenset({".", ".."})
 
 
 def fill_path(template: str, values: Mapping[str, str]) -> str:
     """``template`` (``/things/{code}``) with each ``{name}`` replaced by its value,
-    percent-encoded as path segment data (RFC 3986 §3.3). A segment the values make
-    ``.`` or ``..`` is sent as ``%2E`` / ``%2E%2E``, never as a dot segment; a
-    placeholder without a value is left as it is."""
+    percent-encoded as path segment data (RFC 3986 §3.3, ``shared.uri``). A segment the
+    values make ``.`` or ``..`` is sent as ``%2E`` / ``%2E%2E``, never as a dot segment;
+    a placeholder without a value is left as it is."""
     segments = []
     for segment in template.split("/"):
         filled = _PLACEHOLDER.sub(
-            lambda m: quote(values[m.group(1)], safe="") if m.group(1) in values
+            lambda m: encode_value(values[m.group(1)]) if m.group(1) in values
             else m.group(0), segment)
-        if filled in _DOT_SEGMENTS and filled != segment:
-            filled = filled.replace(".", "%2E")
-        segments.append(filled)
+        segments.append(no_dot_segment(filled) if filled != segment else filled)
     return "/".join(segments)
 
 
