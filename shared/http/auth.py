@@ -30,7 +30,7 @@ import dataclasses
 from collections.abc import Collection, Mapping
 from datetime import timedelta
 from typing import Any
-from urllib.parse import quote, quote_plus, urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 import structlog
@@ -39,6 +39,7 @@ from shared.connector.document import ConnectorDocument
 from shared.connector.openapi import Operation
 from shared.connector.request import RequestPlan
 from shared.connector.security import AuthScheme, apply_credential, auth_scheme, requirements
+from shared.credentials import IDENTIFIER_CREDENTIALS
 from shared.errors import (
     AuthenticationFailed,
     ConfigurationError,
@@ -371,10 +372,10 @@ class Authenticator:
 
 def _register_derived_secrets(credentials: Mapping[str, str]) -> None:
     """Mask the forms credentials take on the wire too: a server echoing our request in
-    an error body shows them URL-encoded or as a basic-auth value, not as resolved."""
-    for value in credentials.values():
-        register_secret(quote(value, safe=""))
-        register_secret(quote_plus(value))
+    an error body shows them URL-encoded or as a basic-auth value, not as resolved
+    (the encoded forms of each value are :func:`register_secret`'s own)."""
+    for name, value in credentials.items():
+        register_secret(value, identifier=name in IDENTIFIER_CREDENTIALS)
     if "username" in credentials and "password" in credentials:
         pair = f"{credentials['username']}:{credentials['password']}".encode()
         register_secret(base64.b64encode(pair).decode())
