@@ -35,8 +35,7 @@ _SENSITIVE_KEY = re.compile(
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@",
                            re.IGNORECASE)
 
-#: The process's registered secrets: immutable, replaced whole by each registration, so
-#: :func:`redact` reads it without a lock.
+#: The process's registered secrets; changed under the lock, read without it.
 _mask = SecretMask()
 _lock = threading.Lock()
 
@@ -48,11 +47,17 @@ def register_secret(value: str | None, *, identifier: bool = False) -> None:
     An ``identifier`` (a username, a client id) is masked only whole: its pieces are
     not secret and may be common words. Values under 4 characters are ignored.
     """
-    global _mask
-    if not value:
-        return
-    with _lock:
-        _mask = _mask.with_secret(value, identifier=identifier)
+    if value:
+        with _lock:
+            _mask.add(value, identifier=identifier)
+
+
+def forget_secret(value: str | None) -> None:
+    """Stop masking a secret no longer in use (an OAuth2 token two refreshes old), so
+    that the registered secrets do not grow for as long as the process runs."""
+    if value:
+        with _lock:
+            _mask.discard(value)
 
 
 def is_sensitive_key(key: str) -> bool:

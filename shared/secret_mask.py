@@ -22,15 +22,14 @@ sets. A run of 8 or more characters always contains a probe that starts at a
 multiple of 5, so the text is probed every 5 characters; around a hit the
 8-character windows are looked up in the grams and a run found is extended
 window by window both ways. The union of those windows is exactly the union of
-every matching run: a scan costs about one set lookup per 5 characters of text
-when nothing matches, and the sets grow by about 9 entries per character of
-secret.
+every matching run: a scan costs about one lookup per 5 characters of text when
+nothing matches, and the two sets grow by about 9 entries per character of secret
+(hence :meth:`SecretMask.discard`, for tokens that are superseded).
 """
 
 from __future__ import annotations
 
 import base64
-import dataclasses
 import re
 from collections.abc import Iterator
 from urllib.parse import quote, quote_plus
@@ -57,38 +56,78 @@ def forms(secret: str) -> set[str]:
     return found
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
 class SecretMask:
-    """An immutable set of secrets; :meth:`with_secret` returns a new one."""
+    """The registered secrets, with their grams and probes counted (two secrets may share
+    one), so that a secret can be forgotten again (an OAuth2 token superseded).
 
-    secrets: frozenset[tuple[str, bool]] = frozenset()
-    grams: frozenset[str] = frozenset()
-    probes: frozenset[str] = frozenset()
-    wholes: frozenset[str] = frozenset()
-    whole: re.Pattern[str] | None = None
+    Not locked: :mod:`shared.logging` serialises :meth:`add` and :meth:`discard`;
+    :meth:`mask` only looks up, which a concurrent change cannot break (at worst a
+    secret being added is not yet masked: it is registered before it is used).
+    """
 
-    def with_secret(self, secret: str, *, identifier: bool = False) -> SecretMask:
-        """This mask and ``secret`` (unchanged when it is shorter than 4 characters)."""
-        if len(secret) < MIN_SECRET or (secret, identifier) in self.secrets:
-            return self
-        grams, probes, wholes = set(self.grams), set(self.probes), set(self.wholes)
+    def __init__(self) -> None:
+        self._secrets: set[tuple[str, bool]] = set()
+        self._grams: dict[str, int] = {}
+        self._probes: dict[str, int] = {}
+        self._wholes: dict[str, int] = {}
+        self.whole: re.Pattern[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self._secrets)
+
+    def copy(self) -> SecretMask:
+        """An independent mask with the same secrets."""
+        other = SecretMask()
+        other._secrets = set(self._secrets)
+        other._grams, other._probes = dict(self._grams), dict(self._probes)
+        other._wholes, other.whole = dict(self._wholes), self.whole
+        return other
+
+    def add(self, secret: str, *, identifier: bool = False) -> None:
+        """Mask ``secret`` from now on (nothing happens under 4 characters, or twice)."""
+        if len(secret) < MIN_SECRET or (secret, identifier) in self._secrets:
+            return
+        self._secrets.add((secret, identifier))
+        self._count(secret, identifier, +1)
+
+    def discard(self, secret: str, *, identifier: bool = False) -> None:
+        """Stop masking ``secret`` (a secret no longer in use); unknown ones are ignored."""
+        if (secret, identifier) in self._secrets:
+            self._secrets.discard((secret, identifier))
+            self._count(secret, identifier, -1)
+
+    def _count(self, secret: str, identifier: bool, step: int) -> None:
+        grams: set[str] = set()
+        probes: set[str] = set()
+        wholes: set[str] = set()
         for form in _forms_of(secret, identifier):
             if identifier or len(form) < MIN_RUN:
                 wholes.add(form)
             else:
                 grams.update(_substrings(form, MIN_RUN))
                 probes.update(_substrings(form, _PROBE))
-        ordered = sorted(wholes, key=len, reverse=True)
-        whole = re.compile("|".join(map(re.escape, ordered))) if ordered else self.whole
-        return SecretMask(self.secrets | {(secret, identifier)}, frozenset(grams),
-                          frozenset(probes), frozenset(wholes), whole)
+        # probes first when adding, grams first when removing: a lookup that finds a
+        # probe may find no gram, never the other way round
+        order = ((self._probes, probes), (self._grams, grams)) if step > 0 \
+            else ((self._grams, grams), (self._probes, probes))
+        for counts, keys in (*order, (self._wholes, wholes)):
+            for key in keys:
+                left = counts.get(key, 0) + step
+                if left > 0:
+                    counts[key] = left
+                else:
+                    counts.pop(key, None)
+        if wholes:
+            ordered = sorted(self._wholes, key=len, reverse=True)
+            self.whole = re.compile("|".join(map(re.escape, ordered))) if ordered else None
 
     def mask(self, text: str) -> str:
         """``text`` with every secret, every 8+ character piece of one and of its
         forms replaced by ``***``."""
-        spans = self.spans(text) if self.grams and len(text) >= MIN_RUN else []
-        if self.whole is not None:
-            spans += [match.span() for match in self.whole.finditer(text)]
+        spans = self.spans(text) if self._grams and len(text) >= MIN_RUN else []
+        whole = self.whole
+        if whole is not None and whole.search(text):
+            spans += [match.span() for match in whole.finditer(text)]
         if not spans:
             return text
         parts, end = [], 0
@@ -101,7 +140,7 @@ class SecretMask:
     def spans(self, text: str) -> list[tuple[int, int]]:
         """``(start, end)`` of the runs of 8+ characters whose every window is a gram,
         in order (two may touch or overlap)."""
-        grams, probes = self.grams, self.probes
+        grams, probes = self._grams, self._probes
         hits = [probe for probe in range(0, len(text) - _PROBE + 1, _STRIDE)
                 if text[probe:probe + _PROBE] in probes]
         runs: list[tuple[int, int]] = []

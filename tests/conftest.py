@@ -18,6 +18,7 @@ def _secrets_registered_per_test(monkeypatch: pytest.MonkeyPatch) -> None:
 
     The mask is process-wide and masks every 8-character piece of a secret: a test
     secret such as ``client-secret-1`` would otherwise garble ``client-secret`` in
-    whatever test runs next. ``monkeypatch`` puts the mask of before the test back.
+    whatever test runs next. The test works on a copy; ``monkeypatch`` puts the mask
+    of before the test back.
     """
-    monkeypatch.setattr(shared.logging, "_mask", shared.logging._mask)
+    monkeypatch.setattr(shared.logging, "_mask", shared.logging._mask.copy())

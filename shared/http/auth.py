@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+from collections import deque
 from collections.abc import Collection, Mapping
 from datetime import timedelta
 from typing import Any
@@ -49,11 +50,13 @@ from shared.errors import (
 from shared.http.outcome import parse_retry_after, snippet, status_error, translate
 from shared.http.settings import USER_AGENT, InstanceEndpoint, Timeouts
 from shared.http.tokens import Token, TokenStore, utcnow
-from shared.logging import register_secret
+from shared.logging import forget_secret, register_secret
 
 log = structlog.get_logger(__name__)
 
 GRANT_FLOWS = {"client_credentials": "clientCredentials", "password": "password"}
+#: OAuth2 tokens an authenticator keeps masked: the current one and the one before.
+KEPT_TOKENS = 2
 
 
 def grant_type(names: Collection[str]) -> str | None:
@@ -176,6 +179,7 @@ class Authenticator:
         self._timeouts = timeouts
         self._margin = refresh_margin
         self._token: Token | None = None
+        self._masked: deque[Token] = deque()  # the tokens this authenticator keeps masked
         self._lock = asyncio.Lock()
         self._choices: dict[str, list[AuthScheme]] = {}
         self._http: httpx.AsyncClient | None = None
@@ -254,10 +258,29 @@ class Authenticator:
                 return self._token
             stored = await self._store.load() if stale is None else None
             if stored is not None and usable(stored):
-                self._token = stored
-            else:
-                self._token = await self._store.refresh(fetch, usable)
-            return self._token
+                return self._use(stored)
+            return self._use(await self._store.refresh(fetch, usable))
+
+    def _use(self, token: Token) -> Token:
+        """Make ``token`` the current one, masked from now on — obtained here or by
+        another process through the shared store. The token before stays masked (it
+        is still valid for up to the refresh margin, and may be in requests in flight);
+        the one before that is forgotten, so the masked secrets do not grow with every
+        refresh for as long as the process runs."""
+        self._token = token
+        if self._masked and self._masked[-1].access_token == token.access_token:
+            return token
+        register_secret(token.access_token)
+        register_secret(token.refresh_token)
+        self._masked.append(token)
+        while len(self._masked) > KEPT_TOKENS:
+            old = self._masked.popleft()
+            kept = {*self._credentials.values(),
+                    *(value for t in self._masked for value in (t.access_token, t.refresh_token))}
+            for value in (old.access_token, old.refresh_token):
+                if value not in kept:
+                    forget_secret(value)
+        return token
 
     async def _request_token(self, scheme: AuthScheme, current: Token | None) -> Token:
         """A new token: by refresh token when there is one (the rotated one stored, else

@@ -25,13 +25,20 @@ from urllib.parse import quote
 
 import pytest
 
+import shared.logging
 from shared.cli.main import main as cli
+from shared.connector import load_connector
+from shared.connector.request import RequestPlan
+from shared.http import InstanceEndpoint, ThirdPartyClient
+from shared.logging import redact
 from shared.messaging.envelope import SyncMessage, encode
 from shared.messaging.publisher import OutgoingMessage
 from shared.messaging.tooling import publish_blocking
 from shared.messaging.topology import PUSH_EXCHANGE, PUSHER, sync_routing_key
 from shared.paths import project_root
+from shared.secret_mask import SecretMask
 from shared.storage.db import Database
+from shared.transform import UNDEFINED
 from tests.fixtures.amqp import TEST_DELIVERY_LIMIT, TEST_RETRY_DELAYS, TestTopology
 from tests.integration.http_stub import StubServer
 
@@ -65,22 +72,32 @@ def test_the_oracle_sees_a_basic_auth_header_and_a_piece() -> None:
 # ---------------------------------------------------------------------- a service process
 
 
-def _connector(directory: Path) -> Path:
-    """A connector of the stub's ``/status/{p}`` route, with HTTP basic authentication."""
+SCHEMES = {
+    "basic": {"type": "http", "scheme": "basic"},
+    "oauth": {"type": "oauth2", "flows": {"clientCredentials": {"tokenUrl": "/oauth/token",
+                                                                "scopes": {}}}},
+}
+
+
+def _connector(directory: Path, scheme: str = "basic") -> Path:
+    """A connector of the stub's ``/status/{p}`` and ``/protected/{p}`` routes, with HTTP
+    basic authentication or OAuth2 client credentials."""
     ok = {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}
     param = {"name": "p", "in": "path", "required": True, "schema": {"type": "string"}}
     document = {
         "openapi": "3.0.3", "info": {"title": "Echo", "version": "1"},
         "servers": [{"url": "http://127.0.0.1:1"}],
-        "security": [{"basic": []}],
-        "components": {"securitySchemes": {"basic": {"type": "http", "scheme": "basic"}}},
-        "paths": {"/status/{p}": {"get": {"operationId": "get_status", "parameters": [param],
-                                          "responses": {"200": ok}}}},
+        "security": [{scheme: []}],
+        "components": {"securitySchemes": {scheme: SCHEMES[scheme]}},
+        "paths": {f"/{route}/{{p}}": {"get": {"operationId": f"get_{route}",
+                                              "parameters": [param],
+                                              "responses": {"200": ok}}}
+                  for route in ("status", "protected")},
         "x-synchronization": {"objects": {"Thing": {
             "entity": "account", "push": {"update": {"operation": "get_status",
                                                      "params": {"p": "200"}}}}}},
     }
-    path = directory / "echo.json"
+    path = directory / f"echo-{scheme}.json"
     path.write_text(json.dumps(document))
     return path
 
@@ -152,6 +169,54 @@ async def test_an_echoed_basic_auth_header_shows_nowhere(
     assert len(said) == 1 and "***" in said[0]["said"], logs[-2000:]
     assert any('"dead-lettered"' in line for line in lines), logs[-2000:]
     assert leaks(logs) == []
+
+
+# ---------------------------------------------------------------------- OAuth2 tokens
+
+
+async def test_oauth_tokens_are_masked_wherever_obtained_and_forgotten_two_refreshes_on(
+        db: Database, stub: StubServer, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ECHO_CLIENT_ID", stub.oauth.client_id)
+    monkeypatch.setenv("ECHO_CLIENT_SECRET", stub.oauth.client_secret)
+    document = load_connector(_connector(tmp_path, "oauth"))
+    operation = document.operations["get_protected"]
+    endpoint = InstanceEndpoint("echo-oauth", server_url=stub.url, credentials={
+        "clientId": "env:ECHO_CLIENT_ID", "clientSecret": "env:ECHO_CLIENT_SECRET"})
+
+    async def token_of(client: ThirdPartyClient) -> str:
+        plan = RequestPlan("GET", f"{stub.url}/protected/x", {}, UNDEFINED, operation)
+        answer = await client.send(plan)
+        return answer.body["headers"]["authorization"].removeprefix("Bearer ")
+
+    await db.execute("INSERT INTO organizations (id, name) VALUES ('org-1', 'Org')")
+    await db.execute("INSERT INTO connectors (id, title, version, sha256, document)"
+                     " VALUES ('echo', 'Echo', '1', %s, '{}')", ("0" * 64,))
+    await db.execute("INSERT INTO instances (id, org_id, connector_id, name, credentials)"
+                     " VALUES ('echo-oauth', 'org-1', 'echo', 'Echo', %s)",
+                     (json.dumps(endpoint.credentials),))
+    here = ThirdPartyClient(document, endpoint, db=db)
+    elsewhere = ThirdPartyClient(document, endpoint, db=db)
+    try:
+        first = await token_of(here)
+        assert redact(f"token {first}") == "token ***"
+        # Another process: it never fetched the token, it finds it in the shared store.
+        monkeypatch.setattr(shared.logging, "_mask", SecretMask())
+        assert await token_of(elsewhere) == first and stub.oauth.grants() == [
+            "client_credentials"]
+        assert redact(f"token {first}") == "token ***"
+
+        tokens = [first]
+        for _ in range(10):
+            stub.oauth.revoke_all()  # the next request is refused, then refreshed
+            tokens.append(await token_of(elsewhere))
+        registered = len(shared.logging._mask)
+    finally:
+        await here.aclose()
+        await elsewhere.aclose()
+    assert len(set(tokens)) == 11
+    assert [redact(token) == "***" for token in tokens] == [False] * 9 + [True] * 2
+    assert registered <= 4, "client id and secret, two tokens"
 
 
 # ---------------------------------------------------------------------- CLI error messages

@@ -12,7 +12,16 @@ import pytest
 from shared.secret_mask import MASK, MIN_RUN, SecretMask, forms
 
 SECRET = "Zq8vN2xLw5TgR7pK3mYc"
-mask = SecretMask().with_secret(SECRET)
+
+
+def masking(*secrets: str, identifier: bool = False) -> SecretMask:
+    made = SecretMask()
+    for secret in secrets:
+        made.add(secret, identifier=identifier)
+    return made
+
+
+mask = masking(SECRET)
 
 
 def _shows_no_piece(text: str, secret: str = SECRET) -> bool:
@@ -37,7 +46,7 @@ def test_a_piece_shorter_than_eight_characters_stays() -> None:
 @pytest.mark.parametrize("encode", [base64.b64encode, base64.urlsafe_b64encode])
 def test_a_basic_auth_header_echoed_in_an_error_hides_the_password(user: str, encode) -> None:
     secret = "p>w?d~s3cr3t/Ok+_-"  # encodes with + / - _ at some alignment
-    masked = SecretMask().with_secret(secret)
+    masked = masking(secret)
     header = encode(f"{user}:{secret}".encode()).decode()
     text = f'401 {{"detail": "bad credentials in Authorization: Basic {header}"}}'
     out = masked.mask(text)
@@ -55,18 +64,19 @@ def test_base64_of_the_secret_inside_a_longer_value_at_any_alignment() -> None:
 
 def test_percent_encoded_secret_is_masked() -> None:
     secret = "a b&c/d=e+f?g"
-    out = SecretMask().with_secret(secret).mask(f"GET /x?key={quote(secret, safe='')}")
+    out = masking(secret).mask(f"GET /x?key={quote(secret, safe='')}")
     assert out == f"GET /x?key={MASK}"
 
 
 def test_identifiers_and_short_secrets_are_masked_only_whole() -> None:
-    masked = SecretMask().with_secret("integration-user", identifier=True).with_secret("pw12")
+    masked = masking("integration-user", identifier=True)
+    masked.add("pw12")
     assert masked.mask("as integration-user with pw12") == f"as {MASK} with {MASK}"
     assert masked.mask("an integration test, pw1") == "an integration test, pw1"
 
 
 def test_secrets_shorter_than_four_characters_are_ignored() -> None:
-    assert SecretMask().with_secret("abc").mask("abc abc") == "abc abc"
+    assert masking("abc").mask("abc abc") == "abc abc"
 
 
 def test_text_without_secrets_is_returned_as_is() -> None:
@@ -102,9 +112,7 @@ def test_the_fast_scan_masks_exactly_what_brute_force_finds() -> None:
     for _ in range(300):
         secrets = ["".join(rng.choices(alphabet, k=rng.randint(8, 24)))
                    for _ in range(rng.randint(1, 3))]
-        chosen = SecretMask()
-        for secret in secrets:
-            chosen = chosen.with_secret(secret)
+        chosen = masking(*secrets)
         pool = [form for secret in secrets for form in forms(secret)]
         parts = []
         for _ in range(rng.randint(1, 6)):
@@ -114,3 +122,23 @@ def test_the_fast_scan_masks_exactly_what_brute_force_finds() -> None:
             parts.append("".join(rng.choices(alphabet, k=rng.randint(0, 9))))
         text = "".join(parts)
         assert chosen.mask(text) == _naive(secrets, text), (secrets, text)
+
+
+def test_a_forgotten_secret_is_shown_again_and_one_sharing_its_pieces_stays_masked() -> None:
+    shared = "Aq7wE3rT9yU1iO5p"
+    chosen = masking(SECRET, shared + "first", shared + "second")
+    chosen.discard(shared + "first")
+    assert chosen.mask(f"x {shared}first") == f"x {MASK}first"  # the piece both had
+    chosen.discard(shared + "second")
+    assert chosen.mask(f"x {shared}first") == f"x {shared}first"
+    assert chosen.mask(f"y {SECRET}") == f"y {MASK}"
+    chosen.discard(SECRET)
+    assert chosen._grams == {} and chosen._probes == {} and len(chosen) == 0
+
+
+def test_a_copy_is_independent() -> None:
+    original = masking(SECRET)
+    copy = original.copy()
+    copy.add("Pm3nB8vC1xZ6lK4j")
+    copy.discard(SECRET)
+    assert original.mask(f"{SECRET} Pm3nB8vC1xZ6lK4j") == f"{MASK} Pm3nB8vC1xZ6lK4j"
