@@ -5,7 +5,8 @@ Secrets never reach logs, audit rows, dead-letter headers or error messages:
 * every credential value resolved at run time is registered with
   :func:`register_secret`, and :func:`redact` replaces it wherever it appears —
   whole, any piece of 8 characters or more, percent-encoded or in base64 (a
-  basic-auth header echoed by a server): :mod:`shared.secret_mask`;
+  basic-auth header echoed by a server): :mod:`shared.secret_mask`; a secret no
+  longer in use (a superseded OAuth2 token) is dropped with :func:`forget_secret`;
 * mapping keys that name credentials (``authorization``, ``password``,
   ``client_secret``, ``api_key``…) have their values masked by
   :func:`redact_mapping`, whatever the value.
