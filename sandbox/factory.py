@@ -32,6 +32,11 @@ from sandbox.fake import (
 )
 
 Record = dict[str, Any]
+#: Account codes ``C-000000`` … ``C-999999`` in a scrambled order (a bijection: the
+#: multiplier is coprime to 10**6), then ``C-1000000`` onwards.
+_CODE_SPACE = 10**6
+_CODE_MULTIPLIER = 738_137
+_CODE_OFFSET = 104_729
 _BY_CODE = {c.code: c for c in COUNTRIES}
 _OWNERS = ("m.durand", "s.keller", "j.smith", "a.rossi", "l.garcia", "e.jansen")
 _VAT = {"FR": ("FR", 11), "DE": ("DE", 9), "GB": ("GB", 9), "ES": ("ESB", 8), "NL": ("NL", 9)}
@@ -77,6 +82,8 @@ class RecordFactory:
         }
 
     def account(self, index: int) -> Record:
+        """An account whose code is :func:`account_code` of ``index`` (distinct indices,
+        distinct codes)."""
         rng = self.rng
         country = rng.choice(COUNTRIES)
         industry = rng.choice(list(INDUSTRIES))
@@ -90,7 +97,7 @@ class RecordFactory:
                                      billing=False, shipping=True))
         return {
             "name": name,
-            "code": f"C-{rng.randrange(10**6):06d}",
+            "code": account_code(index),
             "companyName": f"{name} {country.company_suffix}",
             "type": rng.choices(["customer", "prospect", "partner", "reseller"], [80, 10, 5, 5])[0],
             "status": rng.choices(["active", "inactive", "suspended"], [90, 7, 3])[0],
@@ -354,6 +361,19 @@ def country_of(account: Record) -> Country:
         if code in _BY_CODE:
             return _BY_CODE[code]
     return _BY_CODE["FR"]
+
+
+def account_code(index: int) -> str:
+    """The ``index``-th account code (``index >= 0``): different indices never share a code.
+
+    Unique by construction, not by luck: drawing six random digits gave 45 duplicates
+    among 10,000 accounts, and an organization's account codes must be unique (the
+    pusher matches companies by them). The first million look random (``C-104729``, ``C-842866``…);
+    later ones have seven digits or more.
+    """
+    if index < _CODE_SPACE:
+        return f"C-{(index * _CODE_MULTIPLIER + _CODE_OFFSET) % _CODE_SPACE:06d}"
+    return f"C-{index:07d}"
 
 
 def _domain(account: Record) -> str:

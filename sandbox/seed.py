@@ -6,17 +6,23 @@ event in the outbox (a running sandbox's relay publishes them). Entities are
 created parents first (products, accounts, contacts, orders, invoices, payments,
 subscriptions, cases) so references point at real records: those created in
 this run, or the organization's existing records when an entity is not seeded.
+
+Account codes are unique in the organization by construction: each account gets
+the code of its index (:func:`sandbox.factory.account_code`, a bijection), and
+indices whose code the organization already holds (an earlier run, a record made
+through the API) are skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import date
 from typing import Any
 
-from sandbox.factory import Record, RecordFactory
+from sandbox.factory import Record, RecordFactory, account_code
 from sandbox.store import RecordStore, StoredRecord, Write
 from shared.schemas import ENTITIES
 
@@ -76,13 +82,21 @@ async def seed_organization(
     pools = _Pools(store, org_id)
     created: dict[str, int] = {}
     for entity in (e for e in SEED_ORDER if e in entities):
-        bodies = [await _body(factory, entity, i, pools) for i in range(count)]
+        indices = free_account_indices(await store.account_codes(org_id), count) \
+            if entity == "account" else range(count)
+        bodies = [await _body(factory, entity, i, pools) for i in indices]
         stored = await _create_all(store, Write(org_id, entity), bodies, concurrency)
         pools.replace(entity, [record.data() for record in stored])
         created[entity] = len(stored)
         if progress is not None:
             progress(entity, len(stored))
     return created
+
+
+def free_account_indices(taken: Collection[str], count: int) -> list[int]:
+    """The ``count`` smallest indices whose :func:`account_code` is not in ``taken``."""
+    free = (i for i in itertools.count() if account_code(i) not in taken)
+    return list(itertools.islice(free, count))
 
 
 async def _create_all(store: RecordStore, write: Write, bodies: list[Record],

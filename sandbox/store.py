@@ -184,6 +184,15 @@ class RecordStore:
             " ORDER BY updated_at DESC LIMIT %s", (org_id, entity, limit))
         return [row["data"] for row in rows]
 
+    async def account_codes(self, org_id: str) -> set[str]:
+        """The codes of the organization's accounts, deleted ones included (for the seeder:
+        a code is never reused in an organization)."""
+        rows = await self.db.fetch(
+            "SELECT DISTINCT data->>'code' AS code FROM records"
+            " WHERE org_id = %s AND entity = 'account' AND data->>'code' IS NOT NULL",
+            (org_id,))
+        return {row["code"] for row in rows}
+
     # ------------------------------------------------------------------ writes
 
     async def create(self, write: Write, body: Mapping[str, Any], *,

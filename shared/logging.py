@@ -3,7 +3,10 @@
 Secrets never reach logs, audit rows, dead-letter headers or error messages:
 
 * every credential value resolved at run time is registered with
-  :func:`register_secret`, and :func:`redact` replaces it wherever it appears;
+  :func:`register_secret`, and :func:`redact` replaces it wherever it appears —
+  whole, any piece of 8 characters or more, percent-encoded or in base64 (a
+  basic-auth header echoed by a server): :mod:`shared.secret_mask`; a secret no
+  longer in use (a superseded OAuth2 token) is dropped with :func:`forget_secret`;
 * mapping keys that name credentials (``authorization``, ``password``,
   ``client_secret``, ``api_key``…) have their values masked by
   :func:`redact_mapping`, whatever the value.
@@ -22,8 +25,7 @@ from typing import Any
 import structlog
 
 from shared.message_context import MessageContext
-
-MASK = "***"
+from shared.secret_mask import MASK, SecretMask
 
 _SENSITIVE_KEY = re.compile(
     r"(authorization|password|passwd|secret|token|api[-_]?key|apikey|cookie|credential"
@@ -34,22 +36,29 @@ _SENSITIVE_KEY = re.compile(
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@",
                            re.IGNORECASE)
 
-_secrets: set[str] = set()
-_secrets_pattern: re.Pattern[str] | None = None
+#: The process's registered secrets; changed under the lock, read without it.
+_mask = SecretMask()
 _lock = threading.Lock()
 
 
-def register_secret(value: str | None) -> None:
-    """Remember a credential so :func:`redact` masks it anywhere it appears."""
-    global _secrets_pattern
-    if not value or len(value) < 4:
-        return
-    with _lock:
-        if value in _secrets:
-            return
-        _secrets.add(value)
-        ordered = sorted(_secrets, key=len, reverse=True)
-        _secrets_pattern = re.compile("|".join(re.escape(s) for s in ordered))
+def register_secret(value: str | None, *, identifier: bool = False) -> None:
+    """Remember a credential so :func:`redact` masks it anywhere it appears, and every
+    piece of 8 characters or more of it and of its base64.
+
+    An ``identifier`` (a username, a client id) is masked only whole: its pieces are
+    not secret and may be common words. Values under 4 characters are ignored.
+    """
+    if value:
+        with _lock:
+            _mask.add(value, identifier=identifier)
+
+
+def forget_secret(value: str | None) -> None:
+    """Stop masking a secret no longer in use (an OAuth2 token two refreshes old), so
+    that the registered secrets do not grow for as long as the process runs."""
+    if value:
+        with _lock:
+            _mask.discard(value)
 
 
 def is_sensitive_key(key: str) -> bool:
@@ -58,12 +67,11 @@ def is_sensitive_key(key: str) -> bool:
 
 
 def redact(text: str) -> str:
-    """``text`` with registered secrets and URL passwords masked."""
+    """``text`` with registered secrets (whole, in pieces, encoded) and URL passwords
+    masked."""
     if not text:
         return text
-    pattern = _secrets_pattern
-    if pattern is not None:
-        text = pattern.sub(MASK, text)
+    text = _mask.mask(text)
     if "://" in text:
         text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
     return text

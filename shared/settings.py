@@ -18,6 +18,7 @@ import re
 import textwrap
 from collections.abc import Iterator
 from functools import lru_cache
+from pathlib import PurePath
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, create_model, field_validator
@@ -27,6 +28,9 @@ from shared.errors import ConfigurationError
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+#: Where ``file:`` credential references must point (shared.credentials): where Docker and
+#: Compose mount secrets.
+DEFAULT_CREDENTIALS_DIR = "/run/secrets"
 #: The retry ladder (seconds): one retry queue per rung (shared.messaging.topology); the
 #: one default of the project, imported wherever a default ladder is meant.
 DEFAULT_RETRY_DELAYS: tuple[float, ...] = (30.0, 120.0, 600.0, 3600.0)
@@ -76,6 +80,12 @@ class Settings(BaseSettings):
         None, description="reference (env:NAME or file:PATH) to the BSS API's bearer "
                           "token; unset: no token is sent",
         json_schema_extra={SERVICES_KEY: ["pusher"]})
+    credentials_dir: str = Field(
+        DEFAULT_CREDENTIALS_DIR, description="the directory file: credential references "
+                                             "must name a file in (relative to it, or "
+                                             "absolute inside it); bss-sync apply checks "
+                                             "them against it too",
+        json_schema_extra={SERVICES_KEY: ["pusher"]})
     gc_threshold: int = Field(
         50_000, ge=0, description="allocations between the garbage collector's young-"
                                   "generation passes (0: Python's default, 700)")
@@ -115,6 +125,13 @@ class Settings(BaseSettings):
             raise _NamedProblem(f"AMQP_URL is not a RabbitMQ URL: {masked_url(url)}: {exc}"
                                 ) from None
         return url
+
+    @field_validator("credentials_dir")
+    @classmethod
+    def _check_credentials_dir(cls, path: str) -> str:
+        if not PurePath(path).is_absolute():
+            raise _NamedProblem(f"CREDENTIALS_DIR must be an absolute path, not {path!r}")
+        return path
 
     @field_validator("database_url")
     @classmethod

@@ -5,4 +5,20 @@ otherwise testcontainers); unit tests never touch them. HubSpot's published spec
 come from ``VENDOR_SPECS`` (``tests/fixtures/vendor_specs.py``).
 """
 
+import pytest
+
+import shared.logging
+
 pytest_plugins = ["tests.fixtures.database", "tests.fixtures.amqp", "tests.fixtures.vendor_specs"]
+
+
+@pytest.fixture(autouse=True)
+def _secrets_registered_per_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A secret a test registers is masked for that test only.
+
+    The mask is process-wide and masks every 8-character piece of a secret: a test
+    secret such as ``client-secret-1`` would otherwise garble ``client-secret`` in
+    whatever test runs next. The test works on a copy; ``monkeypatch`` puts the mask
+    of before the test back.
+    """
+    monkeypatch.setattr(shared.logging, "_mask", shared.logging._mask.copy())

@@ -27,10 +27,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+from collections import deque
 from collections.abc import Collection, Mapping
 from datetime import timedelta
 from typing import Any
-from urllib.parse import quote, quote_plus, urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 import structlog
@@ -39,6 +40,7 @@ from shared.connector.document import ConnectorDocument
 from shared.connector.openapi import Operation
 from shared.connector.request import RequestPlan
 from shared.connector.security import AuthScheme, apply_credential, auth_scheme, requirements
+from shared.credentials import IDENTIFIER_CREDENTIALS
 from shared.errors import (
     AuthenticationFailed,
     ConfigurationError,
@@ -48,11 +50,13 @@ from shared.errors import (
 from shared.http.outcome import parse_retry_after, snippet, status_error, translate
 from shared.http.settings import USER_AGENT, InstanceEndpoint, Timeouts
 from shared.http.tokens import Token, TokenStore, utcnow
-from shared.logging import register_secret
+from shared.logging import forget_secret, register_secret
 
 log = structlog.get_logger(__name__)
 
 GRANT_FLOWS = {"client_credentials": "clientCredentials", "password": "password"}
+#: OAuth2 tokens an authenticator keeps masked: the current one and the one before.
+KEPT_TOKENS = 2
 
 
 def grant_type(names: Collection[str]) -> str | None:
@@ -175,6 +179,7 @@ class Authenticator:
         self._timeouts = timeouts
         self._margin = refresh_margin
         self._token: Token | None = None
+        self._masked: deque[Token] = deque()  # the tokens this authenticator keeps masked
         self._lock = asyncio.Lock()
         self._choices: dict[str, list[AuthScheme]] = {}
         self._http: httpx.AsyncClient | None = None
@@ -253,10 +258,29 @@ class Authenticator:
                 return self._token
             stored = await self._store.load() if stale is None else None
             if stored is not None and usable(stored):
-                self._token = stored
-            else:
-                self._token = await self._store.refresh(fetch, usable)
-            return self._token
+                return self._use(stored)
+            return self._use(await self._store.refresh(fetch, usable))
+
+    def _use(self, token: Token) -> Token:
+        """Make ``token`` the current one, masked from now on — obtained here or by
+        another process through the shared store. The token before stays masked (it
+        is still valid for up to the refresh margin, and may be in requests in flight);
+        the one before that is forgotten, so the masked secrets do not grow with every
+        refresh for as long as the process runs."""
+        self._token = token
+        if self._masked and self._masked[-1].access_token == token.access_token:
+            return token
+        register_secret(token.access_token)
+        register_secret(token.refresh_token)
+        self._masked.append(token)
+        while len(self._masked) > KEPT_TOKENS:
+            old = self._masked.popleft()
+            kept = {*self._credentials.values(),
+                    *(value for t in self._masked for value in (t.access_token, t.refresh_token))}
+            for value in (old.access_token, old.refresh_token):
+                if value not in kept:
+                    forget_secret(value)
+        return token
 
     async def _request_token(self, scheme: AuthScheme, current: Token | None) -> Token:
         """A new token: by refresh token when there is one (the rotated one stored, else
@@ -371,10 +395,10 @@ class Authenticator:
 
 def _register_derived_secrets(credentials: Mapping[str, str]) -> None:
     """Mask the forms credentials take on the wire too: a server echoing our request in
-    an error body shows them URL-encoded or as a basic-auth value, not as resolved."""
-    for value in credentials.values():
-        register_secret(quote(value, safe=""))
-        register_secret(quote_plus(value))
+    an error body shows them URL-encoded or as a basic-auth value, not as resolved
+    (the encoded forms of each value are :func:`register_secret`'s own)."""
+    for name, value in credentials.items():
+        register_secret(value, identifier=name in IDENTIFIER_CREDENTIALS)
     if "username" in credentials and "password" in credentials:
         pair = f"{credentials['username']}:{credentials['password']}".encode()
         register_secret(base64.b64encode(pair).decode())

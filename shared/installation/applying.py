@@ -11,6 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from shared.credentials import credentials_dir as default_credentials_dir
 from shared.installation.connectors import check_permitted_entities, load_connectors
 from shared.installation.desired import desired_state
 from shared.installation.file import read_file
@@ -39,26 +40,32 @@ class ApplyReport:
         return [str(c) for c in self.changes]
 
 
-async def apply(db: Database, path: str | Path, *, dry_run: bool = False) -> ApplyReport:
+async def apply(db: Database, path: str | Path, *, dry_run: bool = False,
+                credentials_dir: str | Path | None = None) -> ApplyReport:
     """Make the database match the installation file at ``path``.
 
     Raises :class:`InstallationInvalid` (nothing written) when the file or a
     connector it names has problems, ``InfrastructureError`` on database failure.
     """
-    desired = load_installation(path)
+    desired = load_installation(path, credentials_dir=credentials_dir)
     changes = await sync(db, desired, dry_run=dry_run)
     return ApplyReport(str(path), changes, dry_run)
 
 
-def load_installation(path: str | Path) -> DesiredState:
+def load_installation(path: str | Path, *,
+                      credentials_dir: str | Path | None = None) -> DesiredState:
     """Read, validate and resolve the file (connectors loaded). Raises ``InstallationInvalid``.
 
     Every problem is reported at once: the installation file's first, in line
-    order, then the connector files'.
+    order, then the connector files'. ``file:`` references must name a file in
+    ``credentials_dir``, by default ``CREDENTIALS_DIR`` (``SettingsInvalid`` when
+    that variable is unusable).
     """
     path = Path(path)
     data, line_of = read_file(path)
-    problems = validate(data, line_of, str(path))
+    if credentials_dir is None:
+        credentials_dir = default_credentials_dir()
+    problems = validate(data, line_of, str(path), credentials_dir=credentials_dir)
     connectors: dict[str, Any] = {}
     if isinstance(data, dict):
         connectors, connector_problems = load_connectors(data, path, line_of)

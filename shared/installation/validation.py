@@ -4,8 +4,10 @@ Two passes, both reporting everything at once: the JSON Schema
 (``schemas/installation.schema.json``), whose errors become sentences through the
 project's one translator (:mod:`shared.schema_errors`) with the installation's
 own words for credentials, ids, entities and schedules; then what a schema cannot
-say: duplicate ids, unknown connector references, cron expressions, time zones
-and credential reference syntax. A credential value is never quoted.
+say: duplicate ids, unknown connector references, cron expressions, time zones,
+credential references (their syntax; a ``file:`` path inside ``CREDENTIALS_DIR``)
+and secrets written where a reference belongs (:mod:`.literal_secrets`). A
+credential value is never quoted.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import zoneinfo
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from jsonschema import ValidationError
@@ -20,6 +23,7 @@ from jsonschema import ValidationError
 from shared.connector.problems import Problem
 from shared.credentials import is_reference, reference_problem
 from shared.installation.file import LineOf
+from shared.installation.literal_secrets import literal_secret_problems
 from shared.json_pointer import join_pointer
 from shared.schema_errors import located_sentences
 from shared.schemas import ENTITIES, validator
@@ -29,12 +33,17 @@ from shared.storage.vocabulary import ACTIONS, ID_PATTERN
 SCHEMA = "installation"
 
 
-def validate(data: Any, line_of: LineOf, file: str) -> list[Problem]:
-    """Every problem of the parsed file ``data`` (read from ``file``), in line order."""
+def validate(data: Any, line_of: LineOf, file: str, *,
+             credentials_dir: str | Path | None = None) -> list[Problem]:
+    """Every problem of the parsed file ``data`` (read from ``file``), in line order.
+
+    With ``credentials_dir`` (``CREDENTIALS_DIR``), ``file:`` references must name a
+    file in it (:func:`shared.credentials.confined_path`).
+    """
     found: list[tuple[str, str]] = list(
         located_sentences(validator(SCHEMA).iter_errors(data), wording=_wording))
     if isinstance(data, dict):
-        found += list(_semantic_problems(data))
+        found += list(_semantic_problems(data, credentials_dir))
     problems = [Problem(p, m, file, line_of(p)) for p, m in dict.fromkeys(found)]
     return sorted(problems, key=lambda p: (p.line or 0, p.pointer))
 
@@ -72,8 +81,10 @@ def _wording(error: ValidationError, pointer: str) -> str | None:
     return None
 
 
-def _semantic_problems(data: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    """What the schema cannot say: duplicates, references, cron, timezones, env names."""
+def _semantic_problems(data: dict[str, Any],
+                       credentials_dir: str | Path | None) -> Iterator[tuple[str, str]]:
+    """What the schema cannot say: duplicates, references, cron, timezones, references,
+    literal secrets."""
     connectors = entries(data.get("connectors"))
     yield from _duplicates("connector", [(join_pointer("/connectors", i, "id"), c.get("id"))
                                          for i, c in connectors])
@@ -95,9 +106,10 @@ def _semantic_problems(data: dict[str, Any]) -> Iterator[tuple[str, str]]:
                    f"unknown connector {connector!r}; declare it under /connectors")
         credentials = inst.get("credentials")
         for name, ref in (credentials.items() if isinstance(credentials, dict) else ()):
-            problem = reference_problem(ref)
+            problem = reference_problem(ref, credentials_dir)
             if problem and is_reference(ref):  # a non-reference is the schema's finding
                 yield join_pointer(base, "credentials", name), f"credential {name!r} {problem}"
+        yield from literal_secret_problems(base, inst)
 
 
 def _duplicates(kind: str, ids: list[tuple[str, Any]]) -> Iterator[tuple[str, str]]:

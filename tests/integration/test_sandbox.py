@@ -770,6 +770,28 @@ def _content(record: dict[str, Any]) -> str:
     return re.sub(r'"(acc|prd|con|ord|inv)_[0-9A-Z]{26}"', '"<id>"', text)
 
 
+async def test_seeded_account_codes_stay_unique_across_runs_and_hand_made_records(
+        database_url: str, sandbox_schema: str) -> None:
+    from sandbox.factory import account_code
+    from sandbox.migration import migrate
+    from sandbox.seed import seed_organization
+    from sandbox.store import RecordStore, Write
+    from shared.storage.db import Database
+
+    async with Database(database_url, sandbox_schema, max_size=2) as db:
+        await migrate(db, sandbox_schema)
+        store = RecordStore(db)
+        await seed_organization(store, ORG, 40, entities=["account"], seed=3)
+        # A record made through the API holding the code the next run would pick first.
+        await store.create(Write(ORG, "account"), {"name": "By hand", "code": account_code(40)})
+        await seed_organization(store, ORG, 40, entities=["account"], seed=3)
+        rows = await db.fetch("SELECT data->>'code' AS code FROM records"
+                              " WHERE org_id = %s AND entity = 'account'", (ORG,))
+    codes = Counter(row["code"] for row in rows)
+    assert sum(codes.values()) == 81
+    assert [code for code, n in codes.items() if n > 1] == []
+
+
 def test_seed_refuses_children_without_parents(database_url: str, sandbox_schema: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "sandbox", "seed", "--org", "lonely", "--count", "2",

@@ -159,3 +159,14 @@ def test_one_setting_is_read_alone_when_another_variable_is_unusable(monkeypatch
 def test_one_setting_is_the_whole_settings_value_when_they_are_valid(monkeypatch):
     monkeypatch.setenv("SCHEMA_CHECKS", "jsonschema")
     assert get_setting("schema_checks") == get_settings().schema_checks == "jsonschema"
+
+
+def test_credentials_dir_defaults_to_run_secrets_and_must_be_absolute(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CREDENTIALS_DIR", raising=False)
+    assert get_settings().credentials_dir == "/run/secrets"
+    get_settings.cache_clear()
+    monkeypatch.setenv("CREDENTIALS_DIR", "secrets")
+    with pytest.raises(SettingsInvalid) as caught:
+        get_settings()
+    assert str(caught.value) == "CREDENTIALS_DIR must be an absolute path, not 'secrets'"
