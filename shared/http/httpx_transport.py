@@ -38,8 +38,10 @@ from shared.settings import get_setting
 
 TransportKind = Literal["fast", "httpx"]
 _ADDED_BY_THE_TRANSPORT = frozenset({"host", "content-length", "transfer-encoding"})
-#: How httpcore reports a connection that died before any byte of the answer.
+#: How httpcore reports a connection that died before any byte of the answer: a read or
+#: write error, or this protocol error (other protocol errors are answers: not resent).
 _UNANSWERED = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+_NO_ANSWER = "without sending a response"
 
 
 class FetchTransport(Protocol):
@@ -78,13 +80,7 @@ class HttpxTransport:
 
         Raises httpx's exceptions and :class:`BodyTooLarge`.
         """
-        try:
-            response = await self._transport.handle_async_request(request)
-        except _UNANSWERED:
-            if not resend_safe(request):
-                raise
-            # the connection died before any answer (see the module docstring): once more
-            response = await self._transport.handle_async_request(request)
+        response = await self._send(request)
         stream = response.stream
         assert isinstance(stream, httpx.AsyncByteStream)
         status = response.status_code
@@ -102,6 +98,18 @@ class HttpxTransport:
         finally:
             await stream.aclose()
         return await fetched(status, response.headers, b"".join(chunks), max_bytes)
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        """The answer's head; a request safe to resend is sent once more when its
+        connection died before any answer (see the module docstring)."""
+        try:
+            return await self._transport.handle_async_request(request)
+        except _UNANSWERED as exc:
+            unanswered = (not isinstance(exc, httpx.RemoteProtocolError)
+                          or _NO_ANSWER in str(exc))
+            if not (unanswered and resend_safe(request)):
+                raise
+        return await self._transport.handle_async_request(request)
 
     async def fetch_raw(self, origin: Origin, method: str, target: str,
                         headers: Iterable[tuple[str, str]], body: bytes | None,
