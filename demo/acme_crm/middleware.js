@@ -8,8 +8,9 @@
 //   (json-server's own ids are max(id) + 1, which hands a deleted id out again);
 // * createdAt / updatedAt stamped on POST, updatedAt on PUT/PATCH (createdAt kept when
 //   server.js exposes the database as app.locals.db);
-// * Idempotency-Key on POST: a repeated key answers the first create's record with 201
-//   and creates nothing (the connector declares the header, as real CRMs offer it).
+// * Idempotency-Key on POST: a repeated key answers the record the first create made (as
+//   it is now) with 201 and `Idempotent-Replayed: true` (Stripe's header), and creates
+//   nothing (the connector declares the header, as real CRMs offer it).
 'use strict';
 
 const COLLECTIONS = new Set(['companies', 'people', 'tickets']);
@@ -42,6 +43,7 @@ function middleware(req, res, next) {
     const remembered = idemKey && state.idempotent.get(`${target.name} ${idemKey}`);
     if (remembered) {
       const current = db ? db.get(target.name).getById(remembered.id).value() : null;
+      res.set('Idempotent-Replayed', 'true');
       return res.status(201).json(current || remembered);
     }
     req.body = Object.assign({}, req.body, { id: nextId(target.name, db), createdAt: now,

@@ -4,7 +4,8 @@ Checks that can be answered without the record come first (unknown or inactive
 instance, an entity the connector does not push, no push permission): those
 messages are audited ``skipped`` and acked. Parents pushed first on a record's
 behalf get audit rows of their own (message id derived from the child's, the
-child's id as correlation id).
+child's id as correlation id). A parent's row lost with its process is written by
+the child's redelivery, which pushes that parent again and finds its own mark.
 
 The handler and ``RecordPush`` reach PostgreSQL, the BSS, the third party and the
 clock through the ports of ``services.pusher.ports``; ``__main__`` builds the real
@@ -12,8 +13,6 @@ adapters, the unit tests in-memory fakes.
 """
 
 from __future__ import annotations
-
-import uuid
 
 from services.pusher.outcome import PushOutcome
 from services.pusher.ports import (
@@ -25,7 +24,7 @@ from services.pusher.ports import (
     Links,
     PushTarget,
 )
-from services.pusher.push import RecordPush
+from services.pusher.push import RecordPush, parent_message_id
 from shared.audit import AuditRecord, Outcome
 from shared.errors import RecordBusy, SyncError
 from shared.message_context import MessageContext
@@ -33,7 +32,6 @@ from shared.messaging.codec import HandlerResult, InboundMessage
 from shared.messaging.envelope import SyncMessage
 from shared.messaging.topology import PUSHER
 
-PARENT_NAMESPACE = uuid.UUID("8a4f3c1e-2b7d-4e59-9c1a-5d6e7f8a9b0c")
 SERVICE = PUSHER  # the service of its audit rows
 
 
@@ -81,15 +79,15 @@ class PushHandler:
         assert m.record_id is not None  # the envelope schema requires it for push
         push = RecordPush(ctx=ctx, obj=objects[0], org_id=m.org_id, record_id=m.record_id,
                           message_id=m.id, links=self.links, bss=self.bss, parents=self,
-                          clock=self.clock)
+                          clock=self.clock, attempt=m.attempt)
         return _result(await push.run())
 
     async def push_parent(self, ctx: PushTarget, entity: str, record_id: str, org_id: str,
                           depth: int, *, child_message_id: str) -> PushOutcome:
         """Push a record a child depends on, and audit it as its own outcome."""
         objects = ctx.connector.objects_for(entity)
-        message_id = str(uuid.uuid5(PARENT_NAMESPACE, f"{ctx.instance.id}:{entity}:{record_id}"
-                                                      f":{child_message_id}:{depth}"))
+        message_id = parent_message_id(ctx.instance.id, entity, record_id, child_message_id,
+                                       depth)
         if not objects or not objects[0].push:
             return PushOutcome("skipped", details={
                 "reason": f"connector {ctx.instance.connector_id} does not push {entity}"})
@@ -110,6 +108,9 @@ class PushHandler:
             record.http_status = exc.http_status
             await self.audit.write(record)
             raise
+        if "recovered" in outcome.details and await self.audit.settled_outcome(
+                message_id, 0) is not None:
+            return outcome  # pushed by an earlier delivery of the child, and audited then
         record.outcome = Outcome(outcome.outcome)
         record.external_id = outcome.external_id
         record.http_status = outcome.http_status

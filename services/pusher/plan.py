@@ -10,6 +10,9 @@ values alone:
     delete     the linked remote id
     request    a planned call + its inputs       → the ``RequestPlan`` (body checked)
     answers    the matched id(s), the created id, what a ``before`` call captures
+    existing   a create that found the record already there (a match, a replayed
+               idempotency key, a 409 naming it) → what it holds that differs from
+               what was meant (docs/architecture.md §5 step 4)
 
 Transforms and templates read links from the ``PreloadedLinks`` in the context they
 are given: a link not loaded yet raises ``LinksNotLoaded`` and the caller loads it
@@ -33,10 +36,17 @@ from shared.connector.request import RequestPlan, plan_request
 from shared.connector.source import resolve_pointer
 from shared.errors import AmbiguousMatch, RemoteProtocolError, SchemaViolation
 from shared.http import Response
+from shared.http.outcome import status_error
 from shared.storage.links import Link
 from shared.transform import UNDEFINED, Transform, TransformContext
 
 UNCHANGED, MATCH = "unchanged", "match"
+#: The replay header when the connector names none (Stripe's, and the Acme stand-in's).
+REPLAYED_HEADER = "Idempotent-Replayed"
+#: Statuses a create may answer with the record that is already there.
+CREATE_ANSWERS = frozenset({409})
+#: Differing fields named in an audit row, at most.
+MAX_DIFFERENCES = 20
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -57,6 +67,19 @@ class CallPlan:
     external_id: str | None = None
     idempotency_key: str | None = None
     match: CallPlan | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Existing:
+    """A remote record a create found already there, not made by this request.
+
+    ``held`` is what the answer shows of it (the matched item, the replayed or
+    conflicting record; ``None``: nothing); ``how`` says how we know, for the audit row.
+    """
+
+    external_id: str
+    held: Any
+    how: str
 
 
 def payload_hash(payload: Any) -> str:
@@ -111,14 +134,15 @@ class PushPlanner:
             return None
         return CallPlan(MATCH, call, self.body(call, record, context))
 
-    def update(self, record: dict[str, Any], link: Link,
-               context: TransformContext) -> CallPlan:
+    def update(self, record: dict[str, Any], link: Link, context: TransformContext, *,
+               force: bool = False) -> CallPlan:
         """The update of the remote record ``link`` points to; ``unchanged`` when the body
-        hashes to what was pushed last."""
+        hashes to what was pushed last, unless ``force`` (the remote record is known to
+        hold something else)."""
         call = self.obj.push[UPDATE]
         body = self.body(call, record, context)
         digest = payload_hash(body)
-        action = UNCHANGED if digest == link.push_hash else UPDATE
+        action = UNCHANGED if digest == link.push_hash and not force else UPDATE
         return CallPlan(action, call, body, digest, link.external_id,
                         idempotency_key=self.message_id)
 
@@ -184,7 +208,7 @@ class PushPlanner:
                 captured[name] = pointer(response.body, where)
         return captured
 
-    def matched_id(self, match: CallSpec, response: Response) -> str | None:
+    def matched(self, match: CallSpec, response: Response) -> Existing | None:
         """The remote record a match answer names, ``None`` for none; raises
         ``AmbiguousMatch`` for several, ``RemoteProtocolError`` when the answer holds
         no array where the connector says."""
@@ -192,25 +216,105 @@ class PushPlanner:
         if not isinstance(found, list):
             raise RemoteProtocolError(f"the match response of {match.operation.key} has no "
                                       f"array at {match.option('records', '') or '/'}")
-        ids = [pointer(item, match.option("externalId", self.obj.push_external_id))
-               for item in found]
-        ids = [str(i) for i in ids if i is not None]
-        if len(ids) > 1:
-            raise AmbiguousMatch(f"{len(ids)} records of {match.operation.key} match this "
-                                 f"{self.entity} ({', '.join(ids[:5])}); link it by hand or "
-                                 "make the match stricter")
-        return ids[0] if ids else None
+        where = match.option("externalId", self.obj.push_external_id)
+        items = [(str(i), item) for item in found if (i := pointer(item, where)) is not None]
+        if len(items) > 1:
+            raise AmbiguousMatch(f"{len(items)} records of {match.operation.key} match this "
+                                 f"{self.entity} ({', '.join(i for i, _ in items[:5])}); link "
+                                 "it by hand or make the match stricter")
+        if not items:
+            return None
+        external_id, item = items[0]
+        return Existing(external_id, item, f"{response.request or match.operation.key} "
+                                           f"found {external_id}")
+
+    def existing(self, plan: CallPlan, response: Response) -> Existing | None:
+        """The record a create answer says was already there, ``None`` for a record it
+        made: a 409 naming it at the object's ``externalId`` pointer (raises the 409's
+        ``RemoteConflict`` when it names none), the connector's replay header, or — with
+        ``compareAnswer`` — an answer showing other values than those sent. Raises
+        ``RemoteProtocolError`` when a replayed answer has no id."""
+        settings = self.connector.settings.get("idempotency") or {}
+        request = response.request or plan.call.operation.key
+        if response.status in CREATE_ANSWERS:
+            found = pointer(response.body, self._created_at(plan.call))
+            if found in (None, ""):
+                raise status_error(request, response.status, response.content)
+            return Existing(str(found), response.body,
+                            f"{request} answered {response.status}: {found} exists")
+        header = settings.get("replayedHeader", REPLAYED_HEADER)
+        if (response.headers.get(header) or "").strip().lower() in ("true", "1"):
+            return Existing(self.created_id(plan.call, response), response.body,
+                            f"{request} answered with the record its idempotency key made "
+                            f"earlier ({header})")
+        if settings.get("compareAnswer") and differences(plan.body, response.body):
+            return Existing(self.created_id(plan.call, response), response.body,
+                            f"{request} answered with other values than it sent "
+                            "(idempotency key replayed)")
+        return None
 
     def created_id(self, create: CallSpec, response: Response) -> str:
         """The id of the record a create answer describes; raises ``RemoteProtocolError``
         when the answer has none (the record may exist remotely all the same)."""
-        where = create.option("externalId") or self.obj.push_external_id
+        where = self._created_at(create)
         found = pointer(response.body, where)
         if found in (None, ""):
             raise RemoteProtocolError(
                 f"{create.operation.key} answered {response.status} without an id at {where}: "
                 "the record may have been created; check before redelivering")
         return str(found)
+
+
+    def _created_at(self, create: CallSpec) -> str:
+        """Where a create answer holds the record's id (a JSON pointer)."""
+        return create.option("externalId") or self.obj.push_external_id
+
+
+def differences(sent: Any, held: Any) -> list[str] | None:
+    """JSON pointers of the values of ``sent`` that ``held`` (what the third party shows
+    of the record) holds differently; ``[]`` when it holds all it shows as sent; ``None``
+    when it shows none of them (unknown).
+
+    Objects are compared member by member: a member ``held`` lacks is unknown, not
+    different (answers add ids and timestamps, list endpoints leave members out), and a
+    ``null`` sent matches one absent. Arrays are compared item by item (a different
+    length differs), numbers by value (``1`` = ``1.0``, ``true`` ≠ ``1``), anything else
+    by equality.
+    """
+    if held is None or sent is UNDEFINED:
+        return None
+    found: list[str] = []
+    return found if _compare(sent, held, "", found) else None
+
+
+def _compare(sent: Any, held: Any, where: str, found: list[str]) -> bool:
+    """Append the pointers under ``where`` where ``held`` differs from ``sent`` to
+    ``found``; whether any value of ``sent`` was compared."""
+    if isinstance(sent, dict) and isinstance(held, dict):
+        compared = False
+        for key, value in sent.items():
+            if key in held:
+                at = f"{where}/{str(key).replace('~', '~0').replace('/', '~1')}"
+                compared = _compare(value, held[key], at, found) or compared
+        return compared
+    if isinstance(sent, list) and isinstance(held, list) and len(sent) == len(held):
+        inner: list[str] = []
+        for index, (mine, theirs) in enumerate(zip(sent, held, strict=True)):
+            _compare(mine, theirs, f"{where}/{index}", inner)
+        if inner:
+            found.append(where or "/")
+        return True
+    if not _same(sent, held):
+        found.append(where or "/")
+    return True
+
+
+def _same(sent: Any, held: Any) -> bool:
+    if isinstance(sent, bool) or isinstance(held, bool):
+        return sent is held
+    if isinstance(sent, int | float) and isinstance(held, int | float):
+        return sent == held
+    return type(sent) is type(held) and sent == held
 
 
 def is_linked(link: Link | None) -> bool:

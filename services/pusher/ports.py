@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from shared.audit import AuditRecord
+from shared.audit import AuditRecord, Outcome
 from shared.connector import ConnectorDocument
 from shared.connector.openapi import Operation
 from shared.connector.request import RequestPlan
 from shared.http import Response
-from shared.storage.links import Claim, Link
+from shared.storage.links import Claim, Link, PushMark
 from shared.transform import LinkLookup, TransformContext
 
 if TYPE_CHECKING:
@@ -58,21 +58,28 @@ class Links(Protocol):
 
     async def mark_linked(self, instance_id: str, entity: str, *, bss_id: str,
                           external_id: str, direction: Literal["push", "pull"],
-                          push_hash: str | None = None,
-                          pull_hash: str | None = None) -> Link:
-        """Store the pair and the hash pushed (``None`` keeps the stored one); clear the
-        claim and the error."""
+                          push_hash: str | None = None, pull_hash: str | None = None,
+                          pushed: PushMark | None = None) -> Link:
+        """Store the pair and the hash pushed (``None`` keeps the stored one) and the
+        push mark (``None`` keeps it); clear the claim and the error."""
         ...
 
     async def mark_deleted(self, instance_id: str, entity: str, *,
                            direction: Literal["push", "pull"], bss_id: str | None = None,
-                           external_id: str | None = None) -> bool:
-        """The record was deleted on the other side: state ``deleted``, hashes cleared."""
+                           external_id: str | None = None,
+                           pushed: PushMark | None = None) -> bool:
+        """The record was deleted on the other side: state ``deleted``, hashes cleared,
+        the push mark replaced (``None`` keeps it)."""
         ...
 
     async def external_ids(self, instance_id: str, entity: str,
                            bss_ids: Iterable[str]) -> dict[str, str]:
         """``{bss_id: external_id}`` of those records that are linked."""
+        ...
+
+    async def linked(self, instance_id: str, entity: str,
+                     bss_ids: Iterable[str]) -> dict[str, Link]:
+        """``{bss_id: link}`` of those records that are linked."""
         ...
 
     async def bss_ids(self, instance_id: str, entity: str,
@@ -102,9 +109,9 @@ class ThirdParty(Protocol):
         """The instance's server URL, which request plans are built against."""
         ...
 
-    async def send(self, plan: RequestPlan) -> Response:
-        """The answer below 400, or the ``shared.errors`` error its status or failure
-        means (``shared.http.outcome``)."""
+    async def send(self, plan: RequestPlan, *, accept: Collection[int] = ()) -> Response:
+        """The answer below 400 (or with a status in ``accept`` and a JSON body), or the
+        ``shared.errors`` error its status or failure means (``shared.http.outcome``)."""
         ...
 
 
@@ -173,6 +180,11 @@ class AuditLog(Protocol):
 
     async def write(self, record: AuditRecord) -> None:
         """Return once ``record`` is committed. Raises ``InfrastructureError``."""
+        ...
+
+    async def settled_outcome(self, message_id: str, attempt: int) -> Outcome | None:
+        """The outcome recorded for this message attempt, ``None`` when it has no row.
+        Raises ``InfrastructureError``."""
         ...
 
 

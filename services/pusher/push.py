@@ -3,7 +3,9 @@
     claim the link (which reads it) → read the record from the BSS → decide
     (create/update/delete/skip) → push declared parents first → load the links the
     transform needs → plan (transform, hash, unchanged?) → match an existing remote
-    record (create) → 'before' request → send → store the link with the payload hash
+    record (create) → 'before' request → send → a create that found the record
+    already there: compare, update if it differs → store the link with the hash of
+    what the third party holds, and the push mark
 
 The choices are made by ``PushPlanner`` (services.pusher.plan, pure); this module
 does the I/O around them, through the ports of ``services.pusher.ports``, and
@@ -11,18 +13,33 @@ records the outcome on the link. Every failure is one of ``shared.errors``; the
 consumer runtime turns it into a retry or a dead letter and writes the audit row.
 A claim taken here is released (with the error remembered on the link, for the
 nightly run's "failed" pass) when the push fails.
+
+The link write that ends a push carries its mark (message id, attempt, outcome): a
+delivery that finds its own mark on the link was redelivered after its process died
+between that write and the audit row, and reports what it did instead of pushing
+again (docs/architecture.md §5 step 5).
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import structlog
 
 from services.pusher.decide import DELETE, UPDATE
 from services.pusher.outcome import PushOutcome
-from services.pusher.plan import UNCHANGED, CallPlan, PushPlanner
+from services.pusher.plan import (
+    CREATE_ANSWERS,
+    MAX_DIFFERENCES,
+    UNCHANGED,
+    CallPlan,
+    Existing,
+    PushPlanner,
+    differences,
+)
 from services.pusher.ports import (
     SYSTEM_CLOCK,
     BssRecords,
@@ -42,7 +59,7 @@ from shared.errors import (
 from shared.http import Response
 from shared.logging import redact
 from shared.references import references
-from shared.storage.links import Link
+from shared.storage.links import Link, PushMark
 from shared.transform import LinksNotLoaded, PreloadedLinks
 
 log = structlog.get_logger("services.pusher")
@@ -52,7 +69,18 @@ MAX_LINK_ROUNDS = 5
 #: How long a record waits for a parent another delivery is pushing, before retrying.
 PARENT_WAIT_SECONDS = 5.0
 PARENT_POLL_SECONDS = 0.1
+PARENT_NAMESPACE = uuid.UUID("8a4f3c1e-2b7d-4e59-9c1a-5d6e7f8a9b0c")
+RECOVERED = ("this delivery pushed the record before, and its process ended before the "
+             "audit row was written")
 T = TypeVar("T")
+
+
+def parent_message_id(instance_id: str, entity: str, record_id: str, child_message_id: str,
+                      depth: int) -> str:
+    """The message id of a parent pushed first on a child's behalf: the same for every
+    delivery of the child message, so its own redelivery recognises the parent's mark."""
+    return str(uuid.uuid5(PARENT_NAMESPACE,
+                          f"{instance_id}:{entity}:{record_id}:{child_message_id}:{depth}"))
 
 
 class RecordPush:
@@ -60,13 +88,14 @@ class RecordPush:
 
     def __init__(self, *, ctx: PushTarget, obj: SyncObject, org_id: str, record_id: str,
                  message_id: str, links: Links, bss: BssRecords, parents: ParentPusher,
-                 depth: int = 0, clock: Clock = SYSTEM_CLOCK) -> None:
+                 depth: int = 0, clock: Clock = SYSTEM_CLOCK, attempt: int = 0) -> None:
         self.ctx = ctx
         self.obj = obj
         self.entity = obj.entity
         self.org_id = org_id
         self.record_id = record_id
         self.message_id = message_id
+        self.attempt = attempt
         self.links = links
         self.bss = bss
         self.parents = parents
@@ -94,6 +123,10 @@ class RecordPush:
                              "delivery right now")
         link = claim.link
         try:
+            mark = link.push_mark
+            if mark is not None and (mark.message_id, mark.attempt) == (self.message_id,
+                                                                         self.attempt):
+                return await self._recovered(link)
             record = await self.bss.get(self.org_id, self.entity, self.record_id)
             decision = self.planner.decide(record, link)
             if decision.skipped:
@@ -114,30 +147,61 @@ class RecordPush:
 
     # -- actions ---------------------------------------------------------------------------
 
+    async def _recovered(self, link: Link) -> PushOutcome:
+        """This very delivery (message id and attempt) pushed the record already, and
+        its process died before the audit row: report that push, do not push again."""
+        await self._release(None)
+        log.info("push.recovered", entity=self.entity, record_id=self.record_id,
+                 outcome=link.pushed_outcome)
+        assert link.pushed_outcome is not None
+        return PushOutcome(link.pushed_outcome, link.external_id,
+                           details={"recovered": RECOVERED})
+
     async def _create(self, record: dict[str, Any], link: Link) -> PushOutcome:
         plan = await self._with_links(lambda: self.planner.create(record, link, self.context))
         if plan.match is not None:
             matched = await self._match(plan.match, record)
             if matched is not None:
-                self.details["matched"] = matched
-                if self.planner.may(UPDATE):
-                    linked = await self._store_link(matched, None)
-                    return await self._update(record, linked, outcome_if_changed="created")
-                await self._store_link(matched, plan.digest)
-                return PushOutcome("created", matched, details=self.details)
-        response = await self._send(plan, record)
+                self.details["matched"] = matched.external_id
+                return await self._adopt(record, plan, matched, None)
+        response = await self._send(plan, record, accept=CREATE_ANSWERS)
         try:
+            existing = self.planner.existing(plan, response)
+            if existing is not None:
+                return await self._adopt(record, plan, existing, response.status)
             external_id = self.planner.created_id(plan.call, response)
         except RemoteProtocolError:
             log.error("push.created_without_id", entity=self.entity, record_id=self.record_id,
                       operation=plan.call.operation.key)
             raise
-        await self._store_link(external_id, plan.digest)
+        await self._store_link(external_id, plan.digest, "created")
         return PushOutcome("created", external_id, response.status, self.details)
 
-    async def _update(self, record: dict[str, Any], link: Link,
-                      outcome_if_changed: str = "updated") -> PushOutcome:
-        plan = await self._with_links(lambda: self.planner.update(record, link, self.context))
+    async def _adopt(self, record: dict[str, Any], plan: CallPlan, existing: Existing,
+                     status: int | None) -> PushOutcome:
+        """The create found the record already there (a match, a replayed idempotency
+        key, a 409): link it, and make it hold what this push meant to send — unchanged
+        when it does (``created``, replayed), an update when it may differ (``updated``).
+        The hash stored is that of what the third party is known to hold."""
+        self.details["replayed"] = existing.how
+        differing = differences(plan.body, existing.held)
+        if differing == []:
+            await self._store_link(existing.external_id, plan.digest, "created")
+            return PushOutcome("created", existing.external_id, status, self.details)
+        self.details["differed"] = (differing[:MAX_DIFFERENCES] if differing is not None
+                                    else "unknown: the answer shows none of the values sent")
+        if not self.planner.may(UPDATE):
+            self.details["notUpdated"] = ("the instance may not update: the third party "
+                                          "keeps the values it had")
+            await self._store_link(existing.external_id, None, "created")
+            return PushOutcome("created", existing.external_id, status, self.details)
+        linked = await self._store_link(existing.external_id, None)
+        return await self._update(record, linked, force=True)
+
+    async def _update(self, record: dict[str, Any], link: Link, *,
+                      force: bool = False) -> PushOutcome:
+        plan = await self._with_links(
+            lambda: self.planner.update(record, link, self.context, force=force))
         if plan.action == UNCHANGED:
             await self._release(None)
             return PushOutcome("unchanged", link.external_id, details=self.details)
@@ -148,8 +212,8 @@ class RecordPush:
                 raise
             return await self._recreate(record, link)
         assert plan.external_id is not None
-        await self._store_link(plan.external_id, plan.digest)
-        return PushOutcome(outcome_if_changed, plan.external_id, response.status, self.details)
+        await self._store_link(plan.external_id, plan.digest, "updated")
+        return PushOutcome("updated", plan.external_id, response.status, self.details)
 
     async def _recreate(self, record: dict[str, Any], link: Link) -> PushOutcome:
         """The remote record is gone (404 on update): create it again if allowed."""
@@ -180,7 +244,7 @@ class RecordPush:
             status = exc.http_status
             self.details["note"] = "already gone remotely"
         await self.links.mark_deleted(self.instance_id, self.entity, direction="push",
-                                      bss_id=self.record_id)
+                                      bss_id=self.record_id, pushed=self._mark("deleted"))
         return PushOutcome("deleted", link.external_id, status, self.details)
 
     # -- parents and links ------------------------------------------------------------
@@ -193,9 +257,9 @@ class RecordPush:
         for entity, parent_id in references(self.entity, record):
             if entity not in needed or (entity, parent_id) == (self.entity, self.record_id):
                 continue
-            linked = await self.links.external_ids(self.instance_id, entity, [parent_id])
-            if parent_id in linked:
-                self.preloaded.external[(entity, parent_id)] = linked[parent_id]
+            linked = await self._linked_parent(entity, parent_id)
+            if linked is not None:
+                self.preloaded.external[(entity, parent_id)] = linked
                 continue
             if self.depth >= MAX_PARENT_DEPTH:
                 raise DependencyPending(f"{entity} {parent_id} is not linked yet (parents "
@@ -218,6 +282,17 @@ class RecordPush:
                     entity=entity, record_id=parent_id)
             self.preloaded.external[(entity, parent_id)] = outcome.external_id
             self.details.setdefault("parents", []).append(f"{entity} {parent_id}")
+
+    async def _linked_parent(self, entity: str, parent_id: str) -> str | None:
+        """The parent's external id when it is linked — unless this message pushed it
+        (an earlier delivery or attempt): then it is pushed again, which finds its own
+        mark and makes sure the parent's audit row exists (§5 step 5)."""
+        link = (await self.links.linked(self.instance_id, entity, [parent_id])).get(parent_id)
+        if link is None or link.external_id is None:
+            return None
+        ours = parent_message_id(self.instance_id, entity, parent_id, self.message_id,
+                                 self.depth + 1)
+        return None if link.pushed_by == ours else link.external_id
 
     async def _wait_for_link(self, entity: str, parent_id: str) -> str:
         """The parent's external id once its link appears; ``DependencyPending`` after
@@ -261,14 +336,16 @@ class RecordPush:
 
     # -- requests ----------------------------------------------------------------------
 
-    async def _send(self, plan: CallPlan, record: dict[str, Any] | None) -> Response:
+    async def _send(self, plan: CallPlan, record: dict[str, Any] | None,
+                    accept: frozenset[int] = frozenset()) -> Response:
         data: dict[str, Any] = {"record": record, "externalId": plan.external_id}
         if plan.call.before is not None:
             data["before"] = await self._before(plan.call, data)
         request = await self._with_links(lambda: self.planner.request(plan, data, self.context))
         started = self.clock.monotonic()
-        response = await self.ctx.client.send(request)
-        self.details["request"] = f"{request.method} {plan.call.operation.path}"
+        response = await self.ctx.client.send(request, accept=accept)
+        self.details["request"] = (response.request
+                                   or f"{request.method} {urlsplit(request.url).path}")
         self.details["elapsed_ms"] = round((self.clock.monotonic() - started) * 1000, 1)
         return response
 
@@ -281,14 +358,21 @@ class RecordPush:
         response = await self.ctx.client.send(request)
         return self.planner.captured(before, response)
 
-    async def _match(self, match: CallPlan, record: dict[str, Any]) -> str | None:
+    async def _match(self, match: CallPlan, record: dict[str, Any]) -> Existing | None:
         response = await self._send(match, record)
-        return self.planner.matched_id(match.call, response)
+        return self.planner.matched(match.call, response)
 
-    async def _store_link(self, external_id: str, digest: str | None) -> Link:
+    async def _store_link(self, external_id: str, digest: str | None,
+                          outcome: str | None = None) -> Link:
+        """Link the record to ``external_id`` with ``digest`` (``None`` keeps the stored
+        hash); a write that ends the push gives its ``outcome`` and is marked."""
         return await self.links.mark_linked(self.instance_id, self.entity, bss_id=self.record_id,
                                             external_id=external_id, direction="push",
-                                            push_hash=digest)
+                                            push_hash=digest,
+                                            pushed=self._mark(outcome) if outcome else None)
+
+    def _mark(self, outcome: str) -> PushMark:
+        return PushMark(self.message_id, self.attempt, outcome)
 
     async def _release(self, error: str | None) -> None:
         await self.links.release_claim(self.instance_id, self.entity, self.message_id,

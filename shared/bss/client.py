@@ -21,7 +21,7 @@ import json
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 import httpx
 import orjson
@@ -33,6 +33,7 @@ from shared.http.httpx_transport import TransportKind, open_transport
 from shared.http.settings import USER_AGENT
 from shared.http.transport import BodyTooLarge, Fetched
 from shared.logging import redact
+from shared.uri import path_segment
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 DEFAULT_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=64)
@@ -89,8 +90,8 @@ class BssClient:
 
     @staticmethod
     def _path(org_id: str, entity: str, record_id: str | None = None) -> str:
-        path = f"/organizations/{quote(org_id, safe='')}/{entity}"
-        return path if record_id is None else f"{path}/{quote(record_id, safe='')}"
+        path = f"/organizations/{path_segment(org_id)}/{entity}"
+        return path if record_id is None else f"{path}/{path_segment(record_id)}"
 
     async def get(self, org_id: str, entity: str, record_id: str) -> dict[str, Any] | None:
         """The record, or ``None`` when the BSS does not have it (deleted)."""

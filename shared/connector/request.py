@@ -3,6 +3,12 @@
 Used by ``bss-sync preview`` and by the third-party client alike, so what the
 preview shows is exactly what the pusher sends. Credentials are applied later,
 by the client, from the instance's credential references.
+
+Path parameters are percent-encoded as RFC 3986 path segment data: everything but
+the unreserved characters is encoded (``/``, ``?``, ``#``, ``%`` included), and a
+segment that a value turns into ``.`` or ``..`` has its dots encoded (``%2E``) —
+otherwise the client, a proxy or the server would resolve it as a dot segment and
+``PUT /things/{code}`` with the code ``..`` would become ``PUT /``.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from shared.connector.openapi import Operation
 from shared.errors import ConfigurationError, MappingError
 from shared.transform import UNDEFINED, TransformContext
 from shared.transform.expressions import as_text
+from shared.uri import encode_value, no_dot_segment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +95,7 @@ def plan_request(
     templates raise (``MappingError``, ``DependencyPending``, ``LinksNotLoaded``).
     """
     operation = call.operation
-    path = operation.path
+    path_values: dict[str, str] = {}
     query: list[tuple[str, str]] = []
     headers: dict[str, str] = {}
     cookies: list[str] = []
@@ -99,7 +106,7 @@ def plan_request(
         if location == "path":
             if value in (None, UNDEFINED, ""):
                 raise MappingError(f"path parameter {name!r} of {operation.key} has no value")
-            path = path.replace("{" + name + "}", quote(as_text(value), safe=""))
+            path_values[name] = as_text(value)
         elif value in (None, UNDEFINED):
             continue
         elif location == "header":
@@ -125,10 +132,27 @@ def plan_request(
             else "application/json",
         )
     headers.setdefault("Accept", "application/json")
-    url = base_url.rstrip("/") + path
+    url = base_url.rstrip("/") + fill_path(operation.path, path_values)
     if query:
         url += "?" + urlencode(query)
     return RequestPlan(operation.method, url, headers, body, operation)
+
+
+_PLACEHOLDER = re.compile(r"{([^{}/]+)}")
+
+
+def fill_path(template: str, values: Mapping[str, str]) -> str:
+    """``template`` (``/things/{code}``) with each ``{name}`` replaced by its value,
+    percent-encoded as path segment data (RFC 3986 §3.3, ``shared.uri``). A segment the
+    values make ``.`` or ``..`` is sent as ``%2E`` / ``%2E%2E``, never as a dot segment;
+    a placeholder without a value is left as it is."""
+    segments = []
+    for segment in template.split("/"):
+        filled = _PLACEHOLDER.sub(
+            lambda m: encode_value(values[m.group(1)]) if m.group(1) in values
+            else m.group(0), segment)
+        segments.append(no_dot_segment(filled) if filled != segment else filled)
+    return "/".join(segments)
 
 
 def with_query(url: str, params: Mapping[str, Any]) -> str:

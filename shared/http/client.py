@@ -26,7 +26,7 @@ import dataclasses
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
@@ -72,7 +72,9 @@ class Response:
 
     ``body`` is the parsed JSON (``None`` for an empty body, or a non-JSON one the
     operation does not promise as JSON); ``elapsed`` is seconds on the wire, redirects
-    included; ``url`` is the final URL (query string included: may hold an API key).
+    included; ``url`` is the final URL (query string included: may hold an API key);
+    ``request`` is the request line as it went on the wire, without the query string
+    (``PUT /things/%2E%2E``): what audit rows and errors name.
     """
 
     status: int
@@ -81,6 +83,7 @@ class Response:
     elapsed: float
     url: str = dataclasses.field(repr=False)
     content: bytes = dataclasses.field(repr=False)
+    request: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +93,7 @@ class _Answer:
     content: bytes
     url: str
     elapsed: float
+    request: str  # the request line sent (method and path, no query)
 
 
 def origin(url: str) -> Origin:
@@ -188,9 +192,11 @@ class ThirdPartyClient:
         await self._transport.aclose()
         await self._auth.aclose()
 
-    async def send(self, plan: RequestPlan) -> Response:
+    async def send(self, plan: RequestPlan, *, accept: Collection[int] = ()) -> Response:
         """Send ``plan`` and classify the answer (see the module docstring for errors).
 
+        A status of 400 or more in ``accept`` is returned as a ``Response`` when its body
+        is JSON (a create's 409 naming the record that exists), else raised as usual.
         A 401 with a refreshable OAuth2 token refreshes it once and retries once; a
         429/503 with ``Retry-After`` pauses the instance until then and, when that is
         at most ``options.inline_retry_max`` seconds, waits and retries once.
@@ -202,7 +208,7 @@ class ThirdPartyClient:
             answer = await self._exchange(plan, applied)
             if answer.status == 401 and applied.refreshable and not refreshed:
                 log.info("http.token_refused", instance_id=self.endpoint.id,
-                         request=_request_name(plan))
+                         request=self.request_line(plan))
                 refreshed = True
                 applied = await self._auth.prepare(plan.operation, stale=applied.bearer)
                 continue
@@ -216,17 +222,18 @@ class ThirdPartyClient:
                 if not waited and retry_after <= self.options.inline_retry_max:
                     waited = True
                     continue
-            return self._outcome(plan, answer, retry_after, refreshed)
+            return self._outcome(plan, answer, retry_after, refreshed, accept)
 
     # -- one exchange: limits, redirects, bounded body -------------------------------
 
     async def _exchange(self, plan: RequestPlan, applied: Applied) -> _Answer:
-        request = _request_name(plan)
+        request = self.request_line(plan)
         elapsed = 0.0
         async with self.throttle.slot():
             for _hop in range(self.options.max_redirects + 1):
                 await self.throttle.turn()
-                answer = await self._round_trip(self._auth.place(plan, applied), request)
+                placed = self._auth.place(plan, applied)
+                answer = await self._round_trip(placed, self.request_line(placed))
                 elapsed += answer.elapsed
                 location = answer.headers.get("location")
                 if answer.status not in REDIRECT_STATUSES or not location:
@@ -261,7 +268,19 @@ class ThirdPartyClient:
         except TRANSLATED as exc:
             raise translate(exc, request) from exc
         return _Answer(answer.status, answer.headers, answer.content, plan.url,
-                       time.monotonic() - started)
+                       time.monotonic() - started, request)
+
+    def request_line(self, plan: RequestPlan) -> str:
+        """``METHOD /path`` as ``plan`` goes on the wire — percent-encoded, dot segments
+        resolved where httpx resolves them — without the query string (it may hold a
+        key). What errors and audit rows name."""
+        target = self._wire_target(plan.url)
+        if target is None:
+            try:
+                target = httpx.URL(plan.url).raw_path.decode("ascii")
+            except (httpx.InvalidURL, UnicodeDecodeError):
+                target = urlsplit(plan.url).path
+        return f"{plan.method} {target.partition('?')[0] or '/'}"
 
     def _wire_target(self, url: str) -> str | None:
         """The request target of ``url`` when it can go on the wire as it is: on the
@@ -299,18 +318,27 @@ class ThirdPartyClient:
     # -- classification ---------------------------------------------------------------
 
     def _outcome(
-        self, plan: RequestPlan, answer: _Answer, retry_after: float | None, refreshed: bool
+        self, plan: RequestPlan, answer: _Answer, retry_after: float | None, refreshed: bool,
+        accept: Collection[int] = (),
     ) -> Response:
-        request = _request_name(plan)
+        request = answer.request
         if answer.status >= 400:
-            raise status_error(
+            error = status_error(
                 request, answer.status, answer.content,
                 retry_after=retry_after, after_refresh=refreshed and answer.status == 401,
             )
-        body = self._parse(plan.operation, request, answer)
-        return Response(
-            answer.status, answer.headers, body, answer.elapsed, answer.url, answer.content
-        )
+            if answer.status not in accept:
+                raise error
+            try:
+                body = self._parse(plan.operation, request, answer)
+            except RemoteProtocolError:
+                raise error from None
+            if body is None:
+                raise error
+        else:
+            body = self._parse(plan.operation, request, answer)
+        return Response(answer.status, answer.headers, body, answer.elapsed, answer.url,
+                        answer.content, request)
 
     def _parse(self, operation: Operation, request: str, answer: _Answer) -> Any:
         if not answer.content.strip():
@@ -370,10 +398,6 @@ def _check_headers(headers: Mapping[str, Any]) -> None:
         if not (name.isascii() and text.isascii()):
             raise MappingError(f"refused to send the header {name!r}: HTTP header values "
                                "must be ASCII")
-
-
-def _request_name(plan: RequestPlan) -> str:
-    return f"{plan.method} {urlsplit(plan.url).path or '/'}"
 
 
 def _encode(plan: RequestPlan) -> bytes | None:

@@ -8,9 +8,12 @@ The BSS and third-party clients send through ``fetch`` / ``fetch_raw``
 ``httpx.AsyncClient`` uses — with the same two methods: the same body limit,
 decoding and errors (httpx's exceptions, :class:`~shared.http.transport.BodyTooLarge`),
 so that turning our transport off changes nothing else. What the library does its
-own way: it checks an idle connection's socket before reusing it instead of resending
-a request the server hung up on, and it sends ``Content-Length: 0`` with a bodiless
-POST.
+own way: it checks an idle connection's socket before reusing it, and it sends
+``Content-Length: 0`` with a bodiless POST. That check misses a connection the server
+closes while the request is being sent (httpcore then raises "Server disconnected
+without sending a response", or a ``ReadError``), so here, as in ours, a request that
+is safe to resend — an idempotent method, or an ``Idempotency-Key`` — is sent once
+more when its connection fails before any answer arrived.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import httpx
 
 from shared.http.transport import (
     DEFAULT_KEEPALIVE_EXPIRY,
+    IDEMPOTENT,
     BodyTooLarge,
     Fetched,
     Http1Transport,
@@ -34,6 +38,10 @@ from shared.settings import get_setting
 
 TransportKind = Literal["fast", "httpx"]
 _ADDED_BY_THE_TRANSPORT = frozenset({"host", "content-length", "transfer-encoding"})
+#: How httpcore reports a connection that died before any byte of the answer: a read or
+#: write error, or this protocol error (other protocol errors are answers: not resent).
+_UNANSWERED = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+_NO_ANSWER = "without sending a response"
 
 
 class FetchTransport(Protocol):
@@ -72,7 +80,7 @@ class HttpxTransport:
 
         Raises httpx's exceptions and :class:`BodyTooLarge`.
         """
-        response = await self._transport.handle_async_request(request)
+        response = await self._send(request)
         stream = response.stream
         assert isinstance(stream, httpx.AsyncByteStream)
         status = response.status_code
@@ -90,6 +98,18 @@ class HttpxTransport:
         finally:
             await stream.aclose()
         return await fetched(status, response.headers, b"".join(chunks), max_bytes)
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        """The answer's head; a request safe to resend is sent once more when its
+        connection died before any answer (see the module docstring)."""
+        try:
+            return await self._transport.handle_async_request(request)
+        except _UNANSWERED as exc:
+            unanswered = (not isinstance(exc, httpx.RemoteProtocolError)
+                          or _NO_ANSWER in str(exc))
+            if not (unanswered and resend_safe(request)):
+                raise
+        return await self._transport.handle_async_request(request)
 
     async def fetch_raw(self, origin: Origin, method: str, target: str,
                         headers: Iterable[tuple[str, str]], body: bytes | None,
@@ -111,3 +131,9 @@ class HttpxTransport:
 
     async def aclose(self) -> None:
         await self._transport.aclose()
+
+
+def resend_safe(request: httpx.Request) -> bool:
+    """Whether sending ``request`` twice does no harm: an idempotent method, or an
+    ``Idempotency-Key`` the server deduplicates by."""
+    return request.method.encode() in IDEMPOTENT or "idempotency-key" in request.headers

@@ -19,10 +19,15 @@ which cost as much CPU as the exchange itself. Redirects, auth and cookies are t
 callers' business there (the clients follow redirects themselves and keep no
 cookies).
 
-A request that fails on a *reused* connection before any byte of the answer
-arrived (the server closed the idle connection at that moment) is sent once more
-on a new connection when that is safe: the method is idempotent, or the request
-carries an ``Idempotency-Key``.
+A pooled connection found closed, or closing, when a request would go on it — the
+server closed it while idle, and ``connection_lost`` has not run yet (under uvloop
+writing to it raises ``RuntimeError: unable to perform operation on <TCPTransport
+closed=True …>``) — is dropped and the request goes on another connection: nothing
+was sent, so this is safe for any method. A request that fails on a *reused*
+connection after it was written and before any byte of the answer arrived (the
+server closed the idle connection at that moment) is sent once more on a new
+connection when that is safe: the method is idempotent, or the request carries an
+``Idempotency-Key``.
 
 ``HTTP_TRANSPORT=httpx`` puts httpx's default transport in its place, behind the
 same ``fetch``/``fetch_raw`` (:mod:`shared.http.httpx_transport`).
@@ -68,12 +73,15 @@ class BodyTooLarge(Exception):
 
 
 class _Lost(Exception):
-    """The connection closed; ``answered`` tells whether any response byte arrived."""
+    """The connection closed; ``answered`` tells whether any response byte arrived,
+    ``sent`` whether the request had been written to it."""
 
-    def __init__(self, answered: bool, cause: BaseException | None) -> None:
+    def __init__(self, answered: bool, cause: BaseException | None, *,
+                 sent: bool = True) -> None:
         super().__init__(str(cause) if cause else "connection closed")
         self.answered = answered
         self.cause = cause
+        self.sent = sent
 
 
 class _Connection(asyncio.Protocol):
@@ -177,10 +185,25 @@ class _Connection(asyncio.Protocol):
         finally:
             self._event = None
 
+    @property
+    def usable(self) -> bool:
+        """Open as far as this side knows: not closed, and its transport not closing
+        (the peer's FIN or a reset seen, ``connection_lost`` still to come)."""
+        return (not self.closed and self.transport is not None
+                and not self.transport.is_closing())
+
     def send(self, raw: bytes) -> None:
+        """Write the request; ``_Lost(sent=False)`` when the connection turns out to be
+        closed before a byte of it went out."""
+        if not self.usable:
+            raise _Lost(False, None, sent=False)
         self._reset()
         assert self.transport is not None
-        self.transport.write(raw)
+        try:
+            self.transport.write(raw)
+        except RuntimeError as exc:  # uvloop: "unable to perform operation on <…closed=True>"
+            self.closed = True
+            raise _Lost(False, exc, sent=False) from None
 
     async def read_head(self, timeout: float | None) -> None:
         while not self.headers_done:
@@ -197,7 +220,8 @@ class _Connection(asyncio.Protocol):
             await self._wait(timeout)
         chunk = self.chunks.popleft()
         self.buffered -= len(chunk)
-        if self._paused and self.buffered < HIGH_WATER // 2 and self.transport is not None:
+        if self._paused and self.buffered < HIGH_WATER // 2 and self.usable:
+            assert self.transport is not None
             self.transport.resume_reading()
             self._paused = False
         return chunk
@@ -390,7 +414,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
                                             request=request) from None
                 except _Lost as exc:
                     conn.close()
-                    if reused and not exc.answered and retry_safe:
+                    if reused and not exc.answered and (retry_safe or not exc.sent):
                         continue  # the server had closed the idle connection: once more
                     raise httpx.RemoteProtocolError(
                         "the server closed the connection without answering", request=request,
@@ -408,7 +432,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
         now = time.monotonic()
         while pool.idle:
             conn = pool.idle.pop()  # most recently used first
-            if not conn.closed and now - conn.idle_since < self._keepalive_expiry:
+            if conn.usable and now - conn.idle_since < self._keepalive_expiry:
                 return conn, True
             conn.close()
         scheme, host, port = origin

@@ -9,6 +9,12 @@ taken over. ``mark_linked`` / ``mark_deleted`` / ``release_claim`` clear it.
 States: ``creating`` (claimed or failed before the remote create succeeded),
 ``linked`` (both ids known), ``deleted`` (deleted on the other side by us).
 
+The write that ends a push may carry a :class:`PushMark` — the message id and
+attempt of the delivery that changed the remote record, and the outcome its audit
+row is to say — kept until the next marked write. A redelivery of that delivery
+finds its own mark when the process died between the link write and the audit row
+(docs/architecture.md §5 step 5).
+
 ``LinkStore(db, batched=True)`` (the pusher) serves concurrent push-side claims
 and link writes with one statement per batch (``shared.batching``): the
 same rows, the same guarantees, a fraction of the round trips. Batch statements
@@ -55,10 +61,30 @@ class Link:
     last_error: str | None
     created_at: datetime
     updated_at: datetime
+    pushed_by: str | None = None  # the PushMark of the last push that changed the record
+    pushed_attempt: int | None = None
+    pushed_outcome: str | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Link:
         return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls)})
+
+    @property
+    def push_mark(self) -> PushMark | None:
+        """Which delivery's push last changed the remote record, if one is recorded."""
+        if self.pushed_by is None or self.pushed_attempt is None or self.pushed_outcome is None:
+            return None
+        return PushMark(self.pushed_by, self.pushed_attempt, self.pushed_outcome)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PushMark:
+    """The delivery whose push changed the remote record (``message_id``, ``attempt``)
+    and the outcome its audit row is to say (``created``, ``updated``, ``deleted``)."""
+
+    message_id: str
+    attempt: int
+    outcome: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -102,18 +128,29 @@ ON CONFLICT (instance_id, entity, bss_id) DO UPDATE
 RETURNING l.*, (l.xmax = 0) AS inserted
 """
 
-_BATCH_LINKED_SQL = """
+#: A marked write replaces the mark; an unmarked one keeps it (its three columns go together).
+_KEEP_OR_MARK = """pushed_by = coalesce(EXCLUDED.pushed_by, l.pushed_by),
+       pushed_attempt = CASE WHEN EXCLUDED.pushed_by IS NULL THEN l.pushed_attempt
+                             ELSE EXCLUDED.pushed_attempt END,
+       pushed_outcome = CASE WHEN EXCLUDED.pushed_by IS NULL THEN l.pushed_outcome
+                             ELSE EXCLUDED.pushed_outcome END"""
+
+_BATCH_LINKED_SQL = f"""
 INSERT INTO links AS l (instance_id, entity, bss_id, external_id, state, push_hash,
-                        last_pushed_at)
-SELECT t.instance_id, t.entity, t.bss_id, t.external_id, 'linked', t.push_hash, now()
+                        last_pushed_at, pushed_by, pushed_attempt, pushed_outcome)
+SELECT t.instance_id, t.entity, t.bss_id, t.external_id, 'linked', t.push_hash, now(),
+       t.pushed_by, t.pushed_attempt, t.pushed_outcome
   FROM unnest(%(instance_ids)s::text[], %(entities)s::text[], %(bss_ids)s::text[],
-              %(external_ids)s::text[], %(push_hashes)s::text[])
-       AS t(instance_id, entity, bss_id, external_id, push_hash)
+              %(external_ids)s::text[], %(push_hashes)s::text[], %(pushed_by)s::text[],
+              %(pushed_attempts)s::integer[], %(pushed_outcomes)s::text[])
+       AS t(instance_id, entity, bss_id, external_id, push_hash, pushed_by, pushed_attempt,
+            pushed_outcome)
  ORDER BY t.instance_id, t.entity, t.bss_id
 ON CONFLICT (instance_id, entity, bss_id) DO UPDATE
    SET external_id = EXCLUDED.external_id, state = 'linked', claim = NULL, claimed_at = NULL,
        last_error = NULL, push_hash = coalesce(EXCLUDED.push_hash, l.push_hash),
-       last_pushed_at = now(), updated_at = now()
+       last_pushed_at = now(), updated_at = now(),
+       {_KEEP_OR_MARK}
 RETURNING l.*
 """
 
@@ -138,10 +175,17 @@ class _LinkedRequest:
     bss_id: str
     external_id: str
     push_hash: str | None
+    pushed: PushMark | None
 
     @property
     def row(self) -> tuple[str, str, str]:
         return (self.instance_id, self.entity, self.bss_id)
+
+
+def _mark_params(pushed: PushMark | None) -> dict[str, Any]:
+    return {"pushed_by": pushed.message_id if pushed else None,
+            "pushed_attempt": pushed.attempt if pushed else None,
+            "pushed_outcome": pushed.outcome if pushed else None}
 
 
 class LinkStore:
@@ -299,20 +343,21 @@ class LinkStore:
     async def mark_linked(
         self, instance_id: str, entity: str, *, bss_id: str, external_id: str,
         direction: Literal["push", "pull"], push_hash: str | None = None,
-        pull_hash: str | None = None,
+        pull_hash: str | None = None, pushed: PushMark | None = None,
     ) -> Link:
         """Store the pair, the hash of what was synced, clear claim and error; return the link.
 
         The row is found by ``bss_id`` for a push and by ``external_id`` for a
-        pull (created if missing). A hash left ``None`` keeps its stored value.
+        pull (created if missing). A hash left ``None`` keeps its stored value;
+        ``pushed`` replaces the push mark, ``None`` keeps it.
         Raises :class:`LinkConflict` when the other id is linked to another record.
         """
         if self.batched and direction == "push" and pull_hash is None:
             return await self._linked.submit(
-                _LinkedRequest(instance_id, entity, bss_id, external_id, push_hash))
+                _LinkedRequest(instance_id, entity, bss_id, external_id, push_hash, pushed))
         return await self._mark_linked(instance_id, entity, bss_id=bss_id,
                                        external_id=external_id, direction=direction,
-                                       push_hash=push_hash, pull_hash=pull_hash)
+                                       push_hash=push_hash, pull_hash=pull_hash, pushed=pushed)
 
     async def _linked_batch(self, requests: list[_LinkedRequest]) -> list[Link | BaseException]:
         """Push-side link writes of many records; a batch PostgreSQL refuses for a
@@ -326,13 +371,17 @@ class LinkStore:
                     "entities": [r.entity for r in batch],
                     "bss_ids": [r.bss_id for r in batch],
                     "external_ids": [r.external_id for r in batch],
-                    "push_hashes": [r.push_hash for r in batch]})
+                    "push_hashes": [r.push_hash for r in batch],
+                    "pushed_by": [r.pushed and r.pushed.message_id for r in batch],
+                    "pushed_attempts": [r.pushed and r.pushed.attempt for r in batch],
+                    "pushed_outcomes": [r.pushed and r.pushed.outcome for r in batch]})
             except psycopg.errors.UniqueViolation:
                 for index, r in zip(indexes, batch, strict=True):
                     try:
                         results[index] = await self._mark_linked(
                             r.instance_id, r.entity, bss_id=r.bss_id, external_id=r.external_id,
-                            direction="push", push_hash=r.push_hash, pull_hash=None)
+                            direction="push", push_hash=r.push_hash, pull_hash=None,
+                            pushed=r.pushed)
                     except LinkConflict as exc:
                         results[index] = exc
                 continue
@@ -346,23 +395,25 @@ class LinkStore:
     async def _mark_linked(
         self, instance_id: str, entity: str, *, bss_id: str, external_id: str,
         direction: Literal["push", "pull"], push_hash: str | None, pull_hash: str | None,
+        pushed: PushMark | None = None,
     ) -> Link:
         key = "bss_id" if direction == "push" else "external_id"
         other = "external_id" if direction == "push" else "bss_id"
         stamp = "last_pushed_at" if direction == "push" else "last_pulled_at"
         sql = f"""
 INSERT INTO links AS l (instance_id, entity, bss_id, external_id, state, push_hash, pull_hash,
-                        {stamp})
+                        {stamp}, pushed_by, pushed_attempt, pushed_outcome)
 VALUES (%(instance_id)s, %(entity)s, %(bss_id)s, %(external_id)s, 'linked', %(push_hash)s,
-        %(pull_hash)s, now())
+        %(pull_hash)s, now(), %(pushed_by)s, %(pushed_attempt)s, %(pushed_outcome)s)
 ON CONFLICT (instance_id, entity, {key}) DO UPDATE
    SET {other} = EXCLUDED.{other}, state = 'linked', claim = NULL, claimed_at = NULL,
        last_error = NULL, push_hash = coalesce(EXCLUDED.push_hash, l.push_hash),
        pull_hash = coalesce(EXCLUDED.pull_hash, l.pull_hash), {stamp} = now(),
-       updated_at = now()
+       updated_at = now(), {_KEEP_OR_MARK}
 RETURNING l.*"""
         params = {"instance_id": instance_id, "entity": entity, "bss_id": bss_id,
-                  "external_id": external_id, "push_hash": push_hash, "pull_hash": pull_hash}
+                  "external_id": external_id, "push_hash": push_hash, "pull_hash": pull_hash,
+                  **_mark_params(pushed)}
         try:
             row = await self.db.fetchrow(sql, params)
         except psycopg.errors.UniqueViolation as exc:
@@ -376,15 +427,22 @@ RETURNING l.*"""
     async def mark_deleted(
         self, instance_id: str, entity: str, *, direction: Literal["push", "pull"],
         bss_id: str | None = None, external_id: str | None = None,
+        pushed: PushMark | None = None,
     ) -> bool:
-        """Record that the record was deleted on the other side; clear claim, hashes, error."""
+        """Record that the record was deleted on the other side; clear claim, hashes, error.
+        ``pushed`` replaces the push mark, ``None`` keeps it."""
         key, value = _key(bss_id, external_id)
         stamp = "last_pushed_at" if direction == "push" else "last_pulled_at"
+        mark = _mark_params(pushed)
         count = await self.db.execute(
             f"UPDATE links SET state = 'deleted', claim = NULL, claimed_at = NULL,"
             f" push_hash = NULL, pull_hash = NULL, last_error = NULL, {stamp} = now(),"
-            f" updated_at = now() WHERE instance_id = %s AND entity = %s AND {key} = %s",
-            (instance_id, entity, value),
+            f" updated_at = now(), pushed_by = coalesce(%s, pushed_by),"
+            f" pushed_attempt = CASE WHEN %s::text IS NULL THEN pushed_attempt ELSE %s END,"
+            f" pushed_outcome = CASE WHEN %s::text IS NULL THEN pushed_outcome ELSE %s END"
+            f" WHERE instance_id = %s AND entity = %s AND {key} = %s",
+            (mark["pushed_by"], mark["pushed_by"], mark["pushed_attempt"], mark["pushed_by"],
+             mark["pushed_outcome"], instance_id, entity, value),
         )
         return count > 0
 
@@ -398,6 +456,17 @@ RETURNING l.*"""
             (instance_id, entity, list(bss_ids)),
         )
         return {row["bss_id"]: row["external_id"] for row in rows}
+
+    async def linked(
+        self, instance_id: str, entity: str, bss_ids: Iterable[str]
+    ) -> dict[str, Link]:
+        """``{bss_id: link}`` for those of ``bss_ids`` that are linked."""
+        rows = await self.db.fetch(
+            "SELECT * FROM links WHERE instance_id = %s AND entity = %s"
+            " AND state = 'linked' AND bss_id = ANY(%s)",
+            (instance_id, entity, list(bss_ids)),
+        )
+        return {row["bss_id"]: Link.from_row(row) for row in rows}
 
     async def bss_ids(
         self, instance_id: str, entity: str, external_ids: Iterable[str]

@@ -417,3 +417,72 @@ def held_in_acme(acme: AcmeWorld) -> int:
 
 def chunked(items: list[Record], size: int) -> list[list[Record]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def test_a_replayed_create_of_a_changed_record_ends_with_the_new_values(acme: AcmeWorld) -> None:
+    """Acme makes a company and a person but answers their creates after the client's
+    timeout; the records then change in the BSS. The next push of each finds the record
+    Acme made with the old values — the company by its match, the person by re-POSTing
+    the same Idempotency-Key, which json-server answers with the original record and
+    ``Idempotent-Replayed: true`` — and follows with an update: Acme ends holding the new
+    values, once each. A later event with nothing mapped changed is ``unchanged``, and
+    that is true; a change back to the old values is sent."""
+    tenant = acme.tenant(connector="acme-crm-short-timeout")
+    bss, audit = acme.stack.bss, acme.stack.audit
+    [parent] = bss.create_many(tenant.org_id, "account", account_bodies(1, seed=40))
+    wait_synced(acme, tenant, [parent], [], timeout=30)
+    for path in ("/companies", "/people"):
+        acme.proxy.hold_next(1, delay=SHORT_READ_TIMEOUT + 1.5,
+                             when=lambda s, path=path: (s.method, s.path) == ("POST", path))
+    [account] = bss.create_many(tenant.org_id, "account", account_bodies(1, seed=41))
+    [contact] = bss.create_many(tenant.org_id, "contact", contact_bodies([parent], 1, seed=42))
+    wait_until(lambda: len(acme.proxy.requests(lambda s: s.method == "POST"
+                                                and s.upstream_status == 201
+                                                and s.fault is not None)) == 2,
+               timeout=30, what="both creates made by Acme, their answers held")
+    account = bss.patch(tenant.org_id, "account", account["id"],
+                        {"name": "Renamed After The Timeout", "phone": "+33 1 99 99 99 99"})
+    contact = bss.patch(tenant.org_id, "contact", contact["id"],
+                        {"lastName": "Renamed-After-Timeout", "jobTitle": "Buyer"})
+
+    def updated(record: Record) -> list[dict[str, Any]]:
+        return [r for r in audit.rows(tenant.instance_id, record_id=record["id"],
+                                      outcome="updated") if "replayed" in r["details"]]
+
+    rows = wait_until(lambda: (updated(account), updated(contact))
+                      if updated(account) and updated(contact) else None,
+                      timeout=60, what="both records updated after their replayed create",
+                      state=lambda: {r["id"]: audit.outcomes(tenant.instance_id).get(r["id"])
+                                     for r in (account, contact)})
+    state = wait_synced(acme, tenant, [parent, account], [contact], timeout=30,
+                        outcomes=frozenset({"created", "updated"}))
+
+    companies = assert_exactly_once(state, [parent, account], [contact])
+    [person] = by_bss_id(state["people"])[contact["id"]]
+    assert companies[account["id"]]["name"] == "Renamed After The Timeout"
+    assert (person["lastName"], person["jobTitle"]) == ("Renamed-After-Timeout", "Buyer")
+    (company_row,), (person_row,) = rows
+    assert company_row["details"]["matched"] == str(companies[account["id"]]["id"])
+    assert set(company_row["details"]["differed"]) >= {"/name", "/phone"}
+    assert "Idempotent-Replayed" in person_row["details"]["replayed"]
+    assert set(person_row["details"]["differed"]) >= {"/lastName", "/jobTitle"}
+    keys = Counter(s.headers.get("idempotency-key") for s in acme.proxy.requests(
+        lambda s: (s.method, s.path) == ("POST", "/people")))
+    assert list(keys.values()) == [2], "the person's create was sent again with its key"
+    for record, outcome in ((account, "created"), (contact, "created")):
+        assert outcome not in audit.outcomes(tenant.instance_id)[record["id"]], \
+            "audited created although Acme was left holding other values"
+
+    # Nothing mapped changed: unchanged, and true (Acme holds what the BSS maps to).
+    mark = time.monotonic()
+    bss.patch(tenant.org_id, "contact", contact["id"], {"description": "not mapped"})
+    wait_until(lambda: audit.rows(tenant.instance_id, record_id=contact["id"],
+                                  outcome="unchanged"), timeout=30,
+               what="the contact audited unchanged")
+    assert acme.proxy.requests(lambda s: s.at >= mark and s.path.startswith("/people")) == []
+    # Back to the old last name: sent, since Acme holds the new one.
+    bss.patch(tenant.org_id, "contact", contact["id"], {"lastName": "Back-Again"})
+    wait_until(lambda: acme.json_server.collection("people")[-1]["lastName"] == "Back-Again"
+               if acme.json_server.collection("people") else None, timeout=30,
+               what="the change back reached Acme")
+    assert_no_dead_letters(acme, tenant)

@@ -19,7 +19,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from shared.connector import ConnectorDocument, load_connector
-from shared.connector.request import RequestPlan
+from shared.connector.request import RequestPlan, plan_request
 from shared.errors import (
     AuthenticationFailed,
     ConfigurationError,
@@ -33,7 +33,7 @@ from shared.errors import (
 )
 from shared.http import ClientOptions, InstanceEndpoint, ThirdPartyClient
 from shared.storage.db import Database
-from shared.transform import UNDEFINED
+from shared.transform import UNDEFINED, TransformContext
 from tests.fixtures.vendor_specs import VendorSpecs
 from tests.integration.http_stub import StubServer
 
@@ -666,3 +666,29 @@ async def test_a_worker_with_other_credentials_cannot_read_the_stored_token(
     await other.send(plan(document, "get_protected", f"{stub.url}/protected/2"))
     assert stub.oauth.grants() == ["client_credentials", "client_credentials"]
 
+
+
+# -- hostile values in paths --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["fast", "httpx"])
+async def test_a_dot_segment_value_stays_in_its_segment_and_errors_name_the_line_sent(
+        tmp_path, stub, secrets_env, clients, kind) -> None:
+    """A record code of ``..`` in ``/once/{k}/{code}`` goes on the wire as ``%2E%2E`` (never
+    resolved into ``/404``), with either transport; the error and the answer name the
+    request line as it was sent."""
+    thing = {"entity": "account", "push": {
+        "create": {"operation": "post_echo", "params": {"p": "things"}},
+        "update": {"operation": "get_once", "params": {"k": "{record.code}", "code": "404"}}}}
+    document = make_connector(tmp_path, [{"headerKey": []}], objects={"Thing": thing})
+    client = clients(document, stub.url, refs("apiKey"), http_transport=kind)
+    request = plan_request(document.objects["Thing"].push["update"], base_url=stub.url,
+                           data={"record": {"code": ".."}}, context=TransformContext())
+
+    with pytest.raises(RemoteRejected) as refused:
+        await client.send(request)
+    answered = await client.send(request)  # the stub answers the second time
+
+    assert str(refused.value).startswith("GET /once/%2E%2E/404 answered 404")
+    assert answered.request == "GET /once/%2E%2E/404"
+    assert [r.path for r in stub.requests] == ["/once/%2E%2E/404"] * 2

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+import uvloop
 
 from shared.bss import BssClient
 from shared.connector import load_connector
@@ -396,3 +397,162 @@ async def test_http_transport_decides_who_carries_the_clients_requests(
             assert (await crm.send(plan)).body == {"id": "r1"}
     other = "httpx" if kind == "fast" else "fast"
     assert (senders[kind], senders[other]) == (2, 0)
+
+
+# -- connections the server closes (both transports, both event loops) --------------------
+
+LOOPS = ["asyncio", "uvloop"]
+
+
+def run_on(loop: str, main: Callable[[], Awaitable[None]]) -> None:
+    """``main()`` on a fresh event loop of the kind the services run (``EVENT_LOOP``)."""
+    factory = uvloop.new_event_loop if loop == "uvloop" else asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main())
+
+
+def one_answer_per_connection(seen: list[bytes]) -> Handler:
+    """A server that answers the first request of a connection with keep-alive, then
+    hangs up on the next one without answering: it had closed the idle connection while
+    that request was on its way."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head, _ = await read_request(reader)
+        seen.append(head.split(b"\r\n", 1)[0])
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await read_request(reader)
+        writer.transport.abort()
+    return serve
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_request_the_server_hangs_up_on_is_sent_once_more_when_that_is_safe(
+        kind: str, loop: str) -> None:
+    """Each request after the first goes on a connection the server has closed: a GET, a
+    PUT and a POST with an Idempotency-Key are sent once more on a new connection and
+    answered; a POST without a key is not sent twice (the server may have acted on it)."""
+    seen: list[bytes] = []
+    timeouts = {"connect": 2.0, "read": 2.0, "pool": 2.0}
+
+    async def main() -> None:
+        transport = open_transport(kind, max_connections=4)  # type: ignore[arg-type]
+        try:
+            async with raw_server(one_answer_per_connection(seen)) as url:
+                origin = (b"http", b"127.0.0.1", int(url.rsplit(":", 1)[1]))
+                await transport.fetch_raw(origin, "GET", "/first", [], None, timeouts)
+                for method, path, headers in (("GET", "/get", []), ("PUT", "/put", []),
+                                              ("POST", "/keyed", [("Idempotency-Key", "k")])):
+                    answer = await transport.fetch_raw(origin, method, path, headers, b"{}"
+                                                       if method != "GET" else None, timeouts)
+                    assert answer.content == b"ok", (method, path)
+                with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+                    await transport.fetch_raw(origin, "POST", "/unkeyed", [], b"{}", timeouts)
+        finally:
+            await transport.aclose()
+
+    run_on(loop, main)
+    assert seen == [b"GET /first HTTP/1.1", b"GET /get HTTP/1.1", b"PUT /put HTTP/1.1",
+                    b"POST /keyed HTTP/1.1"]
+
+
+class ClosedUnderUs:
+    """A transport as uvloop leaves it when the peer's close has been handled and the
+    protocol's ``connection_lost`` has not run yet: not closing as far as it says, and
+    every write refused."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None:
+        raise RuntimeError("unable to perform operation on <TCPTransport closed=True "
+                           "reading=False 0x7f00>; the handler is closed")
+
+    def close(self) -> None:
+        self._transport.close()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("how", ["closing", "closed-under-us"])
+def test_a_pooled_connection_found_closed_is_not_used_even_for_a_post(how: str,
+                                                                      loop: str) -> None:
+    """The connection waiting in the pool turns out to be closed when a request would go
+    on it — its transport closing, or (uvloop) refusing the write: nothing was sent, so
+    even a POST without an Idempotency-Key goes on a new connection, once."""
+    seen: list[bytes] = []
+
+    async def keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head, _ = await read_request(reader)
+            seen.append(head.split(b"\r\n", 1)[0])
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    async def main() -> None:
+        transport = Http1Transport()
+        try:
+            async with raw_server(keep_alive) as url:
+                origin = (b"http", b"127.0.0.1", int(url.rsplit(":", 1)[1]))
+                await transport.fetch_raw(origin, "GET", "/first", [], None, {"read": 2.0})
+                (idle,) = [c for pool in transport._pools.values() for c in pool.idle]
+                if how == "closing":
+                    idle.transport.abort()  # closing now; connection_lost runs later
+                else:
+                    idle.transport = ClosedUnderUs(idle.transport)  # type: ignore[assignment]
+                answer = await transport.fetch_raw(origin, "POST", "/create", [], b"{}",
+                                                   {"read": 2.0})
+                assert answer.content == b"ok"
+        finally:
+            await transport.aclose()
+
+    run_on(loop, main)
+    assert seen == [b"GET /first HTTP/1.1", b"POST /create HTTP/1.1"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_real_server_closing_idle_connections_costs_no_request(kind: str) -> None:
+    """uvicorn with a 20 ms keep-alive timeout, asked one request at a time with pauses
+    around that timeout (under uvloop, as the services run): every request that is safe
+    to resend is answered, whichever side of the server's close it falls on."""
+    import uvicorn
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await receive()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off",
+                                           log_level="warning", timeout_keep_alive=0.02))
+    failures: list[str] = []
+
+    async def main() -> None:
+        serving = asyncio.create_task(server.serve())
+        await eventually(lambda: server.started, what="uvicorn to listen")
+        port = server.servers[0].sockets[0].getsockname()[1]
+        origin = (b"http", b"127.0.0.1", port)
+        transport = open_transport(kind, max_connections=4)  # type: ignore[arg-type]
+        requests = [("GET", [], None), ("PUT", [], b"{}"),
+                    ("POST", [("Idempotency-Key", "k")], b"{}")]
+        try:
+            for i in range(90):
+                method, headers, body = requests[i % 3]
+                # not a wait: pacing around the server's keep-alive timeout
+                await asyncio.sleep(0.015 + (i % 7) * 0.002)
+                try:
+                    await transport.fetch_raw(origin, method, "/", headers, body,
+                                              {"connect": 2.0, "read": 2.0, "pool": 2.0})
+                except httpx.HTTPError as exc:
+                    failures.append(f"{method}: {type(exc).__name__} {exc}")
+        finally:
+            await transport.aclose()
+            server.should_exit = True
+            await serving
+
+    run_on("uvloop", main)
+    assert failures == []

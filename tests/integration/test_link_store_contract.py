@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 from shared.storage.db import Database
-from shared.storage.links import LinkConflict, LinkStore
+from shared.storage.links import LinkConflict, LinkStore, PushMark
 from tests.fixtures.database import truncate_all
 from tests.unit.pusher.fakes import FakeLinkStore
 
@@ -127,3 +127,31 @@ async def test_deleted_clears_hashes_moves_the_push_time_and_is_not_linked(store
     again = await store.claim_for_create(INSTANCE, "account", "a1", "m-2", HELD)
     assert (again.owned, again.new, again.link.id, again.link.state) == (
         True, False, linked.id, "deleted")
+
+
+async def test_a_marked_write_replaces_the_push_mark_and_an_unmarked_one_keeps_it(store) -> None:
+    await store.claim_for_create(INSTANCE, "account", "a1", "m-1", HELD)
+    created = await store.mark_linked(INSTANCE, "account", bss_id="a1", external_id="x1",
+                                      direction="push", push_hash="h1",
+                                      pushed=PushMark("m-1", 0, "created"))
+    relinked = await store.mark_linked(INSTANCE, "account", bss_id="a1", external_id="x1",
+                                       direction="push", push_hash=None)
+    claimed = await store.claim_for_create(INSTANCE, "account", "a1", "m-2", HELD)
+    updated = await store.mark_linked(INSTANCE, "account", bss_id="a1", external_id="x1",
+                                      direction="push", push_hash="h2",
+                                      pushed=PushMark("m-2", 3, "updated"))
+
+    assert created.push_mark == PushMark("m-1", 0, "created")
+    assert relinked.push_mark == PushMark("m-1", 0, "created")
+    assert claimed.link.push_mark == PushMark("m-1", 0, "created")  # the claim reads it
+    assert updated.push_mark == PushMark("m-2", 3, "updated")
+    assert (await store.linked(INSTANCE, "account", ["a1", "a9"]))["a1"] == updated
+    assert await store.linked(INSTANCE, "contact", ["a1"]) == {}
+
+    assert await store.mark_deleted(INSTANCE, "account", direction="push", bss_id="a1",
+                                    pushed=PushMark("m-3", 1, "deleted"))
+    deleted = await store.by_bss_id(INSTANCE, "account", "a1")
+    assert deleted.push_mark == PushMark("m-3", 1, "deleted")
+    assert await store.linked(INSTANCE, "account", ["a1"]) == {}
+    assert await store.mark_deleted(INSTANCE, "account", direction="push", bss_id="a1")
+    assert (await store.by_bss_id(INSTANCE, "account", "a1")).push_mark == deleted.push_mark

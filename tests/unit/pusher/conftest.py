@@ -90,10 +90,10 @@ class World:
         return await self.push(entity, record_id, message_id, depth=depth).run()
 
     async def handle(self, entity: str, record_id: str, message_id: str = "m-1",
-                     action: str = "updated") -> HandlerResult:
+                     action: str = "updated", attempt: int = 0) -> HandlerResult:
         message = SyncMessage(id=message_id, direction="push", org_id=ORG,
                               instance_id=INSTANCE, entity=entity, action=action,
-                              trigger="event", attempt=0,
+                              trigger="event", attempt=attempt,
                               created_at=datetime(2025, 1, 1, tzinfo=UTC).isoformat(),
                               record_id=record_id)
         return await self.handler(InboundMessage(message, message.context()))

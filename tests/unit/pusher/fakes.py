@@ -7,8 +7,9 @@ Each fake keeps what the push depends on of the adapter it stands for:
   ``linked`` / ``deleted``, claims held by a message id and taken over once older
   than ``stale_after``, ``forget_claim`` (a row the claim created is removed, an
   older one released) versus ``release_claim`` (the error is remembered), hashes kept
-  when ``None`` is given, cleared on delete, and a fresh ``now()`` per statement as
-  PostgreSQL gives each transaction (``last_pushed_at`` moves with every push).
+  when ``None`` is given, cleared on delete, the push mark replaced by a marked write
+  and kept by an unmarked one, and a fresh ``now()`` per statement as PostgreSQL gives
+  each transaction (``last_pushed_at`` moves with every push).
 * ``FakeBss`` — ``shared.bss.BssClient.get``: records by id, absent → ``None``.
 * ``FakeThirdParty`` — ``shared.http.ThirdPartyClient.send``: records every request
   and answers from a script; a status of 400 or more raises what the real client
@@ -25,14 +26,14 @@ import copy
 import dataclasses
 import itertools
 import json
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
 
-from shared.audit import AuditRecord
+from shared.audit import AuditRecord, Outcome
 from shared.connector import ConnectorDocument
 from shared.connector.payloads import PayloadChecker
 from shared.connector.request import RequestPlan
@@ -41,7 +42,7 @@ from shared.http import Response
 from shared.http.outcome import parse_retry_after, status_error
 from shared.runtime.registry import effective_lookups, effective_variables
 from shared.storage.instances import Instance
-from shared.storage.links import Claim, Link, LinkConflict
+from shared.storage.links import Claim, Link, LinkConflict, PushMark
 from shared.transform import LinkLookup, TransformContext
 
 EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
@@ -150,8 +151,8 @@ class FakeLinkStore:
 
     async def mark_linked(self, instance_id: str, entity: str, *, bss_id: str,
                           external_id: str, direction: Literal["push", "pull"],
-                          push_hash: str | None = None,
-                          pull_hash: str | None = None) -> Link:
+                          push_hash: str | None = None, pull_hash: str | None = None,
+                          pushed: PushMark | None = None) -> Link:
         now = self.now()
         key, other = ("bss_id", "external_id") if direction == "push" else ("external_id",
                                                                             "bss_id")
@@ -169,16 +170,18 @@ class FakeLinkStore:
                         claimed_at=None, push_hash=push_hash, pull_hash=pull_hash,
                         last_pushed_at=None, last_pulled_at=None, last_error=None,
                         created_at=now, updated_at=now)
-            return self._put(dataclasses.replace(link, **{stamp: now}))
+            return self._put(dataclasses.replace(link, **{stamp: now}, **_mark(pushed)))
         return self._put(dataclasses.replace(
             link, **{other: values[other], stamp: now}, state="linked", claim=None,
             claimed_at=None, last_error=None,
             push_hash=push_hash if push_hash is not None else link.push_hash,
-            pull_hash=pull_hash if pull_hash is not None else link.pull_hash, updated_at=now))
+            pull_hash=pull_hash if pull_hash is not None else link.pull_hash, updated_at=now,
+            **_mark(pushed)))
 
     async def mark_deleted(self, instance_id: str, entity: str, *,
                            direction: Literal["push", "pull"], bss_id: str | None = None,
-                           external_id: str | None = None) -> bool:
+                           external_id: str | None = None,
+                           pushed: PushMark | None = None) -> bool:
         link = self._find(instance_id, entity, *_key(bss_id, external_id))
         if link is None:
             return False
@@ -186,7 +189,7 @@ class FakeLinkStore:
         stamp = "last_pushed_at" if direction == "push" else "last_pulled_at"
         self._put(dataclasses.replace(link, state="deleted", claim=None, claimed_at=None,
                                       push_hash=None, pull_hash=None, last_error=None,
-                                      updated_at=now, **{stamp: now}))
+                                      updated_at=now, **{stamp: now}, **_mark(pushed)))
         return True
 
     async def external_ids(self, instance_id: str, entity: str,
@@ -196,6 +199,14 @@ class FakeLinkStore:
                 if (link.instance_id, link.entity) == (instance_id, entity)
                 and link.state == "linked" and link.bss_id in wanted
                 and link.external_id is not None}
+
+    async def linked(self, instance_id: str, entity: str,
+                     bss_ids: Iterable[str]) -> dict[str, Link]:
+        wanted = set(bss_ids)
+        return {link.bss_id: link for link in self.rows.values()
+                if (link.instance_id, link.entity) == (instance_id, entity)
+                and link.state == "linked" and link.bss_id in wanted
+                and link.bss_id is not None}
 
     async def bss_ids(self, instance_id: str, entity: str,
                       external_ids: Iterable[str]) -> dict[str, str]:
@@ -219,6 +230,14 @@ class FakeLinkStore:
     def _put(self, link: Link) -> Link:
         self.rows[link.id] = link
         return link
+
+
+def _mark(pushed: PushMark | None) -> dict[str, Any]:
+    """The columns a write sets for its push mark: none when unmarked (the mark is kept)."""
+    if pushed is None:
+        return {}
+    return {"pushed_by": pushed.message_id, "pushed_attempt": pushed.attempt,
+            "pushed_outcome": pushed.outcome}
 
 
 def _key(bss_id: str | None, external_id: str | None) -> tuple[str, str | None]:
@@ -294,7 +313,7 @@ class FakeThirdParty:
         """Scripted answers no request consumed, by operation."""
         return {op: len(answers) for op, answers in self._script.items() if answers}
 
-    async def send(self, plan: RequestPlan) -> Response:
+    async def send(self, plan: RequestPlan, *, accept: Collection[int] = ()) -> Response:
         if not plan.url.startswith(self._base_url + "/"):
             raise UnsafeRequest(f"{plan.method} {plan.url} refused: it leaves the instance's "
                                 "server")  # as the real client's origin check
@@ -304,12 +323,12 @@ class FakeThirdParty:
             raise answer.error
         content = b"" if answer.body is None else json.dumps(answer.body).encode()
         headers = httpx.Headers({"Content-Type": "application/json", **answer.headers})
-        if answer.status >= 400:
+        request = f"{plan.method} {urlsplit(plan.url).path}"
+        if answer.status >= 400 and (answer.status not in accept or answer.body is None):
             retry_after = (parse_retry_after(headers.get("retry-after"))
                            if answer.status in (429, 503) else None)
-            raise status_error(f"{plan.method} {urlsplit(plan.url).path}", answer.status,
-                               content, retry_after=retry_after)
-        return Response(answer.status, headers, answer.body, 0.0, plan.url, content)
+            raise status_error(request, answer.status, content, retry_after=retry_after)
+        return Response(answer.status, headers, answer.body, 0.0, plan.url, content, request)
 
     def _next(self, plan: RequestPlan) -> Answer:
         for name in (plan.operation.operation_id, plan.operation.key):
@@ -358,6 +377,11 @@ class FakeAudit:
 
     async def write(self, record: AuditRecord) -> None:
         self.rows.append(record)
+
+    async def settled_outcome(self, message_id: str, attempt: int) -> Outcome | None:
+        found = [r.outcome for r in self.rows
+                 if (r.message_id, r.attempt) == (message_id, attempt)]
+        return found[-1] if found else None
 
 
 def instance(instance_id: str = "acme-1", *, org_id: str = "org-1",

@@ -8,9 +8,9 @@ import uuid
 
 import pytest
 
-from services.pusher.handler import PARENT_NAMESPACE
+from services.pusher.push import PARENT_NAMESPACE
 from shared.audit import Outcome
-from shared.errors import DependencyPending, RemoteRejected
+from shared.errors import DependencyPending, RemoteRejected, RemoteUnavailable
 from tests.unit.pusher.conftest import INSTANCE, World, sample
 from tests.unit.pusher.fakes import Answer, FakeInstances
 
@@ -144,3 +144,46 @@ async def test_aclose_closes_the_clients(world):
     await world.handler.aclose()
 
     assert world.handler.registry.closed and world.bss.closed
+
+
+# -- a parent's audit row lost with its process ---------------------------------------------------
+
+
+async def test_a_childs_redelivery_writes_the_row_its_parent_lost(world):
+    """The pusher died after storing the parent's link and before the parent's audit row
+    (so before the child was sent): the child's redelivery pushes the parent again, which
+    finds its own mark — no second create — and the parent gets its one row."""
+    with_account(world)
+    world.remote.script("listCompanies", Answer(200, []))
+    world.remote.script("createCompany", Answer(201, {"id": "co-1"}))
+    world.remote.script("createPerson", Answer(error=RemoteUnavailable("the process died")),
+                        Answer(201, {"id": "pe-1"}))
+    with pytest.raises(RemoteUnavailable):
+        await world.handle("contact", CONTACT, "m-contact")
+    world.audit.rows.clear()  # the parent's row: lost with the process
+
+    result = await world.handle("contact", CONTACT, "m-contact")  # redelivered
+
+    assert world.remote.sent == ["GET /companies?accountNumber=C-000412", "POST /companies",
+                                 "POST /people", "POST /people"]
+    assert (result.outcome, result.external_id) == (Outcome.CREATED, "pe-1")
+    [row] = world.audit.rows
+    assert (row.entity, row.outcome, row.external_id) == ("account", Outcome.CREATED, "co-1")
+    assert row.message_id == parent_message_id("account", ACCOUNT, "m-contact", 1)
+    assert "ended before the audit row was written" in row.details["recovered"]
+
+
+async def test_a_childs_retry_does_not_write_its_parents_row_twice(world):
+    with_account(world)
+    world.remote.script("listCompanies", Answer(200, []))
+    world.remote.script("createCompany", Answer(201, {"id": "co-1"}))
+    world.remote.script("createPerson", Answer(503, {"message": "busy"}),
+                        Answer(201, {"id": "pe-1"}))
+    with pytest.raises(RemoteUnavailable):
+        await world.handle("contact", CONTACT, "m-contact")
+
+    result = await world.handle("contact", CONTACT, "m-contact", attempt=1)
+
+    assert result.outcome == Outcome.CREATED
+    assert [(r.entity, r.outcome) for r in world.audit.rows] == [("account", Outcome.CREATED)]
+    assert world.remote.sent.count("POST /companies") == 1

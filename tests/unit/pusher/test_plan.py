@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import UTC, datetime
 
 import httpx
 import pytest
 
-from services.pusher.plan import MATCH, UNCHANGED, PushPlanner, payload_hash
+from services.pusher.plan import MATCH, UNCHANGED, Existing, PushPlanner, differences, payload_hash
 from shared.connector.payloads import PayloadChecker
-from shared.errors import AmbiguousMatch, RemoteProtocolError
+from shared.errors import AmbiguousMatch, RemoteConflict, RemoteProtocolError
 from shared.http import Response
 from shared.storage.links import Link
 from shared.transform import UNDEFINED, PreloadedLinks, TransformContext
@@ -22,8 +23,13 @@ ALL = [(entity, "push", action) for entity in ("account", "contact", "case")
        for action in ("create", "update", "delete")]
 
 
-def planner(entity: str = "account", message_id: str = "m-1", permissions=ALL) -> PushPlanner:
+def planner(entity: str = "account", message_id: str = "m-1", permissions=ALL,
+            idempotency: dict | None = None) -> PushPlanner:
     connector = acme()
+    if idempotency is not None:
+        settings = {**connector.settings, "idempotency": {**connector.settings["idempotency"],
+                                                          **idempotency}}
+        connector = dataclasses.replace(connector, settings=settings)
     return PushPlanner(obj=connector.objects_for(entity)[0],
                        instance=instance(permissions=permissions), connector=connector,
                        checker=PayloadChecker(connector), base_url="http://acme.test:3000",
@@ -48,8 +54,9 @@ def account() -> dict:
     return sample("account", parentAccountId=None)
 
 
-def answer(body, headers=None) -> Response:
-    return Response(200, httpx.Headers(headers or {}), body, 0.0, "http://acme.test:3000/x", b"")
+def answer(body, headers=None, status=200) -> Response:
+    return Response(status, httpx.Headers(headers or {}), body, 0.0, "http://acme.test:3000/x",
+                    b"" if body is None else json.dumps(body).encode(), "POST /companies")
 
 
 def test_a_create_is_planned_with_its_match_body_hash_and_key():
@@ -108,10 +115,11 @@ def test_answers_are_read_purely():
     p = planner()
     match = p.obj.push["match"]
 
-    assert p.matched_id(match, answer([])) is None
-    assert p.matched_id(match, answer([{"id": 9}])) == "9"
+    assert p.matched(match, answer([])) is None
+    found = p.matched(match, answer([{"id": 9, "name": "Northwind"}]))
+    assert (found.external_id, found.held) == ("9", {"id": 9, "name": "Northwind"})
     with pytest.raises(AmbiguousMatch):
-        p.matched_id(match, answer([{"id": 8}, {"id": 9}]))
+        p.matched(match, answer([{"id": 8}, {"id": 9}]))
     create = p.obj.push["create"]
     assert p.created_id(create, answer({"id": "co-1"})) == "co-1"
     with pytest.raises(RemoteProtocolError, match="without an id at /id"):
@@ -128,3 +136,76 @@ def test_a_before_call_captures_headers_and_body_values():
     captured = case.captured(before, answer({"version": 3}, {"ETag": '"v3"'}))
 
     assert captured == {"etag": '"v3"', "version": 3, "missing": None}
+
+
+# -- a create that found the record already there ----------------------------------------
+
+
+def test_a_forced_update_is_sent_even_with_the_pushed_hash():
+    first = planner().update(account(), link(state="linked", external_id="co-1"), context())
+    pushed = link(state="linked", external_id="co-1", push_hash=first.digest)
+
+    assert planner().update(account(), pushed, context()).action == UNCHANGED
+    assert planner().update(account(), pushed, context(), force=True).action == "update"
+
+
+def test_a_create_answered_with_the_replay_header_found_an_existing_record():
+    p = planner()
+    create = p.create(account(), link(), context())
+    held = {**create.body, "id": 5, "name": "Northwind (as first sent)"}
+
+    fresh = p.existing(create, answer({**create.body, "id": 6}, status=201))
+    replayed = p.existing(create, answer(held, {"Idempotent-Replayed": "true"}, 201))
+
+    assert fresh is None
+    assert (replayed.external_id, replayed.held) == ("5", held)
+    assert "POST /companies answered with the record its idempotency key made" in replayed.how
+    assert p.existing(create, answer(held, {"Idempotent-Replayed": "false"}, 201)) is None
+
+
+def test_the_replay_header_is_the_connectors_when_it_names_one():
+    p = planner(idempotency={"replayedHeader": "X-Replayed"})
+    create = p.create(account(), link(), context())
+
+    assert p.existing(create, answer({"id": 5}, {"Idempotent-Replayed": "true"}, 201)) is None
+    assert p.existing(create, answer({"id": 5}, {"X-Replayed": "1"}, 201)).external_id == "5"
+
+
+def test_a_409_naming_the_record_found_it_and_one_naming_none_is_a_conflict():
+    p = planner()
+    create = p.create(account(), link(), context())
+
+    conflict = p.existing(create, answer({"id": 5, "message": "exists"}, status=409))
+    assert (conflict.external_id, conflict.how) == ("5", "POST /companies answered 409: 5 exists")
+    with pytest.raises(RemoteConflict, match="POST /companies answered 409") as caught:
+        p.existing(create, answer({"message": "exists"}, status=409))
+    assert caught.value.http_status == 409
+
+
+def test_with_compare_answer_other_values_in_the_answer_are_a_replay():
+    p = planner(idempotency={"compareAnswer": True})
+    create = p.create(account(), link(), context())
+
+    assert p.existing(create, answer({**create.body, "id": 6}, status=201)) is None
+    assert p.existing(create, answer({"id": 6}, status=201)) is None  # shows nothing: new
+    older = p.existing(create, answer({**create.body, "id": 5, "phone": "+1"}, status=201))
+    assert isinstance(older, Existing) and older.external_id == "5"
+    assert planner().existing(create, answer({**create.body, "id": 5, "phone": "+1"},
+                                             status=201)) is None  # off by default
+
+
+def test_differences_compare_what_the_answer_shows():
+    sent = {"name": "N", "employees": 12, "vip": True, "tags": ["a"],
+            "billingAddress": {"city": "Lyon", "street2": None}, "parentCompanyId": None}
+
+    assert differences(sent, {**sent, "id": 5, "createdAt": "t"}) == []
+    assert differences(sent, {"id": 5}) is None  # shows none of it: unknown
+    assert differences(sent, None) is None
+    assert differences(sent, {"name": "N", "employees": 12.0}) == []  # the rest not shown
+    assert differences(sent, {"vip": 1, "tags": ["a", "b"],
+                              "billingAddress": {"city": "Paris"}}) == [
+        "/vip", "/tags", "/billingAddress/city"]
+    assert differences(sent, {"billingAddress": None, "parentCompanyId": 7}) == [
+        "/billingAddress", "/parentCompanyId"]
+    assert differences({"items": [{"x": 1}]}, {"items": [{"x": 1, "id": 9}]}) == []
+    assert differences({"a/b": 1}, {"a/b": 2}) == ["/a~1b"]

@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from services.pusher.plan import payload_hash
+from services.pusher.plan import PushPlanner, payload_hash
 from services.pusher.push import CLAIM_STALE_SECONDS, MAX_PARENT_DEPTH
 from shared.connector import document_from_bundle
 from shared.errors import (
@@ -21,11 +21,14 @@ from shared.errors import (
     DependencyPending,
     RateLimited,
     RecordBusy,
+    RemoteConflict,
     RemoteProtocolError,
     RemoteRejected,
     RemoteUnavailable,
     SchemaViolation,
 )
+from shared.storage.links import PushMark
+from shared.transform import LinksNotLoaded, PreloadedLinks
 from tests.unit.pusher.conftest import INSTANCE, ORG, World, sample
 from tests.unit.pusher.fakes import Answer
 
@@ -43,6 +46,28 @@ def body(world: World, index: int) -> dict:
 
 def header(world: World, index: int, name: str) -> str | None:
     return world.remote.requests[index].headers.get(name)
+
+
+async def planned_body(world: World, entity: str = "account",
+                       record_id: str = ACCOUNT) -> dict:
+    """The body a create of the record as the BSS holds it now would send."""
+    target = world.target
+    planner = PushPlanner(obj=target.connector.objects_for(entity)[0],
+                          instance=target.instance, connector=target.connector,
+                          checker=target.checker, base_url=target.client.base_url,
+                          record_id=record_id, message_id="m-plan")
+    record = await world.bss.get(ORG, entity, record_id)
+    claim = await world.links.claim_for_create(INSTANCE, entity, record_id, "m-plan", 0)
+    await world.links.forget_claim(claim, "m-plan")
+    preloaded = PreloadedLinks()
+    while True:
+        try:
+            return planner.create(record, claim.link,
+                                  target.transform_context(preloaded)).body
+        except LinksNotLoaded as missing:
+            for _kind, ref_entity, ref_id in missing.wanted:
+                found = await world.links.external_ids(INSTANCE, ref_entity, [ref_id])
+                preloaded.external[(ref_entity, ref_id)] = found.get(ref_id)
 
 
 def linked(world: World, external_id: str = "co-1", push_hash: str | None = "old") -> None:
@@ -250,7 +275,7 @@ async def test_update_answered_422_is_not_a_recreate(world):
 # -- match -------------------------------------------------------------------------------------
 
 
-async def test_a_match_is_linked_then_updated(world):
+async def test_a_match_holding_other_values_is_linked_then_updated(world):
     world.put("account", account())
     world.remote.script("listCompanies", Answer(200, [{"id": "co-9", "name": "Northwind"}]))
     world.remote.script("updateCompany", Answer(200, {"id": "co-9"}))
@@ -259,11 +284,30 @@ async def test_a_match_is_linked_then_updated(world):
 
     assert world.remote.sent == ["GET /companies?accountNumber=C-000412",
                                  "PATCH /companies/co-9"]
-    assert (outcome.outcome, outcome.external_id, outcome.http_status) == ("created", "co-9", 200)
+    assert (outcome.outcome, outcome.external_id, outcome.http_status) == ("updated", "co-9", 200)
     assert outcome.details["matched"] == "co-9"
+    assert outcome.details["replayed"] == "GET /companies found co-9"
+    assert outcome.details["differed"] == ["/name"]
+    assert outcome.details["request"] == "PATCH /companies/co-9"  # the line sent
     link = world.link("account", ACCOUNT)
     assert (link.state, link.external_id, link.claim) == ("linked", "co-9", None)
     assert link.push_hash == payload_hash(body(world, 1))
+    assert link.push_mark == PushMark("m-1", 0, "updated")
+
+
+async def test_a_match_holding_what_would_be_sent_is_linked_without_a_call(world):
+    world.put("account", account())
+    sent = await planned_body(world)
+    world.remote.script("listCompanies", Answer(200, [{**sent, "id": "co-9", "createdAt": "t"}]))
+
+    outcome = await world.run("account", ACCOUNT)
+
+    assert world.remote.sent == ["GET /companies?accountNumber=C-000412"]
+    assert (outcome.outcome, outcome.external_id) == ("created", "co-9")
+    assert outcome.details["replayed"] == "GET /companies found co-9"
+    link = world.link("account", ACCOUNT)
+    assert (link.external_id, link.push_hash) == ("co-9", payload_hash(sent))
+    assert link.push_mark == PushMark("m-1", 0, "created")
 
 
 async def test_a_match_without_the_update_permission_is_linked_only(world):
@@ -275,9 +319,11 @@ async def test_a_match_without_the_update_permission_is_linked_only(world):
 
     assert world.remote.sent == ["GET /companies?accountNumber=C-000412"]
     assert (outcome.outcome, outcome.external_id) == ("created", "co-9")
+    assert outcome.details["differed"] == "unknown: the answer shows none of the values sent"
+    assert "may not update" in outcome.details["notUpdated"]
     link = world.link("account", ACCOUNT)
     assert (link.state, link.external_id) == ("linked", "co-9")
-    assert link.push_hash is not None  # the create body's: an update with it is unchanged
+    assert link.push_hash is None  # what the third party holds is not known
 
 
 async def test_several_matches_create_nothing(world):
@@ -584,3 +630,154 @@ async def test_a_link_the_transform_asks_for_beyond_the_references_is_loaded_the
 
     assert body(world, 1)["parentCompanyId"] == "co-group"
     assert outcome.outcome == "created"
+
+
+# -- a create answered with the record that was already there (docs/architecture.md §5) ---------
+
+
+REPLAYED = {"Idempotent-Replayed": "true"}
+
+
+async def test_a_timed_out_create_then_a_change_ends_with_the_new_values_remote(world):
+    """The issue's sequence: the create times out but the third party made the record;
+    the BSS record changes; the next push re-POSTs with the same key and is answered the
+    original record: the pusher follows with an update, stores the hash of what the
+    third party then holds, and a later push is unchanged only when it is."""
+    world.put("account", account())
+    first_body = await planned_body(world)
+    world.remote.script("listCompanies", Answer(200, []), Answer(200, []))
+    world.remote.script("createCompany",
+                        Answer(error=RemoteUnavailable("POST /companies failed: ReadTimeout")),
+                        Answer(201, {**first_body, "id": "co-1"}, REPLAYED))
+    world.remote.script("updateCompany", Answer(200, {"id": "co-1"}))
+    with pytest.raises(RemoteUnavailable):
+        await world.run("account", ACCOUNT, "m-1")
+    world.put("account", account(name="Northwind Renamed", phone="+33 1 00 00 00 00"))
+
+    outcome = await world.run("account", ACCOUNT, "m-2")
+
+    assert world.remote.sent[2:] == ["GET /companies?accountNumber=C-000412", "POST /companies",
+                                     "PATCH /companies/co-1"]
+    assert header(world, 3, "Idempotency-Key") == header(world, 1, "Idempotency-Key")
+    assert body(world, 4)["name"] == "Northwind Renamed"
+    assert (outcome.outcome, outcome.external_id, outcome.http_status) == ("updated", "co-1", 200)
+    assert "answered with the record its idempotency key made" in outcome.details["replayed"]
+    assert outcome.details["differed"] == ["/name", "/phone"]
+    link = world.link("account", ACCOUNT)
+    assert link.push_hash == payload_hash(body(world, 4))  # what the third party now holds
+
+    same = await world.run("account", ACCOUNT, "m-3")
+    world.put("account", account(name="Northwind Renamed Again"))
+    world.remote.script("updateCompany", Answer(200, {"id": "co-1"}))
+    changed = await world.run("account", ACCOUNT, "m-4")
+
+    assert same.outcome == "unchanged" and changed.outcome == "updated"
+    assert world.remote.sent[5:] == ["PATCH /companies/co-1"]
+
+
+async def test_a_replayed_create_holding_what_was_sent_is_created_replayed(world):
+    world.put("contact", sample("contact"))
+    world.links.seed(INSTANCE, "account", sample("contact")["accountId"], external_id="co-1")
+    sent = await planned_body(world, "contact", CONTACT)
+    world.remote.script("createPerson", Answer(201, {**sent, "id": "pe-1"}, REPLAYED))
+
+    outcome = await world.run("contact", CONTACT)
+
+    assert world.remote.sent == ["POST /people"]
+    assert (outcome.outcome, outcome.external_id, outcome.http_status) == ("created", "pe-1", 201)
+    assert "idempotency key" in outcome.details["replayed"]
+    assert "differed" not in outcome.details
+    assert world.link("contact", CONTACT).push_hash == payload_hash(sent)
+
+
+async def test_a_replayed_create_without_the_update_permission_keeps_no_hash(world):
+    world.put("contact", sample("contact"))
+    world.links.seed(INSTANCE, "account", sample("contact")["accountId"], external_id="co-1")
+    world.permit(("contact", "create"))
+    world.remote.script("createPerson", Answer(201, {"id": "pe-1", "lastName": "Older"},
+                                               REPLAYED))
+
+    outcome = await world.run("contact", CONTACT)
+
+    assert world.remote.sent == ["POST /people"]
+    assert (outcome.outcome, outcome.details["differed"]) == ("created", ["/lastName"])
+    assert world.link("contact", CONTACT).push_hash is None
+
+
+async def test_a_create_answered_409_with_the_existing_id_is_linked_and_updated(world):
+    world.put("contact", sample("contact"))
+    world.links.seed(INSTANCE, "account", sample("contact")["accountId"], external_id="co-1")
+    world.remote.script("createPerson", Answer(409, {"id": "pe-7", "message": "exists"}))
+    world.remote.script("updatePerson", Answer(200, {"id": "pe-7"}))
+
+    outcome = await world.run("contact", CONTACT)
+
+    assert world.remote.sent == ["POST /people", "PATCH /people/pe-7"]
+    assert (outcome.outcome, outcome.external_id) == ("updated", "pe-7")
+    assert outcome.details["replayed"] == "POST /people answered 409: pe-7 exists"
+    assert outcome.details["differed"] == "unknown: the answer shows none of the values sent"
+    assert world.link("contact", CONTACT).push_hash == payload_hash(body(world, 1))
+
+
+async def test_a_create_answered_409_without_an_id_is_a_conflict_retried_later(world):
+    world.put("contact", sample("contact"))
+    world.links.seed(INSTANCE, "account", sample("contact")["accountId"], external_id="co-1")
+    world.remote.script("createPerson", Answer(409, {"message": "try again"}))
+
+    with pytest.raises(RemoteConflict, match=r"POST /people answered 409: .*try again"):
+        await world.run("contact", CONTACT)
+
+    link = world.link("contact", CONTACT)
+    assert (link.state, link.claim) == ("creating", None)
+    assert link.last_error.startswith("RemoteConflict: ")
+
+
+# -- a push whose audit row was lost with its process -------------------------------------------
+
+
+async def test_a_redelivery_finding_its_own_mark_reports_what_it_did_without_pushing(world):
+    world.put("account", account())
+    world.remote.script("listCompanies", Answer(200, []))
+    world.remote.script("createCompany", Answer(201, {"id": "co-1"}))
+    first = await world.run("account", ACCOUNT, "m-1")
+    # the process died here: the link is stored, the audit row is not; the broker
+    # redelivers the same message (same id, same attempt), which claims the record again
+    await world.links.claim_for_create(INSTANCE, "account", ACCOUNT, "m-1", 300)
+
+    again = await world.run("account", ACCOUNT, "m-1")
+
+    assert first.outcome == "created"
+    assert (again.outcome, again.external_id, again.http_status) == ("created", "co-1", None)
+    assert "ended before the audit row was written" in again.details["recovered"]
+    assert world.remote.sent == ["GET /companies?accountNumber=C-000412", "POST /companies"]
+    assert world.bss.reads == [(ORG, "account", ACCOUNT)]  # not read again
+    assert world.link("account", ACCOUNT).claim is None
+
+
+async def test_another_message_or_attempt_pushes_as_usual(world):
+    world.put("account", account())
+    world.remote.script("listCompanies", Answer(200, []))
+    world.remote.script("createCompany", Answer(201, {"id": "co-1"}))
+    await world.run("account", ACCOUNT, "m-1")
+
+    retried = await world.push("account", ACCOUNT, "m-1").run()  # attempt 0 again: its own
+    other = world.push("account", ACCOUNT, "m-1")
+    other.attempt = 1
+    next_attempt = await other.run()
+    another = await world.run("account", ACCOUNT, "m-2")
+
+    assert retried.outcome == "created"
+    assert next_attempt.outcome == another.outcome == "unchanged"
+    assert world.link("account", ACCOUNT).push_mark == PushMark("m-1", 0, "created")
+
+
+async def test_a_delete_finding_its_own_mark_is_reported_deleted(world):
+    linked(world)
+    world.remote.script("deleteCompany", Answer(204))
+    await world.run("account", ACCOUNT, "m-1")  # gone from the BSS: deleted remotely
+    await world.links.claim_for_create(INSTANCE, "account", ACCOUNT, "m-1", 300)
+
+    again = await world.run("account", ACCOUNT, "m-1")
+
+    assert (again.outcome, again.external_id) == ("deleted", "co-1")
+    assert world.remote.sent == ["DELETE /companies/co-1"]
