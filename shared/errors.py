@@ -24,7 +24,8 @@ enter our code: ``raise RemoteUnavailable(...) from exc``.
         ├── RemoteProtocolError        the third party answered something unusable
         ├── UnsafeRequest              a redirect or next-page URL to another host
         ├── AmbiguousMatch             'match' found several remote records for one
-        └── BssRejected                the BSS refused our write (4xx)
+        ├── BssRejected                the BSS refused our write (4xx)
+        └── AuditRowRefused            PostgreSQL refused a message's audit row for its data
 
 Messages never contain credentials: callers pass the redacted request, and
 ``shared.logging.redact`` is applied to every text that leaves the process.
@@ -150,6 +151,13 @@ class AmbiguousMatch(PermanentError):
 
 class BssRejected(PermanentError):
     """The host BSS API refused a write (4xx)."""
+
+
+class AuditRowRefused(PermanentError):
+    """PostgreSQL refused a message's audit row for its data (a value, a constraint):
+    writing the same row again fails the same way, so the message is dead-lettered
+    instead of held (docs/architecture.md §5). A lost connection is an
+    :class:`InfrastructureError` instead."""
 
 
 TRANSIENT_HTTP_STATUSES = frozenset({408, 409, 423, 425, 429})
