@@ -383,3 +383,30 @@ async def test_a_row_the_sink_refuses_as_invalid_is_settled_the_same_way() -> No
     [(_, _, headers)] = publisher.copies
     assert headers["x-error-class"] == "AuditRowRefused" and "ValueError" in headers["x-error"]
     assert processor.counts["requeued"] == 0
+
+
+async def test_an_absurd_x_attempt_header_is_dead_lettered_at_decode_by_the_event_codec(
+        ) -> None:
+    from services.dispatcher.events import EVENT_CODEC
+
+    async def handler(m: InboundMessage[Any]) -> Outcome:
+        raise AssertionError("never called")
+
+    rec = Recorder()
+    session, _channel = new_session(rec)
+    sink = Sink(rec)
+    publisher = FakePublisher(rec)
+    processor = MessageProcessor(QUEUE, EVENT_CODEC, handler, sink, lambda: publisher,
+                                 concurrency=4, window=8, requeue_delay=0.01)
+    event = (b'{"id": "e-1", "entity": "account", "event": "updated", "organizationId": "o",'
+             b' "recordId": "r", "occurredAt": "2026-01-01T00:00:00Z"}')
+    props = pika.BasicProperties(message_id="e-1", headers={"x-attempt": 2**31})
+    session.received(1)
+    await processor.process(Delivery(session, 1, "bss.events", "account.updated", False,
+                                     props, event))
+    await settled(processor, session)
+    assert rec.events == [DEAD.replace("account.update.o.i", "account.updated"), "audit dead 0",
+                          "ack 1 and before"]
+    [(_, _, headers)] = publisher.copies
+    assert headers["x-error-class"] == "InvalidMessage"
+    assert "x-attempt header is 2147483648" in headers["x-error"]
