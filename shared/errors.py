@@ -166,8 +166,12 @@ TRANSIENT_HTTP_STATUSES = frozenset({408, 409, 423, 425, 429})
 def classify_http_status(status: int) -> type[SyncError] | None:
     """The error class for a remote HTTP status, or ``None`` when it is a success.
 
-    Pure: used by the third-party client and by tests that pin the policy.
+    A status outside 100-599 is no HTTP status: the third party broke the protocol
+    (``RemoteProtocolError``, never a success, never retried). Pure: used by the
+    third-party client and by tests that pin the policy.
     """
+    if not 100 <= status <= 599:
+        return RemoteProtocolError
     if status < 400:
         return None
     if status == 429:

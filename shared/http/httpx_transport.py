@@ -6,15 +6,17 @@ The BSS and third-party clients send through ``fetch`` / ``fetch_raw``
 (asyncio protocols + httptools, a third of httpx's CPU per request);
 :class:`HttpxTransport` is ``httpx.AsyncHTTPTransport`` — httpcore over anyio, what
 ``httpx.AsyncClient`` uses — with the same two methods: the same body limit,
-decoding and errors (httpx's exceptions, :class:`~shared.http.transport.BodyTooLarge`),
-so that turning our transport off changes nothing else. What the library does its
-own way: it checks an idle connection's socket before reusing it instead of resending
-a request the server hung up on, and it sends ``Content-Length: 0`` with a bodiless
-POST.
+decoding and errors (httpx's exceptions, :class:`~shared.http.transport.BodyTooLarge`,
+:class:`~shared.http.transport.NotHttpStatus` — h11 refuses a status below 100 itself,
+which is mapped back), so that turning our transport off changes nothing else. What
+the library does its own way: it checks an idle connection's socket before reusing it
+instead of resending a request the server hung up on, and it sends
+``Content-Length: 0`` with a bodiless POST.
 """
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import Iterable
 from typing import Any, Literal, Protocol
@@ -26,14 +28,18 @@ from shared.http.transport import (
     BodyTooLarge,
     Fetched,
     Http1Transport,
+    NotHttpStatus,
     Origin,
     fetched,
     refuse_line_breaks,
+    status_line,
 )
 from shared.settings import get_setting
 
 TransportKind = Literal["fast", "httpx"]
 _ADDED_BY_THE_TRANSPORT = frozenset({"host", "content-length", "transfer-encoding"})
+#: How h11 refuses a status line below 100 (it reads it as an informational answer).
+_H11_STATUS_BELOW_100 = re.compile(r"status_code should be in range \[100, 200\), not (\d+)$")
 
 
 class FetchTransport(Protocol):
@@ -70,12 +76,24 @@ class HttpxTransport:
     async def fetch(self, request: httpx.Request, max_bytes: int | None = None) -> Fetched:
         """Send ``request`` and read the whole answer, within ``max_bytes`` (decoded).
 
-        Raises httpx's exceptions and :class:`BodyTooLarge`.
+        Raises httpx's exceptions, :class:`BodyTooLarge` and :class:`NotHttpStatus`.
         """
-        response = await self._transport.handle_async_request(request)
+        try:
+            response = await self._transport.handle_async_request(request)
+        except httpx.RemoteProtocolError as exc:
+            below = _H11_STATUS_BELOW_100.search(str(exc))
+            if below is None:
+                raise
+            status = int(below[1])  # h11 keeps no reason phrase for it
+            raise NotHttpStatus(status, status_line("HTTP/1.1", status, b"")) from exc
         stream = response.stream
         assert isinstance(stream, httpx.AsyncByteStream)
         status = response.status_code
+        if not 100 <= status <= 599:
+            await stream.aclose()
+            raise NotHttpStatus(status, status_line(
+                response.extensions.get("http_version", b"HTTP/1.1"), status,
+                response.extensions.get("reason_phrase", b"")))
         try:
             declared = response.headers.get("content-length", "")
             if max_bytes is not None and declared.isdigit() and int(declared) > max_bytes:
