@@ -76,8 +76,10 @@ def header_attempt(properties: Any) -> int:
     value = headers.get(H_ATTEMPT)
     if value is None:
         return 0
-    if type(value) is int and 0 <= value <= MAX_ATTEMPT:
-        return value
+    if isinstance(value, int) and not isinstance(value, bool):  # pika's long is an int
+        if 0 <= value <= MAX_ATTEMPT:
+            return int(value)
+        value = int(value)
     if type(value) is bytes:
         value = value.decode("ascii", "replace")
     if (type(value) is str and value.isascii() and value.isdigit() and len(value) <= 4

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pika.compat import long
 
 from services.dispatcher.events import EVENT_CODEC, push_messages
 from shared.connector import load_connector
@@ -174,7 +175,7 @@ def test_an_event_holding_a_lone_surrogate_is_refused_with_its_place() -> None:
 
 
 @pytest.mark.parametrize(("header", "attempt"), [(None, 0), (0, 0), (3, 3), ("7", 7),
-                                                 (b"12", 12), (1000, 1000)])
+                                                 (b"12", 12), (1000, 1000), (long(9), 9)])
 def test_the_x_attempt_header_gives_an_events_attempt(header: Any, attempt: int) -> None:
     import pika
 
@@ -183,7 +184,8 @@ def test_the_x_attempt_header_gives_an_events_attempt(header: Any, attempt: int)
     assert decoded.context.attempt == attempt
 
 
-@pytest.mark.parametrize("header", [2**31, 1001, -1, "abc", "²", 2.5, True, [1], "9" * 50])
+@pytest.mark.parametrize("header", [2**31, long(2**31), 1001, -1, "abc", "²", 2.5, True, [1],
+                                    "9" * 50])
 def test_an_absurd_x_attempt_header_is_an_invalid_message(header: Any) -> None:
     import pika
 
