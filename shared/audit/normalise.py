@@ -62,8 +62,7 @@ NORMALISED = "normalised"
 
 _DIRECTIONS = frozenset({"push", "pull"})
 _UNSAFE = re.compile("[\x00\ud800-\udfff]")
-#: What PostgreSQL refuses in JSON text as json.dumps(ensure_ascii=False) writes it.
-_UNSAFE_JSON = re.compile("\\\\u0000|[\ud800-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _INT64 = 2**63
 _FLOAT_MAX = 10**308
 _IDENTIFIERS = ("category", "service", "org_id", "instance_id", "entity", "action",
@@ -78,28 +77,37 @@ def to_row(record: AuditRecord) -> Row:
 
     Raises ``ValueError`` only for an outcome that is not an :class:`Outcome`.
     """
-    outcome = Outcome(record.outcome)
+    r = record
+    outcome = r.outcome if type(r.outcome) is Outcome else Outcome(r.outcome)
     changes: Changes = {}
-    at = record.at
+    at = r.at
     if at.tzinfo is None:
         at = at.replace(tzinfo=UTC)
         changes["at"] = "read as UTC"
-    direction = record.direction
+    direction = r.direction
     if direction is not None and direction not in _DIRECTIONS:
         changes["direction"] = direction
         direction = None
-    ident = {name: fit_ident(getattr(record, name), changes, name) for name in _IDENTIFIERS}
-    attempt = fit_attempt(record.attempt, changes)
-    status = fit_status(record.http_status, changes)
-    duration = fit_duration(record.duration_ms, changes)
-    message = fit_message(record.error_message, changes)
-    details = fit_details(record.details, changes)
-    return (
-        at, ident["category"], ident["service"], ident["org_id"], ident["instance_id"],
-        ident["entity"], direction, ident["action"], ident["record_id"], ident["external_id"],
-        outcome.value, attempt, status, ident["error_class"], message, duration,
-        ident["run_id"], ident["message_id"], ident["correlation_id"], details,
-    )
+    idents = [r.category, r.service, r.org_id, r.instance_id, r.entity, r.action, r.record_id,
+              r.external_id, r.error_class, r.run_id, r.message_id, r.correlation_id]
+    for index, value in enumerate(idents):  # the hot path: short ASCII, left as it is
+        if value is not None and not (type(value) is str and value.isascii()
+                                      and len(value) <= MAX_IDENT_BYTES and "\x00" not in value):
+            idents[index] = fit_ident(value, changes, _IDENTIFIERS[index])
+    category, service, org, instance, entity, action, record_id, external_id = idents[:8]
+    error_class, run_id, message_id, correlation_id = idents[8:]
+    attempt = r.attempt
+    if not (type(attempt) is int and 0 <= attempt <= INT4_MAX):
+        attempt = fit_attempt(attempt, changes)
+    status = r.http_status
+    if status is not None and not (type(status) is int and 100 <= status <= 599):
+        status = fit_status(status, changes)
+    duration = fit_duration(r.duration_ms, changes)
+    message = fit_message(r.error_message, changes)
+    details = fit_details(r.details, changes)
+    return (at, category, service, org, instance, entity, direction, action, record_id,
+            external_id, outcome.value, attempt, status, error_class, message, duration, run_id,
+            message_id, correlation_id, details)
 
 
 # --------------------------------------------------------------------------- texts
@@ -195,7 +203,10 @@ def fit_duration(value: Any, changes: Changes) -> float | None:
 def fit_details(details: Any, changes: Changes) -> str:
     """The ``details`` JSON text: redacted, with ``changes`` under ``normalised``, and
     every value PostgreSQL's ``jsonb`` refuses made acceptable (module docstring)."""
-    data = details if isinstance(details, Mapping) else {"details": details}
+    if not details and not changes:
+        return "{}"
+    data = details if type(details) is dict or isinstance(details, Mapping) else {
+        "details": details}
     if changes:
         data = {**data, NORMALISED: changes}
     if not data:
@@ -205,7 +216,8 @@ def fit_details(details: Any, changes: Changes) -> str:
                           allow_nan=False)
     except (ValueError, TypeError, RecursionError):
         return _fit_slowly(data)
-    if len(text) > MAX_DETAILS_CHARS or _UNSAFE_JSON.search(text) is not None:
+    if (len(text) > MAX_DETAILS_CHARS or "\\u0000" in text
+            or (not text.isascii() and _SURROGATE.search(text) is not None)):
         return _fit_slowly(data)
     return text
 
