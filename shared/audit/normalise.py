@@ -11,7 +11,7 @@ column            a value it cannot hold becomes
 ``attempt``       clamped to 0 … 2,147,483,647 (``integer``)
 ``duration_ms``   NULL unless a finite number; 0 when negative
 ``direction``     NULL unless ``push`` or ``pull``
-``at``            a time without a zone is read as UTC
+``at``            a time without a zone is read as UTC (not a time: now)
 every text        NUL and lone surrogates (text that was not UTF-8) → U+FFFD;
                   identifiers cut to 1,000 UTF-8 bytes (an index entry must stay
                   under PostgreSQL's 2,704), the error message to 4,000
@@ -81,7 +81,10 @@ def to_row(record: AuditRecord) -> Row:
     outcome = r.outcome if type(r.outcome) is Outcome else Outcome(r.outcome)
     changes: Changes = {}
     at = r.at
-    if at.tzinfo is None:
+    if not isinstance(at, datetime):
+        changes["at"] = at
+        at = datetime.now(UTC)
+    elif at.tzinfo is None:
         at = at.replace(tzinfo=UTC)
         changes["at"] = "read as UTC"
     direction = r.direction
@@ -90,7 +93,8 @@ def to_row(record: AuditRecord) -> Row:
         direction = None
     idents = [r.category, r.service, r.org_id, r.instance_id, r.entity, r.action, r.record_id,
               r.external_id, r.error_class, r.run_id, r.message_id, r.correlation_id]
-    for index, value in enumerate(idents):  # the hot path: short ASCII, left as it is
+    # Identifiers carry no secrets and are not redacted: short ASCII is the hot path.
+    for index, value in enumerate(idents):
         if value is not None and not (type(value) is str and value.isascii()
                                       and len(value) <= MAX_IDENT_BYTES and "\x00" not in value):
             idents[index] = fit_ident(value, changes, _IDENTIFIERS[index])

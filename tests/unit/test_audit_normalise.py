@@ -143,6 +143,9 @@ def test_a_direction_that_is_neither_push_nor_pull_is_null_and_kept() -> None:
 def test_a_time_without_a_zone_is_read_as_utc() -> None:
     values = row_of(at=datetime(2026, 1, 2, 3, 4))
     assert values["at"] == datetime(2026, 1, 2, 3, 4, tzinfo=UTC)
+    values = row_of(at="yesterday")
+    assert values["at"].tzinfo is not None
+    assert details_of(values)["normalised"]["at"] == "yesterday"
 
 
 @pytest.mark.parametrize("column", TEXTS)
