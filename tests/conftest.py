@@ -5,4 +5,5 @@ otherwise testcontainers); unit tests never touch them. HubSpot's published spec
 come from ``VENDOR_SPECS`` (``tests/fixtures/vendor_specs.py``).
 """
 
-pytest_plugins = ["tests.fixtures.database", "tests.fixtures.amqp", "tests.fixtures.vendor_specs"]
+pytest_plugins = ["tests.fixtures.database", "tests.fixtures.amqp", "tests.fixtures.vendor_specs",
+                  "tests.fixtures.rabbit_node"]
