@@ -49,7 +49,7 @@ from kombu import Connection, Exchange, Queue, binding
 
 from shared.errors import ConfigurationError
 from shared.logging import redact
-from shared.messaging.amqp_url import broker_at
+from shared.messaging.amqp_url import broker_at, broker_urls, kombu_hostname
 from shared.settings import DEFAULT_RETRY_DELAYS
 
 EVENTS_EXCHANGE = "bss.events"
@@ -324,14 +324,15 @@ def conflict_message(conflicts: Sequence[Conflict], amqp_url: str) -> str:
 @contextlib.contextmanager
 def open_declaring_connection(amqp_url: str, timeout: float = DECLARE_TIMEOUT,
                               ) -> Iterator[Connection]:
-    """An open kombu connection; broker and network failures raise ``InfrastructureError``
-    naming the broker (password masked). Publishes on it are confirmed."""
+    """An open kombu connection (to the first node of ``amqp_url`` that answers); broker
+    and network failures raise ``InfrastructureError`` naming the broker (password
+    masked). Publishes on it are confirmed."""
     from shared.errors import InfrastructureError
 
     try:
-        with Connection(amqp_url, connect_timeout=timeout,
+        with Connection(kombu_hostname(amqp_url), connect_timeout=timeout,
                         transport_options={"confirm_publish": True}) as conn:
-            conn.ensure_connection(max_retries=1, timeout=timeout)
+            conn.ensure_connection(max_retries=len(broker_urls(amqp_url)), timeout=timeout)
             yield conn
     except (ConfigurationError, InfrastructureError):
         raise
