@@ -43,6 +43,7 @@ from shared.messaging.topology import (
     DEFAULT_EXCHANGE,
     MIGRATE_COMMAND,
     Conflict,
+    TopologyConflict,
     declare_entities,
     describe,
     existing_queues,
@@ -63,7 +64,8 @@ class MigrationRefused(ConfigurationError):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Migrated:
-    """One queue replaced (or a holding queue emptied back) and what was moved."""
+    """One queue replaced (or a holding queue emptied back) and how many messages it
+    received from the migration."""
 
     queue: str
     moved: int
@@ -82,12 +84,17 @@ def migrate_topology(
 
     Returns the declared entities (one line each, as :func:`declare_topology`) and
     what was migrated. Raises :class:`MigrationRefused` when a queue needs migrating
-    while a work queue has consumers, ``InfrastructureError`` when the broker cannot
-    be reached or fails mid-way (run again: a migration resumes where it stopped).
+    while a work queue has consumers, :class:`TopologyConflict` when an exchange
+    differs (exchanges hold no messages, but bss-sync will not delete what others may
+    publish to), ``InfrastructureError`` when the broker cannot be reached or fails
+    mid-way (run again: a migration resumes where it stopped).
     """
     exchanges, queues = topology(retry_delays, delivery_limit)
     with open_declaring_connection(amqp_url, timeout) as conn:
-        declare_entities(conn, exchanges)
+        refused = declare_entities(conn, exchanges)
+        if refused:
+            raise TopologyConflict("; ".join(map(str, refused)) + ": delete or rename that "
+                                   f"exchange, then run `{MIGRATE_COMMAND}` again")
         conflicts = declare_entities(conn, queues)
         holding = existing_queues(conn, [holding_queue(q.name) for q in queues])
         if conflicts or holding:
@@ -128,13 +135,13 @@ def _replace(conn: Connection, conflict: Conflict, timeout: float) -> Migrated:
         holding(channel).declare()
         for b in queue.bindings:
             channel.queue_unbind(queue.name, b.exchange.name, b.routing_key)
-        moved = move_messages(conn, queue.name, holding.name, timeout=timeout)
-        moved += _delete_drained(conn, queue.name, holding.name, timeout)
+        move_messages(conn, queue.name, holding.name, timeout=timeout)
+        _delete_drained(conn, queue.name, holding.name, timeout)
         queue(channel).declare()
         for b in queue.bindings:
             channel.queue_unbind(holding.name, b.exchange.name, b.routing_key)
-        move_messages(conn, holding.name, queue.name, timeout=timeout)
-        _delete_drained(conn, holding.name, queue.name, timeout)
+        moved = move_messages(conn, holding.name, queue.name, timeout=timeout)
+        moved += _delete_drained(conn, holding.name, queue.name, timeout)
     finally:
         if channel.is_open:
             channel.close()

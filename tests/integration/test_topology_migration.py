@@ -236,3 +236,14 @@ def test_an_interrupted_migration_blocks_the_services_until_the_next_run_ends_it
     assert [m["id"] for m in _contents(url, pusher.name)] == [
         f"held-{n}" for n in range(PER_QUEUE)]
     declare_topology(url, LADDER, LIMIT)  # the services may start again
+
+
+def test_an_exchange_that_differs_is_refused_not_replaced(
+        empty_vhost: str, cli_env: None, capsys: pytest.CaptureFixture[str]) -> None:
+    with Connection(empty_vhost) as conn:
+        Exchange("sync.push", type="direct", durable=True)(conn.channel()).declare()
+    assert main(["topology", "declare"]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("bss-sync: exchange 'sync.push': inequivalent arg 'type'")
+    assert line.endswith("delete or rename that exchange, then run `bss-sync topology "
+                         "declare` again")
