@@ -49,6 +49,7 @@ from shared.messaging.topology import (
     existing_queues,
     holding_queue,
     open_declaring_connection,
+    require_at_least_once,
     topology,
     work_queues,
 )
@@ -83,12 +84,15 @@ def migrate_topology(
     """Declare the topology, migrating every queue whose arguments differ.
 
     Returns the declared entities (one line each, as :func:`declare_topology`) and
-    what was migrated. Raises :class:`MigrationRefused` when a queue needs migrating
+    what was migrated. Raises :class:`TopologyConflict` when the broker cannot
+    dead-letter at least once (:func:`require_at_least_once`),
+    :class:`MigrationRefused` when a queue needs migrating
     while a work queue has consumers, :class:`TopologyConflict` when an exchange
     differs (exchanges hold no messages, but bss-sync will not delete what others may
     publish to), ``InfrastructureError`` when the broker cannot be reached or fails
     mid-way (run again: a migration resumes where it stopped).
     """
+    require_at_least_once(amqp_url, timeout=timeout)
     exchanges, queues = topology(retry_delays, delivery_limit)
     with open_declaring_connection(amqp_url, timeout) as conn:
         refused = declare_entities(conn, exchanges)

@@ -42,6 +42,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -74,6 +76,9 @@ AT_LEAST_ONCE = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "rejec
 HOLDING_SUFFIX = ".migrating"
 #: The command that brings an installation's queues to this topology.
 MIGRATE_COMMAND = "bss-sync topology declare"
+#: Streams declared (and deleted at once) to check that the broker can dead-letter at
+#: least once (:func:`require_at_least_once`).
+FEATURE_CHECK_PREFIX = "bss-sync.feature-check."
 
 
 class TopologyConflict(ConfigurationError):
@@ -307,6 +312,35 @@ def declare_topology(
             f"{', '.join(repr(q) for q in unfinished)} still hold messages moved out of "
             f"their queues; run `{MIGRATE_COMMAND}` to finish it")
     return [describe(e) for e in entities]
+
+
+def require_at_least_once(amqp_url: str, *, timeout: float = DECLARE_TIMEOUT) -> None:
+    """Raise :class:`TopologyConflict` unless the broker dead-letters at least once.
+
+    That needs RabbitMQ 3.10 or later with the ``stream_queue`` feature flag enabled
+    (required from 3.12; a node upgraded from 3.8 or 3.9 may have it off). Without
+    it RabbitMQ accepts the queues' ``x-dead-letter-strategy: at-least-once`` and
+    silently dead-letters at most once, so the check declares a stream queue of
+    its own, which RabbitMQ refuses then, and deletes it. ``InfrastructureError``
+    when the broker cannot be reached.
+    """
+    import amqp.exceptions
+
+    name = f"{FEATURE_CHECK_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
+    with open_declaring_connection(amqp_url, timeout) as conn:
+        channel = conn.channel()
+        try:
+            channel.queue_declare(name, durable=True, auto_delete=False,
+                                  arguments={"x-queue-type": "stream"})
+        except amqp.exceptions.AMQPError as exc:
+            reason = getattr(exc, "reply_text", None) or str(exc)
+            raise TopologyConflict(
+                f"{broker_at(amqp_url)} cannot dead-letter at least once: it refused a "
+                f"stream queue ({reason}); bss-sync needs RabbitMQ 3.10 or later with the "
+                "stream_queue feature flag enabled (`rabbitmqctl enable_feature_flag "
+                "stream_queue`)") from exc
+        channel.queue_delete(name)
+        channel.close()
 
 
 def conflict_message(conflicts: Sequence[Conflict], amqp_url: str) -> str:

@@ -12,7 +12,10 @@ teardown leaves no process behind.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,9 +23,11 @@ from pathlib import Path
 from kombu import Connection, Exchange, Producer, Queue
 
 from shared.messaging.topology import WorkQueue, declare_topology, work_queues
-from tests.fixtures.rabbit_node import RabbitNode, node_home, require_rabbitmq_server
+from tests.fixtures.rabbit_node import RabbitNode, node_home, own_node, require_rabbitmq_server
 from tests.fixtures.waiting import wait_until
 
+REPO = Path(__file__).resolve().parents[2]
+BSS_SYNC = Path(sys.executable).parent / "bss-sync"
 QUORUM = {"x-queue-type": "quorum"}
 #: Long enough that the copies are still in the retry queues when the broker stops,
 #: short enough that they expire while it is down.
@@ -194,3 +199,36 @@ def _round(node: RabbitNode, url: str, fault: str) -> None:
         assert set(seen) == ids, f"{fault}, {queue}: missing {sorted(ids - set(seen))[:5]}"
         assert sum(seen.values()) == len(ids), \
             f"{fault}, {queue}: duplicates {seen.most_common(3)}"
+
+
+# ------------------------------------------------------------- a broker that cannot
+
+
+#: A node created without the stream_queue feature flag, as one upgraded from 3.9 may be.
+NO_STREAMS = ("[{rabbit, [{forced_feature_flags_on_init, [quorum_queue, "
+              "implicit_default_bindings, virtual_host_metadata, maintenance_mode_status, "
+              "user_limits]}]}].\n")
+
+
+def test_a_broker_that_would_dead_letter_at_most_once_is_refused() -> None:
+    """Without the stream_queue feature flag RabbitMQ accepts the at-least-once strategy
+    and ignores it: ``topology declare`` and the services refuse such a broker."""
+    with own_node(advanced_config=NO_STREAMS) as node:
+        assert "stream_queue\tdisabled" in node.rabbitmqctl("list_feature_flags")
+        env = {**os.environ, "AMQP_URL": node.amqp_url, "LOG_FORMAT": "json"}
+        declared = subprocess.run([str(BSS_SYNC), "topology", "declare"], env=env, cwd=REPO,
+                                  capture_output=True, text=True, timeout=60, check=False)
+        service = subprocess.run([sys.executable, "-m", "services.pusher"], env=env, cwd=REPO,
+                                 capture_output=True, text=True, timeout=60, check=False)
+    assert declared.returncode == 1, declared.stderr
+    assert declared.stdout == ""
+    [line] = declared.stderr.splitlines()
+    assert line.startswith(f"bss-sync: RabbitMQ at 127.0.0.1:{node.amqp_port} (vhost \"/\", "
+                           "user guest) cannot dead-letter at least once: it refused a stream "
+                           "queue (")
+    assert line.endswith("bss-sync needs RabbitMQ 3.10 or later with the stream_queue feature "
+                         "flag enabled (`rabbitmqctl enable_feature_flag stream_queue`)")
+    assert service.returncode == 78, service.stderr
+    [logged] = [json.loads(line) for line in service.stdout.splitlines()
+                if '"cannot start"' in line]
+    assert "cannot dead-letter at least once" in logged["error"]
