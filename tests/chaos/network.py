@@ -42,11 +42,13 @@ HTTP_GARBAGE = "http-garbage"
 HTTP_DROP = "http-drop"
 HTTP_FAULTS = (HTTP_5XX, HTTP_TIMEOUT, HTTP_999, HTTP_GARBAGE, HTTP_DROP)
 
+#: Bodies no client can use, whatever it asked. Not ``[]``: to a search that is a
+#: plausible "nothing found", a lie no client could detect, not garbage.
 GARBAGE_BODIES = (
     (b"text/html", b"<html><body><h1>502 Bad Gateway</h1></body></html>"),
     (b"application/json", b'{"id": 12, "name": "trunc'),
     (b"application/json", b"\x00\xff\xfe garbage \x80"),
-    (b"application/json", b"[]"),
+    (b"application/json", b"{}"),
 )
 
 

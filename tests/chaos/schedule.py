@@ -77,6 +77,8 @@ def _lane(rng: random.Random, span: float, kinds: Sequence[str],
     faults: list[Fault] = []
     at = rng.uniform(*pause)
     while at < span or first:
+        if not first and not again:
+            break
         kind = first.pop() if first else rng.choice(again)
         lasting = round(rng.uniform(*duration[kind]), 1)
         faults.append(Fault(round(at, 1), kind, lasting,
@@ -92,7 +94,7 @@ def make_schedule(seed: int, span: float, infra_kinds: Sequence[str],
     Every kind appears at least once even if that runs past ``span``.
     """
     rng = random.Random(seed)
-    infra = _lane(rng, span, infra_kinds, DURATIONS, INFRA_PAUSE, None)
+    infra = _lane(rng, span, infra_kinds, DURATIONS, INFRA_PAUSE, None) if infra_kinds else []
     http = _lane(rng, span, http_kinds, dict.fromkeys(http_kinds, HTTP_WINDOW), HTTP_PAUSE,
-                 HTTP_SHARE)
+                 HTTP_SHARE) if http_kinds else []
     return infra, http
