@@ -128,6 +128,7 @@ class FaultRunner:
         self.played: list[Played] = []
         self.stop = threading.Event()
         self._http_thread: threading.Thread | None = None
+        self._broker_down = False
         self._started = 0.0
 
     def start_http(self, http: list[Fault]) -> None:
@@ -152,9 +153,13 @@ class FaultRunner:
         if self._http_thread is not None:
             self._http_thread.join(30)
         self.http_proxy.close_window()
-        self.db_proxy.refuse_for(0)
-        if self.broker is not None and not self.broker.running:
-            self.broker.start()
+        self.db_proxy.accept()
+        if self.broker is not None and self._broker_down:  # its fault did not finish
+            if self.broker.running:
+                self.broker.start_app()
+            else:
+                self.broker.start()
+            self._broker_down = False
         sandbox = self.stack.sandbox
         if sandbox is not None and not sandbox.alive:  # the pusher reads it at that port
             self.stack.start_sandbox(port=sandbox.port)
@@ -207,14 +212,18 @@ class FaultRunner:
             self._down(fault.duration)
         elif fault.kind == BROKER_STOP_APP:
             self._fill_retry_queues()
+            self._broker_down = True
             self.broker.stop_app()
             self._down(fault.duration)
             self.broker.start_app()
+            self._broker_down = False
         elif fault.kind == BROKER_KILL:
             self._fill_retry_queues()
+            self._broker_down = True
             self.broker.kill()
             self._down(fault.duration)
             self.broker.start()
+            self._broker_down = False
         else:
             raise ValueError(f"unknown fault {fault.kind!r}")
 

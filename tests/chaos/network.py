@@ -108,6 +108,10 @@ class TcpProxy:
         self._refuse_until = time.monotonic() + seconds
         self.cut()
 
+    def accept(self) -> None:
+        """Accept new connections again (the end of :meth:`refuse_for`), cutting nothing."""
+        self._refuse_until = 0.0
+
     def _cut(self) -> None:
         self.cuts += 1
         for transport in list(self._transports):
