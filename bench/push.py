@@ -260,6 +260,12 @@ class Bench:
             " AND service = %s AND outcome = 'created'", (since, PUSHER)).fetchone()
         return int(row[0]) if row else 0
 
+    def dispatched(self, conn: psycopg.Connection[Any], since: float) -> int:
+        """Events the dispatcher settled since ``since``."""
+        row = conn.execute("SELECT count(*) FROM audit_log WHERE at >= to_timestamp(%s)"
+                           " AND service = %s", (since, DISPATCHER)).fetchone()
+        return int(row[0]) if row else 0
+
     def wait_pushed(self, since: float, count: int) -> float:
         """Until ``count`` accounts are pushed; returns when the last one was (its audit
         row's time). Polls once a second: the count scans the pass's audit rows, and
@@ -324,15 +330,22 @@ class Bench:
 
     def measure_drain(self, concurrency: int, pushers: int) -> None:
         """Start the services on a full queue; measure once they push (warm)."""
-        started = time.time()
+        started, commits_before = time.time(), self.commits()
         self.start_services(concurrency, pushers)
         with psycopg.connect(self.database_url, autocommit=True) as conn:
+            # The dispatcher is done before the pushers are warm: its CPU per event is
+            # measured from its first audit row to its last (start-up left out).
+            while (dispatched := self.dispatched(conn, started)) == 0:
+                time.sleep(0.01)
+            dispatcher_first = proc_stats(self.processes[DISPATCHER].pid)[0], dispatched
             while self.pushed(conn, started) == 0:
                 time.sleep(0.05)
             first = self.snapshot()
             first_count = self.pushed(conn, started)
         finished = self.wait_pushed(started, self.records)
         last = self.snapshot()  # CPU: the idle second after the last push adds ~nothing
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            dispatched = self.dispatched(conn, started) - dispatcher_first[1]
         elapsed = finished - first["time"]
         done = self.records - first_count
         print(f"cold start: {first['time'] - started:.1f} s from launching the services to "
@@ -351,8 +364,14 @@ class Bench:
             peak = f"{proc_stats(pid)[1] / 1e6:>8.0f} MB" if pid else "  (server)"
             print(f"{labels.get(name, name):<12} {cpu:>8.1f} {cpu / elapsed * 100:>6.0f}% "
                   f"{cpu / done * 1000:>14.2f} {peak:>10}")
+        dispatcher_cpu = last[DISPATCHER] - dispatcher_first[0]
+        print(f"dispatcher, from its first audit row to its last: "
+              f"{dispatcher_cpu / max(dispatched, 1) * 1000:.3f} ms CPU per event "
+              f"({dispatched} events; {last[DISPATCHER]:.2f} s CPU in all, start-up included)")
         commits = last["commits"] - first["commits"]
-        print(f"PostgreSQL transactions committed: {commits / done:.1f} per record")
+        print(f"PostgreSQL transactions committed: {commits / done:.1f} per record "
+              f"({(last['commits'] - commits_before) / self.records:.2f} from the services' "
+              "start, dispatching included)")
         self.capacity = done / elapsed
 
     def run_pass(self, delay_ms: int, tag: str, concurrency: int, pushers: int) -> None:

@@ -9,6 +9,11 @@ a batch runs wait and form the next batch (at most ``max_batch`` each), so under
 load batches grow by themselves, and a lone call waits for one turn of the event
 loop only.
 
+``gather=True`` keeps a batch open while each turn of the event loop brings a new
+item (as the audit writer's group commit does): callers that reach ``submit`` one
+per turn — workers woken one after the other by a burst of deliveries — then share
+one batch instead of a few each.
+
 ``run`` returns one result per item, in order: a value, or an exception for that
 item alone. When ``run`` itself raises, every item of the batch gets the error.
 """
@@ -29,11 +34,12 @@ class Coalescer(Generic[T, R]):
     """See the module docstring."""
 
     def __init__(self, run: Callable[[list[T]], Awaitable[list[R | BaseException]]], *,
-                 max_batch: int = DEFAULT_MAX_BATCH) -> None:
+                 max_batch: int = DEFAULT_MAX_BATCH, gather: bool = False) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self._run = run
         self._max_batch = max_batch
+        self._gather = gather
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
@@ -51,6 +57,8 @@ class Coalescer(Generic[T, R]):
         try:
             while self._pending:
                 await asyncio.sleep(0)  # the calls made in this turn join the batch
+                if self._gather:
+                    await self._gathered()
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
                 await self._serve(batch)
@@ -60,6 +68,14 @@ class Coalescer(Generic[T, R]):
                 for _, future in self._pending:
                     future.cancel()
                 self._pending.clear()
+
+    async def _gathered(self) -> None:
+        """Yield while each turn brings a new item, up to ``max_batch``."""
+        while len(self._pending) < self._max_batch:
+            before = len(self._pending)
+            await asyncio.sleep(0)
+            if len(self._pending) == before:
+                return
 
     async def _serve(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         self.batches += 1

@@ -24,4 +24,6 @@ def make_handler(deps: RuntimeDeps) -> EventHandler:
 
 if __name__ == "__main__":
     parse_service_args(DISPATCHER, SUMMARY)
-    sys.exit(main(DISPATCHER, EVENT_CODEC, make_handler))
+    # A BSS publishes at least once, and its second copy of an event looks like a first:
+    # every event is looked up in the audit log, in batches (docs/architecture.md §5).
+    sys.exit(main(DISPATCHER, EVENT_CODEC, make_handler, always_deduplicate=True))

@@ -13,6 +13,13 @@ pusher then holds two messages for one record, and its link claim serialises the
 (the second finds the record claimed, retries, and ends ``unchanged``). Reusing
 the ids instead would let two pushers both own the claim (a claim is keyed by
 message id so that a redelivery after a crash can resume at once).
+
+A BSS publishes at least once: an outbox relay killed between the broker's confirm
+and marking its rows sent publishes them again, same event id, not flagged
+redelivered. So the dispatcher runs with ``always_deduplicate`` (``__main__``):
+every event is looked up in the audit log before it is handled — concurrent
+look-ups in one query — and a second copy of an event already settled is acked
+without a second fan-out (docs/architecture.md §5, *The dispatcher*).
 """
 
 from __future__ import annotations

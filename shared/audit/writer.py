@@ -30,13 +30,13 @@ import structlog
 
 from shared.audit.normalise import (
     COLUMNS,
-    INT4_MAX,
     MAX_MESSAGE_CHARS,
     Row,
     fit_ident,
     to_row,
 )
 from shared.audit.record import FINAL_OUTCOMES, AuditRecord, Outcome
+from shared.audit.settled import SettledLookup, fit_key, settled_outcomes
 from shared.errors import AuditRowRefused, InfrastructureError
 from shared.logging import redact
 from shared.storage.db import Database
@@ -89,6 +89,8 @@ class AuditWriter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._partitions_checked = 0.0
+        #: De-duplication look-ups, concurrent ones in one query (shared.audit.settled).
+        self.lookups = SettledLookup(db)
         self.rows_written = 0
         self.batches_written = 0
 
@@ -246,10 +248,11 @@ class AuditWriter:
     async def settled_outcome(self, message_id: str, attempt: int) -> Outcome | None:
         """The outcome already recorded for this message attempt, or ``None``.
 
-        Lets a consumer recognise a redelivered message it already settled.
+        Lets a consumer recognise a redelivered message it already settled. Concurrent
+        look-ups go to PostgreSQL as one query (:mod:`shared.audit.settled`).
         Raises :class:`InfrastructureError`.
         """
-        return await settled_outcome(self.db, message_id, attempt)
+        return await self.lookups.settled_outcome(message_id, attempt)
 
     async def final_outcome(self, message_id: str) -> Outcome | None:
         """The last final outcome (see ``FINAL_OUTCOMES``) of any attempt, or ``None``."""
@@ -300,12 +303,8 @@ async def settled_outcome(db: Database, message_id: str, attempt: int) -> Outcom
     The key is fitted as the row's was (:mod:`shared.audit.normalise`): a message id
     holding a NUL finds its row, and asks PostgreSQL nothing it would refuse.
     """
-    value = await db.fetchval(
-        "SELECT outcome FROM audit_log WHERE message_id = %s AND attempt = %s"
-        " ORDER BY at DESC, id DESC LIMIT 1",
-        (fit_ident(message_id), min(max(attempt, 0), INT4_MAX)),
-    )
-    return None if value is None else Outcome(value)
+    key = fit_key(message_id, attempt)
+    return (await settled_outcomes(db, [key])).get(key)
 
 
 async def final_outcome(db: Database, message_id: str) -> Outcome | None:

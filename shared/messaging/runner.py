@@ -71,7 +71,8 @@ async def run_consumer(
     """Run ``service``'s consumer until SIGTERM/SIGINT (or, with ``burst_idle``, an empty queue).
 
     ``always_deduplicate`` looks every message up in the audit log before handling
-    it (one query each), so that a producer's duplicate publish is recognised too.
+    it (concurrent look-ups in one query), so that a producer's duplicate publish is
+    recognised too: the dispatcher's setting.
     Raises :class:`~shared.errors.ConfigurationError` when the topology conflicts
     with what RabbitMQ holds (an operator must act; retrying would not help).
     """

@@ -6,12 +6,10 @@ not flagged redelivered). The second copy must be recognised — one ``dispatche
 row, one push message — as the chaos suite's reconciliation demands (one final row
 per message; ``CHAOS_FAULTS=kill-sandbox`` shows ~20 events dispatched twice).
 
-Not so today: only a look-up in the audit log finds such a copy, and the runtime's
-``always_deduplicate`` does it with one query per message — measured with
-``bench/push.py --records 4000 --delays 0 --pushers 1``: the dispatcher's CPU per
-record x5, PostgreSQL transactions per record 0.2 -> 1.0-1.3, end-to-end throughput
-down 40-55 %. A batched look-up (one query per batch of concurrent deliveries, as
-link claims are batched) is the way; until then this test is an expected failure.
+The dispatcher looks every event up in the audit log before it fans it out, the
+look-ups of concurrent events in one query (docs/architecture.md §5, *The
+dispatcher*); one query per event cost the dispatcher 3-5x its CPU
+(``bench/dispatcher.py``).
 """
 
 from __future__ import annotations
@@ -32,8 +30,6 @@ from tests.fixtures.waiting import wait_until
 pytestmark = pytest.mark.e2e
 
 
-@pytest.mark.xfail(strict=True, reason="a BSS event published twice is dispatched twice: "
-                   "the per-message look-up that would catch it costs too much (see above)")
 def test_an_event_published_twice_is_dispatched_once(acme: AcmeWorld) -> None:
     tenant = acme.tenant()
     stack, audit = acme.stack, acme.stack.audit

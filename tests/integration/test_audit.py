@@ -14,6 +14,7 @@ import structlog.testing
 
 from shared.audit.record import AuditRecord, Outcome
 from shared.audit.search import AuditQuery, search
+from shared.audit.settled import SettledLookup
 from shared.audit.writer import AuditWriter, final_outcome
 from shared.cli.main import main
 from shared.errors import AuditRowRefused, InfrastructureError
@@ -187,6 +188,37 @@ async def test_settled_and_final_outcomes(db: Database, audit_writer: AuditWrite
     assert await audit_writer.final_outcome("m") == Outcome.DEAD
     await audit_writer.write(record(outcome=Outcome.RETRYING, message_id="n"))
     assert await final_outcome(db, "n") is None
+
+
+async def test_concurrent_lookups_are_one_query_and_each_gets_its_own_answer(
+        db: Database, audit_writer: AuditWriter) -> None:
+    """The dispatcher looks every event up: concurrent look-ups share a query (at most
+    200 keys each), and each key gets the latest outcome of its own attempt."""
+    rows = [record(n, outcome=Outcome.RETRYING, message_id=f"m-{n}") for n in range(0, 150, 3)]
+    rows += [record(n, outcome=Outcome.DEAD, message_id=f"m-{n}", attempt=1)
+             for n in range(0, 150, 3)]
+    rows += [record(n, outcome=Outcome.DISPATCHED, message_id=f"m-{n}") for n in range(1, 150, 3)]
+    await audit_writer.write_many(rows)
+    await audit_writer.write(record(1, outcome=Outcome.DEAD, message_id="m-1"))  # a later row
+    before = audit_writer.lookups.queries
+    keys = [(f"m-{n}", attempt) for n in range(150) for attempt in (0, 1)]
+    answers = await asyncio.gather(*(audit_writer.settled_outcome(*key) for key in keys))
+    assert audit_writer.lookups.queries - before == 2  # 300 keys: 200, then 100
+    expected = {0: (Outcome.RETRYING, Outcome.DEAD), 1: (Outcome.DISPATCHED, None),
+                2: (None, None)}
+    wanted = [expected[int(message_id[2:]) % 3][attempt] for message_id, attempt in keys]
+    wanted[keys.index(("m-1", 0))] = Outcome.DEAD  # its latest row
+    assert answers == wanted
+
+
+async def test_a_lookup_that_fails_fails_with_infrastructure_error(database_url: str) -> None:
+    closed = Database(database_url, min_size=1, max_size=1)
+    await closed.open()
+    await closed.close()
+    lookups = SettledLookup(closed)
+    results = await asyncio.gather(lookups.settled_outcome("m", 0),
+                                   lookups.settled_outcome("n", 0), return_exceptions=True)
+    assert [type(r) for r in results] == [InfrastructureError, InfrastructureError]
 
 
 async def test_secrets_never_reach_audit_rows(db: Database, audit_writer: AuditWriter) -> None:

@@ -42,3 +42,26 @@ async def test_a_failing_batch_fails_each_of_its_callers() -> None:
     assert all(isinstance(r, ConnectionError) for r in results)
     with pytest.raises(ConnectionError):
         await coalescer.submit(3)
+
+
+@pytest.mark.parametrize(("gather", "sizes"), [(False, [3, 3, 3, 3]), (True, [12])])
+async def test_gather_keeps_a_batch_open_while_each_turn_brings_a_caller(
+        gather: bool, sizes: list[int]) -> None:
+    """Workers woken one after the other (one per turn of the event loop, as the consumer's
+    inbox wakes them) share one batch with ``gather``, a few per batch without."""
+    calls: list[list[int]] = []
+
+    async def run(items: list[int]) -> list[int | BaseException]:
+        calls.append(items)
+        return items
+
+    coalescer: Coalescer[int, int] = Coalescer(run, gather=gather)
+
+    async def chain(n: int) -> list[int]:
+        if n == 12:
+            return []
+        nxt = asyncio.ensure_future(chain(n + 1))  # the next worker, woken for the next turn
+        return [await coalescer.submit(n), *await nxt]
+
+    assert await chain(0) == list(range(12))
+    assert [len(batch) for batch in calls] == sizes
