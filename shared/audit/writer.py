@@ -10,6 +10,13 @@ event loop brings no new row; rows arriving while a commit runs wait for it and
 form the next batch. ``write`` returns, and ``done`` is called, only after the
 transaction holding the row has committed, so the message may be acked then.
 
+Each batch is one transaction: ``BEGIN``, the ``COPY``, then its batch id and
+``COMMIT`` in one round trip (:mod:`shared.audit.batches`). When the answer to that
+last round trip is lost (the connection cut as the server commits), the writer asks
+PostgreSQL whether the batch committed before it stores anything else — again and
+again while PostgreSQL cannot answer, the rows held — so that a batch is never
+stored twice: committed, its rows are done; not, they fail as below.
+
 Rows are fitted to the table on the way in (:mod:`shared.audit.normalise`), so
 PostgreSQL should never refuse one. A failed commit fails every row of that batch
 with :class:`~shared.errors.InfrastructureError` (their messages stay unacked and
@@ -22,12 +29,22 @@ by row, so one bad row fails only its own writer, with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+import uuid
 from collections.abc import Callable, Sequence
 
 import psycopg
 import structlog
 
+from shared.audit.batches import (
+    RETENTION_SECONDS,
+    batch_committed,
+    batch_time,
+    commit_statement,
+    new_batch_id,
+    prune_batch_ids,
+)
 from shared.audit.normalise import (
     COLUMNS,
     INT4_MAX,
@@ -46,6 +63,11 @@ DEFAULT_BATCH_SIZE = 500
 DEFAULT_INTERVAL = 0.02
 #: How often a long-running writer makes sure next months' partitions exist.
 PARTITION_CHECK_SECONDS = 6 * 3600.0
+#: How often a long-running writer deletes batch ids past their retention.
+PRUNE_SECONDS = 600.0
+#: Backoff while PostgreSQL cannot say whether a batch committed.
+FATE_RETRY_BASE = 0.1
+FATE_RETRY_CAP = 2.0
 
 _COPY_SQL = f"COPY audit_log ({', '.join(COLUMNS)}) FROM STDIN"
 __all__ = ["COLUMNS", "MAX_MESSAGE_CHARS", "AuditWriter", "final_outcome", "settled_outcome",
@@ -89,6 +111,7 @@ class AuditWriter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._partitions_checked = 0.0
+        self._batch_ids_pruned = time.monotonic()
         self.rows_written = 0
         self.batches_written = 0
 
@@ -176,6 +199,7 @@ class AuditWriter:
             await self._commit(batch)
             self._inflight = []
             await self._maybe_check_partitions()
+            await self._maybe_prune_batch_ids()
 
     async def _wait_for_company(self) -> None:
         """Let the batch grow while rows keep arriving, up to ``interval`` or ``batch_size``.
@@ -226,13 +250,76 @@ class AuditWriter:
                 _call(done, None)
 
     async def _copy(self, rows: list[Row]) -> None:
-        # One COPY in autocommit mode is its own transaction: all rows or none, and two
-        # round trips (BEGIN, COMMIT) fewer than an explicit transaction block.
+        """Commit ``rows`` as one batch, once: when the answer to the commit is lost,
+        find out whether it committed (module docstring).
+
+        Raises :class:`InfrastructureError` when the batch did not commit, or the
+        writer stops before it knows; what :func:`refused_for_data` recognises when a
+        row was refused for its data.
+        """
+        batch_id = new_batch_id()
+        try:
+            await self._copy_once(rows, batch_id)
+        except _CommitUnanswered as lost:
+            await self._learn_fate(batch_id, lost.cause)
+
+    async def _copy_once(self, rows: list[Row], batch_id: uuid.UUID) -> None:
+        """One transaction: ``BEGIN``; ``COPY``; the batch id and ``COMMIT`` in one round
+        trip. Raises :class:`_CommitUnanswered` when that last round trip fails."""
         async with self.db.connection() as conn:
-            cur = conn.cursor()
-            async with cur.copy(_COPY_SQL) as copy:
-                for row in rows:
-                    await copy.write_row(row)
+            try:
+                await conn.execute("BEGIN")
+                async with conn.cursor().copy(_COPY_SQL) as copy:
+                    for row in rows:
+                        await copy.write_row(row)
+            except Exception:
+                if not conn.closed:  # give the pool back a connection out of its block
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.rollback()
+                raise
+            try:
+                await conn.execute(commit_statement(batch_id))
+            except Exception as exc:  # whatever it was, the server may have committed
+                raise _CommitUnanswered(exc) from exc
+
+    async def _learn_fate(self, batch_id: uuid.UUID, cause: Exception) -> None:
+        """Return when batch ``batch_id``, whose commit answer was lost, did commit;
+        raise :class:`InfrastructureError` when it did not (it never will), or when the
+        writer is stopping before PostgreSQL could say."""
+        reason = _reason(cause)
+        log.warning("the answer to an audit commit was lost; asking whether it committed",
+                    batch=str(batch_id), error=reason)
+        delay = FATE_RETRY_BASE
+        while True:
+            try:
+                committed = await batch_committed(self.db, batch_id)
+                break
+            except InfrastructureError as exc:
+                if self._closing:
+                    raise InfrastructureError(
+                        f"audit commit unanswered ({reason}), its fate unknown: "
+                        "the writer stopped") from cause
+                log.warning("cannot learn whether an audit batch committed; asking again",
+                            batch=str(batch_id), error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, FATE_RETRY_CAP)
+        if time.time() - batch_time(batch_id) > RETENTION_SECONDS:
+            log.error("an audit batch's fate was learnt after its id's retention: its rows "
+                      "may be stored twice", batch=str(batch_id))
+        log.info("audit batch committed after all" if committed
+                 else "audit batch did not commit; its rows are written again",
+                 batch=str(batch_id))
+        if not committed:
+            raise InfrastructureError(f"audit commit failed: {reason}") from cause
+
+    async def _maybe_prune_batch_ids(self) -> None:
+        if time.monotonic() - self._batch_ids_pruned < PRUNE_SECONDS:
+            return
+        self._batch_ids_pruned = time.monotonic()
+        try:
+            await prune_batch_ids(self.db)
+        except Exception as exc:  # kept longer: nothing is wrong with that
+            log.warning("audit batch ids not pruned", error=redact(str(exc)))
 
     async def _maybe_check_partitions(self) -> None:
         if time.monotonic() - self._partitions_checked < PARTITION_CHECK_SECONDS:
@@ -254,6 +341,14 @@ class AuditWriter:
     async def final_outcome(self, message_id: str) -> Outcome | None:
         """The last final outcome (see ``FINAL_OUTCOMES``) of any attempt, or ``None``."""
         return await final_outcome(self.db, message_id)
+
+
+class _CommitUnanswered(Exception):
+    """The round trip holding a batch's ``COMMIT`` failed: it may have committed."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 def refused_for_data(exc: BaseException) -> bool:

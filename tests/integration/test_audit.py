@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,6 +13,7 @@ import psycopg
 import pytest
 import structlog.testing
 
+from shared.audit.batches import RETENTION_SECONDS, batch_committed, new_batch_id, prune_batch_ids
 from shared.audit.record import AuditRecord, Outcome
 from shared.audit.search import AuditQuery, search
 from shared.audit.writer import AuditWriter, final_outcome
@@ -21,6 +23,8 @@ from shared.logging import register_secret
 from shared.storage.db import Database
 from shared.storage.partitions import existing_partitions
 from tests.fixtures.database import run_sync
+from tests.fixtures.waiting import eventually
+from tests.integration.pg_proxy import commit_cutter
 from tests.unit.test_audit_normalise import hostile_records
 
 pytestmark = pytest.mark.integration
@@ -201,6 +205,93 @@ async def test_secrets_never_reach_audit_rows(db: Database, audit_writer: AuditW
     for secret in ("tok-9f8e7d6c5b4a", "pa55word", "Bearer abc"):
         assert secret not in text
     assert "***" in row["error_message"]
+
+
+# --- a commit whose answer is lost --------------------------------------------------------------
+
+
+async def write_until_durable(writer: AuditWriter, row: AuditRecord) -> None:
+    """Write ``row`` as the consumer runtime does: again while its commit fails."""
+    while True:
+        try:
+            return await writer.write(row)
+        except InfrastructureError:
+            await asyncio.sleep(0.05)  # the runtime's backoff before writing it again
+
+
+async def rows_per_message(db: Database) -> dict[str, int]:
+    found = await db.fetch("SELECT message_id, count(*) AS n FROM audit_log GROUP BY message_id")
+    return {r["message_id"]: r["n"] for r in found}
+
+
+@pytest.mark.parametrize("lost", ["answer", "request"])
+async def test_a_batch_whose_commit_is_cut_is_stored_exactly_once(
+        db: Database, database_url: str, lost: str) -> None:
+    """The connection is cut at the batch's commit: after the server committed (its
+    answer lost), or before the commit reached it. Either way each row is stored once,
+    however the writer's callers write again what failed."""
+    async with commit_cutter(database_url) as proxy, \
+            Database(proxy.url(database_url), max_size=2) as through_proxy:
+        writer = AuditWriter(through_proxy, interval=0.2)
+        await writer.start()
+        if lost == "answer":
+            proxy.cut_answers = 1
+        else:
+            proxy.cut_requests = 1
+        try:
+            with structlog.testing.capture_logs() as logged:
+                await asyncio.gather(*(write_until_durable(writer, record(n))
+                                       for n in range(50)))
+        finally:
+            await writer.close()
+    assert proxy.cuts == 1
+    assert await rows_per_message(db) == {f"msg-{n}": 1 for n in range(50)}
+    events = [e["event"] for e in logged]
+    assert "the answer to an audit commit was lost; asking whether it committed" in events
+    abandoned = await db.fetchval("SELECT count(*) FROM audit_batches WHERE abandoned")
+    if lost == "answer":
+        assert "audit batch committed after all" in events and abandoned == 0
+    else:
+        assert "audit batch did not commit; its rows are written again" in events
+        assert abandoned == 1
+
+
+@pytest.mark.parametrize("ends", ["COMMIT", "ROLLBACK"])
+async def test_the_fate_of_a_batch_still_committing_waits_for_its_end(
+        db: Database, database_url: str, ends: str) -> None:
+    """Asked while the batch's transaction holds its id uncommitted, the question waits
+    for that transaction, then answers what it did; a batch said not committed can no
+    longer commit."""
+    batch = new_batch_id()
+    async with await psycopg.AsyncConnection.connect(database_url) as old:
+        await old.execute("INSERT INTO audit_batches (id) VALUES (%s)", (batch,))
+        asked = asyncio.create_task(batch_committed(db, batch))
+        await eventually(lambda: db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock'"), what="the question waiting on the batch's lock")
+        assert not asked.done()
+        await old.execute(ends)
+        assert await asyncio.wait_for(asked, 10) is (ends == "COMMIT")
+        if ends == "ROLLBACK":  # the old transaction's commit, arriving late, fails
+            with pytest.raises(psycopg.errors.UniqueViolation):
+                await old.execute("INSERT INTO audit_batches (id) VALUES (%s)", (batch,))
+    assert await batch_committed(db, batch) is (ends == "COMMIT")  # asked again: same answer
+
+
+async def test_batch_ids_past_their_retention_are_pruned(db: Database) -> None:
+    now = time.time()
+    old, recent = new_batch_id(now - RETENTION_SECONDS - 60), new_batch_id(now - 60)
+    for batch in (old, recent):
+        await db.execute("INSERT INTO audit_batches (id) VALUES (%s)", (batch,))
+    assert await prune_batch_ids(db, now) == 1
+    assert await db.fetchval("SELECT array_agg(id) FROM audit_batches") == [recent]
+
+
+async def test_every_batch_leaves_its_id(db: Database, audit_writer: AuditWriter) -> None:
+    await asyncio.gather(*(audit_writer.write(record(n)) for n in range(10)))
+    await audit_writer.write(record(10))
+    assert await db.fetchval("SELECT count(*) FROM audit_batches WHERE NOT abandoned") == (
+        audit_writer.batches_written)
 
 
 # --- search ------------------------------------------------------------------------------------
