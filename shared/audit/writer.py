@@ -69,6 +69,7 @@ PRUNE_SECONDS = 600.0
 FATE_RETRY_BASE = 0.1
 FATE_RETRY_CAP = 2.0
 
+_FINAL = sorted(o.value for o in FINAL_OUTCOMES)
 _COPY_SQL = f"COPY audit_log ({', '.join(COLUMNS)}) FROM STDIN"
 __all__ = ["COLUMNS", "MAX_MESSAGE_CHARS", "AuditWriter", "final_outcome", "settled_outcome",
            "to_row"]
@@ -267,9 +268,10 @@ class AuditWriter:
         """One transaction: ``BEGIN``; ``COPY``; the batch id and ``COMMIT`` in one round
         trip. Raises :class:`_CommitUnanswered` when that last round trip fails."""
         async with self.db.connection() as conn:
+            cur = conn.cursor()
             try:
-                await conn.execute("BEGIN")
-                async with conn.cursor().copy(_COPY_SQL) as copy:
+                await cur.execute("BEGIN")
+                async with cur.copy(_COPY_SQL) as copy:
                     for row in rows:
                         await copy.write_row(row)
             except Exception:
@@ -278,7 +280,7 @@ class AuditWriter:
                         await conn.rollback()
                 raise
             try:
-                await conn.execute(commit_statement(batch_id))
+                await cur.execute(commit_statement(batch_id))
             except Exception as exc:  # whatever it was, the server may have committed
                 raise _CommitUnanswered(exc) from exc
 
@@ -331,10 +333,11 @@ class AuditWriter:
             log.warning("audit partitions not checked", error=redact(str(exc)))
 
     async def settled_outcome(self, message_id: str, attempt: int) -> Outcome | None:
-        """The outcome already recorded for this message attempt, or ``None``.
+        """The outcome recorded for this message attempt, else a final outcome of any
+        attempt, else ``None`` (see :func:`settled_outcome`).
 
-        Lets a consumer recognise a redelivered message it already settled.
-        Raises :class:`InfrastructureError`.
+        Lets a consumer recognise a redelivered message, or a stale copy, it already
+        settled. Raises :class:`InfrastructureError`.
         """
         return await settled_outcome(self.db, message_id, attempt)
 
@@ -390,15 +393,21 @@ def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
 
 
 async def settled_outcome(db: Database, message_id: str, attempt: int) -> Outcome | None:
-    """The latest outcome recorded for ``(message_id, attempt)``, or ``None``.
+    """What already settled a delivery of ``(message_id, attempt)``: the latest outcome
+    recorded for that attempt, else the latest final outcome (``FINAL_OUTCOMES``) of any
+    attempt — a copy of a message that is done is settled too, whatever its attempt
+    (a retry copy the broker stored but never confirmed, its original handled again) —
+    else ``None``. One query on the ``(message_id, attempt)`` index.
 
     The key is fitted as the row's was (:mod:`shared.audit.normalise`): a message id
     holding a NUL finds its row, and asks PostgreSQL nothing it would refuse.
     """
+    attempt = min(max(attempt, 0), INT4_MAX)
     value = await db.fetchval(
-        "SELECT outcome FROM audit_log WHERE message_id = %s AND attempt = %s"
-        " ORDER BY at DESC, id DESC LIMIT 1",
-        (fit_ident(message_id), min(max(attempt, 0), INT4_MAX)),
+        "SELECT outcome FROM audit_log WHERE message_id = %(id)s"
+        " AND (attempt = %(attempt)s OR outcome = ANY(%(final)s))"
+        " ORDER BY attempt = %(attempt)s DESC, at DESC, id DESC LIMIT 1",
+        {"id": fit_ident(message_id), "attempt": attempt, "final": _FINAL},
     )
     return None if value is None else Outcome(value)
 
@@ -408,6 +417,6 @@ async def final_outcome(db: Database, message_id: str) -> Outcome | None:
     value = await db.fetchval(
         "SELECT outcome FROM audit_log WHERE message_id = %s AND outcome = ANY(%s)"
         " ORDER BY at DESC, id DESC LIMIT 1",
-        (fit_ident(message_id), [o.value for o in FINAL_OUTCOMES]),
+        (fit_ident(message_id), _FINAL),
     )
     return None if value is None else Outcome(value)

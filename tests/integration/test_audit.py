@@ -14,7 +14,7 @@ import pytest
 import structlog.testing
 
 from shared.audit.batches import RETENTION_SECONDS, batch_committed, new_batch_id, prune_batch_ids
-from shared.audit.record import AuditRecord, Outcome
+from shared.audit.record import FINAL_OUTCOMES, AuditRecord, Outcome
 from shared.audit.search import AuditQuery, search
 from shared.audit.writer import AuditWriter, final_outcome
 from shared.cli.main import main
@@ -185,12 +185,26 @@ async def test_settled_and_final_outcomes(db: Database, audit_writer: AuditWrite
     assert await audit_writer.settled_outcome("m", 0) is None
     await audit_writer.write(record(outcome=Outcome.RETRYING, message_id="m", attempt=0))
     await audit_writer.write(record(outcome=Outcome.DEAD, message_id="m", attempt=1))
-    assert await audit_writer.settled_outcome("m", 0) == Outcome.RETRYING
+    assert await audit_writer.settled_outcome("m", 0) == Outcome.RETRYING  # its own row first
     assert await audit_writer.settled_outcome("m", 1) == Outcome.DEAD
-    assert await audit_writer.settled_outcome("m", 2) is None
     assert await audit_writer.final_outcome("m") == Outcome.DEAD
     await audit_writer.write(record(outcome=Outcome.RETRYING, message_id="n"))
     assert await final_outcome(db, "n") is None
+    assert await audit_writer.settled_outcome("n", 1) is None  # not done: a retry copy's turn
+
+
+async def test_a_copy_of_a_message_that_is_done_is_settled_whatever_its_attempt(
+        audit_writer: AuditWriter) -> None:
+    """A final row at any attempt settles every later (or earlier) copy of the message."""
+    await audit_writer.write(record(outcome=Outcome.CREATED, message_id="m", attempt=0))
+    assert await audit_writer.settled_outcome("m", 1) == Outcome.CREATED
+    assert await audit_writer.settled_outcome("m", 9) == Outcome.CREATED
+    await audit_writer.write(record(outcome=Outcome.UNCHANGED, message_id="k", attempt=2))
+    assert await audit_writer.settled_outcome("k", 0) == Outcome.UNCHANGED
+    for outcome in Outcome:
+        await audit_writer.write(record(outcome=outcome, message_id=f"o-{outcome}", attempt=0))
+        settles = await audit_writer.settled_outcome(f"o-{outcome}", 1) is not None
+        assert settles is (outcome in FINAL_OUTCOMES), outcome
 
 
 async def test_secrets_never_reach_audit_rows(db: Database, audit_writer: AuditWriter) -> None:
