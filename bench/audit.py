@@ -1,18 +1,19 @@
-"""The audit writer alone: rows/s and client CPU per row; prints figures, asserts nothing.
+"""The audit writer alone: rows/s and CPU per row; prints figures, asserts nothing.
 
     .venv/bin/python bench/audit.py [--rows 40000] [--writers 256] [--lone 2000] [--rounds 3]
 
 (a) **under load**: ``--writers`` coroutines each write rows one after another (the
     consumer runtime's shape: many deliveries waiting for their row's commit) until
-    ``--rows`` are committed; rows/s, the batches it took, and the writer process's
-    CPU per row (``time.process_time``: the client side; PostgreSQL's own work shows
-    in the rows/s);
+    ``--rows`` are committed; rows/s, the rows per batch, and the CPU per row of the
+    writer's process (``time.process_time``) and of its PostgreSQL backends (read
+    from ``/proc``: the server runs on this machine);
 (b) **a lone row**: ``--lone`` rows written one at a time; the median and p99
-    latency of one commit (a batch of one: what a quiet service waits per message).
+    latency of one commit (a batch of one: what a quiet service waits per message),
+    and the CPU of each, client and server.
 
 Rounds alternate (a) and (b), so a noisy neighbour hits both alike; medians are
-printed. Uses its own database (``DATABASE_URL``, default the local server), dropped
-at the end.
+printed. The CPU figures move much less than the times on a busy machine. Uses its
+own database (``DATABASE_URL``, default the local server), dropped at the end.
 """
 
 from __future__ import annotations
@@ -43,8 +44,35 @@ def row(n: int) -> AuditRecord:
                        correlation_id=f"c-{n}", duration_ms=1.5, http_status=201)
 
 
-async def under_load(writer: AuditWriter, rows: int, writers: int) -> tuple[float, float, int]:
-    """(a): rows/s, client CPU µs/row, batches."""
+def proc_cpu(pid: int) -> float:
+    """CPU seconds of process ``pid`` so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Cpu:
+    """CPU seconds of this process and of the database's other backends, between marks."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.pids: list[int] = []
+
+    async def mark(self) -> tuple[float, float]:
+        self.pids = [r["pid"] for r in await self.db.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()")]
+        return time.process_time(), sum(proc_cpu(p) for p in self.pids)
+
+    def since(self, mark: tuple[float, float]) -> tuple[float, float]:
+        return (time.process_time() - mark[0],
+                sum(proc_cpu(p) for p in self.pids) - mark[1])
+
+
+async def under_load(writer: AuditWriter, cpu: Cpu, rows: int,
+                     writers: int) -> tuple[float, float, float, int]:
+    """(a): rows/s, client and server CPU µs/row, batches."""
     batches = writer.batches_written
     left = rows
 
@@ -54,43 +82,53 @@ async def under_load(writer: AuditWriter, rows: int, writers: int) -> tuple[floa
             left -= 1
             await writer.write(row(left))
 
-    cpu, wall = time.process_time(), time.perf_counter()
+    mark, wall = await cpu.mark(), time.perf_counter()
     await asyncio.gather(*(one() for _ in range(writers)))
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return rows / wall, cpu / rows * 1e6, writer.batches_written - batches
+    wall = time.perf_counter() - wall
+    client, server = cpu.since(mark)
+    return rows / wall, client / rows * 1e6, server / rows * 1e6, writer.batches_written - batches
 
 
-async def lone(writer: AuditWriter, count: int) -> list[float]:
-    """(b): the latency of each of ``count`` rows written one at a time, in ms."""
+async def lone(writer: AuditWriter, cpu: Cpu, count: int) -> tuple[list[float], float, float]:
+    """(b): the latency of each of ``count`` rows written one at a time, in ms; client and
+    server CPU µs per row."""
     out = []
+    mark = await cpu.mark()
     for n in range(count):
         started = time.perf_counter()
         await writer.write(row(n))
         out.append((time.perf_counter() - started) * 1000)
-    return out
+    client, server = cpu.since(mark)
+    return out, client / count * 1e6, server / count * 1e6
 
 
 async def run(args: argparse.Namespace, url: str) -> None:
     async with Database(url, max_size=4) as db:
         await upgrade(db)
+        cpu = Cpu(db)
         async with AuditWriter(db) as writer:
-            await lone(writer, 200)  # warm up
-            loads, cpus, sizes, p50s, p99s = [], [], [], [], []
+            await lone(writer, cpu, 200)  # warm up
+            loads, clients, servers, sizes = [], [], [], []
+            p50s, p99s, lone_clients, lone_servers = [], [], [], []
             for _ in range(args.rounds):
-                rate, cpu, batches = await under_load(writer, args.rows, args.writers)
+                rate, client, server, batches = await under_load(writer, cpu, args.rows,
+                                                                  args.writers)
                 loads.append(rate)
-                cpus.append(cpu)
+                clients.append(client)
+                servers.append(server)
                 sizes.append(args.rows / batches)
-                latencies = await lone(writer, args.lone)
+                latencies, client, server = await lone(writer, cpu, args.lone)
                 p50s.append(statistics.median(latencies))
                 p99s.append(statistics.quantiles(latencies, n=100)[98])
-        print(f"(a) {args.writers} writers, {args.rows:,} rows: "
-              f"{statistics.median(loads):,.0f} rows/s "
-              f"({', '.join(f'{r:,.0f}' for r in loads)}), "
-              f"client CPU {statistics.median(cpus):.1f} µs/row, "
-              f"{statistics.median(sizes):.0f} rows/batch")
-        print(f"(b) a lone row: p50 {statistics.median(p50s):.3f} ms, "
-              f"p99 {statistics.median(p99s):.3f} ms ({args.lone:,} rows a round)")
+                lone_clients.append(client)
+                lone_servers.append(server)
+        med = statistics.median
+        print(f"(a) {args.writers} writers, {args.rows:,} rows: {med(loads):,.0f} rows/s "
+              f"({', '.join(f'{r:,.0f}' for r in loads)}), {med(sizes):.0f} rows/batch; "
+              f"CPU per row: writer {med(clients):.1f} µs, PostgreSQL {med(servers):.1f} µs")
+        print(f"(b) a lone row: p50 {med(p50s):.3f} ms, p99 {med(p99s):.3f} ms; CPU per row: "
+              f"writer {med(lone_clients):.0f} µs, PostgreSQL {med(lone_servers):.0f} µs "
+              f"({args.lone:,} rows a round)")
 
 
 def main() -> int:

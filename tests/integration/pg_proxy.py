@@ -13,7 +13,9 @@ commit:
 * ``cut_requests``: the commit is dropped with the connection before the server sees
   it (the server rolls back).
 
-``cuts`` counts what it did. Runs on the test's event loop.
+With ``refusing`` set, every new connection is dropped at once (PostgreSQL down);
+``refuse_after_cut`` sets it at the next cut. ``cuts`` and ``refused`` count what it
+did. Runs on the test's event loop.
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ class CommitCutter:
         self.cut_answers = 0
         self.cut_requests = 0
         self.cuts = 0
+        self.refusing = False
+        self.refuse_after_cut = False
+        self.refused = 0
         self._server: asyncio.Server | None = None
         self._transports: set[asyncio.BaseTransport] = set()
 
@@ -77,6 +82,10 @@ class CommitCutter:
             transport.abort()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            self.refused += 1
+            writer.transport.abort()
+            return
         up_reader, up_writer = await asyncio.open_connection(*self.upstream)
         pair = (writer.transport, up_writer.transport)
         self._transports.update(pair)
@@ -93,6 +102,7 @@ class CommitCutter:
 
     def _cut(self) -> None:
         self.cuts += 1
+        self.refusing = self.refusing or self.refuse_after_cut
         raise ConnectionResetError("cut by the test's proxy")
 
     async def _from_client(self, reader: asyncio.StreamReader, up: asyncio.StreamWriter,

@@ -270,6 +270,28 @@ async def test_a_batch_whose_commit_is_cut_is_stored_exactly_once(
         assert abandoned == 1
 
 
+async def test_while_postgresql_cannot_say_whether_a_batch_committed_its_rows_are_held(
+        db: Database, database_url: str) -> None:
+    """The commit's answer is lost and PostgreSQL is unreachable for a while: the writer
+    keeps asking, the rows' writers wait (failing them would bring the duplicate back),
+    and once PostgreSQL answers, each row is stored once."""
+    async with commit_cutter(database_url) as proxy, \
+            Database(proxy.url(database_url), max_size=2, timeout=1.0) as through_proxy:
+        writer = AuditWriter(through_proxy, interval=0.2)
+        await writer.start()
+        proxy.cut_answers, proxy.refuse_after_cut = 1, True
+        try:
+            writes = asyncio.gather(*(writer.write(record(n)) for n in range(20)))
+            await eventually(lambda: proxy.refused >= 2, what="the question asked twice")
+            assert not writes.done()
+            proxy.refusing = False
+            await asyncio.wait_for(writes, 30)  # none failed: no caller writes again
+            await writer.write(record(20))  # and the writer goes on
+        finally:
+            await writer.close()
+    assert await rows_per_message(db) == {f"msg-{n}": 1 for n in range(21)}
+
+
 @pytest.mark.parametrize("ends", ["COMMIT", "ROLLBACK"])
 async def test_the_fate_of_a_batch_still_committing_waits_for_its_end(
         db: Database, database_url: str, ends: str) -> None:
