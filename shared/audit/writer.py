@@ -266,7 +266,8 @@ class AuditWriter:
 
     async def _copy_once(self, rows: list[Row], batch_id: uuid.UUID) -> None:
         """One transaction: ``BEGIN``; ``COPY``; the batch id and ``COMMIT`` in one round
-        trip. Raises :class:`_CommitUnanswered` when that last round trip fails."""
+        trip. Raises :class:`_CommitUnanswered` when that last round trip gets no answer
+        (an error the server answers means it did not commit, and is raised as is)."""
         async with self.db.connection() as conn:
             cur = conn.cursor()
             try:
@@ -281,6 +282,12 @@ class AuditWriter:
                 raise
             try:
                 await cur.execute(commit_statement(batch_id))
+            except psycopg.Error as exc:
+                if conn.closed or _connection_lost(exc):
+                    raise _CommitUnanswered(exc) from exc
+                with contextlib.suppress(psycopg.Error):  # answered: it did not commit
+                    await conn.rollback()
+                raise
             except Exception as exc:  # whatever it was, the server may have committed
                 raise _CommitUnanswered(exc) from exc
 
@@ -352,6 +359,13 @@ class _CommitUnanswered(Exception):
     def __init__(self, cause: Exception) -> None:
         super().__init__(str(cause))
         self.cause = cause
+
+
+def _connection_lost(exc: psycopg.Error) -> bool:
+    """Whether ``exc`` says the connection failed (no answer, or the backend went away:
+    08xxx, 57P0x), rather than the server refusing the statement."""
+    state = exc.sqlstate or ""
+    return not state or state.startswith(("08", "57P0"))
 
 
 def refused_for_data(exc: BaseException) -> bool:

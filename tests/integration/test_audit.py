@@ -292,6 +292,37 @@ async def test_while_postgresql_cannot_say_whether_a_batch_committed_its_rows_ar
     assert await rows_per_message(db) == {f"msg-{n}": 1 for n in range(21)}
 
 
+@pytest.fixture
+async def failing_batch_ids(db: Database) -> AsyncIterator[None]:
+    """Storing a batch id fails (the server answers an error to the batch's commit)."""
+    await db.execute(
+        "CREATE FUNCTION fail_batch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " RAISE EXCEPTION 'injected failure' USING ERRCODE = 'serialization_failure'; END $$")
+    await db.execute("CREATE TRIGGER fail_batch BEFORE INSERT ON audit_batches"
+                     " FOR EACH ROW EXECUTE FUNCTION fail_batch()")
+    try:
+        yield
+    finally:
+        await db.execute("DROP TRIGGER fail_batch ON audit_batches")
+        await db.execute("DROP FUNCTION fail_batch()")
+
+
+async def test_an_error_answered_to_the_commit_is_not_taken_for_a_lost_answer(
+        db: Database, failing_batch_ids: None) -> None:
+    writer = AuditWriter(db, interval=0.2)
+    await writer.start()
+    try:
+        with structlog.testing.capture_logs() as logged:
+            results = await asyncio.gather(*(writer.write(record(n)) for n in range(5)),
+                                           return_exceptions=True)
+    finally:
+        await writer.close()
+    assert all(isinstance(r, InfrastructureError) and "injected failure" in str(r)
+               for r in results), results
+    assert [e for e in logged if "lost" in e["event"]] == []  # it was answered: no question
+    assert await db.fetchval("SELECT count(*) FROM audit_log") == 0
+
+
 @pytest.mark.parametrize("ends", ["COMMIT", "ROLLBACK"])
 async def test_the_fate_of_a_batch_still_committing_waits_for_its_end(
         db: Database, database_url: str, ends: str) -> None:
