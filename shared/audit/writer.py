@@ -269,9 +269,11 @@ class AuditWriter:
         trip. Raises :class:`_CommitUnanswered` when that last round trip gets no answer
         (an error the server answers means it did not commit, and is raised as is)."""
         async with self.db.connection() as conn:
+            # Not prepared: each commit statement is new (its id), and counting them
+            # would push the pool's other queries out of psycopg's prepared cache.
             cur = conn.cursor()
             try:
-                await cur.execute("BEGIN")
+                await cur.execute("BEGIN", prepare=False)
                 async with cur.copy(_COPY_SQL) as copy:
                     for row in rows:
                         await copy.write_row(row)
@@ -281,7 +283,7 @@ class AuditWriter:
                         await conn.rollback()
                 raise
             try:
-                await cur.execute(commit_statement(batch_id))
+                await cur.execute(commit_statement(batch_id), prepare=False)
             except psycopg.Error as exc:
                 if conn.closed or _connection_lost(exc):
                     raise _CommitUnanswered(exc) from exc
