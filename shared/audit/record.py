@@ -88,10 +88,14 @@ class AuditSink(Protocol):
         ...
 
     async def settled_outcome(self, message_id: str, attempt: int) -> Outcome | None:
-        """The outcome recorded for this message attempt, or ``None``.
+        """The outcome recorded for this message attempt, else a final outcome
+        (``FINAL_OUTCOMES``) recorded at any attempt, else ``None``.
 
-        A consumer asks it for a redelivered message: a row means the earlier
-        delivery's outcome was already durable. Raises ``InfrastructureError``.
+        A consumer asks it for a redelivered message or a retry copy: a row of its
+        attempt means the earlier delivery's outcome was already durable; a final row
+        of another attempt means the message is done and this is a stale copy (one the
+        broker stored without confirming it, its original handled again meanwhile).
+        Raises ``InfrastructureError``.
         """
         ...
 

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from shared.audit.normalise import INT4_MAX, fit_ident
-from shared.audit.record import Outcome
+from shared.audit.record import FINAL_OUTCOMES, Outcome
 from shared.batching import Coalescer
 from shared.storage.db import Database
 
@@ -51,7 +51,7 @@ class SettledLookup:
         return self._batches.batches
 
     async def settled_outcome(self, message_id: str, attempt: int) -> Outcome | None:
-        """The latest outcome recorded for ``(message_id, attempt)``, or ``None``."""
+        """What settled ``(message_id, attempt)`` (:func:`latest_outcomes`), or ``None``."""
         return await self._batches.submit(fit_key(message_id, attempt))
 
     async def _run(self, keys: list[Key]) -> list[Outcome | BaseException | None]:
@@ -60,7 +60,7 @@ class SettledLookup:
 
 
 async def settled_outcomes(db: Database, keys: Iterable[Key]) -> dict[Key, Outcome]:
-    """The latest outcome of each of ``keys`` (fitted, :func:`fit_key`) that has a row.
+    """What settled each of ``keys`` (fitted, :func:`fit_key`; see :func:`latest_outcomes`).
 
     One query, whatever the number of keys. Raises
     :class:`~shared.errors.InfrastructureError`.
@@ -73,12 +73,25 @@ async def settled_outcomes(db: Database, keys: Iterable[Key]) -> dict[Key, Outco
 
 
 def latest_outcomes(rows: Sequence[dict[str, Any]], wanted: set[Key]) -> dict[Key, Outcome]:
-    """Pure: from a message's rows (oldest first), the last outcome of each wanted key."""
-    found: dict[Key, Outcome] = {}
+    """Pure: from the asked messages' rows (oldest first), what settled each wanted key —
+    the last outcome of its attempt, else the last final outcome (``FINAL_OUTCOMES``) of
+    any attempt of its message: a copy of a message that is done is settled too,
+    whatever its attempt (a retry copy the broker stored but never confirmed, its
+    original handled again meanwhile)."""
+    own: dict[Key, Outcome] = {}
+    final: dict[str, Outcome] = {}
     for row in rows:
+        outcome = Outcome(row["outcome"])
         key = (row["message_id"], row["attempt"])
         if key in wanted:
-            found[key] = Outcome(row["outcome"])
+            own[key] = outcome
+        if outcome in FINAL_OUTCOMES:
+            final[row["message_id"]] = outcome
+    found: dict[Key, Outcome] = {}
+    for key in wanted:
+        outcome = own.get(key) or final.get(key[0])
+        if outcome is not None:
+            found[key] = outcome
     return found
 
 

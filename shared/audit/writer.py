@@ -10,6 +10,13 @@ event loop brings no new row; rows arriving while a commit runs wait for it and
 form the next batch. ``write`` returns, and ``done`` is called, only after the
 transaction holding the row has committed, so the message may be acked then.
 
+Each batch is one transaction: ``BEGIN``, the ``COPY``, then its batch id and
+``COMMIT`` in one round trip (:mod:`shared.audit.batches`). When the answer to that
+last round trip is lost (the connection cut as the server commits), the writer asks
+PostgreSQL whether the batch committed before it stores anything else — again and
+again while PostgreSQL cannot answer, the rows held — so that a batch is never
+stored twice: committed, its rows are done; not, they fail as below.
+
 Rows are fitted to the table on the way in (:mod:`shared.audit.normalise`), so
 PostgreSQL should never refuse one. A failed commit fails every row of that batch
 with :class:`~shared.errors.InfrastructureError` (their messages stay unacked and
@@ -22,12 +29,22 @@ by row, so one bad row fails only its own writer, with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+import uuid
 from collections.abc import Callable, Sequence
 
 import psycopg
 import structlog
 
+from shared.audit.batches import (
+    RETENTION_SECONDS,
+    batch_committed,
+    batch_time,
+    commit_statement,
+    new_batch_id,
+    prune_batch_ids,
+)
 from shared.audit.normalise import (
     COLUMNS,
     MAX_MESSAGE_CHARS,
@@ -46,7 +63,13 @@ DEFAULT_BATCH_SIZE = 500
 DEFAULT_INTERVAL = 0.02
 #: How often a long-running writer makes sure next months' partitions exist.
 PARTITION_CHECK_SECONDS = 6 * 3600.0
+#: How often a long-running writer deletes batch ids past their retention.
+PRUNE_SECONDS = 600.0
+#: Backoff while PostgreSQL cannot say whether a batch committed.
+FATE_RETRY_BASE = 0.1
+FATE_RETRY_CAP = 2.0
 
+_FINAL = sorted(o.value for o in FINAL_OUTCOMES)
 _COPY_SQL = f"COPY audit_log ({', '.join(COLUMNS)}) FROM STDIN"
 __all__ = ["COLUMNS", "MAX_MESSAGE_CHARS", "AuditWriter", "final_outcome", "settled_outcome",
            "to_row"]
@@ -91,6 +114,7 @@ class AuditWriter:
         self._partitions_checked = 0.0
         #: De-duplication look-ups, concurrent ones in one query (shared.audit.settled).
         self.lookups = SettledLookup(db)
+        self._batch_ids_pruned = time.monotonic()
         self.rows_written = 0
         self.batches_written = 0
 
@@ -178,6 +202,7 @@ class AuditWriter:
             await self._commit(batch)
             self._inflight = []
             await self._maybe_check_partitions()
+            await self._maybe_prune_batch_ids()
 
     async def _wait_for_company(self) -> None:
         """Let the batch grow while rows keep arriving, up to ``interval`` or ``batch_size``.
@@ -228,13 +253,86 @@ class AuditWriter:
                 _call(done, None)
 
     async def _copy(self, rows: list[Row]) -> None:
-        # One COPY in autocommit mode is its own transaction: all rows or none, and two
-        # round trips (BEGIN, COMMIT) fewer than an explicit transaction block.
+        """Commit ``rows`` as one batch, once: when the answer to the commit is lost,
+        find out whether it committed (module docstring).
+
+        Raises :class:`InfrastructureError` when the batch did not commit, or the
+        writer stops before it knows; what :func:`refused_for_data` recognises when a
+        row was refused for its data.
+        """
+        batch_id = new_batch_id()
+        try:
+            await self._copy_once(rows, batch_id)
+        except _CommitUnanswered as lost:
+            await self._learn_fate(batch_id, lost.cause)
+
+    async def _copy_once(self, rows: list[Row], batch_id: uuid.UUID) -> None:
+        """One transaction: ``BEGIN``; ``COPY``; the batch id and ``COMMIT`` in one round
+        trip. Raises :class:`_CommitUnanswered` when that last round trip gets no answer
+        (an error the server answers means it did not commit, and is raised as is)."""
         async with self.db.connection() as conn:
+            # Not prepared: each commit statement is new (its id), and counting them
+            # would push the pool's other queries out of psycopg's prepared cache.
             cur = conn.cursor()
-            async with cur.copy(_COPY_SQL) as copy:
-                for row in rows:
-                    await copy.write_row(row)
+            try:
+                await cur.execute("BEGIN", prepare=False)
+                async with cur.copy(_COPY_SQL) as copy:
+                    for row in rows:
+                        await copy.write_row(row)
+            except Exception:
+                if not conn.closed:  # give the pool back a connection out of its block
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.rollback()
+                raise
+            try:
+                await cur.execute(commit_statement(batch_id), prepare=False)
+            except psycopg.Error as exc:
+                if conn.closed or _connection_lost(exc):
+                    raise _CommitUnanswered(exc) from exc
+                with contextlib.suppress(psycopg.Error):  # answered: it did not commit
+                    await conn.rollback()
+                raise
+            except Exception as exc:  # whatever it was, the server may have committed
+                raise _CommitUnanswered(exc) from exc
+
+    async def _learn_fate(self, batch_id: uuid.UUID, cause: Exception) -> None:
+        """Return when batch ``batch_id``, whose commit answer was lost, did commit;
+        raise :class:`InfrastructureError` when it did not (it never will), or when the
+        writer is stopping before PostgreSQL could say."""
+        reason = _reason(cause)
+        log.warning("the answer to an audit commit was lost; asking whether it committed",
+                    batch=str(batch_id), error=reason)
+        delay = FATE_RETRY_BASE
+        while True:
+            try:
+                committed = await batch_committed(self.db, batch_id)
+                break
+            except InfrastructureError as exc:
+                if self._closing:
+                    raise InfrastructureError(
+                        f"audit commit unanswered ({reason}), its fate unknown: "
+                        "the writer stopped") from cause
+                log.warning("cannot learn whether an audit batch committed; asking again",
+                            batch=str(batch_id), error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, FATE_RETRY_CAP)
+        if time.time() - batch_time(batch_id) > RETENTION_SECONDS:
+            log.error("an audit batch's fate was learnt after its id's retention: its rows "
+                      "may be stored twice", batch=str(batch_id))
+        log.info("audit batch committed after all" if committed
+                 else "audit batch did not commit; its rows are written again",
+                 batch=str(batch_id))
+        if not committed:
+            raise InfrastructureError(f"audit commit failed: {reason}") from cause
+
+    async def _maybe_prune_batch_ids(self) -> None:
+        if time.monotonic() - self._batch_ids_pruned < PRUNE_SECONDS:
+            return
+        self._batch_ids_pruned = time.monotonic()
+        try:
+            await prune_batch_ids(self.db)
+        except Exception as exc:  # kept longer: nothing is wrong with that
+            log.warning("audit batch ids not pruned", error=redact(str(exc)))
 
     async def _maybe_check_partitions(self) -> None:
         if time.monotonic() - self._partitions_checked < PARTITION_CHECK_SECONDS:
@@ -246,17 +344,33 @@ class AuditWriter:
             log.warning("audit partitions not checked", error=redact(str(exc)))
 
     async def settled_outcome(self, message_id: str, attempt: int) -> Outcome | None:
-        """The outcome already recorded for this message attempt, or ``None``.
+        """The outcome recorded for this message attempt, else a final outcome of any
+        attempt, else ``None`` (see :func:`settled_outcome`).
 
-        Lets a consumer recognise a redelivered message it already settled. Concurrent
-        look-ups go to PostgreSQL as one query (:mod:`shared.audit.settled`).
-        Raises :class:`InfrastructureError`.
+        Lets a consumer recognise a redelivered message, or a stale copy, it already
+        settled. Concurrent look-ups go to PostgreSQL as one query
+        (:mod:`shared.audit.settled`). Raises :class:`InfrastructureError`.
         """
         return await self.lookups.settled_outcome(message_id, attempt)
 
     async def final_outcome(self, message_id: str) -> Outcome | None:
         """The last final outcome (see ``FINAL_OUTCOMES``) of any attempt, or ``None``."""
         return await final_outcome(self.db, message_id)
+
+
+class _CommitUnanswered(Exception):
+    """The round trip holding a batch's ``COMMIT`` failed: it may have committed."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _connection_lost(exc: psycopg.Error) -> bool:
+    """Whether ``exc`` says the connection failed (no answer, or the backend went away:
+    08xxx, 57P0x), rather than the server refusing the statement."""
+    state = exc.sqlstate or ""
+    return not state or state.startswith(("08", "57P0"))
 
 
 def refused_for_data(exc: BaseException) -> bool:
@@ -298,7 +412,11 @@ def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
 
 
 async def settled_outcome(db: Database, message_id: str, attempt: int) -> Outcome | None:
-    """The latest outcome recorded for ``(message_id, attempt)``, or ``None``.
+    """What already settled a delivery of ``(message_id, attempt)``: the latest outcome
+    recorded for that attempt, else the latest final outcome (``FINAL_OUTCOMES``) of any
+    attempt — a copy of a message that is done is settled too, whatever its attempt
+    (a retry copy the broker stored but never confirmed, its original handled again) —
+    else ``None``. One query (:func:`shared.audit.settled.settled_outcomes`).
 
     The key is fitted as the row's was (:mod:`shared.audit.normalise`): a message id
     holding a NUL finds its row, and asks PostgreSQL nothing it would refuse.
@@ -312,6 +430,6 @@ async def final_outcome(db: Database, message_id: str) -> Outcome | None:
     value = await db.fetchval(
         "SELECT outcome FROM audit_log WHERE message_id = %s AND outcome = ANY(%s)"
         " ORDER BY at DESC, id DESC LIMIT 1",
-        (fit_ident(message_id), [o.value for o in FINAL_OUTCOMES]),
+        (fit_ident(message_id), _FINAL),
     )
     return None if value is None else Outcome(value)

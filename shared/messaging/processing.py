@@ -38,8 +38,10 @@ with its channel (dramatiq's ``join``, for tests and tools).
 
 A redelivered message (or a retry copy, or a duplicate of a message in flight
 here) is first looked up in the audit log: a row for its ``(message id, attempt)``
-means an earlier delivery's outcome is already durable — it is acked and nothing
-else happens. A message published twice by its producer (same id, attempt 0, not
+means an earlier delivery's outcome is already durable, and a final row of any
+attempt means the message is done (a retry copy the broker stored without confirming
+it, its original handled again meanwhile) — either way it is acked and nothing else
+happens. A message published twice by its producer (same id, attempt 0, not
 flagged redelivered) is only recognised with ``always_deduplicate``, which looks
 every delivery up — the dispatcher's setting, since a BSS publishes at least once.
 The audit sink serves concurrent look-ups with one query (docs/architecture.md §5).

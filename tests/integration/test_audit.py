@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,7 +13,8 @@ import psycopg
 import pytest
 import structlog.testing
 
-from shared.audit.record import AuditRecord, Outcome
+from shared.audit.batches import RETENTION_SECONDS, batch_committed, new_batch_id, prune_batch_ids
+from shared.audit.record import FINAL_OUTCOMES, AuditRecord, Outcome
 from shared.audit.search import AuditQuery, search
 from shared.audit.settled import SettledLookup
 from shared.audit.writer import AuditWriter, final_outcome
@@ -22,6 +24,8 @@ from shared.logging import register_secret
 from shared.storage.db import Database
 from shared.storage.partitions import existing_partitions
 from tests.fixtures.database import run_sync
+from tests.fixtures.waiting import eventually
+from tests.integration.pg_proxy import commit_cutter
 from tests.unit.test_audit_normalise import hostile_records
 
 pytestmark = pytest.mark.integration
@@ -182,18 +186,33 @@ async def test_settled_and_final_outcomes(db: Database, audit_writer: AuditWrite
     assert await audit_writer.settled_outcome("m", 0) is None
     await audit_writer.write(record(outcome=Outcome.RETRYING, message_id="m", attempt=0))
     await audit_writer.write(record(outcome=Outcome.DEAD, message_id="m", attempt=1))
-    assert await audit_writer.settled_outcome("m", 0) == Outcome.RETRYING
+    assert await audit_writer.settled_outcome("m", 0) == Outcome.RETRYING  # its own row first
     assert await audit_writer.settled_outcome("m", 1) == Outcome.DEAD
-    assert await audit_writer.settled_outcome("m", 2) is None
     assert await audit_writer.final_outcome("m") == Outcome.DEAD
     await audit_writer.write(record(outcome=Outcome.RETRYING, message_id="n"))
     assert await final_outcome(db, "n") is None
+    assert await audit_writer.settled_outcome("n", 1) is None  # not done: a retry copy's turn
+
+
+async def test_a_copy_of_a_message_that_is_done_is_settled_whatever_its_attempt(
+        audit_writer: AuditWriter) -> None:
+    """A final row at any attempt settles every later (or earlier) copy of the message."""
+    await audit_writer.write(record(outcome=Outcome.CREATED, message_id="m", attempt=0))
+    assert await audit_writer.settled_outcome("m", 1) == Outcome.CREATED
+    assert await audit_writer.settled_outcome("m", 9) == Outcome.CREATED
+    await audit_writer.write(record(outcome=Outcome.UNCHANGED, message_id="k", attempt=2))
+    assert await audit_writer.settled_outcome("k", 0) == Outcome.UNCHANGED
+    for outcome in Outcome:
+        await audit_writer.write(record(outcome=outcome, message_id=f"o-{outcome}", attempt=0))
+        settles = await audit_writer.settled_outcome(f"o-{outcome}", 1) is not None
+        assert settles is (outcome in FINAL_OUTCOMES), outcome
 
 
 async def test_concurrent_lookups_are_one_query_and_each_gets_its_own_answer(
         db: Database, audit_writer: AuditWriter) -> None:
     """The dispatcher looks every event up: concurrent look-ups share a query (at most
-    200 keys each), and each key gets the latest outcome of its own attempt."""
+    200 keys each), and each key gets the latest outcome of its own attempt, else the
+    latest final outcome of its message (a copy of a message that is done)."""
     rows = [record(n, outcome=Outcome.RETRYING, message_id=f"m-{n}") for n in range(0, 150, 3)]
     rows += [record(n, outcome=Outcome.DEAD, message_id=f"m-{n}", attempt=1)
              for n in range(0, 150, 3)]
@@ -204,10 +223,11 @@ async def test_concurrent_lookups_are_one_query_and_each_gets_its_own_answer(
     keys = [(f"m-{n}", attempt) for n in range(150) for attempt in (0, 1)]
     answers = await asyncio.gather(*(audit_writer.settled_outcome(*key) for key in keys))
     assert audit_writer.lookups.queries - before == 2  # 300 keys: 200, then 100
-    expected = {0: (Outcome.RETRYING, Outcome.DEAD), 1: (Outcome.DISPATCHED, None),
-                2: (None, None)}
+    expected = {0: (Outcome.RETRYING, Outcome.DEAD),
+                1: (Outcome.DISPATCHED, Outcome.DISPATCHED), 2: (None, None)}
     wanted = [expected[int(message_id[2:]) % 3][attempt] for message_id, attempt in keys]
     wanted[keys.index(("m-1", 0))] = Outcome.DEAD  # its latest row
+    wanted[keys.index(("m-1", 1))] = Outcome.DEAD  # its message's latest final row
     assert answers == wanted
 
 
@@ -233,6 +253,146 @@ async def test_secrets_never_reach_audit_rows(db: Database, audit_writer: AuditW
     for secret in ("tok-9f8e7d6c5b4a", "pa55word", "Bearer abc"):
         assert secret not in text
     assert "***" in row["error_message"]
+
+
+# --- a commit whose answer is lost --------------------------------------------------------------
+
+
+async def write_until_durable(writer: AuditWriter, row: AuditRecord) -> None:
+    """Write ``row`` as the consumer runtime does: again while its commit fails."""
+    while True:
+        try:
+            return await writer.write(row)
+        except InfrastructureError:
+            await asyncio.sleep(0.05)  # the runtime's backoff before writing it again
+
+
+async def rows_per_message(db: Database) -> dict[str, int]:
+    found = await db.fetch("SELECT message_id, count(*) AS n FROM audit_log GROUP BY message_id")
+    return {r["message_id"]: r["n"] for r in found}
+
+
+@pytest.mark.parametrize("lost", ["answer", "request"])
+async def test_a_batch_whose_commit_is_cut_is_stored_exactly_once(
+        db: Database, database_url: str, lost: str) -> None:
+    """The connection is cut at the batch's commit: after the server committed (its
+    answer lost), or before the commit reached it. Either way each row is stored once,
+    however the writer's callers write again what failed."""
+    async with commit_cutter(database_url) as proxy, \
+            Database(proxy.url(database_url), max_size=2) as through_proxy:
+        writer = AuditWriter(through_proxy, interval=0.2)
+        await writer.start()
+        if lost == "answer":
+            proxy.cut_answers = 1
+        else:
+            proxy.cut_requests = 1
+        try:
+            with structlog.testing.capture_logs() as logged:
+                await asyncio.gather(*(write_until_durable(writer, record(n))
+                                       for n in range(50)))
+        finally:
+            await writer.close()
+    assert proxy.cuts == 1
+    assert await rows_per_message(db) == {f"msg-{n}": 1 for n in range(50)}
+    events = [e["event"] for e in logged]
+    assert "the answer to an audit commit was lost; asking whether it committed" in events
+    abandoned = await db.fetchval("SELECT count(*) FROM audit_batches WHERE abandoned")
+    if lost == "answer":
+        assert "audit batch committed after all" in events and abandoned == 0
+    else:
+        assert "audit batch did not commit; its rows are written again" in events
+        assert abandoned == 1
+
+
+async def test_while_postgresql_cannot_say_whether_a_batch_committed_its_rows_are_held(
+        db: Database, database_url: str) -> None:
+    """The commit's answer is lost and PostgreSQL is unreachable for a while: the writer
+    keeps asking, the rows' writers wait (failing them would bring the duplicate back),
+    and once PostgreSQL answers, each row is stored once."""
+    async with commit_cutter(database_url) as proxy, \
+            Database(proxy.url(database_url), max_size=2, timeout=1.0) as through_proxy:
+        writer = AuditWriter(through_proxy, interval=0.2)
+        await writer.start()
+        proxy.cut_answers, proxy.refuse_after_cut = 1, True
+        try:
+            writes = asyncio.gather(*(writer.write(record(n)) for n in range(20)))
+            await eventually(lambda: proxy.refused >= 2, what="the question asked twice")
+            assert not writes.done()
+            proxy.refusing = False
+            await asyncio.wait_for(writes, 30)  # none failed: no caller writes again
+            await writer.write(record(20))  # and the writer goes on
+        finally:
+            await writer.close()
+    assert await rows_per_message(db) == {f"msg-{n}": 1 for n in range(21)}
+
+
+@pytest.fixture
+async def failing_batch_ids(db: Database) -> AsyncIterator[None]:
+    """Storing a batch id fails (the server answers an error to the batch's commit)."""
+    await db.execute(
+        "CREATE FUNCTION fail_batch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " RAISE EXCEPTION 'injected failure' USING ERRCODE = 'serialization_failure'; END $$")
+    await db.execute("CREATE TRIGGER fail_batch BEFORE INSERT ON audit_batches"
+                     " FOR EACH ROW EXECUTE FUNCTION fail_batch()")
+    try:
+        yield
+    finally:
+        await db.execute("DROP TRIGGER fail_batch ON audit_batches")
+        await db.execute("DROP FUNCTION fail_batch()")
+
+
+async def test_an_error_answered_to_the_commit_is_not_taken_for_a_lost_answer(
+        db: Database, failing_batch_ids: None) -> None:
+    writer = AuditWriter(db, interval=0.2)
+    await writer.start()
+    try:
+        with structlog.testing.capture_logs() as logged:
+            results = await asyncio.gather(*(writer.write(record(n)) for n in range(5)),
+                                           return_exceptions=True)
+    finally:
+        await writer.close()
+    assert all(isinstance(r, InfrastructureError) and "injected failure" in str(r)
+               for r in results), results
+    assert [e for e in logged if "lost" in e["event"]] == []  # it was answered: no question
+    assert await db.fetchval("SELECT count(*) FROM audit_log") == 0
+
+
+@pytest.mark.parametrize("ends", ["COMMIT", "ROLLBACK"])
+async def test_the_fate_of_a_batch_still_committing_waits_for_its_end(
+        db: Database, database_url: str, ends: str) -> None:
+    """Asked while the batch's transaction holds its id uncommitted, the question waits
+    for that transaction, then answers what it did; a batch said not committed can no
+    longer commit."""
+    batch = new_batch_id()
+    async with await psycopg.AsyncConnection.connect(database_url) as old:
+        await old.execute("INSERT INTO audit_batches (id) VALUES (%s)", (batch,))
+        asked = asyncio.create_task(batch_committed(db, batch))
+        await eventually(lambda: db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock'"), what="the question waiting on the batch's lock")
+        assert not asked.done()
+        await old.execute(ends)
+        assert await asyncio.wait_for(asked, 10) is (ends == "COMMIT")
+        if ends == "ROLLBACK":  # the old transaction's commit, arriving late, fails
+            with pytest.raises(psycopg.errors.UniqueViolation):
+                await old.execute("INSERT INTO audit_batches (id) VALUES (%s)", (batch,))
+    assert await batch_committed(db, batch) is (ends == "COMMIT")  # asked again: same answer
+
+
+async def test_batch_ids_past_their_retention_are_pruned(db: Database) -> None:
+    now = time.time()
+    old, recent = new_batch_id(now - RETENTION_SECONDS - 60), new_batch_id(now - 60)
+    for batch in (old, recent):
+        await db.execute("INSERT INTO audit_batches (id) VALUES (%s)", (batch,))
+    assert await prune_batch_ids(db, now) == 1
+    assert await db.fetchval("SELECT array_agg(id) FROM audit_batches") == [recent]
+
+
+async def test_every_batch_leaves_its_id(db: Database, audit_writer: AuditWriter) -> None:
+    await asyncio.gather(*(audit_writer.write(record(n)) for n in range(10)))
+    await audit_writer.write(record(10))
+    assert await db.fetchval("SELECT count(*) FROM audit_batches WHERE NOT abandoned") == (
+        audit_writer.batches_written)
 
 
 # --- search ------------------------------------------------------------------------------------

@@ -364,6 +364,45 @@ async def test_a_redelivered_message_already_audited_is_acked_not_handled_again(
     assert topology.ready(PUSH.name) == 0
 
 
+async def test_a_retry_copy_of_a_message_already_done_is_acked_not_handled_again(
+        topology: TestTopology, db: Any, audit_writer: Any) -> None:
+    """A broker killed while a retry copy was being published: it stored the copy but
+    never confirmed it, so the original went back to the queue and was handled again
+    (``created``, a final row at attempt 0). The copy, attempt 1, comes out of its
+    retry queue later: the message is done, so it is acked as a duplicate."""
+    handled: list[tuple[str, int]] = []
+
+    async def handler(m: InboundMessage[SyncMessage]) -> Outcome:
+        handled.append((m.context.record_id or "", m.context.attempt))
+        return Outcome.CREATED if m.context.attempt == 0 else Outcome.UNCHANGED
+
+    message, later = sync_message("r1"), sync_message("r2")
+    consumer = pusher(topology, handler, audit_writer)
+    async with running(consumer):
+        await publish(topology.url, [outgoing(message)])
+        await eventually(lambda: _when(final_counts(db), lambda c: message.id in c),
+                         what="the original settled")
+        conn = await open_connection(topology.url, "bss-sync test-broker")
+        try:  # the copy as the runtime publishes it, stored in the first rung
+            await (await Publisher.open(conn)).publish(
+                "", RETRY_1, encode(message.with_attempt(1)), message_id=message.id,
+                headers={"x-attempt": 1, "x-error-class": "RemoteUnavailable"})
+        finally:
+            await conn.close()
+        counts = consumer.processor.counts
+        await eventually(lambda: counts["duplicate"] + counts["ack"] == 2,
+                         what="the copy taken off the queue")
+        assert counts["duplicate"] == 1
+        await publish(topology.url, [outgoing(later)])
+        await eventually(lambda: _when(final_counts(db), lambda c: later.id in c),
+                         what="the later message settled")
+    assert handled == [("r1", 0), ("r2", 0)]
+    assert await final_counts(db) == {message.id: 1, later.id: 1}
+    assert [(r["outcome"], r["attempt"]) for r in await rows(
+        db, "message_id = %s", (message.id,))] == [("created", 0)]
+    assert topology.ready(PUSH.name) == topology.ready(RETRY_1) == 0
+
+
 class FlakyAudit:
     """The real audit writer behind a switch that fails the first ``failures`` writes."""
 

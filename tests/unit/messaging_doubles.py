@@ -16,7 +16,7 @@ from typing import Any
 
 import pika
 
-from shared.audit.record import AuditRecord, Outcome
+from shared.audit.record import FINAL_OUTCOMES, AuditRecord, Outcome
 from shared.errors import AuditRowRefused, InfrastructureError
 from shared.messaging.codec import SYNC_CODEC
 from shared.messaging.delivery import ConsumeSession, Delivery
@@ -99,10 +99,12 @@ class Sink:
         for row in self.rows:
             if row.message_id == message_id and row.attempt == attempt:
                 return row.outcome
-        return None
+        return await self.final_outcome(message_id)
 
     async def final_outcome(self, message_id: str) -> Outcome | None:
-        return None
+        finals = [r.outcome for r in self.rows
+                  if r.message_id == message_id and r.outcome in FINAL_OUTCOMES]
+        return finals[-1] if finals else None
 
 
 class GatedSink(Sink):

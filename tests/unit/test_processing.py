@@ -128,6 +128,30 @@ async def test_a_redelivered_message_with_a_row_is_acked_without_handling() -> N
     assert processor.counts["duplicate"] == 1
 
 
+async def test_a_retry_copy_of_a_message_done_at_another_attempt_is_acked_unhandled() -> None:
+    """The copy the broker stored without confirming it, after its original was handled
+    again to a final outcome: the copy is looked up, found done, acked. A copy of a
+    message that only went ``retrying`` is handled."""
+    done, flaky = str(uuid.uuid4()), str(uuid.uuid4())
+    calls: list[tuple[str | None, int]] = []
+
+    async def handler(m: InboundMessage[Any]) -> Outcome:
+        calls.append((m.context.message_id, m.context.attempt))
+        if m.context.message_id == flaky and m.context.attempt == 0:
+            raise RemoteUnavailable("503")
+        return Outcome.CREATED
+
+    rec, session, _sink, _, processor = await setup(handler)
+    for tag, data in enumerate((body(done), body(done, attempt=1), body(flaky),
+                                body(flaky, attempt=1)), 1):
+        await processor.process(delivery(session, tag, data))
+        await settled(processor, session)  # each row committed before the next delivery
+    assert calls == [(done, 0), (flaky, 0), (flaky, 1)]
+    assert processor.counts["duplicate"] == 1
+    assert [e for e in rec.events if e.startswith("audit")] == [
+        "audit created 0", "audit retrying 0", "audit created 1"]
+
+
 async def test_twins_in_flight_run_one_after_the_other_and_the_second_is_recognised() -> None:
     release = asyncio.Event()
     calls: list[str] = []
