@@ -8,8 +8,10 @@ Each fake keeps what the push depends on of the adapter it stands for:
   than ``stale_after``, ``forget_claim`` (a row the claim created is removed, an
   older one released) versus ``release_claim`` (the error is remembered), hashes kept
   when ``None`` is given, cleared on delete, the push mark replaced by a marked write
-  and kept by an unmarked one, and a fresh ``now()`` per statement as PostgreSQL gives
-  each transaction (``last_pushed_at`` moves with every push).
+  and kept by an unmarked one, a pending create (``note_create_sent``, only while the
+  message holds the claim; stored as the JSON text the real store writes) cleared by
+  linking, deleting or ``clear_create_sent``, and a fresh ``now()`` per statement as
+  PostgreSQL gives each transaction (``last_pushed_at`` moves with every push).
 * ``FakeBss`` — ``shared.bss.BssClient.get``: records by id, absent → ``None``.
 * ``FakeThirdParty`` — ``shared.http.ThirdPartyClient.send``: records every request
   and answers from a script; a status of 400 or more raises what the real client
@@ -149,6 +151,26 @@ class FakeLinkStore:
                                       updated_at=self.now()))
         return True
 
+    async def note_create_sent(self, instance_id: str, entity: str, bss_id: str,
+                               message_id: str, sent: dict[str, Any]) -> bool:
+        link = self.get(instance_id, entity, bss_id)
+        if link is None or link.claim != message_id:
+            return False
+        now = self.now()
+        self._put(dataclasses.replace(
+            link, create_sent_at=now, updated_at=now,
+            create_sent=json.dumps(sent, separators=(",", ":"), default=str)))
+        return True
+
+    async def clear_create_sent(self, instance_id: str, entity: str, bss_id: str,
+                                message_id: str) -> bool:
+        link = self.get(instance_id, entity, bss_id)
+        if link is None or link.claim != message_id:
+            return False
+        self._put(dataclasses.replace(link, create_sent_at=None, create_sent=None,
+                                      updated_at=self.now()))
+        return True
+
     async def mark_linked(self, instance_id: str, entity: str, *, bss_id: str,
                           external_id: str, direction: Literal["push", "pull"],
                           push_hash: str | None = None, pull_hash: str | None = None,
@@ -173,7 +195,7 @@ class FakeLinkStore:
             return self._put(dataclasses.replace(link, **{stamp: now}, **_mark(pushed)))
         return self._put(dataclasses.replace(
             link, **{other: values[other], stamp: now}, state="linked", claim=None,
-            claimed_at=None, last_error=None,
+            claimed_at=None, last_error=None, create_sent_at=None, create_sent=None,
             push_hash=push_hash if push_hash is not None else link.push_hash,
             pull_hash=pull_hash if pull_hash is not None else link.pull_hash, updated_at=now,
             **_mark(pushed)))
@@ -189,6 +211,7 @@ class FakeLinkStore:
         stamp = "last_pushed_at" if direction == "push" else "last_pulled_at"
         self._put(dataclasses.replace(link, state="deleted", claim=None, claimed_at=None,
                                       push_hash=None, pull_hash=None, last_error=None,
+                                      create_sent_at=None, create_sent=None,
                                       updated_at=now, **{stamp: now}, **_mark(pushed)))
         return True
 
