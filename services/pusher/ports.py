@@ -59,7 +59,7 @@ class Links(Protocol):
     async def note_create_sent(self, instance_id: str, entity: str, bss_id: str,
                                message_id: str, sent: dict[str, Any]) -> bool:
         """Record durably, before a create goes out, that it is sent and what it sends;
-        false (nothing written) when ``message_id`` no longer holds the claim."""
+        false (nothing written) when another message holds the claim or none does."""
         ...
 
     async def clear_create_sent(self, instance_id: str, entity: str, bss_id: str,

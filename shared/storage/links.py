@@ -186,20 +186,23 @@ RETURNING l.*
 """
 
 
-#: Stores the pending creates of rows still claimed by their message, taking the rows
-#: in id order (two processes' batches cannot deadlock); returns the rows it wrote.
+#: Stores the pending creates of rows still claimed by their message; returns the rows
+#: it wrote. An upsert, as the claims are: each row is reached through the key's
+#: index whatever the planner's statistics (a join with the batch may scan the whole
+#: table), and rows are taken in key order. The row exists — the claim made it — so
+#: the insert only ever serves as the lookup; were it gone, the row it makes is
+#: claimed by the message, as the claim would have made it.
 _CREATE_SENT_SQL = """
-WITH t AS (
-    SELECT * FROM unnest(%(instance_ids)s::text[], %(entities)s::text[], %(bss_ids)s::text[],
-                         %(message_ids)s::text[], %(sent)s::text[])
-           AS t(instance_id, entity, bss_id, message_id, sent)
-), mine AS (
-    SELECT l.id, t.sent FROM links l JOIN t USING (instance_id, entity, bss_id)
-     WHERE l.claim = t.message_id
-     ORDER BY l.id FOR UPDATE OF l
-)
-UPDATE links l SET create_sent_at = now(), create_sent = mine.sent, updated_at = now()
-  FROM mine WHERE l.id = mine.id
+INSERT INTO links AS l (instance_id, entity, bss_id, state, claim, claimed_at,
+                        create_sent_at, create_sent)
+SELECT t.instance_id, t.entity, t.bss_id, 'creating', t.message_id, now(), now(), t.sent
+  FROM unnest(%(instance_ids)s::text[], %(entities)s::text[], %(bss_ids)s::text[],
+              %(message_ids)s::text[], %(sent)s::text[])
+       AS t(instance_id, entity, bss_id, message_id, sent)
+ ORDER BY t.instance_id, t.entity, t.bss_id
+ON CONFLICT (instance_id, entity, bss_id) DO UPDATE
+   SET create_sent_at = now(), create_sent = EXCLUDED.create_sent, updated_at = now()
+ WHERE l.claim = EXCLUDED.claim
 RETURNING l.instance_id, l.entity, l.bss_id
 """
 
@@ -396,7 +399,8 @@ class LinkStore:
         """Record, durably, that a create of BSS record ``bss_id`` is about to be sent, and
         ``sent`` (what it sends; JSON-able, stored as JSON text with every non-ASCII
         character escaped). Returns false, writing nothing, when ``message_id`` no longer
-        holds the record's claim (another delivery took it over: do not send)."""
+        holds the record's claim (another delivery took it over: do not send). A row that
+        is gone (the claim made it) is made again, claimed by ``message_id``."""
         request = _CreateSentRequest(instance_id, entity, bss_id, message_id,
                                      json.dumps(sent, separators=(",", ":"), default=str))
         if self.batched:

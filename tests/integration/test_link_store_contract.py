@@ -163,7 +163,9 @@ async def test_a_create_is_noted_only_by_the_claim_holder_and_ends_with_the_link
     await store.claim_for_create(INSTANCE, "account", "a1", "m-1", HELD)
 
     assert not await store.note_create_sent(INSTANCE, "account", "a1", "m-2", sent)
-    assert not await store.note_create_sent(INSTANCE, "account", "a9", "m-1", sent)
+    assert await store.note_create_sent(INSTANCE, "account", "a9", "m-1", sent)  # row gone
+    remade = await store.by_bss_id(INSTANCE, "account", "a9")
+    assert (remade.state, remade.claim, remade.create_trace) == ("creating", "m-1", sent)
     assert await store.note_create_sent(INSTANCE, "account", "a1", "m-1", sent)
     noted = await store.by_bss_id(INSTANCE, "account", "a1")
     assert noted.create_sent_at is not None and noted.create_pending

@@ -154,7 +154,10 @@ class FakeLinkStore:
     async def note_create_sent(self, instance_id: str, entity: str, bss_id: str,
                                message_id: str, sent: dict[str, Any]) -> bool:
         link = self.get(instance_id, entity, bss_id)
-        if link is None or link.claim != message_id:
+        if link is None:
+            link = (await self.claim_for_create(instance_id, entity, bss_id, message_id,
+                                                0)).link
+        if link.claim != message_id:
             return False
         now = self.now()
         self._put(dataclasses.replace(
