@@ -29,6 +29,7 @@ from kombu import Connection
 from demo.waiting import wait_until
 from sandbox.server import SandboxServer
 from sandbox.settings import SandboxSettings
+from shared.messaging.amqp_url import kombu_hostname
 from shared.messaging.topology import WorkQueue
 from shared.paths import project_root
 
@@ -139,8 +140,9 @@ class LoggedProcess:
 
 
 def consumer_count(amqp_url: str, queue: str) -> int:
-    """Consumers of ``queue`` right now (0 when the queue does not exist yet)."""
-    with Connection(amqp_url, connect_timeout=5) as conn:
+    """Consumers of ``queue`` right now (0 when the queue does not exist yet); through
+    the first node of ``amqp_url`` that answers."""
+    with Connection(kombu_hostname(amqp_url), connect_timeout=5) as conn:
         try:
             return conn.default_channel.queue_declare(queue, passive=True).consumer_count
         except amqp.exceptions.NotFound:

@@ -38,7 +38,8 @@ from kombu import Connection
 from demo.processes import LoggedSandbox, Service, bss_sync
 from demo.thirdparty import NODE_BIN, JsonServer
 from sandbox.settings import SandboxSettings
-from shared.messaging.management import AmqpUrl, ManagementClient, management_url_for
+from shared.messaging.amqp_url import broker_urls, kombu_hostname, with_vhost
+from shared.messaging.management import ManagementClient, management_url_for
 from shared.messaging.topology import DISPATCHER, PUSHER
 from shared.storage.db import quote_ident, redact_url, url_with_database
 
@@ -50,7 +51,7 @@ PUSH_PATH = (DISPATCHER, PUSHER)
 class StackConfig:
     """Where a stack runs and how; see the module docstring."""
 
-    #: The broker (any vhost: the stack's own replaces it).
+    #: The broker (any vhost: the stack's own replaces it); a cluster's nodes, comma-separated.
     amqp_url: str
     #: The PostgreSQL server (any database: the stack's own replaces it).
     database_url: str
@@ -85,7 +86,7 @@ class Stack:
         self.config = config
         self.workdir = config.workdir
         self.database_url = url_with_database(config.database_url, config.database)
-        self.amqp_url = AmqpUrl.parse(config.amqp_url).with_vhost(config.vhost)
+        self.amqp_url = with_vhost(config.amqp_url, config.vhost)  # every node of a cluster
         self.management_url = management_url_for(config.amqp_url, config.management_url)
         self.management = ManagementClient.for_amqp_url(config.amqp_url, config.management_url)
         self.crm: JsonServer | None = None
@@ -140,8 +141,9 @@ class Stack:
                          f"{redact_url(self.config.database_url)} ({first_line(exc)}): "
                          "start it, or set DATABASE_URL")
         try:
-            with Connection(self.config.amqp_url, connect_timeout=5) as conn:
-                conn.ensure_connection(max_retries=1, timeout=5)
+            with Connection(kombu_hostname(self.config.amqp_url), connect_timeout=5) as conn:
+                conn.ensure_connection(max_retries=len(broker_urls(self.config.amqp_url)),
+                                       timeout=5)
         except Exception as exc:
             found.append(f"RabbitMQ is not reachable at {redact_url(self.config.amqp_url)} "
                          f"({first_line(exc)}): start it, or set AMQP_URL")

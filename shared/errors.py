@@ -26,7 +26,8 @@ enter our code: ``raise RemoteUnavailable(...) from exc``.
         ├── RemoteProtocolError        the third party answered something unusable
         ├── UnsafeRequest              a redirect or next-page URL to another host
         ├── AmbiguousMatch             'match' found several remote records for one
-        └── BssRejected                the BSS refused our write (4xx)
+        ├── BssRejected                the BSS refused our write (4xx)
+        └── AuditRowRefused            PostgreSQL refused a message's audit row for its data
 
 Messages never contain credentials: callers pass the redacted request, and
 ``shared.logging.redact`` is applied to every text that leaves the process.
@@ -161,14 +162,25 @@ class BssRejected(PermanentError):
     """The host BSS API refused a write (4xx)."""
 
 
+class AuditRowRefused(PermanentError):
+    """PostgreSQL refused a message's audit row for its data (a value, a constraint):
+    writing the same row again fails the same way, so the message is dead-lettered
+    instead of held (docs/architecture.md §5). A lost connection is an
+    :class:`InfrastructureError` instead."""
+
+
 TRANSIENT_HTTP_STATUSES = frozenset({408, 409, 423, 425, 429})
 
 
 def classify_http_status(status: int) -> type[SyncError] | None:
     """The error class for a remote HTTP status, or ``None`` when it is a success.
 
-    Pure: used by the third-party client and by tests that pin the policy.
+    A status outside 100-599 is no HTTP status: the third party broke the protocol
+    (``RemoteProtocolError``, never a success, never retried). Pure: used by the
+    third-party client and by tests that pin the policy.
     """
+    if not 100 <= status <= 599:
+        return RemoteProtocolError
     if status < 400:
         return None
     if status == 429:

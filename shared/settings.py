@@ -53,7 +53,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
 
-    amqp_url: str = Field(DEFAULT_AMQP_URL, description="RabbitMQ URL, vhost included")
+    amqp_url: str = Field(DEFAULT_AMQP_URL, description=(
+        "RabbitMQ URL, vhost included; the nodes of a cluster as URLs separated by commas"))
     database_url: str = Field(DEFAULT_DATABASE_URL, description="PostgreSQL URL")
     db_schema: str = Field("public", description="PostgreSQL schema holding bss-sync's tables")
     db_pool_size: int = Field(

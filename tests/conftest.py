@@ -9,7 +9,8 @@ import pytest
 
 import shared.logging
 
-pytest_plugins = ["tests.fixtures.database", "tests.fixtures.amqp", "tests.fixtures.vendor_specs"]
+pytest_plugins = ["tests.fixtures.database", "tests.fixtures.amqp", "tests.fixtures.vendor_specs",
+                  "tests.fixtures.rabbit_node"]
 
 
 @pytest.fixture(autouse=True)

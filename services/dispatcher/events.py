@@ -17,7 +17,6 @@ message id so that a redelivery after a crash can resume at once).
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import uuid
@@ -27,10 +26,9 @@ from typing import Any
 import orjson
 
 from shared.audit import Outcome
-from shared.errors import InvalidMessage
 from shared.message_context import MessageContext
 from shared.messaging.codec import HandlerResult, InboundMessage, header_attempt
-from shared.messaging.envelope import SyncMessage, encode
+from shared.messaging.envelope import SyncMessage, encode, loads_unicode
 from shared.messaging.publisher import OutgoingMessage
 from shared.messaging.topology import PUSH_EXCHANGE, sync_routing_key
 from shared.schema_check import PinnedSchemaCheck
@@ -44,10 +42,12 @@ CACHE_SECONDS = 5.0
 
 #: :func:`shared.schema_check.rules_sha256` of ``schemas/bss-event.schema.json`` (and the
 #: ``common`` id it refers to) as :func:`conforms` mirrors it.
-EVENT_RULES_SHA256 = "1ad9a565a177e8bcad24ef09cb49bae235ce9c14c28877f4131151b78a0ac1b3"
+EVENT_RULES_SHA256 = "e0dbb32e0dc1b9e54f46804e7b436a9f731b0066f53149c422c156759e8cc2c2"
 _EVENTS = ("created", "updated", "deleted")
 _ENTITY = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _TENANT = re.compile(r"^[A-Za-z0-9_-]+$")  # organizationId and origin
+_MAX_OCCURRED_AT = 64
+_MAX_CHANGED_FIELDS = 1000
 
 
 def conforms(event: Any) -> bool:
@@ -70,8 +70,8 @@ def conforms(event: Any) -> bool:
             and type(org_id) is str and 1 <= len(org_id) <= 128
             and _TENANT.search(org_id) is not None
             and type(record_id) is str and 1 <= len(record_id) <= 255
-            and type(occurred) is str):  # format is an annotation here, not asserted
-        return False
+            and type(occurred) is str and len(occurred) <= _MAX_OCCURRED_AT):
+        return False  # occurredAt's format is an annotation here, not asserted
     get = event.get
     origin, data, fields = get("origin"), get("data"), get("changedFields")
     if origin is not None and not (type(origin) is str and 1 <= len(origin) <= 128
@@ -81,7 +81,8 @@ def conforms(event: Any) -> bool:
         return False
     if fields is None:
         return True
-    return (type(fields) is list and all(type(f) is str and 1 <= len(f) <= 255 for f in fields)
+    return (type(fields) is list and len(fields) <= _MAX_CHANGED_FIELDS
+            and all(type(f) is str and 1 <= len(f) <= 255 for f in fields)
             and len(set(fields)) == len(fields))
 
 
@@ -98,10 +99,8 @@ class EventCodec:
         try:
             event = orjson.loads(body)
         except orjson.JSONDecodeError:
-            try:  # the standard library words the reason (and reads >64-bit integers)
-                event = json.loads(body)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise InvalidMessage(f"the event is not JSON: {exc}") from None
+            # the standard library words the reason (and reads >64-bit integers)
+            event = loads_unicode(body, "the event is not JSON")
         EVENT_CHECK.check(event)
         return InboundMessage(event, MessageContext(
             event["id"], org_id=event["organizationId"], entity=event["entity"],

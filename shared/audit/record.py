@@ -76,12 +76,15 @@ class AuditSink(Protocol):
     def submit(self, record: AuditRecord,
                done: Callable[[BaseException | None], None]) -> None:
         """Queue ``record``; call ``done(None)`` once it is committed, ``done(error)``
-        (an ``InfrastructureError``) when it could not be. Raises ``ValueError`` for
-        an invalid record, ``InfrastructureError`` when the sink is not running."""
+        when it could not be: an ``InfrastructureError`` (PostgreSQL failed: write it
+        again later) or an ``AuditRowRefused`` (the row itself was refused: it never
+        will be). Raises ``ValueError`` for an invalid record, ``InfrastructureError``
+        when the sink is not running."""
         ...
 
     async def write(self, record: AuditRecord) -> None:
-        """Return once ``record`` is committed. Raises ``InfrastructureError``."""
+        """Return once ``record`` is committed. Raises ``InfrastructureError``,
+        ``AuditRowRefused`` or ``ValueError`` as :meth:`submit` reports them."""
         ...
 
     async def settled_outcome(self, message_id: str, attempt: int) -> Outcome | None:

@@ -10,102 +10,55 @@ event loop brings no new row; rows arriving while a commit runs wait for it and
 form the next batch. ``write`` returns, and ``done`` is called, only after the
 transaction holding the row has committed, so the message may be acked then.
 
-A failed commit fails every row of that batch with
-:class:`~shared.errors.InfrastructureError` (their messages stay unacked and are
-redelivered). A batch refused for its *data* (a row PostgreSQL rejects) is
-retried row by row, so one bad row fails only its own writer.
+Rows are fitted to the table on the way in (:mod:`shared.audit.normalise`), so
+PostgreSQL should never refuse one. A failed commit fails every row of that batch
+with :class:`~shared.errors.InfrastructureError` (their messages stay unacked and
+their rows are written again). A batch refused for its *data* — a value, a
+constraint, an index entry too large, a text that cannot be encoded — is retried row
+by row, so one bad row fails only its own writer, with
+:class:`~shared.errors.AuditRowRefused`: writing it again would fail the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import psycopg
 import structlog
 
+from shared.audit.normalise import (
+    COLUMNS,
+    INT4_MAX,
+    MAX_MESSAGE_CHARS,
+    Row,
+    fit_ident,
+    to_row,
+)
 from shared.audit.record import FINAL_OUTCOMES, AuditRecord, Outcome
-from shared.errors import InfrastructureError
-from shared.logging import redact, redact_mapping
+from shared.errors import AuditRowRefused, InfrastructureError
+from shared.logging import redact
 from shared.storage.db import Database
 from shared.storage.partitions import DEFAULT_MONTHS_AHEAD, ensure_audit_partitions
 
 DEFAULT_BATCH_SIZE = 500
 DEFAULT_INTERVAL = 0.02
-#: Error messages longer than this are cut (remote error bodies can be huge).
-MAX_MESSAGE_CHARS = 4000
 #: How often a long-running writer makes sure next months' partitions exist.
 PARTITION_CHECK_SECONDS = 6 * 3600.0
 
-COLUMNS = (
-    "at", "category", "service", "org_id", "instance_id", "entity", "direction", "action",
-    "record_id", "external_id", "outcome", "attempt", "http_status", "error_class",
-    "error_message", "duration_ms", "run_id", "message_id", "correlation_id", "details",
-)
 _COPY_SQL = f"COPY audit_log ({', '.join(COLUMNS)}) FROM STDIN"
-_DIRECTIONS = frozenset({"push", "pull"})
+__all__ = ["COLUMNS", "MAX_MESSAGE_CHARS", "AuditWriter", "final_outcome", "settled_outcome",
+           "to_row"]
+#: What PostgreSQL (or psycopg, adapting a value) raises for a row it will never take.
+_DATA_REFUSALS = (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded,
+                  UnicodeError, ValueError, TypeError)
 
 log = structlog.get_logger(__name__)
 
-Row = tuple[Any, ...]
 #: Called once with ``None`` when the row is committed, or with the error when it cannot be.
 Done = Callable[[BaseException | None], None]
 Entry = tuple[Row, Done]
-
-
-def _clean(text: str | None, limit: int | None = None) -> str | None:
-    """A string PostgreSQL accepts (no NUL), redacted and optionally shortened."""
-    if text is None:
-        return None
-    text = redact(str(text)).replace("\x00", "\ufffd")
-    if limit is not None and len(text) > limit:
-        text = text[: limit - 1] + "…"
-    return text
-
-
-def to_row(record: AuditRecord) -> Row:
-    """The ``COPY`` row for ``record``: redacted, NUL-free, validated.
-
-    Raises ``ValueError`` for a record PostgreSQL would refuse (unknown outcome
-    or direction, negative attempt, impossible HTTP status): a programming error
-    of the caller, reported to that caller alone.
-    """
-    outcome = Outcome(record.outcome)
-    if record.direction is not None and record.direction not in _DIRECTIONS:
-        raise ValueError(f"audit direction must be push or pull, not {record.direction!r}")
-    if record.attempt < 0:
-        raise ValueError("audit attempt must be >= 0")
-    if record.http_status is not None and not 100 <= record.http_status <= 599:
-        raise ValueError(f"audit http_status {record.http_status} is not an HTTP status")
-    if record.at.tzinfo is None:
-        raise ValueError("audit time must be timezone-aware")
-    details = (
-        json.dumps(redact_mapping(record.details), default=str, ensure_ascii=False)
-        .replace("\\u0000", "\\ufffd")
-        if record.details else "{}"
-    )
-    duration = None if record.duration_ms is None else max(0.0, float(record.duration_ms))
-    # Identifiers carry no secrets: they skip redaction (the hot path of every message);
-    # the free texts (error message, details) are redacted.
-    return (
-        record.at, record.category, _plain(record.service), _plain(record.org_id),
-        _plain(record.instance_id), _plain(record.entity), record.direction,
-        _plain(record.action), _plain(record.record_id), _plain(record.external_id),
-        outcome.value, record.attempt, record.http_status, _plain(record.error_class),
-        _clean(record.error_message, MAX_MESSAGE_CHARS), duration, _plain(record.run_id),
-        _plain(record.message_id), _plain(record.correlation_id), details,
-    )
-
-
-def _plain(text: str | None) -> str | None:
-    """An identifier PostgreSQL accepts (no NUL)."""
-    if text is None:
-        return None
-    text = str(text)
-    return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
 class AuditWriter:
@@ -171,8 +124,10 @@ class AuditWriter:
         """Queue ``record``; ``done(None)`` is called once it is committed, or
         ``done(error)`` (an :class:`InfrastructureError`) when its batch could not be.
 
-        Raises ``ValueError`` for an invalid record and :class:`InfrastructureError`
-        when the writer is not running (``done`` is then never called).
+        ``done(error)`` gets :class:`AuditRowRefused` when PostgreSQL refused the row
+        for its data. Raises ``ValueError`` for a record whose outcome is not one of
+        :class:`Outcome` and :class:`InfrastructureError` when the writer is not
+        running (``done`` is then never called).
         """
         row = to_row(record)
         if self._task is None or self._task.done() or self._closing:
@@ -186,7 +141,8 @@ class AuditWriter:
         """Return once ``record`` is committed.
 
         Raises :class:`InfrastructureError` when its batch could not be committed
-        or the writer is not running, ``ValueError`` for an invalid record.
+        or the writer is not running, :class:`AuditRowRefused` when PostgreSQL refused
+        the row for its data, ``ValueError`` for an invalid outcome.
         """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.submit(record, lambda error: _resolve(future, error))
@@ -240,15 +196,14 @@ class AuditWriter:
         rows = [row for row, _ in batch]
         try:
             await self._copy(rows)
-        except (psycopg.DataError, psycopg.IntegrityError) as exc:
-            log.warning("audit batch refused, writing row by row", error=redact(str(exc)))
-            await self._commit_one_by_one(batch)
-            return
-        except InfrastructureError as exc:
-            _fail(batch, str(exc), exc)
-            return
         except Exception as exc:  # never leave a waiter hanging
-            _fail(batch, f"audit commit failed: {redact(str(exc))}", exc)
+            if refused_for_data(exc):
+                log.warning("audit batch refused, writing row by row", error=_reason(exc))
+                await self._commit_one_by_one(batch)
+            elif isinstance(exc, InfrastructureError):
+                _fail(batch, str(exc), exc)
+            else:
+                _fail(batch, f"audit commit failed: {_reason(exc)}", exc)
             return
         self.rows_written += len(rows)
         self.batches_written += 1
@@ -260,7 +215,12 @@ class AuditWriter:
             try:
                 await self._copy([row])
             except Exception as exc:
-                _fail([(row, done)], f"audit row refused: {redact(str(exc))}", exc)
+                if refused_for_data(exc):
+                    refused = AuditRowRefused(f"PostgreSQL refused the audit row: {_reason(exc)}")
+                    refused.__cause__ = exc
+                    _call(done, refused)
+                else:
+                    _fail([(row, done)], f"audit row not written: {_reason(exc)}", exc)
             else:
                 self.rows_written += 1
                 _call(done, None)
@@ -296,6 +256,19 @@ class AuditWriter:
         return await final_outcome(self.db, message_id)
 
 
+def refused_for_data(exc: BaseException) -> bool:
+    """Whether ``exc`` (or the failure an :class:`InfrastructureError` wraps) means
+    PostgreSQL will never take the row, as opposed to a connection that failed."""
+    cause = exc.__cause__ if isinstance(exc, InfrastructureError) else exc
+    return isinstance(cause, _DATA_REFUSALS)
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of an error, redacted (psycopg adds context lines)."""
+    text = str(exc).strip()
+    return redact(text.splitlines()[0] if text else type(exc).__name__)
+
+
 def _fail(batch: list[Entry], message: str, cause: BaseException) -> None:
     """Fail every row of ``batch``, each with its own InfrastructureError."""
     for _, done in batch:
@@ -322,11 +295,15 @@ def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
 
 
 async def settled_outcome(db: Database, message_id: str, attempt: int) -> Outcome | None:
-    """The latest outcome recorded for ``(message_id, attempt)``, or ``None``."""
+    """The latest outcome recorded for ``(message_id, attempt)``, or ``None``.
+
+    The key is fitted as the row's was (:mod:`shared.audit.normalise`): a message id
+    holding a NUL finds its row, and asks PostgreSQL nothing it would refuse.
+    """
     value = await db.fetchval(
         "SELECT outcome FROM audit_log WHERE message_id = %s AND attempt = %s"
         " ORDER BY at DESC, id DESC LIMIT 1",
-        (message_id, attempt),
+        (fit_ident(message_id), min(max(attempt, 0), INT4_MAX)),
     )
     return None if value is None else Outcome(value)
 
@@ -336,6 +313,6 @@ async def final_outcome(db: Database, message_id: str) -> Outcome | None:
     value = await db.fetchval(
         "SELECT outcome FROM audit_log WHERE message_id = %s AND outcome = ANY(%s)"
         " ORDER BY at DESC, id DESC LIMIT 1",
-        (message_id, [o.value for o in FINAL_OUTCOMES]),
+        (fit_ident(message_id), [o.value for o in FINAL_OUTCOMES]),
     )
     return None if value is None else Outcome(value)

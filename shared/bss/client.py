@@ -31,7 +31,7 @@ from shared.batching import Coalescer
 from shared.errors import BssRejected, BssUnavailable
 from shared.http.httpx_transport import TransportKind, open_transport
 from shared.http.settings import USER_AGENT
-from shared.http.transport import BodyTooLarge, Fetched
+from shared.http.transport import BodyTooLarge, Fetched, NotHttpStatus
 from shared.logging import redact
 from shared.uri import path_segment
 
@@ -232,6 +232,9 @@ class BssClient:
         except BodyTooLarge as exc:
             raise BssUnavailable(f"the BSS answered {method} {path} with a body over "
                                  f"{exc.limit} bytes", http_status=exc.status) from None
+        except NotHttpStatus as exc:
+            raise BssUnavailable(f"the BSS answered {method} {path} with a status line that "
+                                 f"is not HTTP: {exc.status_line}") from None
         except httpx.TimeoutException as exc:
             raise BssUnavailable(f"the BSS did not answer {method} {path} in time") from exc
         except httpx.HTTPError as exc:

@@ -1,9 +1,11 @@
 """``bss-sync topology declare`` and ``bss-sync dead list``.
 
 The broker comes from ``AMQP_URL``; the retry ladder and delivery limit from
-``RETRY_DELAYS`` and ``DELIVERY_LIMIT``. Problems a person can act on (broker
-unreachable, a queue whose arguments changed, a queue that does not exist yet)
-are one line on stderr naming the broker, exit 1.
+``RETRY_DELAYS`` and ``DELIVERY_LIMIT``. ``topology declare`` migrates the queues
+whose arguments changed (:mod:`shared.messaging.migration`) and says what it moved.
+Problems a person can act on (broker unreachable, services still consuming while
+queues must be migrated, a queue that does not exist yet) are one line on stderr
+naming the broker, exit 1.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from typing import Any
 from shared.cli.parser import JSON_LINES_HELP, Subparsers, add_command, add_group, report_count
 from shared.errors import ConfigurationError, InfrastructureError
 from shared.logging import redact
+from shared.messaging.migration import migrate_topology
 from shared.messaging.tooling import PeekedMessage, QueueMissing, peek
-from shared.messaging.topology import PUSHER, SERVICES, WorkQueue, declare_topology
+from shared.messaging.topology import PUSHER, SERVICES, WorkQueue
 from shared.settings import get_settings
 
 DEAD_HEADERS = ("x-error-class", "x-error", "x-http-status", "x-attempts", "x-first-failed-at",
@@ -29,10 +32,14 @@ def register(sub: Subparsers) -> None:
     """Add ``topology`` and ``dead``."""
     topology_sub = add_group(sub, "topology", "RabbitMQ exchanges and queues")
     add_command(topology_sub, "declare",
-                "declare every exchange, queue and binding (idempotent)",
+                "declare every exchange, queue and binding, migrating queues that differ",
                 "Declare every exchange, queue and binding on AMQP_URL's vhost, with the "
                 "retry ladder of RETRY_DELAYS and the delivery limit of DELIVERY_LIMIT; one "
-                "line per entity. Idempotent. The services declare it too when they start."
+                "line per entity. Idempotent. A queue whose arguments differ (one of an "
+                "older version, or a changed DELIVERY_LIMIT) is replaced and its messages "
+                "moved across with publisher confirms, with a line saying how many; "
+                "stop the services first. The services declare the topology too when "
+                "they start, and refuse to start on one that differs."
                 ).set_defaults(func=cmd_topology_declare)
 
     dead_sub = add_group(sub, "dead", "dead-lettered messages")
@@ -69,12 +76,14 @@ def _fail(message: str) -> int:
 def cmd_topology_declare(_args: argparse.Namespace) -> int:
     settings = get_settings()
     try:
-        declared = declare_topology(settings.amqp_url, settings.retry_delays,
-                                    settings.delivery_limit)
+        declared, migrated = migrate_topology(settings.amqp_url, settings.retry_delays,
+                                              settings.delivery_limit)
     except (ConfigurationError, InfrastructureError) as exc:
         return _fail(str(exc))
     for line in declared:
         print(line)
+    for queue in migrated:
+        print(queue)
     return 0
 
 

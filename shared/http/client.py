@@ -13,7 +13,8 @@ and returns a :class:`Response` for any status below 400 — or raises one error
 * ``RemoteConflict`` — 409/423; ``RemoteRejected`` — other 4xx, with the status and a
   redacted body snippet;
 * ``AuthenticationFailed`` — 401/403 (an OAuth2 token is refreshed once on a 401 first);
-* ``RemoteProtocolError`` — a body over the size limit, a non-JSON body where the
+* ``RemoteProtocolError`` — a status outside 100-599 (``HTTP/1.1 999``: the status
+  line is in the message), a body over the size limit, a non-JSON body where the
   operation promises JSON, too many redirects;
 * ``ConfigurationError`` — no credentials fill the operation's security requirement.
 
@@ -40,7 +41,14 @@ from shared.credentials import resolve_credentials
 from shared.errors import ConfigurationError, MappingError, RemoteProtocolError, UnsafeRequest
 from shared.http.auth import Applied, Authenticator
 from shared.http.httpx_transport import TransportKind, open_transport
-from shared.http.outcome import TRANSLATED, parse_retry_after, snippet, status_error, translate
+from shared.http.outcome import (
+    TRANSLATED,
+    not_http_error,
+    parse_retry_after,
+    snippet,
+    status_error,
+    translate,
+)
 from shared.http.ratelimit import Throttle
 from shared.http.settings import (
     USER_AGENT,
@@ -50,7 +58,7 @@ from shared.http.settings import (
     Timeouts,
 )
 from shared.http.tokens import MemoryTokenStore, SharedTokenStore, TokenCipher, TokenStore
-from shared.http.transport import BodyTooLarge
+from shared.http.transport import BodyTooLarge, NotHttpStatus
 from shared.storage.db import Database
 from shared.storage.oauth_tokens import SealedTokenStore
 from shared.transform import UNDEFINED
@@ -265,6 +273,8 @@ class ThirdPartyClient:
                 answer = await self._transport.fetch(outgoing, limit)
         except BodyTooLarge as exc:
             raise _too_large(request, exc.status, exc.limit) from None
+        except NotHttpStatus as exc:
+            raise not_http_error(request, exc.status, exc.status_line) from None
         except TRANSLATED as exc:
             raise translate(exc, request) from exc
         return _Answer(answer.status, answer.headers, answer.content, plan.url,

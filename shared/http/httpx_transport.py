@@ -6,18 +6,20 @@ The BSS and third-party clients send through ``fetch`` / ``fetch_raw``
 (asyncio protocols + httptools, a third of httpx's CPU per request);
 :class:`HttpxTransport` is ``httpx.AsyncHTTPTransport`` — httpcore over anyio, what
 ``httpx.AsyncClient`` uses — with the same two methods: the same body limit,
-decoding and errors (httpx's exceptions, :class:`~shared.http.transport.BodyTooLarge`),
-so that turning our transport off changes nothing else. What the library does its
-own way: it checks an idle connection's socket before reusing it, and it sends
-``Content-Length: 0`` with a bodiless POST. That check misses a connection the server
-closes while the request is being sent (httpcore then raises "Server disconnected
-without sending a response", or a ``ReadError``), so here, as in ours, a request that
-is safe to resend — an idempotent method, or an ``Idempotency-Key`` — is sent once
-more when its connection fails before any answer arrived.
+decoding and errors (httpx's exceptions, :class:`~shared.http.transport.BodyTooLarge`,
+:class:`~shared.http.transport.NotHttpStatus` — h11 refuses a status below 100 itself,
+which is mapped back), so that turning our transport off changes nothing else. What
+the library does its own way: it checks an idle connection's socket before reusing it,
+and it sends ``Content-Length: 0`` with a bodiless POST. That check misses a connection
+the server closes while the request is being sent (httpcore then raises "Server
+disconnected without sending a response", or a ``ReadError``), so here, as in ours, a
+request that is safe to resend — an idempotent method, or an ``Idempotency-Key`` — is
+sent once more when its connection fails before any answer arrived.
 """
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import Iterable
 from typing import Any, Literal, Protocol
@@ -30,9 +32,11 @@ from shared.http.transport import (
     BodyTooLarge,
     Fetched,
     Http1Transport,
+    NotHttpStatus,
     Origin,
     fetched,
     refuse_line_breaks,
+    status_line,
 )
 from shared.settings import get_setting
 
@@ -42,6 +46,8 @@ _ADDED_BY_THE_TRANSPORT = frozenset({"host", "content-length", "transfer-encodin
 #: write error, or this protocol error (other protocol errors are answers: not resent).
 _UNANSWERED = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 _NO_ANSWER = "without sending a response"
+#: How h11 refuses a status line below 100 (it reads it as an informational answer).
+_H11_STATUS_BELOW_100 = re.compile(r"status_code should be in range \[100, 200\), not (\d+)$")
 
 
 class FetchTransport(Protocol):
@@ -78,12 +84,24 @@ class HttpxTransport:
     async def fetch(self, request: httpx.Request, max_bytes: int | None = None) -> Fetched:
         """Send ``request`` and read the whole answer, within ``max_bytes`` (decoded).
 
-        Raises httpx's exceptions and :class:`BodyTooLarge`.
+        Raises httpx's exceptions, :class:`BodyTooLarge` and :class:`NotHttpStatus`.
         """
-        response = await self._send(request)
+        try:
+            response = await self._send(request)
+        except httpx.RemoteProtocolError as exc:
+            below = _H11_STATUS_BELOW_100.search(str(exc))
+            if below is None:
+                raise
+            status = int(below[1])  # h11 keeps no reason phrase for it
+            raise NotHttpStatus(status, status_line("HTTP/1.1", status, b"")) from exc
         stream = response.stream
         assert isinstance(stream, httpx.AsyncByteStream)
         status = response.status_code
+        if not 100 <= status <= 599:
+            await stream.aclose()
+            raise NotHttpStatus(status, status_line(
+                response.extensions.get("http_version", b"HTTP/1.1"), status,
+                response.extensions.get("reason_phrase", b"")))
         try:
             declared = response.headers.get("content-length", "")
             if max_bytes is not None and declared.isdigit() and int(declared) > max_bytes:

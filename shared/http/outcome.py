@@ -3,6 +3,8 @@
 * an HTTP status → :func:`status_error` (the class comes from
   :func:`shared.errors.classify_http_status`; the message names the request and shows
   a redacted snippet of the body: ``POST /companies answered 422: {"message": …}``);
+* a status outside 100-599 → :func:`not_http_error`: the third party broke the
+  protocol (permanent), the message shows the status line as it came;
 * an httpx exception → :func:`translate` through :data:`HTTPX_ERRORS`, the one table
   of foreign exceptions this package maps (a unit test walks every httpx exception
   class and checks it is mapped or deliberately left alone);
@@ -99,6 +101,16 @@ def status_error(
     if cls is RateLimited:
         return RateLimited(message, retry_after=retry_after, http_status=status, details=details)
     return cls(message, http_status=status, details=details)
+
+
+def not_http_error(request: str, status: int, status_line: str) -> RemoteProtocolError:
+    """The error for an answer whose status is no HTTP status (outside 100-599, e.g.
+    ``HTTP/1.1 999 Weird``): permanent, so the record is dead-lettered once, with the
+    status line in its ``x-error``, instead of counting as a success or a 5xx."""
+    line = status_line or f"status {status}"
+    return RemoteProtocolError(
+        f"{request} answered with a status line that is not HTTP: {line}",
+        http_status=status, details={"status_line": line, "request": request})
 
 
 def snippet(content: bytes, limit: int = SNIPPET_CHARS) -> str:

@@ -63,6 +63,32 @@ class Fetched:
     content: bytes
 
 
+MAX_STATUS_LINE_CHARS = 200
+
+
+class NotHttpStatus(Exception):
+    """The answer's status is no HTTP status (outside 100-599): ``HTTP/1.1 999 Weird``.
+    ``status_line`` shows it printable (:func:`status_line`). The connection is not
+    reused."""
+
+    def __init__(self, status: int, status_line: str) -> None:
+        super().__init__(f"the status line {status_line!r} is not HTTP")
+        self.status = status
+        self.status_line = status_line
+
+
+def status_line(version: str | bytes, status: int, reason: bytes) -> str:
+    """The status line of an answer, printable: ``HTTP/1.1 999 Weird``. Bytes that are
+    not printable ASCII are shown as ``\\xNN``; cut at ``MAX_STATUS_LINE_CHARS``."""
+    if isinstance(version, bytes):
+        version = version.decode("ascii", "replace")
+    if not version.startswith("HTTP/"):
+        version = f"HTTP/{version}"
+    text = "".join(chr(b) if 0x20 <= b < 0x7F else f"\\x{b:02x}" for b in reason)
+    line = f"{version} {status:03d} {text}".rstrip()
+    return line if len(line) <= MAX_STATUS_LINE_CHARS else line[: MAX_STATUS_LINE_CHARS - 1] + "…"
+
+
 class BodyTooLarge(Exception):
     """The answer's body exceeds the caller's limit (declared or as it arrived)."""
 
@@ -97,6 +123,7 @@ class _Connection(asyncio.Protocol):
     def _reset(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
         self.status = 0
+        self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.headers_done = False
         self.complete = False
@@ -141,6 +168,9 @@ class _Connection(asyncio.Protocol):
         pass
 
     # -- httptools callbacks ------------------------------------------------------------
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason  # the reason phrase, in as many pieces as it arrived
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
@@ -314,12 +344,14 @@ class Http1Transport(httpx.AsyncBaseTransport):
         return httpx.Response(
             conn.status, headers=conn.headers,
             stream=_Body(self, pool, conn, timeouts.get("read"), request),
-            extensions={"http_version": b"HTTP/1.1"}, request=request)
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": conn.reason},
+            request=request)
 
     async def fetch(self, request: httpx.Request, max_bytes: int | None = None) -> Fetched:
         """Send ``request`` and read the whole answer (see the module docstring).
 
-        Raises what ``handle_async_request`` raises, and :class:`BodyTooLarge`.
+        Raises what ``handle_async_request`` raises, :class:`BodyTooLarge`, and
+        :class:`NotHttpStatus`.
         """
         origin, raw, retry_safe, timeouts = await self._prepare(request)
         pool, conn = await self._exchange(origin, raw, retry_safe, timeouts, request)
@@ -361,6 +393,10 @@ class Http1Transport(httpx.AsyncBaseTransport):
         ``max_bytes``, decoded); the connection goes back to the pool."""
         try:
             status = conn.status
+            if not 100 <= status <= 599:
+                conn.close()  # a server that breaks HTTP: its connection is not reused
+                line = status_line(conn.parser.get_http_version(), status, conn.reason)
+                raise NotHttpStatus(status, line)
             headers = httpx.Headers(conn.headers)
             declared = headers.get("content-length", "")
             if max_bytes is not None and declared.isdigit() and int(declared) > max_bytes:

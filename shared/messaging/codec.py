@@ -15,8 +15,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 from shared.audit.record import Outcome
+from shared.errors import InvalidMessage
 from shared.message_context import MessageContext
-from shared.messaging.envelope import SyncMessage, decode_sync_message, encode
+from shared.messaging.envelope import MAX_ATTEMPT, SyncMessage, decode_sync_message, encode
+from shared.messaging.settle import H_ATTEMPT
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -62,16 +64,30 @@ class Codec(Protocol[T]):
 
 
 def header_attempt(properties: Any) -> int:
-    """The ``x-attempt`` header of a message (0 when absent or unreadable).
+    """The ``x-attempt`` header of a message: 0 when absent.
 
     Codecs whose bodies do not carry the attempt (BSS events) read it here; the
-    runtime sets it on every retry copy.
+    runtime sets it on every retry copy. It has the envelope's bound on ``attempt``
+    (``MAX_ATTEMPT``): raises :class:`InvalidMessage` for a value that is not an
+    integer from 0 to that, which is dead-lettered at decode instead of reaching the
+    audit row.
     """
     headers = getattr(properties, "headers", None) or {}
-    try:
-        return max(0, int(headers.get("x-attempt", 0)))
-    except (TypeError, ValueError):
+    value = headers.get(H_ATTEMPT)
+    if value is None:
         return 0
+    if isinstance(value, int) and not isinstance(value, bool):  # pika's long is an int
+        if 0 <= value <= MAX_ATTEMPT:
+            return int(value)
+        value = int(value)
+    if type(value) is bytes:
+        value = value.decode("ascii", "replace")
+    if (type(value) is str and value.isascii() and value.isdigit() and len(value) <= 4
+            and int(value) <= MAX_ATTEMPT):
+        return int(value)
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:39] + "…"
+    raise InvalidMessage(f"the {H_ATTEMPT} header is {shown}: an attempt is an integer from 0 "
+                         f"to {MAX_ATTEMPT}")
 
 
 class SyncCodec:

@@ -4,6 +4,8 @@ pika reports everything through callbacks; these helpers resolve futures from th
 so the rest of the runtime reads top to bottom. Failures of the broker or of the
 network surface as :class:`~shared.errors.InfrastructureError` (password masked).
 :class:`Backoff` is the capped, jittered delay between reconnection attempts.
+An ``AMQP_URL`` listing the nodes of a cluster is connected to the first node that
+answers, starting at a random one (docs/architecture.md §7).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pika.channel import Channel
 
 from shared.errors import InfrastructureError
 from shared.logging import redact
-from shared.messaging.amqp_url import broker_at
+from shared.messaging.amqp_url import broker_at, broker_urls
 
 CONNECT_TIMEOUT = 10.0
 HEARTBEAT = 30
@@ -65,8 +67,25 @@ class AmqpConnection:
 async def open_connection(amqp_url: str, name: str) -> AmqpConnection:
     """Connect to ``amqp_url``; ``name`` shows in the management UI's connection list.
 
-    Raises :class:`InfrastructureError` when the broker is unreachable or refuses us.
+    With several URLs (a cluster's nodes), each is tried in turn from a random one
+    (so that a service's processes spread over the nodes) until one answers. Raises
+    :class:`InfrastructureError` when no broker is reachable or each refuses us.
     """
+    urls = broker_urls(amqp_url)
+    first = random.randrange(len(urls))
+    failures: list[InfrastructureError] = []
+    for url in urls[first:] + urls[:first]:
+        try:
+            return await _open_one(url, name)
+        except InfrastructureError as exc:
+            failures.append(exc)
+    if len(failures) == 1:
+        raise failures[0]
+    reasons = "; ".join(str(f).removeprefix("cannot connect to ") for f in failures)
+    raise InfrastructureError(f"cannot connect to any node of {broker_at(amqp_url)}: {reasons}")
+
+
+async def _open_one(amqp_url: str, name: str) -> AmqpConnection:
     loop = asyncio.get_running_loop()
     opened: asyncio.Future[AsyncioConnection] = loop.create_future()
     closed: asyncio.Future[BaseException] = loop.create_future()

@@ -23,14 +23,20 @@ from typing import Any
 import orjson
 
 from shared.errors import InvalidMessage
+from shared.json_pointer import join_pointer
 from shared.message_context import MessageContext
 from shared.schema_check import MAX_REASON_CHARS, PinnedSchemaCheck
 from shared.schemas import load_schema
 
 SCHEMA = "sync-message"
+#: The schema's bounds on the envelope's counters (a unit test holds them equal): an
+#: absurd value is refused at decode instead of reaching an ``integer`` column.
+#: ``x-attempt`` headers share ``MAX_ATTEMPT`` (:func:`shared.messaging.codec.header_attempt`).
+MAX_ATTEMPT = 1000
+MAX_REDELIVERIES = 10_000
 #: :func:`shared.schema_check.rules_sha256` of the schema :func:`conforms` was reviewed
 #: against.
-ENVELOPE_RULES_SHA256 = "cbb8e04deb7dbeef48f0a5f53f695bfc5b35efc11fd10ee4be8b8fe4e3947c1a"
+ENVELOPE_RULES_SHA256 = "b4aa9b577937622d64e489e2ed7a6b26f5a1a242866d8080d42e5c6007b8535f"
 
 
 @dataclasses.dataclass(slots=True)
@@ -100,10 +106,51 @@ def decode_sync_message(body: bytes, properties: Any = None) -> SyncMessage:
 def _loads_or_explain(body: bytes) -> Any:
     """The standard library's verdict on a body orjson refused: it words the reason, and
     accepts the rare valid JSON orjson does not (integers beyond 64 bits)."""
+    return loads_unicode(body, "not JSON")
+
+
+def loads_unicode(body: bytes | str, subject: str) -> Any:
+    """``body`` parsed by the standard library; ``InvalidMessage`` (``subject``: the
+    reason) unless it is JSON, or naming where when a string is not Unicode text: an escaped
+    lone surrogate (``"\\ud800"``) is valid JSON that no UTF-8 text can carry on, to
+    PostgreSQL or in a retry copy."""
     try:  # JSON between systems is UTF-8 (RFC 8259)
-        return json.loads(body.decode("utf-8") if type(body) is bytes else body)
+        doc = json.loads(body.decode("utf-8") if type(body) is bytes else body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidMessage(f"not JSON: {_short(str(exc))}") from exc
+        raise InvalidMessage(f"{subject}: {_short(str(exc))}") from exc
+    except RecursionError:
+        raise InvalidMessage(f"{subject}: nested too deeply") from None
+    try:
+        where = lone_surrogate_at(doc)
+    except RecursionError:
+        raise InvalidMessage(f"{subject}: nested too deeply") from None
+    if where is not None:
+        raise InvalidMessage(f"the string at {where or '/'} holds a lone surrogate (an "
+                             "escape such as \\ud800 that is not Unicode text)")
+    return doc
+
+
+def lone_surrogate_at(value: Any, at: str = "") -> str | None:
+    """The JSON pointer of the first string (or key) holding a lone surrogate, or None."""
+    if type(value) is str:
+        return at if _SURROGATE.search(value) else None
+    if type(value) is dict:
+        for key, item in value.items():
+            here = join_pointer(at, key)
+            if _SURROGATE.search(key):
+                return here
+            found = lone_surrogate_at(item, here)
+            if found is not None:
+                return found
+    elif type(value) is list:
+        for index, item in enumerate(value):
+            found = lone_surrogate_at(item, join_pointer(at, index))
+            if found is not None:
+                return found
+    return None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _build(doc: dict[str, Any]) -> SyncMessage:
@@ -132,6 +179,12 @@ class _Rules:
     id_pattern: re.Pattern[str]
     id_min: int
     id_max: int
+    max_attempt: int
+    max_redeliveries: int
+    max_record_id: int
+    max_external_id: int
+    max_run_id: int
+    max_correlation_id: int
 
 
 @cache
@@ -151,6 +204,12 @@ def _rules() -> _Rules:
         id_pattern=re.compile(org["pattern"]),
         id_min=org["minLength"],
         id_max=org["maxLength"],
+        max_attempt=props["attempt"]["maximum"],
+        max_redeliveries=props["redeliveries"]["maximum"],
+        max_record_id=props["record_id"]["maxLength"],
+        max_external_id=props["external_id"]["maxLength"],
+        max_run_id=props["run_id"]["maxLength"],
+        max_correlation_id=props["correlation_id"]["maxLength"],
     )
 
 
@@ -178,17 +237,21 @@ def conforms(doc: Any) -> bool:
     if not (direction in r.directions and entity in r.entities and action in r.actions
             and trigger in r.triggers and _UUID.fullmatch(message_id) is not None
             and _ident(doc["org_id"], r) and _ident(doc["instance_id"], r)
-            and _non_negative_int(doc["attempt"]) and _is_date_time(created)):
+            and _count(doc["attempt"], r.max_attempt) and _is_date_time(created)):
         return False
     get = doc.get
     record_id, external_id, record = get("record_id"), get("external_id"), get("record")
     run_id, correlation_id = get("run_id"), get("correlation_id")
-    if not ((record_id is None or (type(record_id) is str and record_id))
-            and (external_id is None or (type(external_id) is str and external_id))
+    if not ((record_id is None or (type(record_id) is str
+                                   and 0 < len(record_id) <= r.max_record_id))
+            and (external_id is None or (type(external_id) is str
+                                         and 0 < len(external_id) <= r.max_external_id))
             and (record is None or type(record) is dict)
-            and (run_id is None or type(run_id) is str)
-            and (correlation_id is None or type(correlation_id) is str)
-            and ("redeliveries" not in doc or _non_negative_int(doc["redeliveries"]))):
+            and (run_id is None or (type(run_id) is str and len(run_id) <= r.max_run_id))
+            and (correlation_id is None or (type(correlation_id) is str
+                                            and len(correlation_id) <= r.max_correlation_id))
+            and ("redeliveries" not in doc
+                 or _count(doc["redeliveries"], r.max_redeliveries))):
         return False
     if direction == "push":
         return type(record_id) is str
@@ -196,7 +259,8 @@ def conforms(doc: Any) -> bool:
 
 
 def _is_date_time(value: str) -> bool:
-    """RFC 3339 date-time, upper-case T/Z, real calendar date: stricter than jsonschema."""
+    """RFC 3339 date-time, upper-case T/Z, real calendar date, at most 6 decimals (so
+    within the schema's 64 characters): stricter than jsonschema."""
     if _DATE_TIME.fullmatch(value) is None:
         return False
     try:
@@ -224,11 +288,12 @@ def _ident(value: Any, r: _Rules) -> bool:
     return False
 
 
-def _non_negative_int(value: Any) -> bool:
-    # JSON Schema's "integer" accepts 3.0; bool is not a number.
+def _count(value: Any, maximum: int) -> bool:
+    """An integer from 0 to ``maximum``. JSON Schema's "integer" accepts 3.0; bool is
+    not a number."""
     if type(value) is int:
-        return value >= 0
-    return type(value) is float and value.is_integer() and value >= 0
+        return 0 <= value <= maximum
+    return type(value) is float and value.is_integer() and 0 <= value <= maximum
 
 
 #: The envelope's check: :func:`conforms`, then jsonschema (formats asserted: uuid,

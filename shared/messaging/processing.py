@@ -15,6 +15,16 @@ backoff: nothing is lost, nothing is republished, and the consumer slows down
 instead of crash-looping. A process that dies meanwhile leaves the message
 unacked, and the broker redelivers it.
 
+A row refused for its *data* (:class:`~shared.errors.AuditRowRefused`, or a
+``ValueError`` from the sink) would be refused again however often it is written,
+so the message is never held for it: a message whose outcome was a success is
+dead-lettered with that reason (its dead copy confirmed first), a minimal row —
+message id, attempt, outcome, the reason — is written in place of the refused one
+(one that is refused too is given up on), the message is acked, and a line is
+logged at ``critical`` with ``alert=True``. A message whose retry or dead copy was
+already confirmed keeps that copy as its fate: its minimal row says ``retrying`` or
+``dead`` (docs/architecture.md §5).
+
 A handled message stays *in progress* until its audit row has committed: the
 success path hands the row to the audit sink with a callback that acks, and the
 worker moves on to the next delivery instead of waiting (no coroutine sleeps per
@@ -48,8 +58,8 @@ import pika
 import structlog
 
 from shared.audit.record import AuditRecord, AuditSink, Outcome
-from shared.errors import InfrastructureError, InvalidMessage
-from shared.logging import bind_message
+from shared.errors import AuditRowRefused, InfrastructureError, InvalidMessage
+from shared.logging import bind_message, redact
 from shared.message_context import MessageContext
 from shared.messaging.codec import Codec, Handler, HandlerResult, InboundMessage, header_attempt
 from shared.messaging.connection import Backoff
@@ -110,7 +120,7 @@ class MessageProcessor:
         self._idle = asyncio.Event()
         self._idle.set()
         self.counts: dict[str, int] = dict.fromkeys(("ack", "retry", "dead", "duplicate",
-                                                     "requeued"), 0)
+                                                     "requeued", "row_refused"), 0)
 
     async def process(self, delivery: Delivery) -> None:
         """Take ``delivery`` to a settled state (or leave it unacked for redelivery).
@@ -207,10 +217,10 @@ class MessageProcessor:
         if isinstance(outcome, str) and outcome in HANDLER_OUTCOMES:  # the hot path
             record = _audit_record(self.queue.service, message, outcome, result, started)
             try:
-                self.audit.submit(record, lambda error: self._committed(delivery, key, record,
-                                                                        error))
+                self.audit.submit(record, lambda error: self._committed(
+                    delivery, key, message, record, error))
             except (InfrastructureError, ValueError, TypeError):  # not running; a bad row
-                if await self._write_audit(delivery, record):
+                if await self._write_audit(delivery, message, record, placed=False):
                     self.counts["ack"] += 1
                     delivery.ack()
                 return False
@@ -222,23 +232,31 @@ class MessageProcessor:
         await self._settle(delivery, message, decision, result, started)
         return False
 
-    def _committed(self, delivery: Delivery, key: tuple[str, int] | None, record: AuditRecord,
+    def _committed(self, delivery: Delivery, key: tuple[str, int] | None,
+                   message: InboundMessage[Any], record: AuditRecord,
                    error: BaseException | None) -> None:
-        """The audit sink's verdict on a handed-off row: ack, or hold and retry the row."""
+        """The audit sink's verdict on a handed-off row: ack, hold and retry the row, or
+        (a row refused for its data) settle the message without it."""
         if error is None:
             self.counts["ack"] += 1
             delivery.ack()
             self._release(delivery, key)
             return
-        task = asyncio.ensure_future(self._settle_held(delivery, key, record))
+        task = asyncio.ensure_future(self._settle_held(delivery, key, message, record, error))
         self._held.add(task)
         task.add_done_callback(self._held.discard)
 
     async def _settle_held(self, delivery: Delivery, key: tuple[str, int] | None,
-                           record: AuditRecord) -> None:
-        """PostgreSQL refused the row's batch: keep the message unacked, retry the row."""
+                           message: InboundMessage[Any], record: AuditRecord,
+                           error: BaseException) -> None:
+        """The row's commit failed: keep the message unacked and retry the row — or,
+        when the row itself was refused, dead-letter the message."""
         try:
-            if await self._write_audit(delivery, record):
+            if isinstance(error, AuditRowRefused):
+                done = await self._row_refused(delivery, message, record, error, placed=False)
+            else:
+                done = await self._write_audit(delivery, message, record, placed=False)
+            if done:
                 self.counts["ack"] += 1
                 delivery.ack()
         finally:
@@ -256,7 +274,8 @@ class MessageProcessor:
                 decision.headers, message.context.message_id):
             return
         record = _audit_record(self.queue.service, message, decision, result, started)
-        if await self._write_audit(delivery, record):
+        if await self._write_audit(delivery, message, record,
+                                   placed=not isinstance(decision, Ack)):
             self.counts[_KIND[type(decision)]] += 1
             delivery.ack()
 
@@ -266,7 +285,11 @@ class MessageProcessor:
             log.error("the decoder failed (a bug); dead-lettering the message", exc_info=exc)
             exc = InvalidMessage(f"undecodable ({type(exc).__name__}: {exc})")
         props = delivery.properties
-        context = MessageContext(props.message_id, attempt=header_attempt(props))
+        try:
+            attempt = header_attempt(props)
+        except InvalidMessage:  # the header may be why it is undecodable
+            attempt = 0
+        context = MessageContext(props.message_id, attempt=attempt)
         message: InboundMessage[None] = InboundMessage(None, context)
         _bind(context)
         facts = MessageFacts(context, delivery.exchange, delivery.routing_key, delivery.headers)
@@ -316,15 +339,43 @@ class MessageProcessor:
             return False
         return True
 
-    async def _write_audit(self, delivery: Delivery, record: AuditRecord) -> bool:
-        """Write ``record``, retrying while PostgreSQL is down; False if it can never be."""
+    async def _write_audit(self, delivery: Delivery, message: InboundMessage[Any],
+                           record: AuditRecord, *, placed: bool) -> bool:
+        """Write ``record``, retrying while PostgreSQL is down; True when the message may
+        be acked. ``placed``: its retry or dead copy is confirmed already. A row that
+        can never be written is handed to :meth:`_row_refused`."""
         try:
             await _until_durable(lambda: self.audit.write(record), "write the audit row")
-        except (ValueError, TypeError) as exc:
-            log.error("audit row refused (a bug); the message goes back to its queue",
-                      exc_info=exc)
-            await self._requeue_later(delivery)
-            return False
+        except (AuditRowRefused, ValueError, TypeError) as exc:
+            return await self._row_refused(delivery, message, record, exc, placed=placed)
+        return True
+
+    async def _row_refused(self, delivery: Delivery, message: InboundMessage[Any],
+                           record: AuditRecord, exc: Exception, *, placed: bool) -> bool:
+        """Settle a message whose audit row is refused for its data (module docstring):
+        dead-letter it unless a copy already holds its fate, write a minimal row, and
+        say True (ack it) — False when the dead copy was not confirmed (requeued)."""
+        refused = exc if isinstance(exc, AuditRowRefused) else AuditRowRefused(
+            f"the audit row was refused ({type(exc).__name__}: {redact(str(exc))})")
+        outcome = record.outcome if placed else Outcome.DEAD
+        log.critical("audit row refused for its data; the message is settled without it",
+                     alert=True, outcome=str(record.outcome), settled_as=str(outcome),
+                     error=describe_error(refused).message)
+        if not placed:
+            facts = MessageFacts(message.context, delivery.exchange, delivery.routing_key,
+                                 delivery.headers)
+            decision = dead(describe_error(refused), facts, self.queue, datetime.now(UTC))
+            if not await self._publish_copy(delivery, decision.exchange, decision.routing_key,
+                                            delivery.body, decision.headers,
+                                            message.context.message_id):
+                return False
+        minimal = _minimal_record(record, outcome, refused)
+        try:
+            await _until_durable(lambda: self.audit.write(minimal), "write the minimal audit row")
+        except (AuditRowRefused, ValueError, TypeError) as again:
+            log.critical("the minimal audit row was refused too; acking the message without a "
+                         "row", alert=True, error=redact(str(again)))
+        self.counts["row_refused"] += 1
         return True
 
     async def _requeue_later(self, delivery: Delivery) -> None:
@@ -400,6 +451,17 @@ def _audit_record(service: str, message: InboundMessage[Any], decision: Decision
         record.outcome = Outcome.RETRYING
         record.details = {"retry_queue": decision.queue.name, "retry_in_s": decision.delay}
     return record
+
+
+def _minimal_record(record: AuditRecord, outcome: Outcome,
+                    refused: AuditRowRefused) -> AuditRecord:
+    """The row written in place of a refused one: what de-duplication needs (message id,
+    attempt), the outcome, and why the full row is missing."""
+    return AuditRecord(
+        record.service, outcome, attempt=record.attempt, message_id=record.message_id,
+        error_class=refused.error_class, error_message=refused.message,
+        details={"refused_outcome": str(record.outcome),
+                 "refused_error_class": record.error_class})
 
 
 def _with_error(record: AuditRecord, error: ErrorInfo) -> None:

@@ -6,7 +6,8 @@ A service's ``__main__`` is one call::
 
 where ``make_handler(deps) -> handler`` receives :class:`RuntimeDeps` (settings,
 database, audit writer, and the live publisher the dispatcher publishes with).
-The runner declares the topology, opens the database and the audit writer —
+The runner declares the topology (and checks that the broker dead-letters at least
+once), opens the database and the audit writer —
 retrying with backoff while RabbitMQ or PostgreSQL are not up yet — installs the
 SIGTERM/SIGINT handlers, runs the consumer, and closes everything in order.
 """
@@ -31,7 +32,7 @@ from shared.messaging.codec import Codec, Handler
 from shared.messaging.connection import Backoff
 from shared.messaging.consumer import Consumer, ConsumerConfig
 from shared.messaging.live_publisher import LivePublisher
-from shared.messaging.topology import WorkQueue, declare_topology
+from shared.messaging.topology import WorkQueue, declare_topology, require_at_least_once
 from shared.settings import Settings, SettingsInvalid, get_settings
 from shared.storage.db import Database
 
@@ -93,6 +94,8 @@ async def run_consumer(
         await _until_up(lambda: asyncio.to_thread(
             declare_topology, settings.amqp_url, settings.retry_delays, settings.delivery_limit),
             "declare the RabbitMQ topology", stop)
+        await _until_up(lambda: asyncio.to_thread(require_at_least_once, settings.amqp_url),
+                        "check that RabbitMQ dead-letters at least once", stop)
         db = Database.from_settings(settings)
         await _until_up(db.open, "open the database", stop)
         coordination = Database.from_settings(settings, synchronous_commit=False)

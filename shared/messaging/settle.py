@@ -27,6 +27,7 @@ from shared.audit.record import FINAL_OUTCOMES, Outcome
 from shared.errors import RateLimited, SyncError, TransientError
 from shared.logging import redact
 from shared.message_context import MessageContext
+from shared.messaging.envelope import MAX_ATTEMPT
 from shared.messaging.topology import RetryQueue, WorkQueue
 
 MAX_ERROR_CHARS = 1000
@@ -135,9 +136,10 @@ def retry_rung(attempt: int, ladder: tuple[float, ...], retry_after: float | Non
     """The ladder rung (0-based) for a transient failure of ``attempt``, or None when spent.
 
     Rung ``attempt`` normally; a ``retry_after`` moves it up to the first rung at
-    least that long (the last rung when none is).
+    least that long (the last rung when none is). A ladder never takes a copy past
+    the envelope's bound on ``attempt`` (``MAX_ATTEMPT``), which its decode would refuse.
     """
-    if attempt < 0 or attempt >= len(ladder):
+    if attempt < 0 or attempt >= min(len(ladder), MAX_ATTEMPT):
         return None
     rung = attempt
     if retry_after is not None and retry_after > ladder[rung]:

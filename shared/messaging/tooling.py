@@ -16,7 +16,7 @@ from kombu import Connection
 
 from shared.errors import InfrastructureError
 from shared.logging import redact
-from shared.messaging.amqp_url import broker_at
+from shared.messaging.amqp_url import broker_at, broker_urls, kombu_hostname
 from shared.messaging.publisher import CONTENT_TYPE, PERSISTENT, OutgoingMessage
 
 TIMEOUT = 10.0
@@ -43,11 +43,12 @@ class QueueMissing(InfrastructureError):
 
 
 def _connection(amqp_url: str) -> Connection:
-    """An open kombu connection. Raises :class:`InfrastructureError` naming the broker."""
-    conn = Connection(amqp_url, connect_timeout=TIMEOUT,
+    """An open kombu connection (to the first node of ``amqp_url`` that answers).
+    Raises :class:`InfrastructureError` naming the broker."""
+    conn = Connection(kombu_hostname(amqp_url), connect_timeout=TIMEOUT,
                       transport_options={"confirm_publish": True})
     try:
-        conn.ensure_connection(max_retries=1, timeout=TIMEOUT)
+        conn.ensure_connection(max_retries=len(broker_urls(amqp_url)), timeout=TIMEOUT)
     except Exception as exc:
         reason = redact(str(exc)) or type(exc).__name__
         raise InfrastructureError(f"cannot connect to {broker_at(amqp_url)}: {reason}") from exc

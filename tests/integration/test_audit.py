@@ -10,16 +10,18 @@ from typing import Any
 
 import psycopg
 import pytest
+import structlog.testing
 
 from shared.audit.record import AuditRecord, Outcome
 from shared.audit.search import AuditQuery, search
 from shared.audit.writer import AuditWriter, final_outcome
 from shared.cli.main import main
-from shared.errors import InfrastructureError
+from shared.errors import AuditRowRefused, InfrastructureError
 from shared.logging import register_secret
 from shared.storage.db import Database
 from shared.storage.partitions import existing_partitions
 from tests.fixtures.database import run_sync
+from tests.unit.test_audit_normalise import hostile_records
 
 pytestmark = pytest.mark.integration
 
@@ -114,8 +116,40 @@ async def test_a_row_refused_for_its_data_fails_only_its_writer(
     finally:
         await writer.close()
     assert results[:20] == [None] * 20
-    assert isinstance(results[20], InfrastructureError)
+    # refused for its data: writing it again would not help (not an InfrastructureError)
+    assert isinstance(results[20], AuditRowRefused), results[20]
+    assert "no_poison" in str(results[20])
     assert await db.fetchval("SELECT count(*) FROM audit_log") == 20
+
+
+async def test_hostile_values_are_fitted_and_every_row_lands(
+        db: Database, audit_writer: AuditWriter) -> None:
+    """The unit tests' hostile records (NUL, lone surrogates, huge numbers, statuses that
+    are not HTTP, long texts, deep details) against the real table, in one batch."""
+    records = hostile_records(300)
+    records.append(record(1, http_status=999, attempt=2**31, record_id="r\x00" + "x" * 5000,
+                          external_id="\udcff" * 3000, error_message="boom\x00\ud800",
+                          details={"body": "\x00\ud800", "n": float("nan"), "big": 10**400}))
+    with structlog.testing.capture_logs() as logged:
+        await audit_writer.write_many(records)
+    assert [e for e in logged if "refused" in e["event"]] == []  # no batch went row by row
+    assert await db.fetchval("SELECT count(*) FROM audit_log") == 301
+    row = await db.fetchrow("SELECT * FROM audit_log WHERE message_id = 'msg-1'")
+    assert row is not None
+    assert (row["http_status"], row["attempt"]) == (None, 2**31 - 1)
+    assert row["details"]["normalised"]["http_status"] == 999
+    assert row["details"]["normalised"]["attempt"] == 2**31
+    assert row["record_id"].startswith("r\ufffdxxx") and row["record_id"].endswith("…")
+    assert row["error_message"] == "boom\ufffd\ufffd"
+    assert row["details"]["body"] == "\ufffd\ufffd" and row["details"]["n"] == "nan"
+    assert await audit_writer.settled_outcome("msg-1", 2**31) == Outcome.CREATED
+
+
+async def test_a_message_id_holding_a_nul_is_looked_up_as_it_was_written(
+        audit_writer: AuditWriter) -> None:
+    await audit_writer.write(record(outcome=Outcome.DEAD, message_id="m\x00\ud800", attempt=3))
+    assert await audit_writer.settled_outcome("m\x00\ud800", 3) == Outcome.DEAD
+    assert await audit_writer.final_outcome("m\x00\ud800") == Outcome.DEAD
 
 
 async def test_write_after_close_is_refused(db: Database) -> None:

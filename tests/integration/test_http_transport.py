@@ -18,6 +18,7 @@ import uvloop
 from shared.bss import BssClient
 from shared.connector import load_connector
 from shared.connector.request import RequestPlan
+from shared.errors import BssUnavailable, RemoteProtocolError
 from shared.http import InstanceEndpoint, ThirdPartyClient
 from shared.http.httpx_transport import open_transport
 from shared.http.transport import BodyTooLarge, Http1Transport
@@ -556,3 +557,54 @@ def test_a_real_server_closing_idle_connections_costs_no_request(kind: str) -> N
 
     run_on("uvloop", main)
     assert failures == []
+
+
+# -- a status that is not HTTP (docs/architecture.md §5 step 4) ----------------------------
+
+NOT_HTTP = [b"HTTP/1.1 999 Weird", b"HTTP/1.1 600 Beyond", b"HTTP/1.1 000 Zero",
+            b"HTTP/1.1 099 Early"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_status_that_is_not_http_is_a_protocol_error_naming_its_status_line(
+        kind: str, http_transport: Callable[[str], None],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A raw server answers ``HTTP/1.1 999 Weird`` and friends: never a success, never a
+    5xx to retry — a permanent RemoteProtocolError showing the line, one request each."""
+    http_transport(kind)
+    lines = {f"/companies/{n}".encode(): line for n, line in enumerate(NOT_HTTP)}
+    lines[b"/companies/ok"] = b"HTTP/1.1 200 OK"
+    seen: list[bytes] = []
+
+    async def weird(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head, _ = await read_request(reader)
+            path = head.split(b" ", 2)[1].split(b"?")[0]
+            seen.append(path)
+            writer.write(lines.get(path, b"HTTP/1.1 999 Weird") + b"\r\nContent-Type: "
+                         b"application/json\r\nContent-Length: 11\r\n\r\n{\"id\":\"r1\"}")
+            await writer.drain()
+
+    monkeypatch.setenv("T_APIKEY", "k3y")
+    acme = load_connector(ROOT / "connectors" / "acme-crm.json")
+    async with raw_server(weird) as url:
+        endpoint = InstanceEndpoint("acme-1", variables={"port": url.rsplit(":", 1)[1]},
+                                    credentials={"apiKey": "env:T_APIKEY"})
+        async with ThirdPartyClient(acme, endpoint) as crm:
+            for n, line in enumerate(NOT_HTTP):
+                plan = RequestPlan("GET", f"{url}/companies/{n}", {}, UNDEFINED,
+                                   acme.operations["getCompany"])
+                with pytest.raises(RemoteProtocolError) as caught:
+                    await crm.send(plan)
+                shown = line.decode() if kind == "fast" else line.decode()[:12]  # h11: no reason
+                assert str(caught.value).startswith(
+                    f"GET /companies/{n} answered with a status line that is not HTTP: {shown}")
+                assert not caught.value.retryable
+            ok = RequestPlan("GET", f"{url}/companies/ok", {}, UNDEFINED,
+                             acme.operations["getCompany"])
+            assert (await crm.send(ok)).body == {"id": "r1"}  # the client carries on
+        async with BssClient(url, batch_reads=False) as bss:
+            with pytest.raises(BssUnavailable, match=r"not HTTP: HTTP/1\.1 999"):
+                await bss.get("org", "account", "r1")
+    assert seen[:len(NOT_HTTP)] == [f"/companies/{n}".encode() for n in range(len(NOT_HTTP))]
+    assert len(seen) == len(NOT_HTTP) + 2  # each answer taken once: nothing sent again

@@ -139,8 +139,8 @@ def test_a_changed_queue_argument_is_a_clear_error(topology: TestTopology) -> No
     with pytest.raises(TopologyConflict) as caught:
         declare_topology(topology.url, TEST_RETRY_DELAYS, TEST_DELIVERY_LIMIT + 1)
     text = str(caught.value)
-    assert f"'{PUSH.name}'" in text and "x-delivery-limit" in text
-    assert "delete the queue" in text
+    assert PUSH.name in text and "x-delivery-limit" in text
+    assert "run `bss-sync topology declare` to migrate" in text
 
 
 def test_a_message_that_keeps_coming_back_ends_in_the_dead_queue(

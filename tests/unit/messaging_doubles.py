@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
 import pika
 
 from shared.audit.record import AuditRecord, Outcome
-from shared.errors import InfrastructureError
+from shared.errors import AuditRowRefused, InfrastructureError
 from shared.messaging.codec import SYNC_CODEC
 from shared.messaging.delivery import ConsumeSession, Delivery
 from shared.messaging.processing import MessageProcessor
@@ -60,10 +61,12 @@ class Channel:
 
 
 class Sink:
-    """The audit sink: rows commit on a later turn; the first ``fail`` writes are refused."""
+    """The audit sink: rows commit on a later turn; the first ``fail`` writes fail
+    (PostgreSQL down); rows ``refuse`` says True of are refused for their data."""
 
-    def __init__(self, rec: Recorder, fail: int = 0) -> None:
-        self.rec, self.fail = rec, fail
+    def __init__(self, rec: Recorder, fail: int = 0,
+                 refuse: Callable[[AuditRecord], bool] | None = None) -> None:
+        self.rec, self.fail, self.refuse = rec, fail, refuse
         self.rows: list[AuditRecord] = []
         self.tasks: set[asyncio.Future[None]] = set()
 
@@ -73,6 +76,9 @@ class Sink:
             self.fail -= 1
             self.rec.events.append("audit refused")
             raise InfrastructureError("db down")
+        if self.refuse is not None and self.refuse(record):
+            self.rec.events.append(f"audit row refused {record.outcome.value}")
+            raise AuditRowRefused("PostgreSQL refused the audit row: value out of range")
         self.rows.append(record)
         self.rec.events.append(f"audit {record.outcome.value} {record.attempt}")
 
@@ -80,7 +86,7 @@ class Sink:
         async def commit() -> None:
             try:
                 await self.write(record)
-            except InfrastructureError as exc:
+            except (InfrastructureError, AuditRowRefused) as exc:
                 done(exc)
             else:
                 done(None)
@@ -127,7 +133,7 @@ class FakePublisher:
         future = asyncio.get_running_loop().create_future()
 
         def confirm() -> None:
-            attempt = json.loads(body)["attempt"] if body.startswith(b'{"') else None
+            attempt = json.loads(body).get("attempt") if body.startswith(b'{"') else None
             self.copies.append((routing_key, attempt, properties.headers))
             self.rec.events.append(f"confirmed {routing_key}")
             if self.refuse:

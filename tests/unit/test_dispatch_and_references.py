@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pika.compat import long
 
 from services.dispatcher.events import EVENT_CODEC, push_messages
 from shared.connector import load_connector
@@ -109,7 +110,8 @@ def test_instance_lookups_overlay_the_connectors_and_variables_layer():
 # The event fast check: never more lenient than the schema, and it takes the usual events.
 _ODD: list[Any] = [None, True, 0, 1.5, "", "x", "a b", "Account", "account", "account\n",
                    "created", "archived", "x" * 129, "y" * 256, [], ["a", "a"], ["a", "b"],
-                   [1], [""], {}, {"a": 1}, "2026-01-01T00:00:00Z"]
+                   [1], [""], {}, {"a": 1}, "2026-01-01T00:00:00Z", "t" * 64, "t" * 65,
+                   [f"f{i}" for i in range(1000)], [f"f{i}" for i in range(1001)]]
 
 
 def _event_mutations() -> list[Any]:
@@ -156,3 +158,38 @@ def test_the_event_check_judges_every_mutation_as_jsonschema_does(fast_enabled: 
     check = PinnedSchemaCheck("bss-event", conforms, EVENT_RULES_SHA256, subject="the event",
                               formats=False, fast_enabled=fast_enabled)
     assert disagreements(check, _event_mutations()) == []
+
+
+def test_an_events_strings_and_lists_are_bounded() -> None:
+    for change, where in (({"occurredAt": "2026-11-28T10:00:00." + "0" * 60 + "Z"}, "/occurredAt"),
+                          ({"changedFields": [f"f{i}" for i in range(1001)]}, "/changedFields"),
+                          ({"recordId": "r" * 256}, "/recordId")):
+        with pytest.raises(InvalidMessage, match=f"at {where}"):
+            EVENT_CODEC.decode(json.dumps({**EVENT, **change}).encode(), None)
+
+
+def test_an_event_holding_a_lone_surrogate_is_refused_with_its_place() -> None:
+    body = json.dumps({**EVENT, "recordId": "acc-\ud800"}).encode()
+    with pytest.raises(InvalidMessage, match="/recordId holds a lone surrogate"):
+        EVENT_CODEC.decode(body, None)
+
+
+@pytest.mark.parametrize(("header", "attempt"), [(None, 0), (0, 0), (3, 3), ("7", 7),
+                                                 (b"12", 12), (1000, 1000), (long(9), 9)])
+def test_the_x_attempt_header_gives_an_events_attempt(header: Any, attempt: int) -> None:
+    import pika
+
+    headers = {} if header is None else {"x-attempt": header}
+    decoded = EVENT_CODEC.decode(json.dumps(EVENT).encode(), pika.BasicProperties(headers=headers))
+    assert decoded.context.attempt == attempt
+
+
+@pytest.mark.parametrize("header", [2**31, long(2**31), 1001, -1, "abc", "²", 2.5, True, [1],
+                                    "9" * 50])
+def test_an_absurd_x_attempt_header_is_an_invalid_message(header: Any) -> None:
+    import pika
+
+    props = pika.BasicProperties(headers={"x-attempt": header})
+    with pytest.raises(InvalidMessage, match=r"the x-attempt header is .*: an attempt is an "
+                                             r"integer from 0 to 1000"):
+        EVENT_CODEC.decode(json.dumps(EVENT).encode(), props)

@@ -14,6 +14,8 @@ from shared.errors import InvalidMessage
 from shared.messaging.envelope import (
     ENVELOPE_CHECK,
     ENVELOPE_RULES_SHA256,
+    MAX_ATTEMPT,
+    MAX_REDELIVERIES,
     SyncMessage,
     conforms,
     decode_sync_message,
@@ -62,6 +64,19 @@ def test_a_pull_message_carries_its_record() -> None:
     (json.dumps({**VALID, "id": "not-a-uuid"}).encode(), "/id"),
     (json.dumps({**VALID, "created_at": "yesterday"}).encode(), "/created_at"),
     (json.dumps({**VALID, "attempt": -1}).encode(), "/attempt"),
+    (json.dumps({**VALID, "attempt": 2**31}).encode(), "/attempt: 2147483648 is greater than"),
+    (json.dumps({**VALID, "attempt": 2**70}).encode(), "/attempt"),
+    (json.dumps({**VALID, "redeliveries": 2**31}).encode(), "/redeliveries"),
+    (json.dumps({**VALID, "record_id": "r" * 256}).encode(), "/record_id"),
+    (json.dumps({**PULL, "external_id": "e" * 1001}).encode(), "/external_id"),
+    (json.dumps({**VALID, "run_id": "u" * 256}).encode(), "/run_id"),
+    (json.dumps({**VALID, "correlation_id": "c" * 256}).encode(), "/correlation_id"),
+    (json.dumps({**VALID, "created_at": "2026-01-01T00:00:00." + "1" * 80 + "Z"}).encode(),
+     "/created_at"),
+    (b'{"id": "\\ud800"}', "/id holds a lone surrogate"),
+    (json.dumps({**PULL, "record": {"name": "\ud800"}}).encode(),
+     "/record/name holds a lone surrogate"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
 ])
 def test_invalid_messages_say_why(body: bytes, reason: str) -> None:
     with pytest.raises(InvalidMessage) as caught:
@@ -75,8 +90,17 @@ def test_an_integral_float_attempt_is_an_integer() -> None:
 
 def test_valid_json_the_fast_parser_refuses_is_still_read() -> None:
     # orjson stops at 64-bit integers; the standard library reads the rest
-    body = json.dumps({**VALID, "attempt": 2**70}).encode()
-    assert decode_sync_message(body).attempt == 2**70
+    body = json.dumps({**PULL, "record": {"n": 2**70}}).encode()
+    assert decode_sync_message(body).record == {"n": 2**70}
+
+
+def test_the_counters_bounds_are_the_schemas() -> None:
+    props = ENVELOPE_CHECK.validator.schema["properties"]
+    assert props["attempt"]["maximum"] == MAX_ATTEMPT
+    assert props["redeliveries"]["maximum"] == MAX_REDELIVERIES
+    at_most = {**VALID, "attempt": MAX_ATTEMPT, "redeliveries": MAX_REDELIVERIES,
+               "record_id": "r" * 255}
+    assert decode_sync_message(json.dumps(at_most).encode()).attempt == MAX_ATTEMPT
 
 
 # Mutations of valid messages: the fast check must never accept what jsonschema refuses,
@@ -86,6 +110,9 @@ _ODD_VALUES: list[Any] = [
     "event", "x" * 129, "org\n", [], {}, {"a": 1}, "2026-02-30T00:00:00Z", "2026-01-01T00:00:00z",
     "2026-01-01T00:00:00Z", "2026-01-01 00:00:00Z", "3F1E6A4C-1B2D-4C3E-9F00-0123456789AB",
     "{3f1e6a4c-1b2d-4c3e-9f00-0123456789ab}", "3f1e6a4c1b2d4c3e9f000123456789ab",
+    MAX_ATTEMPT, MAX_ATTEMPT + 1, float(MAX_ATTEMPT), MAX_REDELIVERIES,
+    MAX_REDELIVERIES + 1, 2**31, 2**63, "x" * 255, "x" * 256, "x" * 1000, "x" * 1001,
+    "2026-01-01T00:00:00." + "0" * 60 + "Z",
 ]
 
 

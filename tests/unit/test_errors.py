@@ -24,6 +24,13 @@ from shared import errors
         (500, errors.RemoteUnavailable),
         (502, errors.RemoteUnavailable),
         (503, errors.RemoteUnavailable),
+        (599, errors.RemoteUnavailable),
+        (100, None),
+        # no HTTP status: the third party broke the protocol, never a success nor a 5xx
+        (999, errors.RemoteProtocolError),
+        (600, errors.RemoteProtocolError),
+        (99, errors.RemoteProtocolError),
+        (0, errors.RemoteProtocolError),
     ],
 )
 def test_http_status_classification(status, expected):

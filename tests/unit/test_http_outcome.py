@@ -175,3 +175,26 @@ def test_the_table_lists_specific_classes_before_their_bases() -> None:
 def test_a_foreign_non_httpx_exception_is_refused() -> None:
     with pytest.raises(TypeError):
         translate(ValueError("x"), "GET /x")
+
+
+# -- statuses that are not HTTP ---------------------------------------------------------------
+
+
+def test_a_status_outside_100_to_599_is_a_permanent_protocol_error_showing_the_line() -> None:
+    from shared.http.outcome import not_http_error
+
+    exc = not_http_error("POST /companies", 999, "HTTP/1.1 999 Weird")
+    assert type(exc) is RemoteProtocolError and not exc.retryable
+    assert str(exc) == ("POST /companies answered with a status line that is not HTTP: "
+                        "HTTP/1.1 999 Weird")
+    assert exc.http_status == 999 and exc.details["status_line"] == "HTTP/1.1 999 Weird"
+    assert "status 0" in str(not_http_error("GET /x", 0, ""))
+
+
+def test_the_status_line_is_shown_printable_and_short() -> None:
+    from shared.http.transport import MAX_STATUS_LINE_CHARS, status_line
+
+    assert status_line("1.1", 999, b"Weird") == "HTTP/1.1 999 Weird"
+    assert status_line(b"HTTP/1.0", 0, b"") == "HTTP/1.0 000"
+    assert status_line("1.1", 999, b"We\x00ird\xff") == "HTTP/1.1 999 We\\x00ird\\xff"
+    assert len(status_line("1.1", 999, b"x" * 5000)) == MAX_STATUS_LINE_CHARS

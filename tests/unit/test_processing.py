@@ -13,9 +13,11 @@ from typing import Any
 
 import pika
 import pytest
+import structlog
+import structlog.testing
 
-from shared.audit.record import Outcome
-from shared.errors import RemoteUnavailable
+from shared.audit.record import AuditRecord, Outcome
+from shared.errors import RemoteRejected, RemoteUnavailable
 from shared.messaging.codec import InboundMessage
 from shared.messaging.delivery import ConsumeSession, Delivery
 from shared.messaging.processing import MessageProcessor
@@ -36,11 +38,13 @@ from tests.unit.messaging_doubles import (
 
 
 async def setup(handler: Any, *, fail_audit: int = 0, refuse_copies: bool = False,
-                always_deduplicate: bool = False, gated: bool = False):
-    """``gated``: the audit sink commits only once the test opens ``sink.gate``."""
+                always_deduplicate: bool = False, gated: bool = False,
+                refuse_rows: Any = None):
+    """``gated``: the audit sink commits only once the test opens ``sink.gate``;
+    ``refuse_rows``: which rows the sink refuses for their data."""
     rec = Recorder()
     session, _channel = new_session(rec)
-    sink = GatedSink(rec) if gated else Sink(rec, fail_audit)
+    sink = GatedSink(rec) if gated else Sink(rec, fail_audit, refuse_rows)
     publisher = FakePublisher(rec, refuse_copies)
     processor = processor_for(handler, sink, publisher, always_deduplicate=always_deduplicate)
     return rec, session, sink, publisher, processor
@@ -267,3 +271,142 @@ async def test_a_success_whose_row_is_refused_is_held_and_the_row_retried() -> N
     assert rec.events == ["audit refused", "audit refused", "audit created 0",
                           "ack 1 and before"]
     assert session.active == 0
+
+
+# -- rows refused for their data: settled without them, never held -----------------------------
+
+DEAD = f"confirmed {QUEUE.dead_routing_key('account.update.o.i')}"
+
+
+def full_rows(record: AuditRecord) -> bool:
+    """Refuse every row but the minimal one written in place of a refused row."""
+    return record.error_class != "AuditRowRefused"
+
+
+async def test_a_success_whose_row_is_refused_is_dead_lettered_once_not_held() -> None:
+    calls: list[int] = []
+
+    async def handler(m: InboundMessage[Any]) -> Outcome:
+        calls.append(m.context.attempt)
+        return Outcome.CREATED
+
+    rec, session, sink, publisher, processor = await setup(handler, refuse_rows=full_rows)
+    message_id = str(uuid.uuid4())
+    with structlog.testing.capture_logs() as logged:
+        await processor.process(delivery(session, 1, body(message_id)))
+        await asyncio.wait_for(settled(processor, session), 10)
+    assert calls == [0]
+    assert rec.events == ["audit row refused created", DEAD, "audit dead 0", "ack 1 and before"]
+    [(_, _, headers)] = publisher.copies
+    assert headers["x-error-class"] == "AuditRowRefused"
+    assert "value out of range" in headers["x-error"]
+    [row] = sink.rows
+    assert (row.message_id, row.outcome, row.error_class) == (message_id, Outcome.DEAD,
+                                                              "AuditRowRefused")
+    assert row.details == {"refused_outcome": "created", "refused_error_class": None}
+    assert processor.counts["row_refused"] == 1 and processor.counts["requeued"] == 0
+    [alert] = [line for line in logged if line.get("alert")]
+    assert alert["log_level"] == "critical" and alert["settled_as"] == "dead"
+
+
+async def test_a_retry_whose_row_is_refused_keeps_its_retry_copy_and_no_dead_copy() -> None:
+    async def handler(m: InboundMessage[Any]) -> Outcome:
+        raise RemoteUnavailable("503")
+
+    rec, session, sink, publisher, processor = await setup(handler, refuse_rows=full_rows)
+    await processor.process(delivery(session, 1, body(str(uuid.uuid4()))))
+    await asyncio.wait_for(settled(processor, session), 10)
+    assert rec.events == [RETRY, "audit row refused retrying", "audit retrying 0",
+                          "ack 1 and before"]
+    assert len(publisher.copies) == 1
+    assert sink.rows[0].details["refused_error_class"] == "RemoteUnavailable"
+
+
+async def test_a_dead_letter_whose_row_is_refused_is_not_dead_lettered_twice() -> None:
+    async def handler(m: InboundMessage[Any]) -> Outcome:
+        raise RemoteRejected("422")
+
+    rec, session, _sink, publisher, processor = await setup(handler, refuse_rows=full_rows)
+    await processor.process(delivery(session, 1, body(str(uuid.uuid4()))))
+    await asyncio.wait_for(settled(processor, session), 10)
+    assert rec.events == [DEAD, "audit row refused dead", "audit dead 0", "ack 1 and before"]
+    assert [h["x-error-class"] for _, _, h in publisher.copies] == ["RemoteRejected"]
+
+
+async def test_when_even_the_minimal_row_is_refused_the_message_is_acked_all_the_same() -> None:
+    async def handler(m: InboundMessage[Any]) -> Outcome:
+        return Outcome.UPDATED
+
+    rec, session, sink, publisher, processor = await setup(handler, refuse_rows=lambda r: True)
+    await processor.process(delivery(session, 1, body(str(uuid.uuid4()))))
+    await asyncio.wait_for(settled(processor, session), 10)
+    assert rec.events == ["audit row refused updated", DEAD, "audit row refused dead",
+                          "ack 1 and before"]
+    assert sink.rows == [] and len(publisher.copies) == 1
+
+
+async def test_a_refused_row_whose_dead_copy_is_not_confirmed_goes_back_to_its_queue() -> None:
+    async def handler(m: InboundMessage[Any]) -> Outcome:
+        return Outcome.UPDATED
+
+    rec, session, sink, _, processor = await setup(handler, refuse_rows=full_rows,
+                                                   refuse_copies=True)
+    await processor.process(delivery(session, 1, body(str(uuid.uuid4()))))
+    await asyncio.wait_for(settled(processor, session), 10)
+    assert rec.events == ["audit row refused updated", DEAD, "nack 1"]
+    assert sink.rows == []
+
+
+async def test_a_row_the_sink_refuses_as_invalid_is_settled_the_same_way() -> None:
+    """``submit`` raising ``ValueError`` (a row it cannot take) is no reason to hold."""
+
+    class InvalidRows(Sink):
+        def submit(self, record: AuditRecord, done: Any) -> None:
+            raise ValueError("audit outcome 'exploded' is not an outcome")
+
+        async def write(self, record: AuditRecord) -> None:
+            if record.error_class != "AuditRowRefused":
+                raise ValueError("audit outcome 'exploded' is not an outcome")
+            await super().write(record)
+
+    async def handler(m: InboundMessage[Any]) -> Outcome:
+        return Outcome.UPDATED
+
+    rec = Recorder()
+    session, _channel = new_session(rec)
+    sink = InvalidRows(rec)
+    publisher = FakePublisher(rec)
+    processor = processor_for(handler, sink, publisher)
+    await processor.process(delivery(session, 1, body(str(uuid.uuid4()))))
+    await asyncio.wait_for(settled(processor, session), 10)
+    assert rec.events == [DEAD, "audit dead 0", "ack 1 and before"]
+    [(_, _, headers)] = publisher.copies
+    assert headers["x-error-class"] == "AuditRowRefused" and "ValueError" in headers["x-error"]
+    assert processor.counts["requeued"] == 0
+
+
+async def test_an_absurd_x_attempt_header_is_dead_lettered_at_decode_by_the_event_codec(
+        ) -> None:
+    from services.dispatcher.events import EVENT_CODEC
+
+    async def handler(m: InboundMessage[Any]) -> Outcome:
+        raise AssertionError("never called")
+
+    rec = Recorder()
+    session, _channel = new_session(rec)
+    sink = Sink(rec)
+    publisher = FakePublisher(rec)
+    processor = MessageProcessor(QUEUE, EVENT_CODEC, handler, sink, lambda: publisher,
+                                 concurrency=4, window=8, requeue_delay=0.01)
+    event = (b'{"id": "e-1", "entity": "account", "event": "updated", "organizationId": "o",'
+             b' "recordId": "r", "occurredAt": "2026-01-01T00:00:00Z"}')
+    props = pika.BasicProperties(message_id="e-1", headers={"x-attempt": 2**31})
+    session.received(1)
+    await processor.process(Delivery(session, 1, "bss.events", "account.updated", False,
+                                     props, event))
+    await settled(processor, session)
+    assert rec.events == [DEAD.replace("account.update.o.i", "account.updated"), "audit dead 0",
+                          "ack 1 and before"]
+    [(_, _, headers)] = publisher.copies
+    assert headers["x-error-class"] == "InvalidMessage"
+    assert "x-attempt header is 2147483648" in headers["x-error"]

@@ -156,3 +156,12 @@ def test_pull_messages_carry_their_external_id() -> None:
     assert decision.headers["x-external-id"] == "ext-9"
     assert "x-record-id" not in decision.headers
     assert decision.headers["x-service"] == PULLER
+
+
+def test_no_ladder_takes_a_copy_past_the_envelopes_bound_on_attempt() -> None:
+    from shared.messaging.envelope import MAX_ATTEMPT
+
+    ladder = (1.0,) * (MAX_ATTEMPT + 5)
+    assert retry_rung(MAX_ATTEMPT - 1, ladder, None) == MAX_ATTEMPT - 1
+    assert retry_rung(MAX_ATTEMPT, ladder, None) is None
+    assert retry_rung(2**31, LADDER, None) is None

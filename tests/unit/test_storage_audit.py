@@ -89,7 +89,7 @@ def test_cli_flags_become_a_query() -> None:
     assert query.since is not None and query.since.tzinfo is not None
 
 
-def test_rows_are_redacted_nul_free_and_validated() -> None:
+def test_rows_are_redacted_and_nul_free() -> None:
     register_secret("unit-audit-secret-99")
     row = to_row(AuditRecord(service="pusher", outcome=Outcome.FAILED, direction="push",
                              error_message="boom unit-audit-secret-99 \x00" + "x" * 10_000,
@@ -105,10 +105,8 @@ def test_rows_are_redacted_nul_free_and_validated() -> None:
     assert values["category"] == "integration_framework"
 
 
-@pytest.mark.parametrize("change", [
-    {"direction": "sideways"}, {"attempt": -1}, {"http_status": 42}, {"outcome": "exploded"},
-    {"at": datetime(2024, 1, 1)},
-])
-def test_invalid_rows_are_refused_before_queueing(change: dict) -> None:
+def test_only_an_unknown_outcome_is_refused_before_queueing() -> None:
+    """Values from outside are fitted (tests/unit/test_audit_normalise.py); an outcome
+    that is not one of the nine is a bug of the caller."""
     with pytest.raises(ValueError):
-        to_row(AuditRecord(**{"service": "pusher", "outcome": Outcome.CREATED, **change}))
+        to_row(AuditRecord(service="pusher", outcome="exploded"))  # type: ignore[arg-type]

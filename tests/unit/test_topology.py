@@ -10,8 +10,11 @@ import pytest
 
 from shared.messaging.topology import (
     DEAD_EXCHANGE,
+    Conflict,
     WorkQueue,
+    conflict_message,
     format_delay,
+    holding_queue,
     retry_queue_arguments,
     sync_routing_key,
     topology,
@@ -70,15 +73,52 @@ def test_routing_keys() -> None:
 def test_work_queue_arguments() -> None:
     assert work_queue_arguments(WorkQueue("pusher"), 20) == {
         "x-queue-type": "quorum", "x-delivery-limit": 20,
-        "x-dead-letter-exchange": DEAD_EXCHANGE, "x-dead-letter-routing-key": "pusher"}
+        "x-dead-letter-exchange": DEAD_EXCHANGE, "x-dead-letter-routing-key": "pusher",
+        "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
 
 
 def test_retry_queues_dead_letter_back_to_the_work_queue_after_their_ttl() -> None:
     retry = WorkQueue("dispatcher", (0.2,)).retry_queue(0)
     assert retry.name == "dispatcher.retry.200ms"
     assert retry_queue_arguments(retry) == {
-        "x-queue-type": "classic", "x-message-ttl": 200, "x-dead-letter-exchange": "",
-        "x-dead-letter-routing-key": "dispatcher.events"}
+        "x-queue-type": "quorum", "x-message-ttl": 200, "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": "dispatcher.events",
+        "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+
+
+def test_every_queue_that_dead_letters_does_it_at_least_once() -> None:
+    """At-least-once dead-lettering needs a quorum source queue with reject-publish
+    (docs/architecture.md §4); at most once, retry copies vanished on a broker restart."""
+    _, queues = topology((30, 120), 7)
+    dead_lettering = [q for q in queues if "x-dead-letter-exchange" in q.queue_arguments]
+    assert len(dead_lettering) == 3 * 3
+    for queue in dead_lettering:
+        args = queue.queue_arguments
+        assert (args["x-queue-type"], args["x-dead-letter-strategy"], args["x-overflow"]) == (
+            "quorum", "at-least-once", "reject-publish"), queue.name
+
+
+def test_a_conflict_says_what_differs_and_which_command_migrates() -> None:
+    _, queues = topology((30,), 7)
+    by_name = {q.name: q for q in queues}
+    conflicts = [
+        Conflict(by_name["pusher.retry.30s"], "PRECONDITION_FAILED - inequivalent arg "
+                 "'x-queue-type' for queue 'pusher.retry.30s' in vhost '/': received "
+                 "'quorum' but current is 'classic'"),
+        Conflict(by_name["pusher"], "PRECONDITION_FAILED - inequivalent arg "
+                 "'x-dead-letter-strategy'"),
+    ]
+    text = conflict_message(conflicts, "amqp://u:secret@rabbit:5672/prod")
+    assert text.startswith('the topology on RabbitMQ at rabbit:5672 (vhost "prod", user u) '
+                           "is not the one this version declares: queue 'pusher.retry.30s': "
+                           "inequivalent arg 'x-queue-type'")
+    assert "(and 1 more: pusher)" in text
+    assert "run `bss-sync topology declare` to migrate the queues" in text
+    assert "secret" not in text and "\n" not in text
+
+
+def test_holding_queues_are_named_after_their_queue() -> None:
+    assert holding_queue("dispatcher.events") == "dispatcher.events.migrating"
 
 
 def test_the_whole_topology() -> None:
