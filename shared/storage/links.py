@@ -412,19 +412,25 @@ class LinkStore:
 
     async def _create_sent_batch(
             self, requests: list[_CreateSentRequest]) -> list[bool | BaseException]:
-        """One statement for many pending creates, committed synchronously whatever the
-        pool's setting: the request goes out only once the row is on disk."""
-        async with self.db.transaction() as conn:
-            await conn.execute("SET LOCAL synchronous_commit = on")
-            cursor = await conn.execute(_CREATE_SENT_SQL, {
-                "instance_ids": [r.instance_id for r in requests],
-                "entities": [r.entity for r in requests],
-                "bss_ids": [r.bss_id for r in requests],
-                "message_ids": [r.message_id for r in requests],
-                "sent": [r.sent for r in requests]})
-            written = {(row["instance_id"], row["entity"], row["bss_id"])
-                       for row in await cursor.fetchall()}
-        return [r.row in written for r in requests]
+        """One statement per round of distinct records (in practice one) for many pending
+        creates, committed synchronously whatever the pool's setting: the request goes
+        out only once the row is on disk."""
+        results: list[bool | BaseException] = [False] * len(requests)
+        for indexes in distinct_rounds(requests, lambda r: r.row):
+            batch = [requests[i] for i in indexes]
+            async with self.db.transaction() as conn:
+                await conn.execute("SET LOCAL synchronous_commit = on")
+                cursor = await conn.execute(_CREATE_SENT_SQL, {
+                    "instance_ids": [r.instance_id for r in batch],
+                    "entities": [r.entity for r in batch],
+                    "bss_ids": [r.bss_id for r in batch],
+                    "message_ids": [r.message_id for r in batch],
+                    "sent": [r.sent for r in batch]})
+                written = {(row["instance_id"], row["entity"], row["bss_id"])
+                           for row in await cursor.fetchall()}
+            for index in indexes:
+                results[index] = requests[index].row in written
+        return results
 
     async def clear_create_sent(self, instance_id: str, entity: str, bss_id: str,
                                 message_id: str) -> bool:

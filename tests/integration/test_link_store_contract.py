@@ -10,6 +10,8 @@ release, hashes kept or cleared, link conflicts, what counts as linked.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from shared.storage.db import Database
@@ -193,3 +195,14 @@ async def test_a_noted_create_is_cleared_by_its_holder_or_a_delete(store) -> Non
     for bss_id in ("a1", "a2"):
         link = await store.by_bss_id(INSTANCE, "account", bss_id)
         assert (link.create_sent_at, link.create_sent) == (None, None)
+
+
+async def test_two_messages_noting_one_record_at_once_write_the_holders_note(store) -> None:
+    await store.claim_for_create(INSTANCE, "account", "a1", "m-1", HELD)
+
+    holder, other = await asyncio.gather(  # one batch for the batched store
+        store.note_create_sent(INSTANCE, "account", "a1", "m-1", {"key": "k-1"}),
+        store.note_create_sent(INSTANCE, "account", "a1", "m-2", {"key": "k-2"}))
+
+    assert (holder, other) == (True, False)
+    assert (await store.by_bss_id(INSTANCE, "account", "a1")).create_trace == {"key": "k-1"}
