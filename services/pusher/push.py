@@ -57,6 +57,7 @@ from services.pusher.ports import (
     ParentPusher,
     PushTarget,
 )
+from shared.audit.normalise import fit_text
 from shared.connector import CallSpec, SyncObject
 from shared.connector.request import RequestPlan
 from shared.errors import (
@@ -465,6 +466,9 @@ def _when(link: Link) -> str:
 
 
 def _describe(exc: BaseException) -> str:
+    """The error the link remembers: redacted, 1,000 characters at most, and text
+    PostgreSQL accepts (an unusable answer quoted in it may hold a NUL, which would
+    make releasing the claim fail and leave the record claimed)."""
     if isinstance(exc, SyncError):
-        return redact(f"{exc.error_class}: {exc}")[:1000]
+        return fit_text(redact(f"{exc.error_class}: {exc}"), 1000)
     return f"{type(exc).__name__}"

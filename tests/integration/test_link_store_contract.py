@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 
+import psycopg
 import pytest
 
 from shared.storage.db import Database
@@ -206,3 +207,12 @@ async def test_two_messages_noting_one_record_at_once_write_the_holders_note(sto
 
     assert (holder, other) == (True, False)
     assert (await store.by_bss_id(INSTANCE, "account", "a1")).create_trace == {"key": "k-1"}
+
+
+async def test_an_error_holding_a_nul_is_refused_and_the_claim_kept(store) -> None:
+    await store.claim_for_create(INSTANCE, "account", "a1", "m-1", HELD)
+
+    with pytest.raises(psycopg.DataError):
+        await store.release_claim(INSTANCE, "account", "m-1", bss_id="a1", error="nul\x00")
+
+    assert (await store.by_bss_id(INSTANCE, "account", "a1")).claim == "m-1"

@@ -6,7 +6,8 @@ Each fake keeps what the push depends on of the adapter it stands for:
   entity, BSS id), unique external ids (``LinkConflict``), states ``creating`` /
   ``linked`` / ``deleted``, claims held by a message id and taken over once older
   than ``stale_after``, ``forget_claim`` (a row the claim created is removed, an
-  older one released) versus ``release_claim`` (the error is remembered), hashes kept
+  older one released) versus ``release_claim`` (the error is remembered; one holding
+  a NUL is refused as psycopg refuses it), hashes kept
   when ``None`` is given, cleared on delete, the push mark replaced by a marked write
   and kept by an unmarked one, a pending create (``note_create_sent``, only while the
   message holds the claim; stored as the JSON text the real store writes) cleared by
@@ -34,6 +35,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
+import psycopg
 
 from shared.audit import AuditRecord, Outcome
 from shared.connector import ConnectorDocument
@@ -144,6 +146,7 @@ class FakeLinkStore:
     async def release_claim(self, instance_id: str, entity: str, message_id: str, *,
                             bss_id: str | None = None, external_id: str | None = None,
                             error: str | None = None) -> bool:
+        _text_postgres_accepts(error)
         link = self._find(instance_id, entity, *_key(bss_id, external_id))
         if link is None or link.claim != message_id:
             return False
@@ -264,6 +267,12 @@ def _mark(pushed: PushMark | None) -> dict[str, Any]:
         return {}
     return {"pushed_by": pushed.message_id, "pushed_attempt": pushed.attempt,
             "pushed_outcome": pushed.outcome}
+
+
+def _text_postgres_accepts(text: str | None) -> None:
+    """Raise what psycopg raises for a text PostgreSQL cannot store."""
+    if text is not None and "\x00" in text:
+        raise psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
 
 
 def _key(bss_id: str | None, external_id: str | None) -> tuple[str, str | None]:

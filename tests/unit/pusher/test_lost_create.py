@@ -265,3 +265,18 @@ async def test_a_parent_whose_lost_create_is_deleted_inline_is_no_parent(world):
 
     assert world.remote.sent[2:] == [MATCH, "DELETE /companies/co-7"]
     assert world.link("account", ACCOUNT).state == "deleted"
+
+
+async def test_an_unusable_answer_holding_a_nul_still_releases_the_claim(world):
+    """The error the link remembers quotes the answer; PostgreSQL refuses a NUL in text,
+    which would fail the release and leave the record claimed for 300 s."""
+    world.put("account", account())
+    world.remote.script("listCompanies", Answer(200, []))
+    world.remote.script("createCompany", Answer(error=RemoteProtocolError(
+        'POST /companies answered 201 with a body that is not JSON: {"id": 7\x00')))
+
+    with pytest.raises(RemoteProtocolError):
+        await world.run("account", ACCOUNT)
+
+    link = world.link("account", ACCOUNT)
+    assert link.claim is None and "\x00" not in link.last_error
