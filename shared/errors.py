@@ -12,6 +12,8 @@ enter our code: ``raise RemoteUnavailable(...) from exc``.
     │   ├── RemoteConflict             409 / 423: the record is locked remotely
     │   ├── DependencyPending          a referenced record has no link yet
     │   ├── RecordBusy                 another delivery holds this record's link claim
+    │   ├── CreateOutcomeUnknown       a create may have made the record remotely; no way
+    │   │                              to find its id (the record is gone from the BSS)
     │   ├── BssUnavailable             the host BSS API did not answer properly
     │   └── InfrastructureError        PostgreSQL or RabbitMQ failed under us
     └── PermanentError                 dead-letter now; the daily redelivery retries it
@@ -99,6 +101,13 @@ class DependencyPending(TransientError):
 
 class RecordBusy(TransientError):
     """Another delivery of the same record holds its link claim right now."""
+
+
+class CreateOutcomeUnknown(TransientError):
+    """A record gone from the BSS was maybe created remotely — a create was sent and its
+    answer never came back — and nothing can find the remote record's id (no ``match``,
+    no idempotency key): it may be orphaned there. Retried (a connector change, a link
+    made by hand, resolve it), then dead-lettered for an operator."""
 
 
 class BssUnavailable(TransientError):

@@ -5,6 +5,11 @@ gone), its link (never linked, linked, deleted remotely by us) and what the
 instance may do — not from the event that caused the message: an ``updated``
 event for a record never linked is a create, and a ``created`` event for a record
 linked since (a redelivery) is an update.
+
+A record gone from the BSS whose create was sent without its answer coming back
+(the process died, the answer was lost or unusable) may exist remotely under an id
+nobody knows: that is a delete too, which first finds the remote record
+(docs/architecture.md §5 step 4), never "never synchronized".
 """
 
 from __future__ import annotations
@@ -26,15 +31,17 @@ class PushDecision:
 
 
 def decide(*, record_exists: bool, linked: bool, permitted: Collection[str],
-           supported: Collection[str], entity: str) -> PushDecision:
+           supported: Collection[str], entity: str,
+           create_pending: bool = False) -> PushDecision:
     """The push action for one record.
 
     ``linked``: the record has a live counterpart in the third party.
+    ``create_pending``: not linked, but a create of it was sent whose outcome is unknown.
     ``permitted``: the instance's push permissions for the entity.
     ``supported``: the push operations the connector declares for it.
     """
     if not record_exists:
-        if not linked:
+        if not linked and not create_pending:
             return PushDecision(SKIP, f"the {entity} is gone from the BSS and was never "
                                       "synchronized to this instance")
         return _allowed(DELETE, permitted, supported, entity)

@@ -13,6 +13,10 @@ values alone:
     existing   a create that found the record already there (a match, a replayed
                idempotency key, a 409 naming it) → what it holds that differs from
                what was meant (docs/architecture.md §5 step 4)
+    lost       what a create about to go out leaves on its link (key, record, body),
+               and how a delete finds what such a create made when its answer was
+               lost: the match with the record it sent, else the same create
+               replayed with the same idempotency key (docs/architecture.md §5 step 4)
 
 Transforms and templates read links from the ``PreloadedLinks`` in the context they
 are given: a link not loaded yet raises ``LinksNotLoaded`` and the caller loads it
@@ -110,7 +114,8 @@ class PushPlanner:
         """Create, update, delete or skip (with the reason): see ``services.pusher.decide``."""
         return decide(record_exists=record is not None, linked=is_linked(link),
                       permitted=self.instance.permitted_actions(self.entity, "push"),
-                      supported=[k for k in self.obj.push if k != MATCH], entity=self.entity)
+                      supported=[k for k in self.obj.push if k != MATCH], entity=self.entity,
+                      create_pending=link is not None and link.create_pending)
 
     def may(self, action: str) -> bool:
         """Whether the connector declares ``action`` and the instance may do it."""
@@ -157,6 +162,46 @@ class PushPlanner:
             return UNDEFINED
         transform: Transform = call.body
         return transform.apply(record, context)
+
+    # -- a create whose answer was lost ---------------------------------------------------
+
+    def create_sent(self, plan: CallPlan, record: dict[str, Any]) -> dict[str, Any]:
+        """What a create leaves on its link before it goes out: its idempotency key, the
+        record it was made from and the body it sends (when it has one)."""
+        sent: dict[str, Any] = {"key": plan.idempotency_key, "record": record}
+        if plan.body is not UNDEFINED:
+            sent["body"] = plan.body
+        return sent
+
+    def find_lost_create(self, sent: dict[str, Any],
+                         context: TransformContext) -> CallPlan | None:
+        """How to find the remote record a create that sent ``sent`` (see ``create_sent``)
+        may have made: the object's ``match`` for the record it was made from, when the
+        connector declares one and its ``when`` holds (read-only: preferred); else that
+        create again, same body, same idempotency key, when the connector sends keys on
+        creates and the instance may create (the third party answers the record the key
+        made, or makes it now);
+        ``None`` when neither is possible."""
+        record = sent.get("record")
+        if isinstance(record, dict):
+            match = self._match(record, context)
+            if match is not None:
+                return match
+        if not self.keys_creates() or not self.may(CREATE) or not sent.get("key"):
+            return None
+        call = self.obj.push[CREATE]
+        if call.body is not None and "body" not in sent:
+            return None  # not the same create
+        body = sent.get("body", UNDEFINED)
+        return CallPlan(CREATE, call, body, payload_hash(body) if body is not UNDEFINED
+                        else None, idempotency_key=str(sent["key"]))
+
+    def keys_creates(self) -> bool:
+        """Whether creates carry the connector's idempotency header (the third party
+        declares it honours keys)."""
+        settings = self.connector.settings.get("idempotency") or {}
+        return bool(settings.get("header")) and "create" in settings.get("actions",
+                                                                         ["create"])
 
     # -- requests -------------------------------------------------------------------------
 

@@ -56,20 +56,32 @@ class Links(Protocol):
         """Give back the claim of ``message_id``, remembering ``error`` (redacted)."""
         ...
 
+    async def note_create_sent(self, instance_id: str, entity: str, bss_id: str,
+                               message_id: str, sent: dict[str, Any]) -> bool:
+        """Record durably, before a create goes out, that it is sent and what it sends;
+        false (nothing written) when another message holds the claim or none does."""
+        ...
+
+    async def clear_create_sent(self, instance_id: str, entity: str, bss_id: str,
+                                message_id: str) -> bool:
+        """Forget the pending create (it made no remote record), if ``message_id`` holds
+        the claim."""
+        ...
+
     async def mark_linked(self, instance_id: str, entity: str, *, bss_id: str,
                           external_id: str, direction: Literal["push", "pull"],
                           push_hash: str | None = None, pull_hash: str | None = None,
                           pushed: PushMark | None = None) -> Link:
         """Store the pair and the hash pushed (``None`` keeps the stored one) and the
-        push mark (``None`` keeps it); clear the claim and the error."""
+        push mark (``None`` keeps it); clear the claim, the error and a pending create."""
         ...
 
     async def mark_deleted(self, instance_id: str, entity: str, *,
                            direction: Literal["push", "pull"], bss_id: str | None = None,
                            external_id: str | None = None,
                            pushed: PushMark | None = None) -> bool:
-        """The record was deleted on the other side: state ``deleted``, hashes cleared,
-        the push mark replaced (``None`` keeps it)."""
+        """The record was deleted on the other side: state ``deleted``, hashes and a
+        pending create cleared, the push mark replaced (``None`` keeps it)."""
         ...
 
     async def external_ids(self, instance_id: str, entity: str,

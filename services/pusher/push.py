@@ -3,9 +3,9 @@
     claim the link (which reads it) → read the record from the BSS → decide
     (create/update/delete/skip) → push declared parents first → load the links the
     transform needs → plan (transform, hash, unchanged?) → match an existing remote
-    record (create) → 'before' request → send → a create that found the record
-    already there: compare, update if it differs → store the link with the hash of
-    what the third party holds, and the push mark
+    record (create) → 'before' request → note the create on the link → send → a
+    create that found the record already there: compare, update if it differs →
+    store the link with the hash of what the third party holds, and the push mark
 
 The choices are made by ``PushPlanner`` (services.pusher.plan, pure); this module
 does the I/O around them, through the ports of ``services.pusher.ports``, and
@@ -18,6 +18,13 @@ The link write that ends a push carries its mark (message id, attempt, outcome):
 delivery that finds its own mark on the link was redelivered after its process died
 between that write and the audit row, and reports what it did instead of pushing
 again (docs/architecture.md §5 step 5).
+
+A create notes on its link, durably, what it sends just before sending it. When its
+answer is lost (the process dies, the answer is unusable) and the record is then
+deleted in the BSS, the delete finds the remote record with that note — the match
+with the record the create sent, or the same create replayed with the same
+idempotency key — and deletes it; when nothing can find it, ``CreateOutcomeUnknown``
+(retried, then dead-lettered), never "never synchronized" (§5 step 4).
 """
 
 from __future__ import annotations
@@ -33,12 +40,14 @@ from services.pusher.decide import DELETE, UPDATE
 from services.pusher.outcome import PushOutcome
 from services.pusher.plan import (
     CREATE_ANSWERS,
+    MATCH,
     MAX_DIFFERENCES,
     UNCHANGED,
     CallPlan,
     Existing,
     PushPlanner,
     differences,
+    is_linked,
 )
 from services.pusher.ports import (
     SYSTEM_CLOCK,
@@ -48,8 +57,12 @@ from services.pusher.ports import (
     ParentPusher,
     PushTarget,
 )
+from shared.audit.normalise import fit_text
 from shared.connector import CallSpec, SyncObject
+from shared.connector.request import RequestPlan
 from shared.errors import (
+    AuthenticationFailed,
+    CreateOutcomeUnknown,
     DependencyPending,
     RecordBusy,
     RemoteProtocolError,
@@ -164,7 +177,7 @@ class RecordPush:
             if matched is not None:
                 self.details["matched"] = matched.external_id
                 return await self._adopt(record, plan, matched, None)
-        response = await self._send(plan, record, accept=CREATE_ANSWERS)
+        response = await self._send_create(plan, record)
         try:
             existing = self.planner.existing(plan, response)
             if existing is not None:
@@ -232,7 +245,26 @@ class RecordPush:
             **self.details, "reason": "the remote record was deleted and the instance may "
                                       "not create it again"})
 
+    async def _send_create(self, plan: CallPlan, record: dict[str, Any]) -> Response:
+        """Send a create, having noted on the link (durably) that it goes out and what it
+        sends: if its answer is lost, a later delete can still find what it made. A
+        create the third party refuses made nothing: the note goes."""
+        request = await self._prepare(plan, record)
+        sent = self.planner.create_sent(plan, record)
+        if not await self.links.note_create_sent(self.instance_id, self.entity,
+                                                 self.record_id, self.message_id, sent):
+            raise RecordBusy(f"{self.entity} {self.record_id} was taken over by another "
+                             "delivery before its create went out")
+        try:
+            return await self._transmit(request, accept=CREATE_ANSWERS)
+        except (RemoteRejected, AuthenticationFailed):
+            await self.links.clear_create_sent(self.instance_id, self.entity, self.record_id,
+                                               self.message_id)
+            raise
+
     async def _delete(self, link: Link) -> PushOutcome:
+        if not is_linked(link):
+            return await self._delete_lost_create(link)
         plan = self.planner.delete(link)
         status = None
         try:
@@ -246,6 +278,47 @@ class RecordPush:
         await self.links.mark_deleted(self.instance_id, self.entity, direction="push",
                                       bss_id=self.record_id, pushed=self._mark("deleted"))
         return PushOutcome("deleted", link.external_id, status, self.details)
+
+    async def _delete_lost_create(self, link: Link) -> PushOutcome:
+        """The record is gone from the BSS, unlinked, and a create of it was sent whose
+        answer never came back: find what it made, link it and delete it; nothing found
+        means it made nothing (skipped). Raises ``CreateOutcomeUnknown`` when nothing
+        can look (no match, no idempotency key) — retried, then dead-lettered."""
+        sent = link.create_trace or {}
+        record = sent.get("record")
+        lookup = await self._with_links(
+            lambda: self.planner.find_lost_create(sent, self.context))
+        if lookup is None:
+            raise CreateOutcomeUnknown(
+                f"a create of this {self.entity} may have reached the third party (sent "
+                f"{_when(link)}; its answer never came back) and its id is unknown: the "
+                "connector declares no match and no idempotency key to find it. The record "
+                "is gone from the BSS; find it in the third party and delete it by hand")
+        found = await self._find_lost(lookup, record if isinstance(record, dict) else {})
+        if found is None:
+            await self.links.clear_create_sent(self.instance_id, self.entity, self.record_id,
+                                               self.message_id)
+            await self._release(None)
+            return PushOutcome("skipped", None, details={**self.details, "reason": (
+                f"the {self.entity} is gone from the BSS; the create sent {_when(link)} made "
+                "no record in the third party (its match finds none)")})
+        self.details["resolved"] = (f"a create sent {_when(link)} lost its answer: "
+                                    f"{found.how}")
+        linked = await self._store_link(found.external_id, None)
+        return await self._delete(linked)
+
+    async def _find_lost(self, lookup: CallPlan, record: dict[str, Any]) -> Existing | None:
+        """The remote record ``lookup`` (a match, or the create replayed) finds."""
+        if lookup.action == MATCH:
+            return await self._match(lookup, record)
+        response = await self._send(lookup, record, accept=CREATE_ANSWERS)
+        existing = self.planner.existing(lookup, response)
+        if existing is not None:
+            return existing
+        external_id = self.planner.created_id(lookup.call, response)
+        return Existing(external_id, response.body,
+                        f"{response.request or 'the create'} made {external_id} now (the "
+                        "first had not reached the third party)")
 
     # -- parents and links ------------------------------------------------------------
 
@@ -275,7 +348,7 @@ class RecordPush:
                 external_id = await self._wait_for_link(entity, parent_id)
                 self.preloaded.external[(entity, parent_id)] = external_id
                 continue
-            if outcome.external_id is None:
+            if outcome.external_id is None or outcome.outcome == "deleted":
                 raise DependencyPending(
                     f"{entity} {parent_id} could not be pushed first: "
                     f"{outcome.details.get('reason', outcome.outcome)}",
@@ -338,10 +411,17 @@ class RecordPush:
 
     async def _send(self, plan: CallPlan, record: dict[str, Any] | None,
                     accept: frozenset[int] = frozenset()) -> Response:
+        return await self._transmit(await self._prepare(plan, record), accept)
+
+    async def _prepare(self, plan: CallPlan, record: dict[str, Any] | None) -> RequestPlan:
+        """The request for ``plan`` (its ``before`` call sent first, when it has one)."""
         data: dict[str, Any] = {"record": record, "externalId": plan.external_id}
         if plan.call.before is not None:
             data["before"] = await self._before(plan.call, data)
-        request = await self._with_links(lambda: self.planner.request(plan, data, self.context))
+        return await self._with_links(lambda: self.planner.request(plan, data, self.context))
+
+    async def _transmit(self, request: RequestPlan,
+                        accept: frozenset[int] = frozenset()) -> Response:
         started = self.clock.monotonic()
         response = await self.ctx.client.send(request, accept=accept)
         self.details["request"] = (response.request
@@ -379,7 +459,16 @@ class RecordPush:
                                        bss_id=self.record_id, error=error)
 
 
+def _when(link: Link) -> str:
+    """When the link's pending create was sent, for a person to read."""
+    at = link.create_sent_at
+    return f"at {at.isoformat(timespec='seconds')}" if at is not None else "earlier"
+
+
 def _describe(exc: BaseException) -> str:
+    """The error the link remembers: redacted, 1,000 characters at most, and text
+    PostgreSQL accepts (an unusable answer quoted in it may hold a NUL, which would
+    make releasing the claim fail and leave the record claimed)."""
     if isinstance(exc, SyncError):
-        return redact(f"{exc.error_class}: {exc}")[:1000]
+        return fit_text(redact(f"{exc.error_class}: {exc}"), 1000)
     return f"{type(exc).__name__}"

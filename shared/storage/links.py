@@ -15,6 +15,13 @@ row is to say — kept until the next marked write. A redelivery of that deliver
 finds its own mark when the process died between the link write and the audit row
 (docs/architecture.md §5 step 5).
 
+Just before a create's request goes out, ``note_create_sent`` stores on the claimed
+row when and what was sent (``create_sent_at``, ``create_sent``: JSON the pusher
+writes and reads), durably (synchronous commit, even on the asynchronous-commit
+pool): if the answer is lost, the record is known to have maybe been created
+remotely. Linking or deleting the record clears it, as does ``clear_create_sent``
+(docs/architecture.md §5 step 4).
+
 ``LinkStore(db, batched=True)`` (the pusher) serves concurrent push-side claims
 and link writes with one statement per batch (``shared.batching``): the
 same rows, the same guarantees, a fraction of the round trips. Batch statements
@@ -24,6 +31,7 @@ take their rows in key order, so two processes' batches cannot deadlock.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
@@ -64,6 +72,8 @@ class Link:
     pushed_by: str | None = None  # the PushMark of the last push that changed the record
     pushed_attempt: int | None = None
     pushed_outcome: str | None = None
+    create_sent_at: datetime | None = None  # a create may have reached the third party
+    create_sent: str | None = None  # what it sent (JSON), see ``create_trace``
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Link:
@@ -75,6 +85,24 @@ class Link:
         if self.pushed_by is None or self.pushed_attempt is None or self.pushed_outcome is None:
             return None
         return PushMark(self.pushed_by, self.pushed_attempt, self.pushed_outcome)
+
+    @property
+    def create_pending(self) -> bool:
+        """A create of the record was sent and may have made a remote record that this
+        link does not name (its answer never came back)."""
+        return self.create_sent_at is not None and self.state != "linked"
+
+    @property
+    def create_trace(self) -> dict[str, Any] | None:
+        """What the pending create sent, as ``note_create_sent`` was given it; ``None``
+        when there is none or it is not a JSON object."""
+        if self.create_sent is None:
+            return None
+        try:
+            trace = json.loads(self.create_sent)
+        except ValueError:
+            return None
+        return trace if isinstance(trace, dict) else None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -128,6 +156,9 @@ ON CONFLICT (instance_id, entity, bss_id) DO UPDATE
 RETURNING l.*, (l.xmax = 0) AS inserted
 """
 
+#: Linking or deleting a record ends any create that was pending (§5 step 4).
+_NO_CREATE_SENT = "create_sent_at = NULL, create_sent = NULL"
+
 #: A marked write replaces the mark; an unmarked one keeps it (its three columns go together).
 _KEEP_OR_MARK = """pushed_by = coalesce(EXCLUDED.pushed_by, l.pushed_by),
        pushed_attempt = CASE WHEN EXCLUDED.pushed_by IS NULL THEN l.pushed_attempt
@@ -149,10 +180,44 @@ SELECT t.instance_id, t.entity, t.bss_id, t.external_id, 'linked', t.push_hash, 
 ON CONFLICT (instance_id, entity, bss_id) DO UPDATE
    SET external_id = EXCLUDED.external_id, state = 'linked', claim = NULL, claimed_at = NULL,
        last_error = NULL, push_hash = coalesce(EXCLUDED.push_hash, l.push_hash),
-       last_pushed_at = now(), updated_at = now(),
+       last_pushed_at = now(), updated_at = now(), {_NO_CREATE_SENT},
        {_KEEP_OR_MARK}
 RETURNING l.*
 """
+
+
+#: Stores the pending creates of rows still claimed by their message; returns the rows
+#: it wrote. An upsert, as the claims are: each row is reached through the key's
+#: index whatever the planner's statistics (a join with the batch may scan the whole
+#: table), and rows are taken in key order. The row exists — the claim made it — so
+#: the insert only ever serves as the lookup; were it gone, the row it makes is
+#: claimed by the message, as the claim would have made it.
+_CREATE_SENT_SQL = """
+INSERT INTO links AS l (instance_id, entity, bss_id, state, claim, claimed_at,
+                        create_sent_at, create_sent)
+SELECT t.instance_id, t.entity, t.bss_id, 'creating', t.message_id, now(), now(), t.sent
+  FROM unnest(%(instance_ids)s::text[], %(entities)s::text[], %(bss_ids)s::text[],
+              %(message_ids)s::text[], %(sent)s::text[])
+       AS t(instance_id, entity, bss_id, message_id, sent)
+ ORDER BY t.instance_id, t.entity, t.bss_id
+ON CONFLICT (instance_id, entity, bss_id) DO UPDATE
+   SET create_sent_at = now(), create_sent = EXCLUDED.create_sent, updated_at = now()
+ WHERE l.claim = EXCLUDED.claim
+RETURNING l.instance_id, l.entity, l.bss_id
+"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _CreateSentRequest:
+    instance_id: str
+    entity: str
+    bss_id: str
+    message_id: str
+    sent: str
+
+    @property
+    def row(self) -> tuple[str, str, str]:
+        return (self.instance_id, self.entity, self.bss_id)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -196,6 +261,8 @@ class LinkStore:
         self.batched = batched
         self._claims: Coalescer[_ClaimRequest, Claim] = Coalescer(self._claim_batch)
         self._linked: Coalescer[_LinkedRequest, Link] = Coalescer(self._linked_batch)
+        self._create_sent: Coalescer[_CreateSentRequest, bool] = Coalescer(
+            self._create_sent_batch)
 
     async def by_bss_id(self, instance_id: str, entity: str, bss_id: str) -> Link | None:
         """The link of BSS record ``bss_id``, or ``None``."""
@@ -327,6 +394,54 @@ class LinkStore:
                 "UPDATE links SET claim = NULL, claimed_at = NULL, updated_at = now()"
                 " WHERE id = %s AND claim = %s", (claim.link.id, message_id))
 
+    async def note_create_sent(self, instance_id: str, entity: str, bss_id: str,
+                               message_id: str, sent: dict[str, Any]) -> bool:
+        """Record, durably, that a create of BSS record ``bss_id`` is about to be sent, and
+        ``sent`` (what it sends; JSON-able, stored as JSON text with every non-ASCII
+        character escaped). Returns false, writing nothing, when ``message_id`` no longer
+        holds the record's claim (another delivery took it over: do not send). A row that
+        is gone (the claim made it) is made again, claimed by ``message_id``."""
+        request = _CreateSentRequest(instance_id, entity, bss_id, message_id,
+                                     json.dumps(sent, separators=(",", ":"), default=str))
+        if self.batched:
+            return await self._create_sent.submit(request)
+        [written] = await self._create_sent_batch([request])
+        if isinstance(written, BaseException):
+            raise written
+        return written
+
+    async def _create_sent_batch(
+            self, requests: list[_CreateSentRequest]) -> list[bool | BaseException]:
+        """One statement per round of distinct records (in practice one) for many pending
+        creates, committed synchronously whatever the pool's setting: the request goes
+        out only once the row is on disk."""
+        results: list[bool | BaseException] = [False] * len(requests)
+        for indexes in distinct_rounds(requests, lambda r: r.row):
+            batch = [requests[i] for i in indexes]
+            async with self.db.transaction() as conn:
+                await conn.execute("SET LOCAL synchronous_commit = on")
+                cursor = await conn.execute(_CREATE_SENT_SQL, {
+                    "instance_ids": [r.instance_id for r in batch],
+                    "entities": [r.entity for r in batch],
+                    "bss_ids": [r.bss_id for r in batch],
+                    "message_ids": [r.message_id for r in batch],
+                    "sent": [r.sent for r in batch]})
+                written = {(row["instance_id"], row["entity"], row["bss_id"])
+                           for row in await cursor.fetchall()}
+            for index in indexes:
+                results[index] = requests[index].row in written
+        return results
+
+    async def clear_create_sent(self, instance_id: str, entity: str, bss_id: str,
+                                message_id: str) -> bool:
+        """Forget the pending create of ``bss_id`` (it made no remote record: refused, or
+        looked for and not found), if ``message_id`` holds the claim; whether it did."""
+        count = await self.db.execute(
+            "UPDATE links SET create_sent_at = NULL, create_sent = NULL, updated_at = now()"
+            " WHERE instance_id = %s AND entity = %s AND bss_id = %s AND claim = %s",
+            (instance_id, entity, bss_id, message_id))
+        return count > 0
+
     async def record_error(
         self, instance_id: str, entity: str, error: str, *,
         bss_id: str | None = None, external_id: str | None = None,
@@ -409,7 +524,7 @@ ON CONFLICT (instance_id, entity, {key}) DO UPDATE
    SET {other} = EXCLUDED.{other}, state = 'linked', claim = NULL, claimed_at = NULL,
        last_error = NULL, push_hash = coalesce(EXCLUDED.push_hash, l.push_hash),
        pull_hash = coalesce(EXCLUDED.pull_hash, l.pull_hash), {stamp} = now(),
-       updated_at = now(), {_KEEP_OR_MARK}
+       updated_at = now(), {_NO_CREATE_SENT}, {_KEEP_OR_MARK}
 RETURNING l.*"""
         params = {"instance_id": instance_id, "entity": entity, "bss_id": bss_id,
                   "external_id": external_id, "push_hash": push_hash, "pull_hash": pull_hash,
@@ -437,7 +552,7 @@ RETURNING l.*"""
         count = await self.db.execute(
             f"UPDATE links SET state = 'deleted', claim = NULL, claimed_at = NULL,"
             f" push_hash = NULL, pull_hash = NULL, last_error = NULL, {stamp} = now(),"
-            f" updated_at = now(), pushed_by = coalesce(%s, pushed_by),"
+            f" updated_at = now(), {_NO_CREATE_SENT}, pushed_by = coalesce(%s, pushed_by),"
             f" pushed_attempt = CASE WHEN %s::text IS NULL THEN pushed_attempt ELSE %s END,"
             f" pushed_outcome = CASE WHEN %s::text IS NULL THEN pushed_outcome ELSE %s END"
             f" WHERE instance_id = %s AND entity = %s AND {key} = %s",

@@ -10,6 +10,9 @@ release, hashes kept or cleared, link conflicts, what counts as linked.
 
 from __future__ import annotations
 
+import asyncio
+
+import psycopg
 import pytest
 
 from shared.storage.db import Database
@@ -155,3 +158,61 @@ async def test_a_marked_write_replaces_the_push_mark_and_an_unmarked_one_keeps_i
     assert await store.linked(INSTANCE, "account", ["a1"]) == {}
     assert await store.mark_deleted(INSTANCE, "account", direction="push", bss_id="a1")
     assert (await store.by_bss_id(INSTANCE, "account", "a1")).push_mark == deleted.push_mark
+
+
+async def test_a_create_is_noted_only_by_the_claim_holder_and_ends_with_the_link(store) -> None:
+    sent = {"key": "k-1", "record": {"id": "a1", "name": "Nul\u0000 é \ud800"},
+            "body": {"name": "Nul\u0000 é"}}  # a NUL and a lone surrogate survive
+    await store.claim_for_create(INSTANCE, "account", "a1", "m-1", HELD)
+
+    assert not await store.note_create_sent(INSTANCE, "account", "a1", "m-2", sent)
+    assert await store.note_create_sent(INSTANCE, "account", "a9", "m-1", sent)  # row gone
+    remade = await store.by_bss_id(INSTANCE, "account", "a9")
+    assert (remade.state, remade.claim, remade.create_trace) == ("creating", "m-1", sent)
+    assert await store.note_create_sent(INSTANCE, "account", "a1", "m-1", sent)
+    noted = await store.by_bss_id(INSTANCE, "account", "a1")
+    assert noted.create_sent_at is not None and noted.create_pending
+    assert noted.create_trace == sent
+    assert not await store.clear_create_sent(INSTANCE, "account", "a1", "m-2")
+    released = await store.release_claim(INSTANCE, "account", "m-1", bss_id="a1", error="lost")
+    assert released and (await store.by_bss_id(INSTANCE, "account", "a1")).create_pending
+    again = await store.claim_for_create(INSTANCE, "account", "a1", "m-2", HELD)
+    assert again.link.create_trace == sent  # the claim reads it
+
+    linked = await store.mark_linked(INSTANCE, "account", bss_id="a1", external_id="x1",
+                                     direction="push", push_hash="h")
+    assert (linked.create_sent_at, linked.create_sent, linked.create_pending) == (
+        None, None, False)
+
+
+async def test_a_noted_create_is_cleared_by_its_holder_or_a_delete(store) -> None:
+    for bss_id in ("a1", "a2"):
+        await store.claim_for_create(INSTANCE, "account", bss_id, "m-1", HELD)
+        assert await store.note_create_sent(INSTANCE, "account", bss_id, "m-1", {"key": "k"})
+
+    assert await store.clear_create_sent(INSTANCE, "account", "a1", "m-1")
+    assert await store.mark_deleted(INSTANCE, "account", direction="push", bss_id="a2")
+
+    for bss_id in ("a1", "a2"):
+        link = await store.by_bss_id(INSTANCE, "account", bss_id)
+        assert (link.create_sent_at, link.create_sent) == (None, None)
+
+
+async def test_two_messages_noting_one_record_at_once_write_the_holders_note(store) -> None:
+    await store.claim_for_create(INSTANCE, "account", "a1", "m-1", HELD)
+
+    holder, other = await asyncio.gather(  # one batch for the batched store
+        store.note_create_sent(INSTANCE, "account", "a1", "m-1", {"key": "k-1"}),
+        store.note_create_sent(INSTANCE, "account", "a1", "m-2", {"key": "k-2"}))
+
+    assert (holder, other) == (True, False)
+    assert (await store.by_bss_id(INSTANCE, "account", "a1")).create_trace == {"key": "k-1"}
+
+
+async def test_an_error_holding_a_nul_is_refused_and_the_claim_kept(store) -> None:
+    await store.claim_for_create(INSTANCE, "account", "a1", "m-1", HELD)
+
+    with pytest.raises(psycopg.DataError):
+        await store.release_claim(INSTANCE, "account", "m-1", bss_id="a1", error="nul\x00")
+
+    assert (await store.by_bss_id(INSTANCE, "account", "a1")).claim == "m-1"

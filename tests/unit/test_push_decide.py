@@ -36,3 +36,19 @@ def test_skip_reasons_name_what_is_missing():
     unsupported = decide(record_exists=True, linked=True, permitted=ALL, supported=("create",),
                          entity="case")
     assert unsupported.reason == "the connector declares no push.update for case"
+
+
+@pytest.mark.parametrize(
+    ("exists", "permitted", "supported", "expected"),
+    [
+        (False, ALL, ALL, "delete"),  # gone, and a create of it may have made it remotely
+        (True, ALL, ALL, "create"),  # still there: the create again (match, same key)
+        (False, ("create", "update"), ALL, "skip"),  # may not delete
+        (False, ALL, ("create", "update"), "skip"),  # the connector cannot delete
+    ],
+)
+def test_a_pending_create_makes_a_gone_record_a_delete(exists, permitted, supported, expected):
+    decision = decide(record_exists=exists, linked=False, permitted=permitted,
+                      supported=supported, entity="account", create_pending=True)
+    assert decision.action == expected
+    assert "never synchronized" not in (decision.reason or "")

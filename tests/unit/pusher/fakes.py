@@ -6,10 +6,13 @@ Each fake keeps what the push depends on of the adapter it stands for:
   entity, BSS id), unique external ids (``LinkConflict``), states ``creating`` /
   ``linked`` / ``deleted``, claims held by a message id and taken over once older
   than ``stale_after``, ``forget_claim`` (a row the claim created is removed, an
-  older one released) versus ``release_claim`` (the error is remembered), hashes kept
+  older one released) versus ``release_claim`` (the error is remembered; one holding
+  a NUL is refused as psycopg refuses it), hashes kept
   when ``None`` is given, cleared on delete, the push mark replaced by a marked write
-  and kept by an unmarked one, and a fresh ``now()`` per statement as PostgreSQL gives
-  each transaction (``last_pushed_at`` moves with every push).
+  and kept by an unmarked one, a pending create (``note_create_sent``, only while the
+  message holds the claim; stored as the JSON text the real store writes) cleared by
+  linking, deleting or ``clear_create_sent``, and a fresh ``now()`` per statement as
+  PostgreSQL gives each transaction (``last_pushed_at`` moves with every push).
 * ``FakeBss`` — ``shared.bss.BssClient.get``: records by id, absent → ``None``.
 * ``FakeThirdParty`` — ``shared.http.ThirdPartyClient.send``: records every request
   and answers from a script; a status of 400 or more raises what the real client
@@ -32,6 +35,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
+import psycopg
 
 from shared.audit import AuditRecord, Outcome
 from shared.connector import ConnectorDocument
@@ -142,10 +146,34 @@ class FakeLinkStore:
     async def release_claim(self, instance_id: str, entity: str, message_id: str, *,
                             bss_id: str | None = None, external_id: str | None = None,
                             error: str | None = None) -> bool:
+        _text_postgres_accepts(error)
         link = self._find(instance_id, entity, *_key(bss_id, external_id))
         if link is None or link.claim != message_id:
             return False
         self._put(dataclasses.replace(link, claim=None, claimed_at=None, last_error=error,
+                                      updated_at=self.now()))
+        return True
+
+    async def note_create_sent(self, instance_id: str, entity: str, bss_id: str,
+                               message_id: str, sent: dict[str, Any]) -> bool:
+        link = self.get(instance_id, entity, bss_id)
+        if link is None:
+            link = (await self.claim_for_create(instance_id, entity, bss_id, message_id,
+                                                0)).link
+        if link.claim != message_id:
+            return False
+        now = self.now()
+        self._put(dataclasses.replace(
+            link, create_sent_at=now, updated_at=now,
+            create_sent=json.dumps(sent, separators=(",", ":"), default=str)))
+        return True
+
+    async def clear_create_sent(self, instance_id: str, entity: str, bss_id: str,
+                                message_id: str) -> bool:
+        link = self.get(instance_id, entity, bss_id)
+        if link is None or link.claim != message_id:
+            return False
+        self._put(dataclasses.replace(link, create_sent_at=None, create_sent=None,
                                       updated_at=self.now()))
         return True
 
@@ -173,7 +201,7 @@ class FakeLinkStore:
             return self._put(dataclasses.replace(link, **{stamp: now}, **_mark(pushed)))
         return self._put(dataclasses.replace(
             link, **{other: values[other], stamp: now}, state="linked", claim=None,
-            claimed_at=None, last_error=None,
+            claimed_at=None, last_error=None, create_sent_at=None, create_sent=None,
             push_hash=push_hash if push_hash is not None else link.push_hash,
             pull_hash=pull_hash if pull_hash is not None else link.pull_hash, updated_at=now,
             **_mark(pushed)))
@@ -189,6 +217,7 @@ class FakeLinkStore:
         stamp = "last_pushed_at" if direction == "push" else "last_pulled_at"
         self._put(dataclasses.replace(link, state="deleted", claim=None, claimed_at=None,
                                       push_hash=None, pull_hash=None, last_error=None,
+                                      create_sent_at=None, create_sent=None,
                                       updated_at=now, **{stamp: now}, **_mark(pushed)))
         return True
 
@@ -238,6 +267,12 @@ def _mark(pushed: PushMark | None) -> dict[str, Any]:
         return {}
     return {"pushed_by": pushed.message_id, "pushed_attempt": pushed.attempt,
             "pushed_outcome": pushed.outcome}
+
+
+def _text_postgres_accepts(text: str | None) -> None:
+    """Raise what psycopg raises for a text PostgreSQL cannot store."""
+    if text is not None and "\x00" in text:
+        raise psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
 
 
 def _key(bss_id: str | None, external_id: str | None) -> tuple[str, str | None]:

@@ -209,3 +209,83 @@ def test_differences_compare_what_the_answer_shows():
         "/billingAddress", "/parentCompanyId"]
     assert differences({"items": [{"x": 1}]}, {"items": [{"x": 1, "id": 9}]}) == []
     assert differences({"a/b": 1}, {"a/b": 2}) == ["/a~1b"]
+
+
+# -- a create whose answer was lost (docs/architecture.md §5 step 4) ----------------------------
+
+
+def sent_link(sent: dict, **changes) -> Link:
+    """A link whose create was sent (``sent``: what ``create_sent`` made of it) and never
+    answered."""
+    return link(create_sent_at=AT, create_sent=json.dumps(sent), **changes)
+
+
+def contact() -> dict:
+    return sample("contact")
+
+
+def contact_context() -> TransformContext:
+    ctx = context()
+    ctx.links.external[("account", contact()["accountId"])] = "co-1"
+    return ctx
+
+
+def test_what_a_create_leaves_before_it_goes_out_is_its_key_record_and_body():
+    plan = planner().create(account(), link(), context())
+
+    sent = planner().create_sent(plan, account())
+
+    assert sent == {"key": plan.idempotency_key, "record": account(), "body": plan.body}
+    assert json.loads(json.dumps(sent)) == sent  # stored as JSON text
+
+
+def test_a_gone_record_whose_create_is_pending_is_a_delete_not_a_skip():
+    pending = sent_link({"key": "k", "record": account()})
+    deleted_then_pending = sent_link({"key": "k", "record": account()}, state="deleted",
+                                     external_id="co-old")
+
+    assert planner().decide(None, pending).action == "delete"
+    assert planner().decide(None, deleted_then_pending).action == "delete"
+    assert planner().decide(None, link()).skipped  # nothing was ever sent
+    assert planner().decide(account(), pending).action == "create"  # still there: create
+    refused = planner(permissions=[("account", "push", "create")]).decide(None, pending)
+    assert refused.skipped and "not permitted to delete" in refused.reason
+    assert pending.create_pending and not sent_link({}, state="linked",
+                                                    external_id="co-1").create_pending
+
+
+def test_a_lost_create_is_looked_for_by_its_match_with_the_record_it_sent():
+    sent = {"key": "k-1", "record": {**account(), "code": "C-OLD"}, "body": {"name": "x"}}
+
+    lookup = planner().find_lost_create(sent, context())
+
+    assert lookup is not None and lookup.action == MATCH
+    request = planner().request(lookup, {"record": sent["record"], "externalId": None},
+                                context())
+    assert request.method == "GET" and request.url.endswith("/companies?accountNumber=C-OLD")
+
+
+def test_without_a_match_a_lost_create_is_replayed_with_its_key_and_body():
+    p = planner("contact")
+    plan = p.create(contact(), link(entity="contact"), contact_context())
+    sent = p.create_sent(plan, contact())
+
+    lookup = p.find_lost_create(sent, contact_context())
+
+    assert lookup is not None and lookup.action == "create"
+    assert (lookup.body, lookup.idempotency_key) == (plan.body, plan.idempotency_key)
+    request = p.request(lookup, {"record": contact(), "externalId": None}, contact_context())
+    assert request.headers["Idempotency-Key"] == plan.idempotency_key
+    assert request.body == plan.body
+
+
+def test_a_lost_create_nothing_can_find_has_no_lookup():
+    sent = {"key": "k-1", "record": contact(), "body": {"lastName": "x"}}
+    no_keys = planner("contact", idempotency={"header": None})
+    may_not_create = planner("contact", permissions=[("contact", "push", "delete")])
+
+    assert no_keys.keys_creates() is False
+    assert no_keys.find_lost_create(sent, context()) is None
+    assert may_not_create.find_lost_create(sent, context()) is None  # a replay may create
+    assert planner("contact").find_lost_create({"record": contact()}, context()) is None
+    assert planner().find_lost_create({"key": "k"}, context()) is None  # no record to match
