@@ -43,19 +43,6 @@ ACCOUNTS, CONTACTS, PATCHES, DELETES = (round(n * SCALE) for n in (1600, 400, 50
 SPAN = 45.0 * SCALE  # seconds the workload and the faults last
 SETTLE_TIMEOUT = 60.0  # for the flow to drain once every fault has ended
 
-#: Defects this run finds today. Fixed on other branches of issue 9 (parts 1-5): retry
-#: copies lost when the broker stops, the 999 storm, NUL bytes refused by PostgreSQL,
-#: the lost update after a replayed create; a delete lost after a create whose outcome
-#: was unknown (kill-pusher, http-garbage: the pending create, architecture.md §5 step
-#: 4). Still found with all of them merged: an audit batch written twice when
-#: PostgreSQL's answer to its commit is lost (CHAOS_FAULTS=cut-postgres), a BSS event
-#: published twice dispatched twice (kill-sandbox; tests/e2e/test_dispatcher.py), a
-#: retry copy the broker stored but never confirmed handled besides its redelivered
-#: original (broker-kill). Until they are fixed a reconciliation failure is expected;
-#: ``CHAOS_STRICT=1`` runs it strictly. Remove this mark once the run passes.
-KNOWN_DEFECTS = pytest.mark.xfail(
-    not os.environ.get("CHAOS_STRICT"), raises=AssertionError, strict=False,
-    reason="issue 9: the reconciliation finds defects not fixed yet (see KNOWN_DEFECTS)")
 
 
 def fault_kinds() -> tuple[list[str], list[str]]:
@@ -70,7 +57,6 @@ def fault_kinds() -> tuple[list[str], list[str]]:
     return infra, http
 
 
-@KNOWN_DEFECTS
 def test_no_record_lost_duplicated_or_stuck_under_chaos(
         chaos_stack: ChaosStack, chaos_broker: RabbitNode, chaos_seed: int,
         network: NetworkLoop, db_proxy: TcpProxy) -> None:
