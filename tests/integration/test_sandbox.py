@@ -622,6 +622,9 @@ async def test_changes_made_while_rabbitmq_is_unreachable_are_published_when_it_
                 base = f"/organizations/{ORG}/order"
                 first = (await api.post(base, json=_valid_record("order"))).json()
                 await tap.wait_for(1)
+                # The relay marks the row after the broker's confirm, which may come a
+                # moment after the tap saw the event: only then is the first one settled.
+                await _until_outbox_empty(database_url, sandbox_schema)
                 proxy.refuse()  # the broker is gone: connections dropped, new ones refused
                 during = [(await api.post(base, json=_valid_record("order", i))).json()["id"]
                           for i in range(25)]
@@ -643,6 +646,12 @@ async def test_changes_made_while_rabbitmq_is_unreachable_are_published_when_it_
     assert tap.routing_keys[26] == "order.updated" and events[26]["recordId"] == first["id"]
     assert len({e["id"] for e in events}) == 27
     assert await _pending_outbox(database_url, sandbox_schema) == 0
+
+
+async def _until_outbox_empty(database_url: str, schema: str) -> None:
+    async def empty() -> bool:
+        return await _pending_outbox(database_url, schema) == 0
+    await eventually(empty, timeout=30, what="every outbox row marked published")
 
 
 async def _relay_attempts(proxy: TcpProxy, count: int) -> None:
