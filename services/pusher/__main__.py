@@ -28,8 +28,10 @@ def make_handler(deps: RuntimeDeps) -> PushHandler:
     bss = BssClient(deps.settings.bss_api_url, token=token,
                     batch_reads=deps.settings.bss_api_batch_reads)
     # Link writes may commit without waiting for their WAL flush: the audit row's
-    # synchronous commit, which the ack waits for, comes after them (shared.storage.db).
-    links = LinkStore(deps.coordination_db or deps.db, batched=True)
+    # synchronous commit, which the ack waits for, comes after them (shared.storage.db);
+    # a pending create's note waits for its own, on the synchronous pool, before the
+    # request goes out.
+    links = LinkStore(deps.coordination_db or deps.db, batched=True, durable=deps.db)
     return PushHandler(InstanceRegistry(deps.db), links, bss, deps.audit)
 
 

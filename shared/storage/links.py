@@ -147,8 +147,8 @@ RETURNING l.*, (l.xmax = 0) AS inserted
 _BATCH_CLAIM_SQL = """
 INSERT INTO links AS l (instance_id, entity, bss_id, state, claim, claimed_at)
 SELECT t.instance_id, t.entity, t.bss_id, 'creating', t.message_id, now()
-  FROM unnest(%(instance_ids)s::text[], %(entities)s::text[], %(bss_ids)s::text[],
-              %(message_ids)s::text[]) AS t(instance_id, entity, bss_id, message_id)
+  FROM unnest(%(instance_ids)b::text[], %(entities)b::text[], %(bss_ids)b::text[],
+              %(message_ids)b::text[]) AS t(instance_id, entity, bss_id, message_id)
  ORDER BY t.instance_id, t.entity, t.bss_id
 ON CONFLICT (instance_id, entity, bss_id) DO UPDATE
    SET claim = EXCLUDED.claim, claimed_at = now(), updated_at = now()
@@ -171,9 +171,9 @@ INSERT INTO links AS l (instance_id, entity, bss_id, external_id, state, push_ha
                         last_pushed_at, pushed_by, pushed_attempt, pushed_outcome)
 SELECT t.instance_id, t.entity, t.bss_id, t.external_id, 'linked', t.push_hash, now(),
        t.pushed_by, t.pushed_attempt, t.pushed_outcome
-  FROM unnest(%(instance_ids)s::text[], %(entities)s::text[], %(bss_ids)s::text[],
-              %(external_ids)s::text[], %(push_hashes)s::text[], %(pushed_by)s::text[],
-              %(pushed_attempts)s::integer[], %(pushed_outcomes)s::text[])
+  FROM unnest(%(instance_ids)b::text[], %(entities)b::text[], %(bss_ids)b::text[],
+              %(external_ids)b::text[], %(push_hashes)b::text[], %(pushed_by)b::text[],
+              %(pushed_attempts)b::integer[], %(pushed_outcomes)b::text[])
        AS t(instance_id, entity, bss_id, external_id, push_hash, pushed_by, pushed_attempt,
             pushed_outcome)
  ORDER BY t.instance_id, t.entity, t.bss_id
@@ -196,14 +196,14 @@ _CREATE_SENT_SQL = """
 INSERT INTO links AS l (instance_id, entity, bss_id, state, claim, claimed_at,
                         create_sent_at, create_sent)
 SELECT t.instance_id, t.entity, t.bss_id, 'creating', t.message_id, now(), now(), t.sent
-  FROM unnest(%(instance_ids)s::text[], %(entities)s::text[], %(bss_ids)s::text[],
-              %(message_ids)s::text[], %(sent)s::text[])
+  FROM unnest(%(instance_ids)b::text[], %(entities)b::text[], %(bss_ids)b::text[],
+              %(message_ids)b::text[], %(sent)b::text[])
        AS t(instance_id, entity, bss_id, message_id, sent)
  ORDER BY t.instance_id, t.entity, t.bss_id
 ON CONFLICT (instance_id, entity, bss_id) DO UPDATE
    SET create_sent_at = now(), create_sent = EXCLUDED.create_sent, updated_at = now()
  WHERE l.claim = EXCLUDED.claim
-RETURNING l.instance_id, l.entity, l.bss_id
+RETURNING l.instance_id, l.entity, l.bss_id, current_setting('synchronous_commit') AS sync
 """
 
 
@@ -256,9 +256,13 @@ def _mark_params(pushed: PushMark | None) -> dict[str, Any]:
 class LinkStore:
     """Reads and writes links. Every method raises ``InfrastructureError`` on DB failure."""
 
-    def __init__(self, db: Database, *, batched: bool = False) -> None:
+    def __init__(self, db: Database, *, batched: bool = False,
+                 durable: Database | None = None) -> None:
         self.db = db
         self.batched = batched
+        #: Where a pending create is noted: a database committing synchronously (the
+        #: note must be on disk before the request goes out), ``db`` when it does.
+        self.durable = durable if durable is not None else db
         self._claims: Coalescer[_ClaimRequest, Claim] = Coalescer(self._claim_batch)
         self._linked: Coalescer[_LinkedRequest, Link] = Coalescer(self._linked_batch)
         self._create_sent: Coalescer[_CreateSentRequest, bool] = Coalescer(
@@ -413,21 +417,26 @@ class LinkStore:
     async def _create_sent_batch(
             self, requests: list[_CreateSentRequest]) -> list[bool | BaseException]:
         """One statement per round of distinct records (in practice one) for many pending
-        creates, committed synchronously whatever the pool's setting: the request goes
-        out only once the row is on disk."""
+        creates, committed synchronously: the request goes out only once the row is on
+        disk. On a synchronous pool (``durable``) that is the statement alone, one round
+        trip; on an asynchronous one, a transaction that turns synchronous commit on."""
         results: list[bool | BaseException] = [False] * len(requests)
         for indexes in distinct_rounds(requests, lambda r: r.row):
             batch = [requests[i] for i in indexes]
-            async with self.db.transaction() as conn:
-                await conn.execute("SET LOCAL synchronous_commit = on")
-                cursor = await conn.execute(_CREATE_SENT_SQL, {
-                    "instance_ids": [r.instance_id for r in batch],
-                    "entities": [r.entity for r in batch],
-                    "bss_ids": [r.bss_id for r in batch],
-                    "message_ids": [r.message_id for r in batch],
-                    "sent": [r.sent for r in batch]})
-                written = {(row["instance_id"], row["entity"], row["bss_id"])
-                           for row in await cursor.fetchall()}
+            params = {"instance_ids": [r.instance_id for r in batch],
+                      "entities": [r.entity for r in batch],
+                      "bss_ids": [r.bss_id for r in batch],
+                      "message_ids": [r.message_id for r in batch],
+                      "sent": [r.sent for r in batch]}
+            if self.durable.synchronous_commit:
+                rows = await self.durable.fetch(_CREATE_SENT_SQL, params)
+            else:
+                async with self.durable.transaction() as conn:
+                    await conn.execute("SET LOCAL synchronous_commit = on")
+                    rows = await (await conn.execute(_CREATE_SENT_SQL, params)).fetchall()
+            if any(row["sync"] != "on" for row in rows):  # a wiring error, not a state
+                raise RuntimeError("a pending create was noted without a synchronous commit")
+            written = {(row["instance_id"], row["entity"], row["bss_id"]) for row in rows}
             for index in indexes:
                 results[index] = requests[index].row in written
         return results

@@ -27,13 +27,18 @@ HELD = 300.0  # a claim younger than this is held
 STALE = 0.0  # any earlier claim is stale
 
 
-@pytest.fixture(params=["postgres", "postgres-batched", "fake"])
+@pytest.fixture(params=["postgres", "postgres-batched", "postgres-async", "pusher", "fake"])
 async def store(request: pytest.FixtureRequest, database_url: str):
+    """Each way a store is built: on one synchronous pool (plain, batched), on an
+    asynchronous-commit pool alone, and as the pusher builds it (links on the
+    asynchronous pool, pending creates noted on the synchronous one)."""
     if request.param == "fake":
         yield FakeLinkStore()
         return
     db = Database(database_url, min_size=1, max_size=4)
+    lazy = Database(database_url, min_size=1, max_size=4, synchronous_commit=False)
     await db.open()
+    await lazy.open()
     try:
         await truncate_all(db)
         await db.execute("INSERT INTO organizations (id, name) VALUES ('org-1', 'Org')")
@@ -41,8 +46,14 @@ async def store(request: pytest.FixtureRequest, database_url: str):
                          " VALUES ('acme', 'Acme', '1.0', %s, '{}')", ("a" * 64,))
         await db.execute("INSERT INTO instances (id, org_id, connector_id, name)"
                          " VALUES (%s, 'org-1', 'acme', 'Acme')", (INSTANCE,))
-        yield LinkStore(db, batched=request.param == "postgres-batched")
+        if request.param == "postgres-async":
+            yield LinkStore(lazy, batched=True)
+        elif request.param == "pusher":
+            yield LinkStore(lazy, batched=True, durable=db)
+        else:
+            yield LinkStore(db, batched=request.param == "postgres-batched")
     finally:
+        await lazy.close()
         await db.close()
 
 
