@@ -15,6 +15,7 @@ enter our code: ``raise RemoteUnavailable(...) from exc``.
     │   ├── CreateOutcomeUnknown       a create may have made the record remotely; no way
     │   │                              to find its id (the record is gone from the BSS)
     │   ├── BssUnavailable             the host BSS API did not answer properly
+    │   ├── BssConflict                the BSS record changed since it was read (412)
     │   └── InfrastructureError        PostgreSQL or RabbitMQ failed under us
     └── PermanentError                 dead-letter now; the daily redelivery retries it
         ├── InvalidMessage             not JSON, or breaks the envelope schema
@@ -112,6 +113,11 @@ class CreateOutcomeUnknown(TransientError):
 
 class BssUnavailable(TransientError):
     """The host BSS API timed out or answered 5xx."""
+
+
+class BssConflict(TransientError):
+    """The BSS record changed between our read and our write (``If-Match`` answered
+    412): read it again and decide again, later."""
 
 
 class InfrastructureError(TransientError):

@@ -28,7 +28,7 @@ import orjson
 import structlog
 
 from shared.batching import Coalescer
-from shared.errors import BssRejected, BssUnavailable
+from shared.errors import BssConflict, BssRejected, BssUnavailable
 from shared.http.httpx_transport import TransportKind, open_transport
 from shared.http.settings import USER_AGENT
 from shared.http.transport import BodyTooLarge, Fetched, NotHttpStatus
@@ -55,6 +55,14 @@ class BssUnsupported(Exception):
 class Page:
     items: list[dict[str, Any]]
     next_cursor: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Versioned:
+    """A record as the BSS answered it, with its ``ETag`` (``None`` when it sent none)."""
+
+    record: dict[str, Any]
+    etag: str | None
 
 
 class BssClient:
@@ -105,6 +113,14 @@ class BssClient:
         if response.status == 404:
             return None
         return self._json(response)
+
+    async def read(self, org_id: str, entity: str, record_id: str) -> Versioned | None:
+        """The record with its ETag (for ``If-Match``), ``None`` when the BSS does not
+        have it. Never coalesced: the ETag is per record."""
+        response = await self._send("GET", self._path(org_id, entity, record_id))
+        if response.status == 404:
+            return None
+        return Versioned(self._json(response), response.headers.get("etag"))
 
     async def get_many(self, org_id: str, entity: str,
                        record_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -211,10 +227,28 @@ class BssClient:
             return None
         return self._json(response)
 
-    async def delete(self, org_id: str, entity: str, record_id: str, *, origin: str) -> bool:
-        """Delete a record; ``False`` when it was already gone."""
+    async def patch(self, org_id: str, entity: str, record_id: str, changes: dict[str, Any], *,
+                    origin: str, if_match: str | None = None) -> Versioned | None:
+        """Merge-patch a record (RFC 7396), only if its ETag is still ``if_match`` when
+        given; ``None`` when it no longer exists. Raises ``BssConflict`` on 412."""
+        headers = {ORIGIN_HEADER: origin, "Content-Type": "application/merge-patch+json"}
+        if if_match:
+            headers["If-Match"] = if_match
+        response = await self._send("PATCH", self._path(org_id, entity, record_id),
+                                    json_body=changes, headers=headers)
+        if response.status == 404:
+            return None
+        return Versioned(self._json(response), response.headers.get("etag"))
+
+    async def delete(self, org_id: str, entity: str, record_id: str, *, origin: str,
+                     if_match: str | None = None) -> bool:
+        """Delete a record; ``False`` when it was already gone. Raises ``BssConflict``
+        on 412 (``if_match`` no longer the record's ETag)."""
+        headers = {ORIGIN_HEADER: origin}
+        if if_match:
+            headers["If-Match"] = if_match
         response = await self._send("DELETE", self._path(org_id, entity, record_id),
-                                    headers={ORIGIN_HEADER: origin})
+                                    headers=headers)
         return response.status != 404
 
     async def _send(self, method: str, path: str, *, params: dict[str, Any] | None = None,
@@ -223,7 +257,7 @@ class BssClient:
         content = None if json_body is None else json.dumps(json_body).encode()
         headers = {**self._headers, **(headers or {})}
         if content is not None:
-            headers["Content-Type"] = "application/json"
+            headers.setdefault("Content-Type", "application/json")
         url = self.base_url + path + ("?" + urlencode(params, doseq=True) if params else "")
         try:
             request = httpx.Request(method, url, headers=headers, content=content,
@@ -244,6 +278,9 @@ class BssClient:
         if status == 404 or status < 400:
             return response
         detail = redact(response.content[:300].decode("utf-8", "replace"))
+        if status == 412:
+            raise BssConflict(f"the BSS record changed since it was read ({method} {path} "
+                              f"answered 412): {detail}", http_status=status)
         if status >= 500 or status in (408, 425, 429):
             raise BssUnavailable(f"the BSS answered {status} to {method} {path}: {detail}",
                                  http_status=status)

@@ -46,6 +46,8 @@ class HandlerResult:
     external_id: str | None = None
     http_status: int | None = None
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: The BSS id the outcome concerns when the message had none (a pulled create).
+    record_id: str | None = None
 
 
 Handler = Callable[[InboundMessage[Any]], Awaitable[HandlerResult | Outcome]]

@@ -446,6 +446,7 @@ def _audit_record(service: str, message: InboundMessage[Any], decision: Decision
         if type(result) is HandlerResult:
             record.action = result.action or record.action
             record.external_id = result.external_id or record.external_id
+            record.record_id = result.record_id or record.record_id
             record.http_status = result.http_status
             record.details = result.details
         return record

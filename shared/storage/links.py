@@ -392,7 +392,7 @@ class LinkStore:
         if claim.new:
             await self.db.execute(
                 "DELETE FROM links WHERE id = %s AND claim = %s AND state = 'creating'"
-                " AND external_id IS NULL", (claim.link.id, message_id))
+                " AND (external_id IS NULL OR bss_id IS NULL)", (claim.link.id, message_id))
         else:
             await self.db.execute(
                 "UPDATE links SET claim = NULL, claimed_at = NULL, updated_at = now()"

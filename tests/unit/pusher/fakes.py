@@ -113,13 +113,26 @@ class FakeLinkStore:
 
     async def claim_for_create(self, instance_id: str, entity: str, bss_id: str,
                                message_id: str, stale_after: float | timedelta) -> Claim:
+        return self._claim("bss_id", instance_id, entity, bss_id, message_id, stale_after)
+
+    async def claim_external_for_create(self, instance_id: str, entity: str,
+                                        external_id: str, message_id: str,
+                                        stale_after: float | timedelta) -> Claim:
+        """As ``LinkStore.claim_external_for_create`` (the puller's claim)."""
+        return self._claim("external_id", instance_id, entity, external_id, message_id,
+                           stale_after)
+
+    def _claim(self, key: str, instance_id: str, entity: str, value: str, message_id: str,
+               stale_after: float | timedelta) -> Claim:
         stale = (stale_after if isinstance(stale_after, timedelta)
                  else timedelta(seconds=stale_after))
         now = self.now()
-        link = self.get(instance_id, entity, bss_id)
+        link = self._find(instance_id, entity, key, value)
         if link is None:
+            ids = {"bss_id": None, "external_id": None, key: value}
             link = Link(id=next(self._ids), instance_id=instance_id, entity=entity,
-                        bss_id=bss_id, external_id=None, state="creating", claim=message_id,
+                        bss_id=ids["bss_id"], external_id=ids["external_id"],
+                        state="creating", claim=message_id,
                         claimed_at=now, push_hash=None, pull_hash=None, last_pushed_at=None,
                         last_pulled_at=None, last_error=None, created_at=now, updated_at=now)
             self._put(link)
@@ -137,7 +150,8 @@ class FakeLinkStore:
         if link is None or link.claim != message_id:
             return
         if claim.new:
-            if link.state == "creating" and link.external_id is None:
+            if link.state == "creating" and (link.external_id is None
+                                              or link.bss_id is None):
                 del self.rows[link.id]
         else:
             self._put(dataclasses.replace(link, claim=None, claimed_at=None,

@@ -1,0 +1,212 @@
+"""One pull of one external record into the BSS (docs/architecture.md §5, pull side).
+
+    record     inline in the message, or read with the object's ``pull.read`` when the
+               message carries only the external id (a 404/410 there: deleted)
+    claim      the link row by external id (``INSERT … ON CONFLICT``): two deliveries
+               of one record never both create it; held elsewhere → ``RecordBusy``
+    read       the linked BSS record and its ETag
+    decide     create / update / delete / skip (``services.puller.decide``)
+    transform  ``pull.body`` → the canonical entity; ``$bssId`` parents read from the
+               links (not linked yet → ``DependencyPending``, retried)
+    validate   ``schemas/entities/<entity>`` (``SchemaViolation``, dead-lettered at once)
+    unchanged  the canonical hash equals the link's ``pull_hash``: nothing is written
+    write      create with ``Idempotency-Key`` / merge-patch or delete with ``If-Match``,
+               always with ``X-Sync-Origin: <instance id>``
+    link       ``mark_linked`` (direction pull, the hash) or ``mark_deleted``
+
+Whatever fails releases the claim with the error remembered on the link, and
+raises: the runtime retries or dead-letters by the error's class. The outcome is
+returned for the audit row the runtime writes before it acks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from services.puller.decide import CREATE, DELETE
+from services.puller.outcome import PullOutcome
+from services.puller.plan import PullPlanner, canonical_hash, idempotency_key
+from services.puller.ports import READ_GONE, BssWrites, Links, PullSource
+from services.pusher.push import CLAIM_STALE_SECONDS, MAX_LINK_ROUNDS
+from shared.audit.normalise import fit_text
+from shared.bss.client import Versioned
+from shared.connector import SyncObject
+from shared.connector.request import plan_request
+from shared.errors import (
+    BssConflict,
+    BssUnavailable,
+    InvalidMessage,
+    RecordBusy,
+    RemoteProtocolError,
+    RemoteRejected,
+    SyncError,
+)
+from shared.logging import redact
+from shared.storage.links import Link
+from shared.transform import LinksNotLoaded, PreloadedLinks
+
+T = TypeVar("T")
+
+
+class RecordPull:
+    """One pull of one external record; build, then ``await run()``."""
+
+    def __init__(self, *, ctx: PullSource, obj: SyncObject, org_id: str, message_id: str,
+                 action: str, links: Links, bss: BssWrites, record: dict[str, Any] | None,
+                 external_id: str | None) -> None:
+        self.ctx = ctx
+        self.obj = obj
+        self.entity = obj.entity
+        self.org_id = org_id
+        self.message_id = message_id
+        self.action = action
+        self.links = links
+        self.bss = bss
+        self.record = record
+        self.external_id = external_id
+        self.instance_id = ctx.instance.id
+        self.planner = PullPlanner(obj)
+        self.preloaded = PreloadedLinks()
+        self.context = ctx.transform_context(self.preloaded)
+
+    async def run(self) -> PullOutcome:
+        """Pull the record; raises one of ``shared.errors``."""
+        record = self.record
+        external_id = self.external_id
+        if record is None and self.action != "delete":
+            record = await self._read_external()
+        if external_id is None:
+            if record is None:
+                raise InvalidMessage("a pull message needs the external record or its id")
+            external_id = self.planner.external_id(record)
+        self.external_id = external_id
+        claim = await self.links.claim_external_for_create(
+            self.instance_id, self.entity, external_id, self.message_id, CLAIM_STALE_SECONDS)
+        if not claim.owned:
+            raise RecordBusy(f"external {self.entity} {external_id} is being pulled by another "
+                             "delivery right now")
+        link = claim.link
+        try:
+            deleted = record is None or self.planner.deleted(record, self.action)
+            current = await self._current(link)
+            decision = self.planner.decide(
+                deleted=deleted, link=link, bss_exists=current is not None,
+                permitted=self.ctx.instance.permitted_actions(self.entity, "pull"))
+            if decision.skipped:
+                await self.links.forget_claim(claim, self.message_id)
+                return PullOutcome("skipped", link.bss_id, external_id,
+                                   details={"reason": decision.reason})
+            if decision.action == DELETE:
+                assert current is not None and link.bss_id is not None
+                return await self._delete(link.bss_id, current)
+            assert record is not None
+            entity = await self._with_links(lambda: self.planner.canonical(record,
+                                                                           self.context))
+            digest = canonical_hash(entity)
+            if decision.action == CREATE:
+                return await self._create(entity, digest, link)
+            assert current is not None and link.bss_id is not None
+            if digest == link.pull_hash:
+                await self.links.forget_claim(claim, self.message_id)
+                return PullOutcome("unchanged", link.bss_id, external_id)
+            return await self._update(link.bss_id, entity, digest, current)
+        except BaseException as exc:
+            await self.links.release_claim(self.instance_id, self.entity, self.message_id,
+                                           external_id=external_id, error=_describe(exc))
+            raise
+
+    # -- actions ---------------------------------------------------------------------------
+
+    async def _create(self, entity: dict[str, Any], digest: str, link: Link) -> PullOutcome:
+        assert self.external_id is not None
+        key = idempotency_key(self.instance_id, self.entity, self.external_id, link)
+        created = await self.bss.create(self.org_id, self.entity, entity,
+                                        origin=self.instance_id, idempotency_key=key)
+        bss_id = created.get("id") if isinstance(created, dict) else None
+        if not isinstance(bss_id, str) or not bss_id:
+            raise BssUnavailable(f"the BSS answered the create of a {self.entity} without "
+                                 "its id")
+        await self.links.mark_linked(self.instance_id, self.entity, bss_id=bss_id,
+                                     external_id=self.external_id, direction="pull",
+                                     pull_hash=digest)
+        return PullOutcome("created", bss_id, self.external_id, 201,
+                           details={"idempotencyKey": key})
+
+    async def _update(self, bss_id: str, entity: dict[str, Any], digest: str,
+                      current: Versioned) -> PullOutcome:
+        assert self.external_id is not None
+        patched = await self.bss.patch(self.org_id, self.entity, bss_id, entity,
+                                       origin=self.instance_id, if_match=current.etag)
+        if patched is None:
+            raise BssConflict(f"the BSS {self.entity} {bss_id} was deleted while it was being "
+                              "updated")
+        await self.links.mark_linked(self.instance_id, self.entity, bss_id=bss_id,
+                                     external_id=self.external_id, direction="pull",
+                                     pull_hash=digest)
+        return PullOutcome("updated", bss_id, self.external_id, 200)
+
+    async def _delete(self, bss_id: str, current: Versioned) -> PullOutcome:
+        assert self.external_id is not None
+        await self.bss.delete(self.org_id, self.entity, bss_id, origin=self.instance_id,
+                              if_match=current.etag)
+        await self.links.mark_deleted(self.instance_id, self.entity, direction="pull",
+                                      external_id=self.external_id)
+        return PullOutcome("deleted", bss_id, self.external_id, 204)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def _current(self, link: Link) -> Versioned | None:
+        """The linked BSS record, ``None`` when there is none (not linked, or gone)."""
+        if link.state != "linked" or link.bss_id is None:
+            return None
+        return await self.bss.read(self.org_id, self.entity, link.bss_id)
+
+    async def _read_external(self) -> dict[str, Any] | None:
+        """The record read with ``pull.read``; ``None`` when the third party says it is
+        gone. Raises ``InvalidMessage`` when the connector cannot read it."""
+        call = self.obj.pull_read
+        if call is None or self.external_id is None:
+            raise InvalidMessage(f"a pull message for {self.entity} without the record needs "
+                                 "its external id and a connector declaring pull.read")
+        data = {"externalId": self.external_id}
+        request = await self._with_links(lambda: plan_request(
+            call, base_url=self.ctx.client.base_url, data=data, context=self.context))
+        try:
+            response = await self.ctx.client.send(request, accept=READ_GONE)
+        except RemoteRejected as exc:
+            if exc.http_status in READ_GONE:
+                return None
+            raise
+        if response.status in READ_GONE:
+            return None
+        if not isinstance(response.body, dict):
+            raise RemoteProtocolError(f"{response.request} answered something other than a "
+                                      f"JSON object for external {self.entity} "
+                                      f"{self.external_id}", http_status=response.status)
+        return response.body
+
+    async def _with_links(self, build: Callable[[], T]) -> T:
+        """Run a planning step; load the links it asks for and run it again."""
+        for _ in range(MAX_LINK_ROUNDS):
+            try:
+                return build()
+            except LinksNotLoaded as missing:
+                for kind, entity, ref_id in missing.wanted:
+                    await self._load(kind, entity, ref_id)
+        return build()
+
+    async def _load(self, kind: str, entity: str, ref_id: str) -> None:
+        if kind == "bss":
+            found = await self.links.bss_ids(self.instance_id, entity, [ref_id])
+            self.preloaded.bss[(entity, ref_id)] = found.get(ref_id)
+        else:
+            found = await self.links.external_ids(self.instance_id, entity, [ref_id])
+            self.preloaded.external[(entity, ref_id)] = found.get(ref_id)
+
+
+def _describe(exc: BaseException) -> str:
+    """The error the link remembers: redacted, 1,000 characters at most."""
+    if isinstance(exc, SyncError):
+        return fit_text(redact(f"{exc.error_class}: {exc}"), 1000)
+    return type(exc).__name__
