@@ -31,6 +31,7 @@ from kombu import Connection, Exchange, Queue
 from sandbox.server import SandboxServer, free_port
 from sandbox.settings import SandboxSettings
 from shared.bss import BssClient
+from shared.errors import BssConflict
 from shared.messaging.management import AmqpUrl
 from shared.messaging.publisher import OutgoingMessage
 from shared.messaging.tooling import publish_blocking
@@ -374,6 +375,36 @@ async def test_idempotency_key_creates_once(api: httpx.AsyncClient, database_url
     assert other_entity.json()["id"] != answers[0].json()["id"]
     assert len((await api.get(base)).json()["items"]) == 1
     assert await _pending_outbox(database_url, sandbox_schema) == 2  # one event per record
+
+
+async def test_the_bss_client_writes_as_the_puller_does(api: httpx.AsyncClient) -> None:
+    """Creates keyed by Idempotency-Key, reads with the ETag, merge-patches and deletes
+    guarded by If-Match: a stale ETag is a retryable ``BssConflict``."""
+    async with BssClient(str(api.base_url)) as bss:
+        first = await bss.create(ORG, "account", {"name": "Initech", "phone": "+1 555"},
+                                 origin="acme-1", idempotency_key="pull-key-1")
+        again = await bss.create(ORG, "account", {"name": "Initech", "phone": "+1 555"},
+                                 origin="acme-1", idempotency_key="pull-key-1")
+        assert again["id"] == first["id"]
+        read = await bss.read(ORG, "account", first["id"])
+        assert read is not None and read.etag == '"1"' and read.record["name"] == "Initech"
+        patched = await bss.patch(ORG, "account", first["id"], {"name": "Initrode"},
+                                  origin="acme-1", if_match=read.etag)
+        assert patched is not None and patched.etag == '"2"'
+        assert (patched.record["name"], patched.record["phone"]) == ("Initrode", "+1 555")
+        with pytest.raises(BssConflict) as stale:
+            await bss.patch(ORG, "account", first["id"], {"name": "Lost"}, origin="acme-1",
+                            if_match=read.etag)
+        assert stale.value.retryable and stale.value.http_status == 412
+        with pytest.raises(BssConflict):
+            await bss.delete(ORG, "account", first["id"], origin="acme-1", if_match='"1"')
+        assert await bss.delete(ORG, "account", first["id"], origin="acme-1",
+                                if_match=patched.etag)
+        assert await bss.read(ORG, "account", first["id"]) is None
+        assert await bss.patch(ORG, "account", first["id"], {"name": "x"},
+                               origin="acme-1") is None
+    listing = (await api.get(f"/organizations/{ORG}/account")).json()["items"]
+    assert listing == []  # one record was ever created, and it is deleted
 
 
 async def test_pagination_returns_each_changed_record_once_under_concurrent_writes(
