@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from demo.stack import StackConfig
+from demo.stack import PUSH_PATH, StackConfig
 from demo.thirdparty import NODE_BIN, JsonServer
 from tests.e2e.records import ACME_CONNECTOR
 from tests.e2e.stack import (
@@ -66,9 +66,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
 
 
 def make_stack(request: pytest.FixtureRequest, connectors: list[Connector],
-               extra_env: dict[str, str], *, crm: bool = False) -> TestStack:
+               extra_env: dict[str, str], *, crm: bool = False,
+               services: tuple[str, ...] = PUSH_PATH) -> TestStack:
     """A started :class:`TestStack` for the requesting module (with json-server as the
-    Acme CRM when ``crm``), stopped and dropped at the module's end."""
+    Acme CRM when ``crm``) running ``services``, stopped and dropped at the module's end."""
     rabbitmq = request.getfixturevalue("rabbitmq")
     session_vhost = request.getfixturevalue("_session_vhost")
     name = request.module.__name__.rsplit(".", 1)[-1]
@@ -80,7 +81,7 @@ def make_stack(request: pytest.FixtureRequest, connectors: list[Connector],
         workdir=request.getfixturevalue("tmp_path_factory").mktemp(f"e2e-{name}"),
         management_url=rabbitmq.management_url, retry_delays=RETRY_DELAYS,
         bss_token=BSS_TOKEN, relay_backoff_cap=1.0, crm_port=0 if crm else None,
-        crm_api_key=ACME_API_KEY, service_env=extra_env)
+        crm_api_key=ACME_API_KEY, service_env=extra_env, services=services)
     stack = TestStack(config, connectors)
     request.addfinalizer(stack.stop)
     stack.start()
