@@ -76,17 +76,17 @@ class Settings(BaseSettings):
     audit_batch_size: int = Field(500, ge=1, description="audit rows written in one COPY at most")
     audit_batch_interval: float = Field(0.02, description="seconds a batch waits for company")
     bss_api_url: str = Field("http://127.0.0.1:8080", description="the host BSS API",
-                             json_schema_extra={SERVICES_KEY: ["pusher"]})
+                             json_schema_extra={SERVICES_KEY: ["pusher", "puller"]})
     bss_api_token: str | None = Field(
         None, description="reference (env:NAME or file:PATH) to the BSS API's bearer "
                           "token; unset: no token is sent",
-        json_schema_extra={SERVICES_KEY: ["pusher"]})
+        json_schema_extra={SERVICES_KEY: ["pusher", "puller"]})
     credentials_dir: str = Field(
         DEFAULT_CREDENTIALS_DIR, description="the directory file: credential references "
                                              "must name a file in (relative to it, or "
                                              "absolute inside it); bss-sync apply checks "
                                              "them against it too",
-        json_schema_extra={SERVICES_KEY: ["pusher"]})
+        json_schema_extra={SERVICES_KEY: ["pusher", "puller"]})
     gc_threshold: int = Field(
         50_000, ge=0, description="allocations between the garbage collector's young-"
                                   "generation passes (0: Python's default, 700)")
@@ -106,14 +106,14 @@ class Settings(BaseSettings):
     http_transport: Literal["fast", "httpx"] = Field(
         "fast", description="the BSS and third-party clients' HTTP transport: fast (our "
                             "HTTP/1.1 transport) or httpx (httpx's default transport)",
-        json_schema_extra={SERVICES_KEY: ["pusher"]})
+        json_schema_extra={SERVICES_KEY: ["pusher", "puller"]})
     schema_checks: Literal["fast", "jsonschema"] = Field(
         "fast", description="envelopes and BSS events: fast (a hand-written check of the "
                             "schema, jsonschema words what it refuses) or jsonschema alone")
     transform_paths: Literal["fast", "jsonata"] = Field(
         "fast", description="field paths in mappings (a.b, addresses[isBilling][0].city): "
                             "fast (walked in Python) or jsonata (jsonata-python for every "
-                            "expression)", json_schema_extra={SERVICES_KEY: ["pusher"]})
+                            "expression)", json_schema_extra={SERVICES_KEY: ["pusher", "puller"]})
 
     @field_validator("amqp_url")
     @classmethod

@@ -94,7 +94,7 @@ def test_a_malformed_url_is_one_line_naming_the_variable(
 
 # ------------------------------------------------------------------ the services
 
-@pytest.mark.parametrize("service", ["dispatcher", "pusher"])
+@pytest.mark.parametrize("service", ["dispatcher", "pusher", "puller"])
 def test_a_services_help_lists_its_environment_without_connecting(service: str) -> None:
     result = run([sys.executable, "-m", f"services.{service}", "--help"],
                  AMQP_URL=NOWHERE_AMQP, DATABASE_URL=NOWHERE_DATABASE)
@@ -103,7 +103,7 @@ def test_a_services_help_lists_its_environment_without_connecting(service: str) 
     assert "AMQP_URL  (default: amqp://guest:guest@127.0.0.1:5672/%2F)" in result.stdout
     assert "DATABASE_URL  (default: postgresql://postgres@127.0.0.1:5432/postgres)" \
         in result.stdout
-    assert ("BSS_API_URL" in result.stdout) == (service == "pusher")
+    assert ("BSS_API_URL" in result.stdout) == (service in ("pusher", "puller"))
     assert result.stderr == ""
 
 
