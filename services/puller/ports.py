@@ -50,7 +50,8 @@ class Links(Protocol):
                           external_id: str, direction: Literal["push", "pull"],
                           push_hash: str | None = None, pull_hash: str | None = None,
                           ) -> Link:
-        """Store the pair and the hash pulled; clear the claim and the error."""
+        """Store the pair and the hashes (``None`` keeps the stored one); clear the claim
+        and the error."""
         ...
 
     async def mark_deleted(self, instance_id: str, entity: str, *,

@@ -69,6 +69,7 @@ class RecordPull:
         self.planner = PullPlanner(obj)
         self.preloaded = PreloadedLinks()
         self.context = ctx.transform_context(self.preloaded)
+        self.details: dict[str, Any] = {}
 
     async def run(self) -> PullOutcome:
         """Pull the record; raises one of ``shared.errors``."""
@@ -129,9 +130,9 @@ class RecordPull:
                                  "its id")
         await self.links.mark_linked(self.instance_id, self.entity, bss_id=bss_id,
                                      external_id=self.external_id, direction="pull",
-                                     pull_hash=digest)
+                                     pull_hash=digest, push_hash=await self._push_hash(created))
         return PullOutcome("created", bss_id, self.external_id, 201,
-                           details={"idempotencyKey": key})
+                           details={"idempotencyKey": key, **self.details})
 
     async def _update(self, bss_id: str, entity: dict[str, Any], digest: str,
                       current: Versioned) -> PullOutcome:
@@ -143,8 +144,9 @@ class RecordPull:
                               "updated")
         await self.links.mark_linked(self.instance_id, self.entity, bss_id=bss_id,
                                      external_id=self.external_id, direction="pull",
-                                     pull_hash=digest)
-        return PullOutcome("updated", bss_id, self.external_id, 200)
+                                     pull_hash=digest,
+                                     push_hash=await self._push_hash(patched.record))
+        return PullOutcome("updated", bss_id, self.external_id, 200, details=self.details)
 
     async def _delete(self, bss_id: str, current: Versioned) -> PullOutcome:
         assert self.external_id is not None
@@ -153,6 +155,23 @@ class RecordPull:
         await self.links.mark_deleted(self.instance_id, self.entity, direction="pull",
                                       external_id=self.external_id)
         return PullOutcome("deleted", bss_id, self.external_id, 204)
+
+    async def _push_hash(self, written: dict[str, Any]) -> str | None:
+        """The hash the pusher would compute for the BSS record as written (its
+        ``push.update`` body): stored as the push hash, the BSS's echo of this write is
+        ``unchanged`` for the pusher even when the event lost its origin (the loop
+        guard by hash). ``None`` (the stored hash kept) when there is no such body or
+        it cannot be computed — the write is done, that must not fail the pull."""
+        update = self.obj.push.get("update")
+        if update is None or update.body is None:
+            return None
+        body = update.body
+        try:
+            payload = await self._with_links(lambda: body.apply(written, self.context))
+        except SyncError as exc:
+            self.details["pushHash"] = f"not computed: {exc.error_class}: {redact(str(exc))}"
+            return None
+        return canonical_hash(payload)
 
     # -- reads -----------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from shared.errors import (
     RecordBusy,
     SchemaViolation,
 )
+from shared.transform import PreloadedLinks
 from tests.unit.puller.conftest import INSTANCE, ORG, World, acme_with, company, person
 from tests.unit.puller.fakes import FakeBssWrites
 from tests.unit.pusher.fakes import Answer
@@ -293,3 +294,39 @@ async def test_a_claim_older_than_the_stale_limit_is_taken_over(world: World):
         claim.link, claimed_at=claim.link.claimed_at.replace(year=2000)))
 
     assert (await world.handle("account", company())).outcome == "created"
+
+
+# -- both hashes ---------------------------------------------------------------------------
+
+def pushed_body_hash(world: World, record: dict) -> str:
+    """What the pusher would hash for ``record`` (its push.update body)."""
+    update = world.target.connector.objects_for("account")[0].push["update"]
+    return canonical_hash(update.body.apply(record, world.target.transform_context(
+        PreloadedLinks())))
+
+
+async def test_a_pulled_write_stores_the_push_hash_of_the_record_as_written(world: World):
+    await world.handle("account", company())
+    [created] = world.bss.of(ORG, "account")
+    assert world.link("account", "17").push_hash == pushed_body_hash(world, created)
+
+    await world.handle("account", company(name="Renamed"))
+    [updated] = world.bss.of(ORG, "account")
+    link = world.link("account", "17")
+    assert link.push_hash == pushed_body_hash(world, updated)
+    assert link.push_hash != pushed_body_hash(world, created)
+
+
+async def test_a_push_hash_that_cannot_be_computed_keeps_the_stored_one(world: World):
+    # The BSS record names a parent account this instance has no link for: the pusher's
+    # transform of it ($externalId) cannot be computed — the pull is done all the same.
+    world.linked("account", 17, "bss-7", {"name": "Old", "parentAccountId": "bss-nowhere"},
+                 pull_hash="stale")
+    world.links._put(dataclasses.replace(world.link("account", "17"), push_hash="kept"))
+
+    result = await world.handle("account", company(name="New"))
+
+    assert result.outcome == "updated"
+    assert result.details["pushHash"].startswith("not computed: DependencyPending")
+    assert world.bss.records[(ORG, "account", "bss-7")]["name"] == "New"
+    assert world.link("account", "17").push_hash == "kept"
