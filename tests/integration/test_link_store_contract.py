@@ -85,6 +85,34 @@ async def test_forget_removes_a_row_the_claim_created_and_releases_an_older_one(
         "linked", "x2", None, "h")
 
 
+async def test_pull_side_claims_by_external_id_and_links_the_claimed_row(store) -> None:
+    first = await store.claim_external_for_create(INSTANCE, "account", "x1", "m-1", HELD)
+    held = await store.claim_external_for_create(INSTANCE, "account", "x1", "m-2", HELD)
+    assert (first.owned, first.new, first.link.state, first.link.bss_id) == (
+        True, True, "creating", None)
+    assert (held.owned, held.link.claim) == (False, "m-1")
+
+    linked = await store.mark_linked(INSTANCE, "account", bss_id="a1", external_id="x1",
+                                     direction="pull", pull_hash="p", push_hash="h")
+    assert (linked.id, linked.state, linked.claim, linked.pull_hash, linked.push_hash) == (
+        first.link.id, "linked", None, "p", "h")
+    assert linked.last_pulled_at is not None and linked.last_pushed_at is None
+    assert await store.bss_ids(INSTANCE, "account", ["x1", "x9"]) == {"x1": "a1"}
+
+
+async def test_forget_removes_a_row_a_pull_claim_created(store) -> None:
+    new = await store.claim_external_for_create(INSTANCE, "account", "x1", "m-1", HELD)
+    await store.forget_claim(new, "m-1")
+    assert await store.by_external_id(INSTANCE, "account", "x1") is None
+
+    await store.mark_linked(INSTANCE, "account", bss_id="a2", external_id="x2",
+                            direction="pull", pull_hash="p")
+    old = await store.claim_external_for_create(INSTANCE, "account", "x2", "m-2", HELD)
+    await store.forget_claim(old, "m-2")
+    kept = await store.by_external_id(INSTANCE, "account", "x2")
+    assert (kept.state, kept.bss_id, kept.claim, kept.pull_hash) == ("linked", "a2", None, "p")
+
+
 async def test_release_remembers_the_error_and_only_for_the_holder(store) -> None:
     await store.claim_for_create(INSTANCE, "account", "a1", "m-1", HELD)
 

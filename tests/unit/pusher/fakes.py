@@ -109,6 +109,11 @@ class FakeLinkStore:
         """As ``LinkStore.by_bss_id`` (not a port method: for the contract test)."""
         return self.get(instance_id, entity, bss_id)
 
+    async def by_external_id(self, instance_id: str, entity: str,
+                             external_id: str) -> Link | None:
+        """As ``LinkStore.by_external_id`` (not a port method: for the contract test)."""
+        return self._find(instance_id, entity, "external_id", external_id)
+
     # -- the port ------------------------------------------------------------------------
 
     async def claim_for_create(self, instance_id: str, entity: str, bss_id: str,
