@@ -9,7 +9,9 @@ therefore resumes at the first page whose messages were not all confirmed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -74,3 +76,25 @@ class PullCursorStore:
         return await self.db.execute(
             "DELETE FROM pull_cursors WHERE instance_id = %s AND object = %s",
             (instance_id, object_name))
+
+
+#: Advisory-lock class of discoveries (the others: migrate, partitions, config_sync).
+DISCOVERY_LOCK_CLASS = 0x62737376
+
+
+@contextlib.asynccontextmanager
+async def discovery_lock(db: Database, instance_id: str) -> AsyncIterator[bool]:
+    """Hold the instance's discovery lock for the block (a session advisory lock on one
+    pooled connection); yields ``False`` at once when another discovery holds it."""
+    key = f"{db.schema}:{instance_id}"
+    async with db.connection() as conn:
+        cursor = await conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))",
+                                    (DISCOVERY_LOCK_CLASS, key))
+        row = await cursor.fetchone()
+        held = bool(row and (row[0] if not isinstance(row, dict) else next(iter(row.values()))))
+        try:
+            yield held
+        finally:
+            if held:
+                await conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))",
+                                   (DISCOVERY_LOCK_CLASS, key))
