@@ -22,17 +22,28 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urljoin
 
-from services.pusher.ports import ThirdParty
 from shared.connector import paging
 from shared.connector.document import CallSpec
 from shared.connector.request import RequestPlan, plan_request, with_query
 from shared.connector.source import resolve_pointer
 from shared.errors import RateLimited, RemoteProtocolError, SyncError, UnsafeRequest
-from shared.http.client import describe_url, origin
+from shared.http.client import Response, describe_url, origin
 from shared.transform import UNDEFINED, TransformContext
+
+
+class ThirdParty(Protocol):
+    """One instance's server (``shared.http.ThirdPartyClient``)."""
+
+    @property
+    def base_url(self) -> str: ...
+
+    async def send(self, plan: RequestPlan) -> Response:
+        """The answer below 400, or the ``shared.errors`` error its failure means."""
+        ...
+
 
 #: The most pages one listing walks: a server that never stops paging is an error, not a loop.
 MAX_PAGES = 100_000
@@ -153,7 +164,7 @@ class Lister:
             yield ListedPage(request, records, following)
             request = following
 
-    async def _send(self, plan: RequestPlan) -> Any:
+    async def _send(self, plan: RequestPlan) -> Response:
         attempt = 0
         while True:
             self.requests += 1
