@@ -217,3 +217,21 @@ async def test_only_objects_the_instance_may_pull(harness, server, tmp_path) -> 
     discovery = await harness.discovery()
     assert len(discovery.objects("account")) == 7
     assert discovery.objects("contact") == []
+
+
+async def test_one_discovery_of_an_instance_at_a_time(harness, server, tmp_path,
+                                                      database_url) -> None:
+    from services.dispatcher.pull import DiscoveryRefused, run_pull
+    from shared.settings import Settings
+    from shared.storage.pull_cursors import discovery_lock
+
+    await install(harness.db, tmp_path, server.url)
+    settings = Settings(database_url=database_url, amqp_url=harness.topology.url)
+    async with discovery_lock(harness.db, INSTANCE) as held:
+        assert held
+        with pytest.raises(DiscoveryRefused, match="already running"):
+            await run_pull(INSTANCE, entity="account", settings=settings)
+    assert server.paths() == []
+    report = await run_pull(INSTANCE, entity="account", settings=settings)
+    assert report.ok and len(report.objects) == 7
+    assert report.counts()["published"] == 7 * COUNT
