@@ -14,13 +14,14 @@ Secrets never reach logs, audit rows, dead-letter headers or error messages:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -125,9 +126,14 @@ def _redact_processor(_logger: Any, _name: str, event_dict: dict[str, Any]) -> d
     return redact_mapping(event_dict)
 
 
-def configure_logging(level: str = "INFO", fmt: str = "auto", service: str | None = None) -> None:
-    """Configure structlog for this process: JSON lines, or console output on a tty."""
-    use_console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
+def configure_logging(level: str = "INFO", fmt: str = "auto", service: str | None = None,
+                      stream: TextIO | None = None, *, cache: bool = True) -> None:
+    """Configure structlog for this process: JSON lines, or console output on a tty, on
+    ``stream`` (default: stdout; a command whose stdout is its result logs on stderr).
+    ``cache=False`` keeps loggers from freezing this configuration on first use (a
+    command that restores the previous one afterwards, :func:`logging_to`)."""
+    stream = stream or sys.stdout
+    use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         _merge_message,
@@ -145,11 +151,27 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", service: str | Non
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
-        cache_logger_on_first_use=True,
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=cache,
     )
     if service:
         structlog.contextvars.bind_contextvars(service=service)
     # Quiet the chatty libraries; their failures reach us as exceptions we translate.
     for name in ("pika", "kombu", "amqp", "httpx", "httpcore", "psycopg"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def logging_to(stream: TextIO, level: str = "INFO") -> Iterator[None]:
+    """Log to ``stream`` within the block, then restore the configuration found (a CLI
+    command whose stdout is its result; the CLI also runs inside tests)."""
+    configured = structlog.is_configured()
+    saved = structlog.get_config()
+    configure_logging(level, stream=stream, cache=False)
+    try:
+        yield
+    finally:
+        if configured:
+            structlog.configure(**saved)
+        else:
+            structlog.reset_defaults()

@@ -27,6 +27,7 @@ COMMAND_LINES = {
     ("audit", "search"): [],
     ("topology", "declare"): [],
     ("dead", "list"): [],
+    ("pull",): ["--instance", "inst-1"],
 }
 
 
