@@ -40,7 +40,7 @@ DEFAULT_DATABASE = "bss_sync_demo"
 DEFAULT_VHOST = "bss-sync-demo"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-ACME_CRM_API_KEY = "demo-acme-crm-key"
+ACME_CRM_API_KEY = "d3m0-k3y-4b9e1c7f20a6"
 #: A short retry ladder: a record whose parent is not linked yet is retried within seconds.
 RETRY_DELAYS = (1, 2, 5, 30)
 UPDATES = 3  # accounts renamed after the first sync

@@ -105,11 +105,12 @@ async def _discover(db: Database, settings: Settings, ctx: InstanceContext,
             discovery = Discovery(ctx, publisher=publisher, cursors=PullCursorStore(db),
                                   audit=audit, run_id=str(run.id))
             if not discovery.objects(entity):
-                what = f"{entity} records" if entity else "anything"
+                what = f"{entity} records" if entity else "records"
                 await runs.update(run.id, status="cancelled", phase="done",
-                                  error=f"the instance pulls no {what}")
-                raise DiscoveryRefused(f"instance {instance.id} pulls {'no ' + what}: no "
-                                       "object with pull.list it may pull")
+                                  error=f"the instance may pull no {what}")
+                raise DiscoveryRefused(
+                    f"instance {instance.id} may pull no {what}: its connector has no "
+                    "object with pull.list whose entity its permissions let it pull")
             report.objects.extend(await discovery.run(entity, full=full))
     finally:
         await connection.close()
