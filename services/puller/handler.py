@@ -17,6 +17,7 @@ from shared.audit import Outcome
 from shared.messaging.codec import HandlerResult, InboundMessage
 from shared.messaging.envelope import SyncMessage
 from shared.messaging.topology import PULLER
+from shared.runtime.registry import instance_for
 
 SERVICE = PULLER  # the service of its audit rows
 
@@ -48,13 +49,9 @@ class PullHandler:
         m = message.payload
         if m.direction != "pull":
             return _skipped(f"a {m.direction} message on the pull queue")
-        ctx = await self.registry.get(m.instance_id)
-        if ctx is None:
-            return _skipped(f"instance {m.instance_id} does not exist")
-        if not ctx.instance.enabled:
-            return _skipped(f"instance {m.instance_id} is inactive")
-        if ctx.instance.org_id != m.org_id:
-            return _skipped(f"instance {m.instance_id} belongs to another organization")
+        ctx = await instance_for(self.registry, m.instance_id, m.org_id)
+        if isinstance(ctx, str):
+            return _skipped(ctx)
         objects = [o for o in ctx.connector.objects_for(m.entity) if o.pull_body is not None]
         if not objects:
             return _skipped(f"connector {ctx.instance.connector_id} does not pull {m.entity}")

@@ -31,6 +31,7 @@ from shared.message_context import MessageContext
 from shared.messaging.codec import HandlerResult, InboundMessage
 from shared.messaging.envelope import SyncMessage
 from shared.messaging.topology import PUSHER
+from shared.runtime.registry import instance_for
 
 SERVICE = PUSHER  # the service of its audit rows
 
@@ -64,13 +65,9 @@ class PushHandler:
         m = message.payload
         if m.direction != "push":
             return _skipped(f"a {m.direction} message on the push queue")
-        ctx = await self.registry.get(m.instance_id)
-        if ctx is None:
-            return _skipped(f"instance {m.instance_id} does not exist")
-        if not ctx.instance.enabled:
-            return _skipped(f"instance {m.instance_id} is inactive")
-        if ctx.instance.org_id != m.org_id:
-            return _skipped(f"instance {m.instance_id} belongs to another organization")
+        ctx = await instance_for(self.registry, m.instance_id, m.org_id)
+        if isinstance(ctx, str):
+            return _skipped(ctx)
         objects = ctx.connector.objects_for(m.entity)
         if not objects or not objects[0].push:
             return _skipped(f"connector {ctx.instance.connector_id} does not push {m.entity}")

@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -165,3 +165,21 @@ class InstanceRegistry:
                 with contextlib.suppress(Exception):
                     await context.client.aclose()
         self._cache.clear()
+
+
+class GetsInstances(Protocol):
+    async def get(self, instance_id: str) -> InstanceContext | None: ...
+
+
+async def instance_for(registry: GetsInstances, instance_id: str,
+                       org_id: str) -> InstanceContext | str:
+    """The context of a message's instance, or why the message is for none (a skip
+    reason): the instance does not exist, is inactive, or belongs to another org."""
+    ctx = await registry.get(instance_id)
+    if ctx is None:
+        return f"instance {instance_id} does not exist"
+    if not ctx.instance.enabled:
+        return f"instance {instance_id} is inactive"
+    if ctx.instance.org_id != org_id:
+        return f"instance {instance_id} belongs to another organization"
+    return ctx
