@@ -11,6 +11,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from shared.messaging.tooling import peek, queue_depth
+from shared.storage.db import quote_ident
 from tests.chaos.reconcile import DeadLetter, Snapshot, parse_body
 from tests.e2e.stack import Tenant, TestStack
 
@@ -32,24 +33,38 @@ def _dead_letters(stack: TestStack, queues: dict[str, int]) -> list[DeadLetter]:
     return letters
 
 
+#: The organization's events in the order the BSS wrote them: by the outbox's own
+#: sequence (``o.id``; an unqualified ``id`` would be the event id selected below, a
+#: random UUID, and the "latest" event a random one of the record's events).
+_OUTBOX_EVENTS = ("SELECT body->>'id' AS event_id, body->>'recordId' AS record_id,"
+                  " published_at IS NULL AS pending FROM {schema}.outbox AS o"
+                  " WHERE body->>'organizationId' = %s ORDER BY o.id")
+
+
+def outbox_events(conn: psycopg.Connection[Any], org_id: str, schema: str = "sandbox",
+                  ) -> tuple[dict[str, str], list[str], int]:
+    """``({record: its latest event id}, published event ids in write order, events
+    not published yet)`` of ``org_id`` in the sandbox's outbox."""
+    latest: dict[str, str] = {}
+    events: list[str] = []
+    unpublished = 0
+    cursor = conn.cursor(row_factory=dict_row)
+    for row in cursor.execute(_OUTBOX_EVENTS.format(schema=quote_ident(schema)), (org_id,)):
+        latest[row["record_id"]] = row["event_id"]
+        if row["pending"]:
+            unpublished += 1
+        else:
+            events.append(row["event_id"])
+    return latest, events, unpublished
+
+
 def snapshot(stack: TestStack, database_url: str, tenant: Tenant) -> Snapshot:
     """Everything observable now about ``tenant``'s organization and instance."""
     with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
         records = {row["id"]: row for row in conn.execute(
             "SELECT id, entity, data, deleted_at IS NOT NULL AS deleted"
             " FROM sandbox.records WHERE org_id = %s", (tenant.org_id,))}
-        latest: dict[str, str] = {}
-        events: list[str] = []
-        unpublished = 0
-        for row in conn.execute(
-                "SELECT body->>'id' AS id, body->>'recordId' AS record_id,"
-                " published_at IS NULL AS pending FROM sandbox.outbox"
-                " WHERE body->>'organizationId' = %s ORDER BY id", (tenant.org_id,)):
-            latest[row["record_id"]] = row["id"]
-            if row["pending"]:
-                unpublished += 1
-            else:
-                events.append(row["id"])
+        latest, events, unpublished = outbox_events(conn, tenant.org_id)
         audit: list[dict[str, Any]] = conn.execute(
             "SELECT service, message_id::text, attempt, outcome, action, record_id,"
             " correlation_id::text, error_class, error_message, http_status"
