@@ -22,11 +22,12 @@ import pytest
 
 from demo.stack import StackConfig
 from tests.chaos.harness import ChaosStack, chaos_connector
-from tests.chaos.network import NetworkLoop, TcpProxy, close_quietly
+from tests.chaos.network import close_quietly
 from tests.e2e.conftest import node_tools  # noqa: F401 - the fixture, shared
 from tests.e2e.stack import ACME_API_KEY, BSS_TOKEN
 from tests.fixtures.database import DATABASE_PREFIX
 from tests.fixtures.rabbit_node import RabbitNode, own_node
+from tests.fixtures.tcp_proxy import NetworkLoop, TcpProxy
 
 #: The retry ladder of the run: five attempts over ~15 s, so that a fault of a few
 #: seconds is ridden out and the ladder still ends within the suite's time.

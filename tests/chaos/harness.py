@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from demo.stack import StackConfig
-from tests.chaos.network import HTTP_5XX, HttpFaultProxy, TcpProxy
+from tests.chaos.network import HTTP_5XX, HttpFaultProxy
 from tests.chaos.schedule import (
     BROKER_KILL,
     BROKER_STOP_APP,
@@ -39,6 +39,7 @@ from tests.chaos.schedule import (
 )
 from tests.e2e.records import ACME_CONNECTOR
 from tests.e2e.stack import Connector, TestStack
+from tests.fixtures.tcp_proxy import TcpProxy
 
 #: The connector's read timeout in the suite: answers held longer count as timeouts.
 READ_TIMEOUT = 1.0

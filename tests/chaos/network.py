@@ -2,10 +2,9 @@
 HTTP proxy in front of the third party, both on one asyncio loop in a thread of the
 test process (:class:`NetworkLoop`).
 
-* :class:`TcpProxy` relays bytes both ways. :meth:`TcpProxy.cut` drops every
-  connection at once (each side sees its socket reset, as when PostgreSQL restarts or
-  a firewall forgets the flows); :meth:`TcpProxy.refuse_for` also drops every new
-  connection for a while (PostgreSQL down).
+* :class:`TcpProxy` (``tests/fixtures/tcp_proxy.py``) relays bytes both ways;
+  :meth:`TcpProxy.cut` drops every connection at once, :meth:`TcpProxy.refuse_for`
+  every new one for a while (PostgreSQL down).
 * :class:`HttpFaultProxy` reads each HTTP/1.1 request (httptools) and, while a fault
   window is open (:meth:`HttpFaultProxy.open_window`), answers a share of them with
   what a hostile or broken third party sends: a 5xx without forwarding, an answer held
@@ -26,13 +25,11 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 import httptools
 
-T = TypeVar("T")
-READ_SIZE = 65536
+from tests.fixtures.tcp_proxy import READ_SIZE, NetworkLoop
 
 #: Third-party fault kinds, as the schedule names them.
 HTTP_5XX = "http-5xx"
@@ -50,105 +47,6 @@ GARBAGE_BODIES = (
     (b"application/json", b"\x00\xff\xfe garbage \x80"),
     (b"application/json", b"{}"),
 )
-
-
-class NetworkLoop:
-    """An asyncio loop in a daemon thread; :meth:`run` runs a coroutine on it."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="chaos-network",
-                                        daemon=True)
-        self._thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def call(self, function: Any, *args: Any) -> None:
-        self.loop.call_soon_threadsafe(function, *args)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-
-
-# --------------------------------------------------------------------------- TCP
-
-
-class TcpProxy:
-    """``127.0.0.1:<port>`` relayed to ``upstream_host:upstream_port``; see the module."""
-
-    def __init__(self, network: NetworkLoop, upstream_host: str, upstream_port: int) -> None:
-        self.network = network
-        self.upstream = (upstream_host, upstream_port)
-        self.port = 0
-        self.accepted = 0
-        self.cuts = 0
-        self.refused = 0
-        self._transports: set[asyncio.BaseTransport] = set()
-        self._refuse_until = 0.0
-        self._server: asyncio.base_events.Server | None = None
-
-    def start(self) -> TcpProxy:
-        self._server = self.network.run(asyncio.start_server(self._handle, "127.0.0.1", 0))
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self.network.call(self._server.close)
-            self.cut()
-
-    def cut(self) -> None:
-        """Drop every connection now (both sides reset)."""
-        self.network.call(self._cut)
-
-    def refuse_for(self, seconds: float) -> None:
-        """Drop every connection now and every new one for ``seconds``."""
-        self._refuse_until = time.monotonic() + seconds
-        self.cut()
-
-    def accept(self) -> None:
-        """Accept new connections again (the end of :meth:`refuse_for`), cutting nothing."""
-        self._refuse_until = 0.0
-
-    def _cut(self) -> None:
-        self.cuts += 1
-        for transport in list(self._transports):
-            transport.abort()
-        self._transports.clear()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if time.monotonic() < self._refuse_until:
-            self.refused += 1
-            writer.transport.abort()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-        except OSError:
-            writer.transport.abort()
-            return
-        self.accepted += 1
-        pair = (writer.transport, up_writer.transport)
-        self._transports.update(pair)
-        try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-        finally:
-            for transport in pair:
-                transport.abort()
-                self._transports.discard(transport)
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Copy until EOF or an error, then close the other side."""
-    try:
-        while data := await reader.read(READ_SIZE):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        writer.transport.abort()
 
 
 # --------------------------------------------------------------------------- HTTP

@@ -26,12 +26,13 @@ import pytest
 from shared.messaging.topology import DISPATCHER, PUSHER
 from tests.chaos.collect import snapshot
 from tests.chaos.harness import CHAOS_CONNECTOR, ChaosStack, FaultRunner
-from tests.chaos.network import HTTP_FAULTS, HttpFaultProxy, NetworkLoop, TcpProxy
+from tests.chaos.network import HTTP_FAULTS, HttpFaultProxy
 from tests.chaos.reconcile import in_flight, reconcile
 from tests.chaos.schedule import OWN_NODE_FAULTS, SHARED_BROKER_FAULTS, make_schedule
 from tests.chaos.workload import Writer, make_plan
 from tests.e2e.stack import FULL_PUSH
 from tests.fixtures.rabbit_node import RabbitNode
+from tests.fixtures.tcp_proxy import NetworkLoop, TcpProxy
 from tests.fixtures.waiting import WaitTimedOut, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chaos]

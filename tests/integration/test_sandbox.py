@@ -16,7 +16,6 @@ import re
 import secrets
 import subprocess
 import sys
-import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
@@ -28,7 +27,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from kombu import Connection, Exchange, Queue
 
-from sandbox.server import SandboxServer, free_port
+from sandbox.server import SandboxServer
 from sandbox.settings import SandboxSettings
 from shared.bss import BssClient
 from shared.errors import BssConflict
@@ -38,6 +37,7 @@ from shared.messaging.tooling import publish_blocking
 from shared.messaging.topology import EVENTS_EXCHANGE
 from shared.schemas import ENTITIES, load_schema, registry, schema_uri, validator
 from shared.storage.db import quote_ident
+from tests.fixtures.tcp_proxy import NetworkLoop, TcpProxy
 from tests.fixtures.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -563,90 +563,25 @@ async def test_writes_publish_events_with_their_origin(
     assert await _pending_outbox(database_url, sandbox_schema) == 0
 
 
-class TcpProxy:
-    """A TCP forwarder on its own thread. :meth:`refuse` drops every connection like a
-    crash and turns new ones away at once; :meth:`start` forwards again. ``attempts``
-    counts the connections accepted (refused ones too): how a test sees a client retry.
-    """
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self.port = free_port()
-        self.attempts = 0
-        self._refusing = False
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-        self._server: asyncio.base_events.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    def start(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(5)
-
-    def refuse(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._refuse(), self._loop).result(5)
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-
-    async def _start(self) -> None:
-        self._refusing = False
-        if self._server is None:
-            self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-
-    async def _refuse(self) -> None:
-        self._refusing = True
-        self._drop_all()
-
-    async def _stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        self._drop_all()
-
-    def _drop_all(self) -> None:
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.attempts += 1
-        if self._refusing:
-            writer.transport.abort()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers |= {writer, up_writer}
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer),
-                             return_exceptions=True)
-
-    def url(self, amqp_url: str) -> str:
-        parts = AmqpUrl.parse(amqp_url)
-        return dataclasses.replace(parts, host="127.0.0.1", port=self.port).with_vhost(
-            parts.vhost)
+def _through(proxy: TcpProxy, amqp_url: str) -> str:
+    """``amqp_url`` with ``proxy`` in front of its broker."""
+    parts = AmqpUrl.parse(amqp_url)
+    return dataclasses.replace(parts, host="127.0.0.1", port=proxy.port).with_vhost(parts.vhost)
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    finally:
-        writer.transport.abort()
+@pytest.fixture
+def network() -> Iterator[NetworkLoop]:
+    loop = NetworkLoop()
+    yield loop
+    loop.close()
 
 
 async def test_changes_made_while_rabbitmq_is_unreachable_are_published_when_it_returns(
         database_url: str, sandbox_schema: str, topology: Any, tap: EventTap,
-        contract: Contract) -> None:
+        contract: Contract, network: NetworkLoop) -> None:
     broker = AmqpUrl.parse(topology.url)
-    proxy = TcpProxy(broker.host, broker.port)
-    proxy.start()
-    settings = _settings(database_url, sandbox_schema, proxy.url(topology.url))
+    proxy = TcpProxy(network, broker.host, broker.port).start()
+    settings = _settings(database_url, sandbox_schema, _through(proxy, topology.url))
     try:
         with SandboxServer(settings, mode="thread") as server:
             async with _client(server, contract) as api:
@@ -667,12 +602,12 @@ async def test_changes_made_while_rabbitmq_is_unreachable_are_published_when_it_
                 assert await _pending_outbox(database_url, sandbox_schema) == 26
                 health = (await api.get("/health")).json()
                 assert health["relay"] == "retrying"
-                proxy.start()
+                proxy.accept()
                 events = await tap.wait_for(27)
                 published = await tap.everything(database_url, sandbox_schema)
                 assert published == 27, "an event was published twice"
     finally:
-        proxy.close()
+        proxy.stop()
     assert [e["recordId"] for e in events[1:26]] == during
     assert tap.routing_keys[26] == "order.updated" and events[26]["recordId"] == first["id"]
     assert len({e["id"] for e in events}) == 27
@@ -693,13 +628,14 @@ async def _relay_attempts(proxy: TcpProxy, count: int) -> None:
 
 
 async def test_changes_wait_in_the_outbox_until_the_vhost_exists(
-        database_url: str, sandbox_schema: str, rabbitmq: Any, contract: Contract) -> None:
+        database_url: str, sandbox_schema: str, rabbitmq: Any, contract: Contract,
+        network: NetworkLoop) -> None:
     vhost = f"sandbox-late-{secrets.token_hex(3)}"
     late_url = rabbitmq.url_for(vhost)
     broker = AmqpUrl.parse(late_url)
-    proxy = TcpProxy(broker.host, broker.port)  # only to count the relay's attempts
-    proxy.start()
-    settings = _settings(database_url, sandbox_schema, proxy.url(late_url))
+    # only to count the relay's attempts
+    proxy = TcpProxy(network, broker.host, broker.port).start()
+    settings = _settings(database_url, sandbox_schema, _through(proxy, late_url))
     management = rabbitmq.management(vhost)
     try:
         with SandboxServer(settings, mode="thread") as server:
@@ -716,7 +652,7 @@ async def test_changes_wait_in_the_outbox_until_the_vhost_exists(
                 finally:
                     tap.close()
     finally:
-        proxy.close()
+        proxy.stop()
         management.delete_vhost(vhost)
         management.close()
     assert [e["recordId"] for e in events] == ids
