@@ -80,62 +80,9 @@ class ScheduleStore:
         return [resolve_schedule(r["id"], r["org_id"], r["timezone"], rows) for r in instances]
 
 
-_MACROS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
-_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
-_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
-#: (name, lowest, highest, names) of the five standard cron fields.
-_FIELDS = (
-    ("minute", 0, 59, ()),
-    ("hour", 0, 23, ()),
-    ("day of month", 1, 31, ()),
-    ("month", 1, 12, _MONTHS),
-    ("day of week", 0, 7, _DAYS),
-)
-
-
 def cron_problem(expression: str) -> str | None:
-    """Why ``expression`` is not a standard five-field cron expression, or ``None``. Pure.
+    """Why ``expression`` is not a usable five-field cron expression (or macro such as
+    ``@daily``), or ``None``. Pure; croniter parses (``shared.scheduling``)."""
+    from shared.scheduling import cron_problem as problem
 
-    Accepts ``*``, numbers, ranges ``a-b``, steps ``*/n`` / ``a-b/n`` / ``a/n``,
-    comma lists, month and weekday names (``jan``, ``mon``) and the macros
-    ``@daily``, ``@hourly``, ``@weekly``, ``@monthly``, ``@yearly``.
-    """
-    text = expression.strip().lower()
-    if text.startswith("@"):
-        return None if text in _MACROS else f"unknown cron macro {expression.strip()!r}"
-    fields = text.split()
-    if len(fields) != 5:
-        return (f"a cron expression has 5 fields (minute hour day-of-month month day-of-week), "
-                f"this one has {len(fields)}")
-    for value, (name, low, high, names) in zip(fields, _FIELDS, strict=True):
-        for item in value.split(","):
-            problem = _item_problem(item, low, high, names)
-            if problem:
-                return f"the {name} field {value!r} is invalid: {problem}"
-    return None
-
-
-def _item_problem(item: str, low: int, high: int, names: tuple[str, ...]) -> str | None:
-    base, slash, step = item.partition("/")
-    if slash and not (step.isdigit() and int(step) > 0):
-        return f"step {step!r} must be a positive number"
-    if base == "*":
-        return None
-    start, dash, end = base.partition("-")
-    bounds = [_number(start, names), _number(end, names) if dash else None]
-    if bounds[0] is None or (dash and bounds[1] is None):
-        return f"{base!r} is not a number, a range or *"
-    for bound in bounds:
-        if bound is not None and not low <= bound <= high:
-            return f"{bound} is outside {low}-{high}"
-    if dash and bounds[1] is not None and bounds[1] < bounds[0]:  # type: ignore[operator]
-        return f"range {base!r} goes backwards"
-    return None
-
-
-def _number(text: str, names: tuple[str, ...]) -> int | None:
-    if text.isdigit():
-        return int(text)
-    if text in names:
-        return names.index(text) + (1 if names is _MONTHS else 0)
-    return None
+    return problem(expression)

@@ -177,7 +177,8 @@ async def test_dry_run_writes_nothing(db: Database) -> None:
 
 EXPECTED_PROBLEMS = [
     ("/timezone", 2, "unknown timezone 'Mars/Olympus'"),
-    ("/schedule", 3, "invalid cron expression: the hour field '25' is invalid: 25 is outside 0-23"),
+    ("/schedule", 3,
+     "invalid cron expression: the hour field '25' is invalid: is not acceptable, out of range"),
     ("/colour", 4, "unknown key 'colour'"),
     ("/connectors/1/id", 7, "connector id 'acme-crm' is used more than once"),
     ("/organizations/0/instances/0/connector", 17,

@@ -1,35 +1,8 @@
-"""Cron validation and the most-specific-wins schedule resolution (pure)."""
+"""The most-specific-wins schedule resolution (pure; cron validation: test_scheduling)."""
 
 from __future__ import annotations
 
-import pytest
-
-from shared.storage.schedules import DEFAULT_CRON, cron_problem, resolve_schedule
-
-
-@pytest.mark.parametrize("expression", [
-    "0 23 * * *", "*/15 * * * *", "0 8-18/2 * * mon-fri", "0 0 1 jan,jul *", "5,35 * * * 0",
-    "0 0 * * 7", "@daily", "@hourly", "  0 23 * * *  ", "0 0 29 feb *",
-])
-def test_valid_cron(expression: str) -> None:
-    assert cron_problem(expression) is None
-
-
-@pytest.mark.parametrize(("expression", "problem"), [
-    ("0 24 * * *", "the hour field '24' is invalid: 24 is outside 0-23"),
-    ("60 * * * *", "the minute field '60' is invalid: 60 is outside 0-59"),
-    ("* * 0 * *", "the day of month field '0' is invalid: 0 is outside 1-31"),
-    ("* * * 13 *", "the month field '13' is invalid: 13 is outside 1-12"),
-    ("* * * * 8", "the day of week field '8' is invalid: 8 is outside 0-7"),
-    ("* * *", "this one has 3"),
-    ("0 0 23 * * *", "this one has 6"),
-    ("*/0 * * * *", "step '0' must be a positive number"),
-    ("10-5 * * * *", "range '10-5' goes backwards"),
-    ("x * * * *", "'x' is not a number, a range or *"),
-    ("@sometimes", "unknown cron macro '@sometimes'"),
-])
-def test_invalid_cron(expression: str, problem: str) -> None:
-    assert problem in (cron_problem(expression) or "")
+from shared.storage.schedules import DEFAULT_CRON, resolve_schedule
 
 
 def rows(*items: tuple[str, str, str, str | None, bool]) -> dict:
