@@ -63,6 +63,14 @@ class RunStore:
         )
         return None if row is None else Run.from_row(row)
 
+    async def last_slots(self) -> dict[str, datetime]:
+        """``{instance: the slot of its latest scheduled run}`` (any status: a slot runs
+        once), for the instances that had one."""
+        rows = await self.db.fetch(
+            "SELECT instance_id, max(scheduled_for) AS slot FROM runs"
+            " WHERE trigger = 'schedule' AND scheduled_for IS NOT NULL GROUP BY instance_id")
+        return {row["instance_id"]: row["slot"] for row in rows}
+
     async def get(self, run_id: uuid.UUID | str) -> Run | None:
         """The run, or ``None`` (also for a malformed id)."""
         try:

@@ -8,6 +8,7 @@ defaults to the installation's when the installation file gives none).
 from __future__ import annotations
 
 import dataclasses
+from datetime import datetime
 from typing import Any
 
 from shared.storage.db import Database
@@ -27,6 +28,9 @@ class EffectiveSchedule:
     timezone: str
     enabled: bool
     scope: str  # installation | organization | instance | default
+    #: When this schedule began to apply to the instance (its creation, or the winning
+    #: row's last change, whichever is later): slots before it are not caught up.
+    since: datetime | None = None
 
 
 def resolve_schedule(
@@ -34,6 +38,7 @@ def resolve_schedule(
     org_id: str,
     org_timezone: str | None,
     rows: dict[tuple[str, str], dict[str, Any]],
+    created_at: datetime | None = None,
 ) -> EffectiveSchedule:
     """The schedule in force for one instance, from ``{(scope, scope_id): row}``. Pure."""
     installation = rows.get(("installation", ""))
@@ -43,10 +48,12 @@ def resolve_schedule(
         if row is not None:
             timezone = (row.get("timezone") or org_timezone
                         or (installation or {}).get("timezone") or DEFAULT_TIMEZONE)
+            changed = row.get("updated_at")
+            since = max((t for t in (created_at, changed) if t is not None), default=None)
             return EffectiveSchedule(instance_id, org_id, row["cron"], timezone,
-                                     bool(row.get("enabled", True)), scope)
+                                     bool(row.get("enabled", True)), scope, since)
     return EffectiveSchedule(instance_id, org_id, DEFAULT_CRON,
-                             org_timezone or DEFAULT_TIMEZONE, True, "default")
+                             org_timezone or DEFAULT_TIMEZONE, True, "default", created_at)
 
 
 class ScheduleStore:
@@ -56,7 +63,8 @@ class ScheduleStore:
         self.db = db
 
     async def _rows(self) -> dict[tuple[str, str], dict[str, Any]]:
-        rows = await self.db.fetch("SELECT scope, scope_id, cron, timezone, enabled FROM schedules")
+        rows = await self.db.fetch(
+            "SELECT scope, scope_id, cron, timezone, enabled, updated_at FROM schedules")
         return {(row["scope"], row["scope_id"]): row for row in rows}
 
     async def effective(self, instance_id: str) -> EffectiveSchedule | None:
@@ -73,11 +81,12 @@ class ScheduleStore:
     async def effective_all(self) -> list[EffectiveSchedule]:
         """The schedule in force for every enabled instance (what the dispatcher runs)."""
         instances = await self.db.fetch(
-            "SELECT i.id, i.org_id, o.timezone FROM instances i"
+            "SELECT i.id, i.org_id, o.timezone, i.created_at FROM instances i"
             " JOIN organizations o ON o.id = i.org_id WHERE i.active AND o.active ORDER BY i.id"
         )
         rows = await self._rows()
-        return [resolve_schedule(r["id"], r["org_id"], r["timezone"], rows) for r in instances]
+        return [resolve_schedule(r["id"], r["org_id"], r["timezone"], rows, r["created_at"])
+                for r in instances]
 
 
 def cron_problem(expression: str) -> str | None:
