@@ -22,6 +22,11 @@ from collections.abc import Collection
 
 CREATE, UPDATE, DELETE, SKIP = "create", "update", "delete", "skip"
 UNCHANGED, IN_STEP, CONFLICT = "unchanged", "in-step", "conflict"
+#: The BSS changed the record; the third party shows it otherwise but did not modify it.
+BSS_ONLY = "bss-only"
+BSS_ONLY_REASON = ("the BSS changed the record since the last sync; the third party shows "
+                   "it otherwise but has not modified it since (its modification time): "
+                   "the BSS's version is pushed")
 #: Why a pull that finds the BSS holding the record's values writes nothing.
 IN_STEP_REASON = ("the BSS holds these values already (a record pushed from the BSS and "
                   "listed again, or the same change made on both sides)")
@@ -69,23 +74,27 @@ def _allowed(action: str, permitted: Collection[str], entity: str) -> PullDecisi
     return PullDecision(action)
 
 
-def compare(*, external_changed: bool, bss_holds: bool, bss_changed: bool) -> str:
+def compare(*, external_changed: bool, bss_holds: bool, bss_changed: bool,
+            modified_since: bool = True) -> str:
     """What the update of a linked record comes to.
 
     ``external_changed``: the canonical entity hashes otherwise than the link's
     ``pull_hash`` (what was last synced, in pull terms). ``bss_holds``: the BSS record
     holds the canonical entity already (writing it would change nothing).
     ``bss_changed``: the BSS record changed since the last sync (its push payload hashes
-    otherwise than the link's ``push_hash``).
+    otherwise than the link's ``push_hash``). ``modified_since``: the external record's
+    modification time does not rule out a change since the last sync.
 
     ``unchanged`` (the third party shows what was synced) · ``in-step`` (it shows what
     the BSS holds: nothing to write, the link's pull hash is brought up to date) ·
-    ``update`` · ``conflict`` (both changed: the policy decides).
+    ``update`` · ``conflict`` (both changed: the policy decides) · ``bss-only`` (the
+    BSS changed; the third party shows the record in another shape but did not modify
+    it: nothing to write, the BSS's push follows).
     """
     if not external_changed:
         return UNCHANGED
     if bss_holds:
         return IN_STEP
     if bss_changed:
-        return CONFLICT
+        return CONFLICT if modified_since else BSS_ONLY
     return UPDATE

@@ -30,13 +30,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from services.puller.decide import CONFLICT, CREATE, DELETE, IN_STEP, IN_STEP_REASON, compare
+from services.puller.decide import (
+    BSS_ONLY,
+    BSS_ONLY_REASON,
+    CONFLICT,
+    CREATE,
+    DELETE,
+    IN_STEP,
+    IN_STEP_REASON,
+    compare,
+)
 from services.puller.outcome import PullOutcome
 from services.puller.plan import PullPlanner, canonical_hash, holds, idempotency_key
 from services.puller.ports import READ_GONE, BssWrites, Links, PullSource
 from services.pusher.conflict import (
     bss_modified,
     external_modified,
+    modified_since,
     policy_for,
     resolve,
 )
@@ -139,7 +149,14 @@ class RecordPull:
         assert link.bss_id is not None and self.external_id is not None
         bss_holds = holds(current.record, entity)
         state = compare(external_changed=True, bss_holds=bss_holds,
-                        bss_changed=not bss_holds and await self._bss_changed(current, link))
+                        bss_changed=not bss_holds and await self._bss_changed(current, link),
+                        modified_since=modified_since(
+                            external_modified(self.obj, record, precise=True),
+                            (link.last_pulled_at, link.last_pushed_at)))
+        if state == BSS_ONLY:
+            await self.links.forget_claim(claim, self.message_id)
+            return PullOutcome("unchanged", link.bss_id, self.external_id,
+                               details={"reason": BSS_ONLY_REASON, **self.details})
         if state == IN_STEP:
             await self.links.mark_linked(self.instance_id, self.entity, bss_id=link.bss_id,
                                          external_id=self.external_id, direction="pull",

@@ -16,11 +16,17 @@ object's ``conflict`` policy, which an instance may override (installation file,
 
 The pusher and the puller both ask, from the same inputs, so they agree: whichever
 runs first does what the winner needs, and the other finds nothing left to do.
+
+A third party may show one record in several shapes (HubSpot's read returns other
+properties than its search listing): its hash then differs from the link's without a
+change. So a conflict also needs the external record modified after the last sync
+(``modified_since``) when its modification time says so precisely.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -81,20 +87,30 @@ def bss_modified(record: dict[str, Any] | None) -> datetime | None:
     return instant(record.get("updatedAt")) if isinstance(record, dict) else None
 
 
-def external_modified(obj: SyncObject, record: dict[str, Any] | None) -> datetime | None:
+def external_modified(obj: SyncObject, record: dict[str, Any] | None, *,
+                      precise: bool = False) -> datetime | None:
     """When the external record was last modified: its value at the object's
-    ``pull.list.incremental.cursorField`` (``None``: not declared, absent or unreadable)."""
+    ``pull.list.incremental.cursorField`` (``None``: not declared, absent or unreadable;
+    with ``precise``, also a time given as a date only)."""
     if obj.pull_list is None or not isinstance(record, dict):
         return None
     incremental = obj.pull_list.option("incremental") or {}
     pointer = incremental.get("cursorField")
-    if not pointer:
+    if not pointer or (precise and incremental.get("format") == "date"):
         return None
     try:
         value = resolve_pointer(record, pointer)
     except (KeyError, ValueError):
         return None
     return instant(value, incremental.get("format", "iso8601"))
+
+
+def modified_since(modified: datetime | None, synced: Iterable[datetime | None]) -> bool:
+    """Whether the external record may have been modified after the last sync (the
+    latest of ``synced``, the link's push and pull stamps): yes unless both times are
+    known and it was modified at or before that sync."""
+    last = max((t for t in synced if t is not None), default=None)
+    return modified is None or last is None or modified > last
 
 
 def instant(value: Any, fmt: str = "iso8601") -> datetime | None:

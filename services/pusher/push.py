@@ -41,6 +41,7 @@ from services.pusher.conflict import (
     Verdict,
     bss_modified,
     external_modified,
+    modified_since,
     policy_for,
     resolve,
 )
@@ -270,6 +271,9 @@ class RecordPush:
             return None
         if await self._canonical_hash(held) in (None, link.pull_hash):
             return None
+        if not modified_since(external_modified(self.obj, held, precise=True),
+                              (link.last_pulled_at, link.last_pushed_at)):
+            return None  # shown otherwise than when listed, but not modified since
         return resolve(policy, bss_modified=bss_modified(record),
                        external_modified=external_modified(self.obj, held))
 

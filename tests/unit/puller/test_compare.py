@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.puller.decide import CONFLICT, IN_STEP, UNCHANGED, UPDATE, compare
+from services.puller.decide import BSS_ONLY, CONFLICT, IN_STEP, UNCHANGED, UPDATE, compare
 from services.puller.plan import holds
 
 
@@ -20,6 +20,13 @@ from services.puller.plan import holds
 def test_compare(external_changed, bss_holds, bss_changed, expected):
     assert compare(external_changed=external_changed, bss_holds=bss_holds,
                    bss_changed=bss_changed) == expected
+
+
+@pytest.mark.parametrize(("bss_changed", "expected"), [(True, BSS_ONLY), (False, UPDATE)])
+def test_a_record_shown_otherwise_but_not_modified_since_the_sync_is_no_conflict(
+        bss_changed, expected):
+    assert compare(external_changed=True, bss_holds=False, bss_changed=bss_changed,
+                   modified_since=False) == expected
 
 
 RECORD = {"id": "acc_1", "name": "Globex", "numberOfEmployees": 1250, "active": True,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from services.puller.decide import IN_STEP_REASON
+from services.puller.decide import BSS_ONLY_REASON, IN_STEP_REASON
 from services.puller.plan import canonical_hash
 from tests.unit.puller.conftest import INSTANCE, ORG, World, company
 
@@ -172,3 +172,25 @@ async def test_a_link_without_a_push_hash_cannot_tell_a_bss_change_and_the_pull_
 
     assert result.outcome.value == "updated"
     assert world.links._find(INSTANCE, "account", "external_id", "17").push_hash is not None
+
+
+async def test_a_record_shown_otherwise_but_not_modified_since_the_sync_is_left_to_the_push(
+        world: World):
+    """A third party listing a record in another shape than it was synced in (a field
+    the last sync did not see), not modified since: no conflict, even under
+    external-wins — the BSS changed it, and its push follows."""
+    with_rights(world, conflict="external-wins")
+    record = await pulled_once(world)  # the link's stamps: later than 2025-01-01
+    changed_in_bss(world, record, name="Renamed in the BSS")
+    link = world.link("account", "17")
+
+    result = await world.handle("account", company(name="Shown otherwise",
+                                                   updatedAt="2024-12-31T23:59:59.000Z"),
+                                message_id=SECOND)
+
+    assert result.outcome.value == "unchanged"
+    assert result.details["reason"] == BSS_ONLY_REASON
+    assert [w.method for w in world.bss.writes] == ["POST"]
+    after = world.link("account", "17")
+    assert (after.pull_hash, after.push_hash, after.claim) == (link.pull_hash, link.push_hash,
+                                                               None)

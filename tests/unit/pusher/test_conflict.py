@@ -14,6 +14,7 @@ from services.pusher.conflict import (
     bss_modified,
     external_modified,
     instant,
+    modified_since,
     policy_for,
     resolve,
 )
@@ -115,3 +116,22 @@ def test_the_bss_time_is_its_updated_at():
 ])
 def test_instants(value, fmt, expected):
     assert instant(value, fmt) == expected
+
+
+def test_modified_since_the_last_sync_unless_both_times_say_otherwise():
+    assert modified_since(LATE, [EARLY, None])
+    assert not modified_since(EARLY, [None, LATE])
+    assert not modified_since(EARLY, [EARLY])  # at the sync: ours
+    assert modified_since(None, [EARLY])  # unknown: maybe
+    assert modified_since(EARLY, [None, None])
+
+
+def test_a_time_given_as_a_date_only_is_not_precise():
+    obj = company_object()
+    assert obj.pull_list is not None
+    incremental = {"cursorField": "/updatedOn", "format": "date"}
+    dated = dataclasses.replace(obj, pull_list=dataclasses.replace(
+        obj.pull_list, options={**obj.pull_list.options, "incremental": incremental}))
+    record = {"updatedOn": "2025-06-01"}
+    assert external_modified(dated, record) == datetime(2025, 6, 1, tzinfo=UTC)
+    assert external_modified(dated, record, precise=True) is None

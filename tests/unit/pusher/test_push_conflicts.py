@@ -211,3 +211,20 @@ async def test_a_link_that_never_knew_what_was_pulled_pushes_without_reading(wor
 
     assert world.remote.sent == ["PATCH /companies/co-1"]
     assert outcome.outcome == "updated"
+
+
+async def test_a_remote_record_read_otherwise_but_not_modified_since_the_sync_is_pushed(
+        world: World):
+    """A read showing the record in another shape than the listing (HubSpot's read
+    returns other properties than its search), modified before the last sync: no
+    conflict, the push goes out."""
+    with_policy(world, "external-wins")
+    synced(world, remote())
+    world.remote.script("getCompany", Answer(200, remote(name="Shown otherwise",
+                                                         updatedAt="2024-12-31T23:59:59Z")))
+    world.remote.script("updateCompany", Answer(200, remote(name="Renamed in the BSS")))
+
+    outcome = await world.run("account", ACCOUNT)
+
+    assert world.remote.sent == ["GET /companies/co-1", "PATCH /companies/co-1"]
+    assert outcome.outcome == "updated" and "conflict" not in outcome.details
