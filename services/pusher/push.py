@@ -302,8 +302,11 @@ class RecordPush:
         that is the record (its id at ``pull.externalId``; what was sent fills in the
         members it does not show), else what was sent. The listing that shows the record
         next then finds it ``unchanged`` (the loop guard, pull side). ``None`` (the
-        stored hash kept) when the object does not pull, or the transform fails: the
-        push is done, that must not fail it."""
+        stored hash kept) when the object does not pull, the instance may not pull the
+        entity (a transform per push saved), or the transform fails: the push is done,
+        that must not fail it."""
+        if not self.ctx.instance.permitted_actions(self.entity, "pull"):
+            return None
         held = sent
         if self.planner.is_remote_record(answer, external_id):
             held = {**sent, **answer} if isinstance(sent, dict) else answer

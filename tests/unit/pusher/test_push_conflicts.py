@@ -59,6 +59,7 @@ def synced(world: World, last_pulled: dict[str, Any]) -> None:
 # -- the pull hash stored with a push ---------------------------------------------------------
 
 async def test_a_create_stores_the_pull_hash_of_the_record_it_answers(world: World):
+    with_policy(world, "bss-wins")  # and pull updates
     world.put("account", account())
     answered = remote(name="NORTHWIND LOGISTICS", updatedAt="2025-06-01T10:00:00.000Z")
     world.remote.script("listCompanies", Answer(200, []))
@@ -73,6 +74,7 @@ async def test_a_create_stores_the_pull_hash_of_the_record_it_answers(world: Wor
 
 
 async def test_an_update_answered_with_part_of_the_record_fills_in_what_it_sent(world: World):
+    with_policy(world, "bss-wins")
     linked(world)
     world.put("account", account(name="Renamed"))
     world.remote.script("updateCompany", Answer(200, {"id": "co-1"}))
@@ -86,6 +88,7 @@ async def test_an_update_answered_with_part_of_the_record_fills_in_what_it_sent(
 
 async def test_an_answer_that_is_not_the_record_leaves_the_pull_hash_to_what_was_sent(
         world: World):
+    with_policy(world, "bss-wins")
     linked(world)
     world.put("account", account(name="Renamed"))
     world.remote.script("updateCompany", Answer(200, {"id": "someone-else", "name": "X"}))
@@ -93,6 +96,16 @@ async def test_an_answer_that_is_not_the_record_leaves_the_pull_hash_to_what_was
     await world.run("account", ACCOUNT)
 
     assert world.link("account", ACCOUNT).pull_hash == pull_hash_of(world, body(world, 0))
+
+
+async def test_an_instance_that_does_not_pull_the_entity_keeps_no_pull_hash(world: World):
+    linked(world)  # the world's instance pushes only
+    world.put("account", account(name="Renamed"))
+    world.remote.script("updateCompany", Answer(200, remote(name="Renamed")))
+
+    await world.run("account", ACCOUNT)
+
+    assert world.link("account", ACCOUNT).pull_hash is None  # no transform spent on it
 
 
 # -- conflicts --------------------------------------------------------------------------------
