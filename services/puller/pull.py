@@ -15,7 +15,9 @@
                ``unchanged``, nothing written; the BSS changed too since the last sync
                (its push payload hashes otherwise than ``push_hash``) → a conflict, for
                the object's policy (``services.pusher.conflict``): the BSS wins →
-               ``skipped`` (its push follows), the third party wins → the update
+               ``skipped`` (its push follows), the third party wins → the update; unless
+               the record's modification time says it was not modified since that sync
+               (shown in another shape): ``unchanged``, the BSS's push follows
     write      create with ``Idempotency-Key`` / merge-patch or delete with ``If-Match``,
                always with ``X-Sync-Origin: <instance id>``
     link       ``mark_linked`` (direction pull, the hash) or ``mark_deleted``
