@@ -8,7 +8,8 @@
     PATCH  /organizations/{orgId}/{entity}/{id}     patchRecord (merge patch, If-Match)
     DELETE /organizations/{orgId}/{entity}/{id}     deleteRecord (If-Match)
 
-Writes carrying ``X-Sync-Origin`` produce events with that origin. Handlers stay
+Writes carrying ``X-Sync-Origin`` produce events with that origin (unless the setting
+``copy_origin`` is off: then the header is checked and dropped). Handlers stay
 lean: no per-request schema compilation, one pooled query per read, the stored
 JSON text passed through as it is. :func:`create_app` is the factory.
 """
@@ -69,8 +70,9 @@ _ENTITIES = frozenset(ENTITIES)
 class RecordApi:
     """The record endpoints over a :class:`RecordStore`."""
 
-    def __init__(self, store: RecordStore) -> None:
+    def __init__(self, store: RecordStore, *, copy_origin: bool = True) -> None:
         self.store = store
+        self.copy_origin = copy_origin
 
     async def collection(self, request: Request) -> Response:
         org_id, entity = _collection(request)
@@ -80,7 +82,7 @@ class RecordApi:
         key = request.headers.get("idempotency-key")
         if key is not None and not 1 <= len(key) <= 255:
             raise ApiProblem(400, "Idempotency-Key must be 1 to 255 characters")
-        write = Write(org_id, entity, _origin(request))
+        write = Write(org_id, entity, self._origin(request))
         stored = await self.store.create(write, body, idempotency_key=key)
         location = f"/organizations/{org_id}/{entity}/{stored.id}"
         return _record(stored, 201, location=location)
@@ -91,7 +93,7 @@ class RecordApi:
         method = request.method
         if method == "GET":
             return _record(await self.store.get(org_id, entity, record_id))
-        write = Write(org_id, entity, _origin(request))
+        write = Write(org_id, entity, self._origin(request))
         if_match = request.headers.get("if-match")
         if method == "DELETE":
             await self.store.delete(write, record_id, if_match=if_match)
@@ -100,6 +102,12 @@ class RecordApi:
         if method == "PUT":
             return _record(await self.store.replace(write, record_id, body, if_match=if_match))
         return _record(await self.store.patch(write, record_id, body, if_match=if_match))
+
+    def _origin(self, request: Request) -> str | None:
+        """The write's origin for its event: its ``X-Sync-Origin`` (checked), unless the
+        sandbox is set not to copy it."""
+        origin = _origin(request)
+        return origin if self.copy_origin else None
 
     async def _list(self, request: Request, org_id: str, entity: str) -> Response:
         query = request.query_params
@@ -268,7 +276,7 @@ def create_app(settings: SandboxSettings | None = None) -> Starlette:
     """
     settings = settings or SandboxSettings.from_env()
     sandbox = Sandbox(settings)
-    api = RecordApi(sandbox.store)
+    api = RecordApi(sandbox.store, copy_origin=settings.copy_origin)
     routes = [
         Route("/health", sandbox.health, methods=["GET"]),
         Route("/organizations/{org_id}/{entity}", api.collection, methods=["GET", "POST"]),

@@ -50,6 +50,9 @@ class SandboxSettings:
     outbox_retention: float = DEFAULT_OUTBOX_RETENTION
     #: Also declare the whole bss-sync topology at start (the relay always declares bss.events).
     declare_topology: bool = False
+    #: Copy a write's ``X-Sync-Origin`` into its event's ``origin`` (off: events carry no
+    #: origin, as from a BSS that does not support it — the loop guard by hash is tested so).
+    copy_origin: bool = True
 
     def __post_init__(self) -> None:
         check_schema_name(self.schema)

@@ -12,6 +12,8 @@ from values alone:
     valid         the canonical entity against ``schemas/entities/<entity>``: every
                   violation, each with its JSON pointer, in one ``SchemaViolation``
     hash          what the link keeps as pulled; equal → ``unchanged``, nothing written
+    holds         the BSS record holds the canonical entity already (merging it would
+                  change nothing): a record we pushed, listed again → ``unchanged``
     key           the ``Idempotency-Key`` of a create: the same for every delivery of
                   one create, so a redelivered create is answered with the first record
 
@@ -42,12 +44,51 @@ KEY_NAMESPACE = uuid.UUID("5b0f4d3c-4b7e-4f1a-9d8e-0c1f2a3b4c5d")
 #: Violations named in one error, at most (the rest are counted).
 MAX_VIOLATIONS = 10
 
-__all__ = ["PullDecision", "PullPlanner", "canonical_hash", "decide", "idempotency_key"]
+__all__ = ["PullDecision", "PullPlanner", "canonical_hash", "decide", "holds",
+           "idempotency_key"]
 
 
 def canonical_hash(entity: dict[str, Any]) -> str:
     """Content hash of a canonical entity as pulled (the pusher's payload hash)."""
     return payload_hash(entity)
+
+
+def holds(current: Any, patch: Any) -> bool:
+    """Whether merge-patching ``current`` (the BSS record) with ``patch`` (the canonical
+    entity, RFC 7386 as the puller writes it) would change nothing: every member of
+    ``patch`` is in ``current`` with the same value (a ``null`` matching one absent),
+    objects member by member, anything else by equality of type and value (``1`` =
+    ``1.0``, ``true`` ≠ ``1``)."""
+    if isinstance(patch, dict):
+        if not isinstance(current, dict):
+            return False
+        return all(current.get(key) is None if value is None else
+                   key in current and holds(current[key], value)
+                   for key, value in patch.items())
+    if isinstance(patch, list):
+        return (isinstance(current, list) and len(current) == len(patch)
+                and all(_equal(a, b) for a, b in zip(current, patch, strict=True)))
+    return _equal(current, patch)
+
+
+def _equal(current: Any, value: Any) -> bool:
+    """JSON equality: numbers by value, booleans only to booleans, objects and arrays
+    whole (an array item is replaced, not merged; a ``null`` member is one absent)."""
+    if isinstance(value, bool) or isinstance(current, bool):
+        return current is value
+    if isinstance(value, int | float) and isinstance(current, int | float):
+        return current == value
+    if isinstance(value, dict):
+        if not isinstance(current, dict):
+            return False
+        mine = {k: v for k, v in current.items() if v is not None}
+        theirs = {k: v for k, v in value.items() if v is not None}
+        return mine.keys() == theirs.keys() and all(_equal(mine[k], v)
+                                                    for k, v in theirs.items())
+    if isinstance(value, list):
+        return (isinstance(current, list) and len(current) == len(value)
+                and all(_equal(a, b) for a, b in zip(current, value, strict=True)))
+    return type(current) is type(value) and current == value
 
 
 def idempotency_key(instance_id: str, entity: str, external_id: str, link: Link) -> str:

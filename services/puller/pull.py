@@ -9,7 +9,15 @@
     transform  ``pull.body`` → the canonical entity; ``$bssId`` parents read from the
                links (not linked yet → ``DependencyPending``, retried)
     validate   ``schemas/entities/<entity>`` (``SchemaViolation``, dead-lettered at once)
-    unchanged  the canonical hash equals the link's ``pull_hash``: nothing is written
+    compare    (an update) with the last sync: the canonical hash equals the link's
+               ``pull_hash``, or the BSS record holds the entity already (a record we
+               pushed, listed again: the link's pull hash is brought up to date) →
+               ``unchanged``, nothing written; the BSS changed too since the last sync
+               (its push payload hashes otherwise than ``push_hash``) → a conflict, for
+               the object's policy (``services.pusher.conflict``): the BSS wins →
+               ``skipped`` (its push follows), the third party wins → the update; unless
+               the record's modification time says it was not modified since that sync
+               (shown in another shape): ``unchanged``, the BSS's push follows
     write      create with ``Idempotency-Key`` / merge-patch or delete with ``If-Match``,
                always with ``X-Sync-Origin: <instance id>``
     link       ``mark_linked`` (direction pull, the hash) or ``mark_deleted``
@@ -24,10 +32,26 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from services.puller.decide import CREATE, DELETE
+from services.puller.decide import (
+    BSS_ONLY,
+    BSS_ONLY_REASON,
+    CONFLICT,
+    CREATE,
+    DELETE,
+    IN_STEP,
+    IN_STEP_REASON,
+    compare,
+)
 from services.puller.outcome import PullOutcome
-from services.puller.plan import PullPlanner, canonical_hash, idempotency_key
+from services.puller.plan import PullPlanner, canonical_hash, holds, idempotency_key
 from services.puller.ports import READ_GONE, BssWrites, Links, PullSource
+from services.pusher.conflict import (
+    bss_modified,
+    external_modified,
+    modified_since,
+    policy_for,
+    resolve,
+)
 from services.pusher.push import CLAIM_STALE_SECONDS, MAX_LINK_ROUNDS
 from shared.audit.normalise import fit_text
 from shared.bss.client import Versioned
@@ -43,7 +67,7 @@ from shared.errors import (
     SyncError,
 )
 from shared.logging import redact
-from shared.storage.links import Link
+from shared.storage.links import Claim, Link
 from shared.transform import LinksNotLoaded, PreloadedLinks
 
 T = TypeVar("T")
@@ -111,13 +135,59 @@ class RecordPull:
             if digest == link.pull_hash:
                 await self.links.forget_claim(claim, self.message_id)
                 return PullOutcome("unchanged", link.bss_id, external_id)
-            return await self._update(link.bss_id, entity, digest, current)
+            return await self._reconcile(claim, link, record, entity, digest, current)
         except BaseException as exc:
             await self.links.release_claim(self.instance_id, self.entity, self.message_id,
                                            external_id=external_id, error=_describe(exc))
             raise
 
     # -- actions ---------------------------------------------------------------------------
+
+    async def _reconcile(self, claim: Claim, link: Link, record: dict[str, Any],
+                         entity: dict[str, Any], digest: str,
+                         current: Versioned) -> PullOutcome:
+        """The third party shows another record than the link's last sync: write it,
+        or not (the BSS holds it already; a conflict the BSS wins)."""
+        assert link.bss_id is not None and self.external_id is not None
+        bss_holds = holds(current.record, entity)
+        state = compare(external_changed=True, bss_holds=bss_holds,
+                        bss_changed=not bss_holds and await self._bss_changed(current, link),
+                        modified_since=modified_since(
+                            external_modified(self.obj, record, precise=True),
+                            (link.last_pulled_at, link.last_pushed_at)))
+        if state == BSS_ONLY:
+            await self.links.forget_claim(claim, self.message_id)
+            return PullOutcome("unchanged", link.bss_id, self.external_id,
+                               details={"reason": BSS_ONLY_REASON, **self.details})
+        if state == IN_STEP:
+            await self.links.mark_linked(self.instance_id, self.entity, bss_id=link.bss_id,
+                                         external_id=self.external_id, direction="pull",
+                                         pull_hash=digest)
+            return PullOutcome("unchanged", link.bss_id, self.external_id,
+                               details={"reason": IN_STEP_REASON, **self.details})
+        if state == CONFLICT:
+            verdict = resolve(
+                policy_for(self.obj, self.ctx.instance.conflict_override(self.entity)),
+                bss_modified=bss_modified(current.record),
+                external_modified=external_modified(self.obj, record))
+            self.details["conflict"] = verdict.details()
+            if not verdict.external_wins:
+                await self.links.forget_claim(claim, self.message_id)
+                return PullOutcome("skipped", link.bss_id, self.external_id, details={
+                    "reason": f"changed on both sides since the last sync; {verdict.why}: "
+                              "the BSS's version is pushed next", **self.details})
+        return await self._update(link.bss_id, entity, digest, current)
+
+    async def _bss_changed(self, current: Versioned, link: Link) -> bool:
+        """Whether the BSS record changed since the last sync: its push payload hashes
+        otherwise than the link's ``push_hash``. Unknowable (no push hash, no push
+        update body, or the instance may not push updates: the BSS's version could not
+        win) counts as unchanged."""
+        if link.push_hash is None or not self.ctx.instance.is_permitted(self.entity, "push",
+                                                                         "update"):
+            return False
+        held = await self._push_hash(current.record)
+        return held is not None and held != link.push_hash
 
     async def _create(self, entity: dict[str, Any], digest: str, link: Link) -> PullOutcome:
         assert self.external_id is not None

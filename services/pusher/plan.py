@@ -310,6 +310,14 @@ class PushPlanner:
         return str(found)
 
 
+    def is_remote_record(self, answer: Any, external_id: str) -> bool:
+        """Whether an answer is the remote record ``external_id`` itself (an object with
+        that id at the object's ``pull.externalId``), as a listing would show it."""
+        found = pointer(answer, self.obj.pull_external_id) if isinstance(answer, dict) \
+            else None
+        return (isinstance(found, str | int) and not isinstance(found, bool)
+                and str(found) == external_id)
+
     def _created_at(self, create: CallSpec) -> str:
         """Where a create answer holds the record's id (a JSON pointer)."""
         return create.option("externalId") or self.obj.push_external_id

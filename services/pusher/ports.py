@@ -154,6 +154,8 @@ class InstanceView(Protocol):
 
     def permitted_actions(self, entity: str, direction: str) -> list[str]: ...
 
+    def conflict_override(self, entity: str) -> str | None: ...
+
 
 class PushTarget(Protocol):
     """The instance a record is pushed to (``shared.runtime.InstanceContext``)."""

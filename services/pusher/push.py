@@ -36,6 +36,15 @@ from urllib.parse import urlsplit
 
 import structlog
 
+from services.pusher.conflict import (
+    BSS_WINS,
+    Verdict,
+    bss_modified,
+    external_modified,
+    modified_since,
+    policy_for,
+    resolve,
+)
 from services.pusher.decide import DELETE, UPDATE
 from services.pusher.outcome import PushOutcome
 from services.pusher.plan import (
@@ -48,6 +57,7 @@ from services.pusher.plan import (
     PushPlanner,
     differences,
     is_linked,
+    payload_hash,
 )
 from services.pusher.ports import (
     SYSTEM_CLOCK,
@@ -59,7 +69,7 @@ from services.pusher.ports import (
 )
 from shared.audit.normalise import fit_text
 from shared.connector import CallSpec, SyncObject
-from shared.connector.request import RequestPlan
+from shared.connector.request import RequestPlan, plan_request
 from shared.errors import (
     AuthenticationFailed,
     CreateOutcomeUnknown,
@@ -83,6 +93,8 @@ MAX_LINK_ROUNDS = 5
 PARENT_WAIT_SECONDS = 5.0
 PARENT_POLL_SECONDS = 0.1
 PARENT_NAMESPACE = uuid.UUID("8a4f3c1e-2b7d-4e59-9c1a-5d6e7f8a9b0c")
+#: Statuses a ``pull.read`` may answer that are not errors: the record is gone.
+READ_GONE = frozenset({404, 410})
 RECOVERED = ("this delivery pushed the record before, and its process ended before the "
              "audit row was written")
 T = TypeVar("T")
@@ -187,7 +199,9 @@ class RecordPush:
             log.error("push.created_without_id", entity=self.entity, record_id=self.record_id,
                       operation=plan.call.operation.key)
             raise
-        await self._store_link(external_id, plan.digest, "created")
+        await self._store_link(external_id, plan.digest, "created",
+                               pull_hash=await self._pull_hash(external_id, plan.body,
+                                                               response.body))
         return PushOutcome("created", external_id, response.status, self.details)
 
     async def _adopt(self, record: dict[str, Any], plan: CallPlan, existing: Existing,
@@ -199,7 +213,9 @@ class RecordPush:
         self.details["replayed"] = existing.how
         differing = differences(plan.body, existing.held)
         if differing == []:
-            await self._store_link(existing.external_id, plan.digest, "created")
+            await self._store_link(existing.external_id, plan.digest, "created",
+                                   pull_hash=await self._pull_hash(
+                                       existing.external_id, plan.body, existing.held))
             return PushOutcome("created", existing.external_id, status, self.details)
         self.details["differed"] = (differing[:MAX_DIFFERENCES] if differing is not None
                                     else "unknown: the answer shows none of the values sent")
@@ -218,6 +234,15 @@ class RecordPush:
         if plan.action == UNCHANGED:
             await self._release(None)
             return PushOutcome("unchanged", link.external_id, details=self.details)
+        verdict = None if force else await self._conflict(record, link)
+        if verdict is not None:
+            self.details["conflict"] = verdict.details()
+            if verdict.external_wins:
+                await self._release(None)
+                return PushOutcome("skipped", link.external_id, details={
+                    **self.details, "reason": f"changed on both sides since the last sync; "
+                                              f"{verdict.why}: the third party's version "
+                                              "is pulled next"})
         try:
             response = await self._send(plan, record)
         except RemoteRejected as exc:
@@ -225,8 +250,80 @@ class RecordPush:
                 raise
             return await self._recreate(record, link)
         assert plan.external_id is not None
-        await self._store_link(plan.external_id, plan.digest, "updated")
+        await self._store_link(plan.external_id, plan.digest, "updated",
+                               pull_hash=await self._pull_hash(plan.external_id, plan.body,
+                                                               response.body))
         return PushOutcome("updated", plan.external_id, response.status, self.details)
+
+    async def _conflict(self, record: dict[str, Any], link: Link) -> Verdict | None:
+        """When the third party changed the record too since the last sync, who wins
+        (``None``: it did not, or it cannot win). Looked at only when it could win — the
+        policy is not bss-wins, the instance may pull updates, the connector reads
+        (``pull.read``) and pulls (``pull.body``) the record, the link knows what was
+        last synced in pull terms — at the cost of one read of the remote record."""
+        policy = policy_for(self.obj, self.ctx.instance.conflict_override(self.entity))
+        if (policy == BSS_WINS or link.pull_hash is None or link.external_id is None
+                or self.obj.pull_read is None or self.obj.pull_body is None
+                or not self.ctx.instance.is_permitted(self.entity, "pull", "update")):
+            return None
+        held = await self._read_remote(self.obj.pull_read, link.external_id)
+        if held is None:  # gone: the update finds out (404) and creates it again
+            return None
+        if await self._canonical_hash(held) in (None, link.pull_hash):
+            return None
+        if not modified_since(external_modified(self.obj, held, precise=True),
+                              (link.last_pulled_at, link.last_pushed_at)):
+            return None  # shown otherwise than when listed, but not modified since
+        return resolve(policy, bss_modified=bss_modified(record),
+                       external_modified=external_modified(self.obj, held))
+
+    async def _read_remote(self, call: CallSpec, external_id: str) -> dict[str, Any] | None:
+        """The remote record as ``call`` (``pull.read``) answers it; ``None`` when gone."""
+        data = {"externalId": external_id}
+        request = await self._with_links(lambda: plan_request(
+            call, base_url=self.ctx.client.base_url, data=data, context=self.context))
+        try:
+            response = await self.ctx.client.send(request, accept=READ_GONE)
+        except RemoteRejected as exc:
+            if exc.http_status in READ_GONE:
+                return None
+            raise
+        if response.status in READ_GONE:
+            return None
+        if not isinstance(response.body, dict):
+            raise RemoteProtocolError(f"{response.request} answered something other than a "
+                                      f"JSON object for {self.entity} {external_id}",
+                                      http_status=response.status)
+        return response.body
+
+    async def _pull_hash(self, external_id: str, sent: Any, answer: Any) -> str | None:
+        """The link's ``pull_hash`` after this push: the hash of the canonical entity the
+        object's ``pull.body`` makes of what the third party holds now — its answer when
+        that is the record (its id at ``pull.externalId``; what was sent fills in the
+        members it does not show), else what was sent. The listing that shows the record
+        next then finds it ``unchanged`` (the loop guard, pull side). ``None`` (the
+        stored hash kept) when the object does not pull, the instance may not pull the
+        entity (a transform per push saved), or the transform fails: the push is done,
+        that must not fail it."""
+        if not self.ctx.instance.permitted_actions(self.entity, "pull"):
+            return None
+        held = sent
+        if self.planner.is_remote_record(answer, external_id):
+            held = {**sent, **answer} if isinstance(sent, dict) else answer
+        return await self._canonical_hash(held)
+
+    async def _canonical_hash(self, held: Any) -> str | None:
+        """The hash of the canonical entity ``pull.body`` makes of a remote record (as the
+        puller hashes it); ``None`` when there is none or the transform fails."""
+        body = self.obj.pull_body
+        if body is None or not isinstance(held, dict):
+            return None
+        try:
+            entity = await self._with_links(lambda: body.apply(held, self.context))
+        except SyncError as exc:
+            self.details["pullHash"] = f"not computed: {exc.error_class}: {redact(str(exc))}"
+            return None
+        return payload_hash(entity)
 
     async def _recreate(self, record: dict[str, Any], link: Link) -> PushOutcome:
         """The remote record is gone (404 on update): create it again if allowed."""
@@ -443,12 +540,13 @@ class RecordPush:
         return self.planner.matched(match.call, response)
 
     async def _store_link(self, external_id: str, digest: str | None,
-                          outcome: str | None = None) -> Link:
-        """Link the record to ``external_id`` with ``digest`` (``None`` keeps the stored
-        hash); a write that ends the push gives its ``outcome`` and is marked."""
+                          outcome: str | None = None, *, pull_hash: str | None = None) -> Link:
+        """Link the record to ``external_id`` with ``digest`` and ``pull_hash`` (``None``
+        keeps the stored hash); a write that ends the push gives its ``outcome`` and is
+        marked."""
         return await self.links.mark_linked(self.instance_id, self.entity, bss_id=self.record_id,
                                             external_id=external_id, direction="push",
-                                            push_hash=digest,
+                                            push_hash=digest, pull_hash=pull_hash,
                                             pushed=self._mark(outcome) if outcome else None)
 
     def _mark(self, outcome: str) -> PushMark:

@@ -45,7 +45,7 @@ def _desired_connector(entry: dict[str, Any], document: Any) -> DesiredConnector
 
 def _desired_instance(org: dict[str, Any], inst: dict[str, Any]) -> DesiredInstance:
     settings = dict(inst.get("settings", {}))
-    for key in ("lookups", "rateLimit", "timeouts"):
+    for key in ("lookups", "rateLimit", "timeouts", "conflict"):
         if key in inst:
             settings[key] = inst[key]
     permissions = frozenset(

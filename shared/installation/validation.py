@@ -110,6 +110,11 @@ def _semantic_problems(data: dict[str, Any],
             if problem and is_reference(ref):  # a non-reference is the schema's finding
                 yield join_pointer(base, "credentials", name), f"credential {name!r} {problem}"
         yield from literal_secret_problems(base, inst)
+        settings = inst.get("settings")
+        if isinstance(settings, dict) and "conflict" in settings:
+            yield (join_pointer(base, "settings", "conflict"),
+                   "the conflict policy belongs at the instance's top level (conflict), "
+                   "not under settings")
 
 
 def _duplicates(kind: str, ids: list[tuple[str, Any]]) -> Iterator[tuple[str, str]]:

@@ -49,6 +49,14 @@ class Instance:
         """The per-instance lookup tables overlaying the connector's."""
         return dict(self.settings.get("lookups") or {})
 
+    def conflict_override(self, entity: str) -> str | None:
+        """The instance's conflict policy for ``entity`` (installation file: ``conflict``,
+        one policy or ``{entity: policy}``), ``None`` when it keeps the connector's."""
+        override = self.settings.get("conflict")
+        if isinstance(override, dict):
+            override = override.get(entity)
+        return override if isinstance(override, str) else None
+
     def is_permitted(self, entity: str, direction: str, action: str) -> bool:
         """Whether this instance may ``action`` ``entity`` records in ``direction``."""
         return (entity, direction, action) in self.permissions

@@ -168,19 +168,21 @@ _KEEP_OR_MARK = """pushed_by = coalesce(EXCLUDED.pushed_by, l.pushed_by),
 
 _BATCH_LINKED_SQL = f"""
 INSERT INTO links AS l (instance_id, entity, bss_id, external_id, state, push_hash,
-                        last_pushed_at, pushed_by, pushed_attempt, pushed_outcome)
-SELECT t.instance_id, t.entity, t.bss_id, t.external_id, 'linked', t.push_hash, now(),
-       t.pushed_by, t.pushed_attempt, t.pushed_outcome
+                        pull_hash, last_pushed_at, pushed_by, pushed_attempt, pushed_outcome)
+SELECT t.instance_id, t.entity, t.bss_id, t.external_id, 'linked', t.push_hash, t.pull_hash,
+       now(), t.pushed_by, t.pushed_attempt, t.pushed_outcome
   FROM unnest(%(instance_ids)b::text[], %(entities)b::text[], %(bss_ids)b::text[],
-              %(external_ids)b::text[], %(push_hashes)b::text[], %(pushed_by)b::text[],
-              %(pushed_attempts)b::integer[], %(pushed_outcomes)b::text[])
-       AS t(instance_id, entity, bss_id, external_id, push_hash, pushed_by, pushed_attempt,
-            pushed_outcome)
+              %(external_ids)b::text[], %(push_hashes)b::text[], %(pull_hashes)b::text[],
+              %(pushed_by)b::text[], %(pushed_attempts)b::integer[],
+              %(pushed_outcomes)b::text[])
+       AS t(instance_id, entity, bss_id, external_id, push_hash, pull_hash, pushed_by,
+            pushed_attempt, pushed_outcome)
  ORDER BY t.instance_id, t.entity, t.bss_id
 ON CONFLICT (instance_id, entity, bss_id) DO UPDATE
    SET external_id = EXCLUDED.external_id, state = 'linked', claim = NULL, claimed_at = NULL,
        last_error = NULL, push_hash = coalesce(EXCLUDED.push_hash, l.push_hash),
-       last_pushed_at = now(), updated_at = now(), {_NO_CREATE_SENT},
+       pull_hash = coalesce(EXCLUDED.pull_hash, l.pull_hash), last_pushed_at = now(),
+       updated_at = now(), {_NO_CREATE_SENT},
        {_KEEP_OR_MARK}
 RETURNING l.*
 """
@@ -241,6 +243,7 @@ class _LinkedRequest:
     external_id: str
     push_hash: str | None
     pushed: PushMark | None
+    pull_hash: str | None = None
 
     @property
     def row(self) -> tuple[str, str, str]:
@@ -476,9 +479,10 @@ class LinkStore:
         ``pushed`` replaces the push mark, ``None`` keeps it.
         Raises :class:`LinkConflict` when the other id is linked to another record.
         """
-        if self.batched and direction == "push" and pull_hash is None:
+        if self.batched and direction == "push":
             return await self._linked.submit(
-                _LinkedRequest(instance_id, entity, bss_id, external_id, push_hash, pushed))
+                _LinkedRequest(instance_id, entity, bss_id, external_id, push_hash, pushed,
+                               pull_hash))
         return await self._mark_linked(instance_id, entity, bss_id=bss_id,
                                        external_id=external_id, direction=direction,
                                        push_hash=push_hash, pull_hash=pull_hash, pushed=pushed)
@@ -496,6 +500,7 @@ class LinkStore:
                     "bss_ids": [r.bss_id for r in batch],
                     "external_ids": [r.external_id for r in batch],
                     "push_hashes": [r.push_hash for r in batch],
+                    "pull_hashes": [r.pull_hash for r in batch],
                     "pushed_by": [r.pushed and r.pushed.message_id for r in batch],
                     "pushed_attempts": [r.pushed and r.pushed.attempt for r in batch],
                     "pushed_outcomes": [r.pushed and r.pushed.outcome for r in batch]})
@@ -504,7 +509,7 @@ class LinkStore:
                     try:
                         results[index] = await self._mark_linked(
                             r.instance_id, r.entity, bss_id=r.bss_id, external_id=r.external_id,
-                            direction="push", push_hash=r.push_hash, pull_hash=None,
+                            direction="push", push_hash=r.push_hash, pull_hash=r.pull_hash,
                             pushed=r.pushed)
                     except LinkConflict as exc:
                         results[index] = exc

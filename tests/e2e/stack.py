@@ -232,10 +232,11 @@ class TestStack(Stack):
 
     def tenant(self, connector_id: str, server: str, *, credentials: dict[str, str],
                permissions: dict[str, dict[str, list[str]]] | None = None,
-               settings: dict[str, Any] | None = None) -> Tenant:
+               settings: dict[str, Any] | None = None,
+               conflict: str | dict[str, str] | None = None) -> Tenant:
         """A new organization with one instance of ``connector_id`` at ``server``, applied
         with ``bss-sync apply``. ``permissions`` default: push create, update and delete of
-        accounts and contacts."""
+        accounts and contacts. ``conflict``: the instance's conflict policy override."""
         n = next(_tenants)
         tenant = Tenant(f"org-{n}-{secrets.token_hex(2)}", f"inst-{n}-{secrets.token_hex(2)}",
                         connector_id)
@@ -246,6 +247,8 @@ class TestStack(Stack):
         }
         if settings:
             instance["settings"] = settings
+        if conflict is not None:
+            instance["conflict"] = conflict
         installation = {
             "timezone": "UTC",
             "connectors": [c.entry() for c in self.connectors.values()],

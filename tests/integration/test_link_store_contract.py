@@ -144,6 +144,20 @@ async def test_linking_keeps_the_hash_when_given_none_and_clears_claim_and_error
     assert await store.external_ids(INSTANCE, "contact", ["a1"]) == {}
 
 
+async def test_a_push_stores_the_pull_hash_it_is_given_and_keeps_it_when_given_none(
+        store) -> None:
+    first = await store.mark_linked(INSTANCE, "account", bss_id="a1", external_id="x1",
+                                    direction="push", push_hash="h1", pull_hash="p1")
+    second = await store.mark_linked(INSTANCE, "account", bss_id="a1", external_id="x1",
+                                     direction="push", push_hash="h2")
+    third = await store.mark_linked(INSTANCE, "account", bss_id="a1", external_id="x1",
+                                    direction="push", push_hash="h3", pull_hash="p3")
+
+    assert (first.push_hash, first.pull_hash) == ("h1", "p1")
+    assert (second.push_hash, second.pull_hash) == ("h2", "p1")
+    assert (third.push_hash, third.pull_hash) == ("h3", "p3")
+
+
 async def test_an_external_id_linked_to_another_record_is_a_conflict(store) -> None:
     await store.mark_linked(INSTANCE, "account", bss_id="a1", external_id="x1",
                             direction="push", push_hash="h")
