@@ -46,12 +46,15 @@ from shared.messaging.amqp_url import kombu_hostname
 from shared.messaging.topology import PULLER, WorkQueue
 from tests.e2e.conftest import make_stack
 from tests.e2e.records import ACME_CONNECTOR
-from tests.e2e.stack import ACME_API_KEY, RETRY_DELAYS, Connector, Tenant, TestStack
+from tests.e2e.stack import ACME_API_KEY, Connector, Tenant, TestStack
 from tests.e2e.thirdparty import FaultProxy, Seen
 
 pytestmark = pytest.mark.e2e
 
 PAGE_SIZE = 50
+#: A ladder of ~30 s: contacts wait on it for their company's discovery, which a busy
+#: machine may take seconds to start (the other e2e modules' ladder is 7 s).
+RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0)
 PULLER_QUEUES = WorkQueue(PULLER, RETRY_DELAYS)
 PULLER_DEAD = PULLER_QUEUES.dead_queue
 FULL_PULL = {"pull": ["create", "update", "delete"]}
@@ -209,7 +212,8 @@ def pull_world(request: pytest.FixtureRequest, node_tools: None,
     stack = make_stack(request, [Connector(PAGED, [paged_connector(workdir, readable=True)]),
                                  Connector(LIST_ONLY,
                                            [paged_connector(workdir, readable=False)])],
-                       {"ACME_KEY": ACME_API_KEY}, crm=True, services=())
+                       {"ACME_KEY": ACME_API_KEY}, crm=True, services=(),
+                       retry_delays=RETRY_DELAYS)
     assert stack.crm is not None and stack.sandbox is not None
     crm_proxy = FaultProxy(stack.crm.url).start()
     bss_proxy = FaultProxy(stack.sandbox.url).start()
