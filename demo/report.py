@@ -13,7 +13,7 @@ from urllib.parse import quote
 from demo.processes import bss_sync
 from demo.systems import COLLECTIONS, INSTANCE, ORG
 from demo.thirdparty import REPO
-from shared.messaging.topology import PUSHER, WorkQueue
+from shared.messaging.topology import PULLER, PUSHER, WorkQueue
 from shared.paths import schemas_dir
 
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ AUDIT_LIMIT = 15
 CONNECTOR = REPO / "connectors" / "acme-crm.json"
 TRANSFORM = "AccountToCompany"
 PUSHER = WorkQueue(PUSHER)
+PULLER = WorkQueue(PULLER)
 #: Where the connector's default server variables point (preview needs no --server then).
 DEFAULT_CRM_URL = "http://127.0.0.1:3000"
 
@@ -62,6 +63,24 @@ class Report:
         else:
             out.line(f"RESULT: NOT IN SYNC: {synced} of {bss} BSS records are in the CRM, "
                      f"which holds {crm}")
+        self.pull_result()
+
+    def pull_result(self) -> None:
+        """The other way: the CRM edit, and what the pull did with each listed record."""
+        demo, out = self.demo, self.out
+        pulled = demo.pulled
+        if not pulled or demo.bss is None:
+            return
+        named = demo.bss.get("account", pulled["account"]).get("name")
+        outcomes = demo.pull_outcomes()
+        shown = ", ".join(f"{n} {o}" for o, n in sorted(outcomes.items())) or "nothing"
+        if named == pulled["name"]:
+            out.line(f"RESULT: the CRM edit is in the BSS: account {pulled['account']} named "
+                     f"{named!r} (pull run {pulled['run']}: {pulled['published']} records "
+                     f"listed; the puller: {shown})")
+        else:
+            out.line(f"RESULT: NOT IN SYNC: the CRM edit of company {pulled['company']} is not "
+                     f"in the BSS (account {pulled['account']} is named {named!r})")
 
     def audit(self) -> None:
         out = self.out
@@ -71,7 +90,8 @@ class Report:
                           self.demo.env(), check=False)
         out.block((result.stdout + result.stderr).strip() or "(no output)", indent="  ")
         out.line("  (newest first; the dispatcher fans each BSS event out to the instances that "
-                 "want it, the pusher writes to the CRM)")
+                 "want it, the pusher writes to the CRM; the puller writes what a pull listed "
+                 "in the CRM to the BSS)")
 
     def one_record(self) -> None:
         demo, out = self.demo, self.out
@@ -118,7 +138,8 @@ class Report:
         out.line(f"  Acme CRM            {crm}/companies   (also /people, /tickets; header "
                  f"X-Api-Key: {demo.env()['ACME_CRM_API_KEY']}; {crm}/db needs no key)")
         out.line(f"  RabbitMQ            {demo.management_url}   (user {demo.amqp_user}) "
-                 f"vhost {vhost}, queues {PUSHER.name} and {PUSHER.dead_queue}: "
+                 f"vhost {vhost}, queues {PUSHER.name}, {PULLER.name} and their dead queues "
+                 f"{PUSHER.dead_queue}, {PULLER.dead_queue}: "
                  f"{demo.management_url}/#/queues/{quote(vhost, safe='')}/{PUSHER.name}")
         out.line(f"  PostgreSQL          {demo.database_url}   (tables audit_log, links, "
                  "instances…; the sandbox's records in schema sandbox)")
@@ -136,6 +157,9 @@ class Report:
         out.line(f"  {cli} preview connectors/acme-crm.json --object Account --direction push "
                  f"--record {demo.rel(demo.workdir / 'sample-account.json')}{server}")
         out.line(f"  {demo.shell_env('AMQP_URL')} {cli} dead list")
+        out.line(f"  {demo.shell_env('AMQP_URL')} ACME_CRM_API_KEY="
+                 f"{demo.env()['ACME_CRM_API_KEY']} {cli} pull --instance {INSTANCE} --wait"
+                 "   # after editing a company in the CRM (see below)")
         if demo.options.wait:
             body = json.dumps({"name": "Globex Telecom", "code": "GLOBEX-1", "type": "customer",
                                "currency": "EUR", "webSite": "https://Globex.example"})
@@ -144,6 +168,12 @@ class Report:
                      f"-H 'Content-Type: application/json' -d {shlex.quote(body)}")
             out.line(f"  curl -s -H 'X-Api-Key: {demo.env()['ACME_CRM_API_KEY']}' "
                      f"'{crm}/companies?accountNumber=GLOBEX-1'")
+            company = demo.pulled.get("company", 1)
+            out.line("  # edit a company in the CRM, pull (the command above), then find the "
+                     "edit in the BSS:")
+            out.line(f"  curl -s -X PATCH -H 'X-Api-Key: {demo.env()['ACME_CRM_API_KEY']}' "
+                     f"-H 'Content-Type: application/json' {crm}/companies/{company} "
+                     f"-d '{{\"phone\": \"+1 555 0100\"}}'")
 
     # ------------------------------------------------------------------ helpers
 

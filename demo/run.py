@@ -1,10 +1,11 @@
-"""The demo, step by step: set up, start, seed, wait, change, report, keep running, stop.
+"""The demo, step by step: set up, start, seed, wait, change in the BSS, change in the
+CRM and pull, report, keep running, stop.
 
 :class:`Demo` tells the story; the stack it runs on — database, vhost, migrations,
 topology, the Acme CRM stand-in, the sandbox BSS, the services — is the harness the
 end-to-end tests use too (:class:`demo.stack.Stack`). :meth:`Demo.stop` stops every
-process (in the order that lets in-flight work finish: pusher, dispatcher, sandbox,
-CRM) whatever happened before, and is what Ctrl-C, SIGTERM and SIGHUP lead to.
+process (in the order that lets in-flight work finish: puller, pusher, dispatcher,
+sandbox, CRM) whatever happened before, and is what Ctrl-C, SIGTERM and SIGHUP lead to.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import signal
 import socket
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,7 +29,7 @@ import psycopg
 from demo.console import Console
 from demo.processes import LoggedSandbox, run
 from demo.report import Report
-from demo.stack import PUSH_PATH, Stack, StackConfig
+from demo.stack import BOTH_WAYS, Stack, StackConfig
 from demo.systems import ENTITIES, INSTANCE, ORG, Bss, Crm, EntitySync, compare
 from demo.thirdparty import REPO, JsonServer
 from demo.waiting import WaitTimedOut, wait_until
@@ -45,6 +47,10 @@ ACME_CRM_API_KEY = "d3m0-k3y-4b9e1c7f20a6"
 RETRY_DELAYS = (1, 2, 5, 30)
 UPDATES = 3  # accounts renamed after the first sync
 DELETES = 1  # accounts deleted after the first sync
+#: What the demo appends to the name of the CRM company it edits.
+CRM_EDIT = " (edited in the CRM)"
+#: The final outcomes of the puller's audit rows (the others: retrying).
+PULL_SETTLED = ("created", "updated", "deleted", "unchanged", "skipped", "dead")
 
 
 class Stopped(Exception):
@@ -89,6 +95,7 @@ class Demo:
         self.bss: Bss | None = None
         self.crm: Crm | None = None
         self.changes: dict[str, Any] = {}
+        self.pulled: dict[str, Any] = {}
         self.reported = False
         self.pid_file: Path | None = None
 
@@ -115,6 +122,7 @@ class Demo:
             self.start()
             self.seed_and_sync()
             self.change_and_sync()
+            self.change_in_crm_and_pull()
             Report(self).print()
             self.reported = True
             if self.options.wait:
@@ -143,7 +151,8 @@ class Demo:
         out, stack = self.out, self.stack
         out.heading("bss-sync demo")
         out.line(f"BSS (sandbox) --events--> RabbitMQ --> dispatcher --> pusher --> Acme CRM "
-                 f"(json-server); organization {ORG}, instance {INSTANCE}")
+                 f"(json-server), and back: bss-sync pull --> puller --> BSS; "
+                 f"organization {ORG}, instance {INSTANCE}")
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / ".gitignore").write_text("*\n")
         self.claim_workdir()
@@ -196,7 +205,7 @@ class Demo:
         out.step(f"sandbox BSS (python -m sandbox serve) on {sandbox.url}   "
                  f"log: {self.rel(sandbox.log_path)}")
 
-        for name in PUSH_PATH:
+        for name in BOTH_WAYS:
             try:
                 service = stack.start_service(name)
             except (RuntimeError, WaitTimedOut) as exc:
@@ -271,7 +280,59 @@ class Demo:
         out.done(f"{len(updated)} updates and {len(deleted)} delete are in the CRM "
                  f"({time.monotonic() - started:.1f} s)")
 
+    def change_in_crm_and_pull(self) -> None:
+        """Edit one company in the CRM, run a pull discovery, wait until the BSS has it."""
+        out = self.out
+        assert self.bss is not None and self.crm is not None
+        out.heading("Changing a record in the CRM, then pulling")
+        renamed = set(self.changes.get("updated", {}))
+        company = next(c for c in self.crm.companies()
+                       if c.get("bssId") and c["bssId"] not in renamed)
+        name = company["name"] + CRM_EDIT
+        self.crm.patch("companies", company["id"], {"name": name})
+        out.step(f"PATCH {self.crm.url}/companies/{company['id']}: name -> {name!r} (the CRM's "
+                 f"own API, as a CRM user's edit)")
+        started = time.monotonic()
+        command = ["pull", "--instance", INSTANCE, "--wait"]
+        out.step(f"bss-sync {' '.join(command)}: list what changed in the CRM (every object "
+                 "the instance may pull: accounts) and publish it to the puller")
+        result = self.stack.cli(command)
+        out.block(result.stdout.strip(), indent="          ")
+        run = next(line.split()[1].rstrip(":") for line in result.stdout.splitlines()
+                   if line.startswith("run "))
+        published = sum(int(line.split(" published", 1)[0].rsplit(" ", 1)[1])
+                        for line in result.stdout.splitlines() if " published of " in line)
+        account_id = company["bssId"]
+        self.pulled = {"company": company["id"], "account": account_id, "name": name,
+                       "run": run, "published": published}
+        self.wait_for("the CRM edit in the BSS and every pulled record settled",
+                      self.pull_synced, self.pull_progress)
+        out.done(f"the CRM edit is in the BSS: account {account_id} is named {name!r} "
+                 f"({time.monotonic() - started:.1f} s after the edit)")
+
     # -- what is waited for
+
+    def pull_outcomes(self) -> Counter[str]:
+        """The puller's final outcomes for the messages of the demo's pull run."""
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT outcome FROM audit_log WHERE service = 'puller' AND run_id = %s",
+                (self.pulled["run"],)).fetchall()
+        return Counter(outcome for (outcome,) in rows if outcome in PULL_SETTLED)
+
+    def pull_synced(self) -> bool:
+        assert self.bss is not None
+        named = self.bss.get("account", self.pulled["account"]).get("name")
+        return (named == self.pulled["name"]
+                and sum(self.pull_outcomes().values()) >= self.pulled["published"])
+
+    def pull_progress(self) -> str:
+        assert self.bss is not None
+        named = self.bss.get("account", self.pulled["account"]).get("name")
+        outcomes = ", ".join(f"{n} {o}" for o, n in sorted(self.pull_outcomes().items()))
+        return (f"BSS account named {named!r}; pulled records settled: "
+                f"{outcomes or 'none yet'} of {self.pulled['published']}")
+
 
     def comparison(self) -> list[EntitySync]:
         assert self.bss is not None and self.crm is not None
@@ -355,12 +416,13 @@ class Demo:
                 time.sleep(1.0)
 
     def stop(self) -> None:
-        """Stop everything started, pusher first (in-flight work finishes); never raises."""
+        """Stop everything started, puller and pusher first (in-flight work finishes); never
+        raises."""
         stack = self.stack
         running = stack.running
         if running:
-            self.out.step("stopping the pusher, the dispatcher, the sandbox BSS and the "
-                          "Acme CRM stand-in")
+            self.out.step("stopping the puller, the pusher, the dispatcher, the sandbox BSS "
+                          "and the Acme CRM stand-in")
         for closer in (self.bss, self.crm):
             if closer is not None:
                 with contextlib.suppress(Exception):

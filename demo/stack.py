@@ -17,7 +17,7 @@
 
 Every process runs in a session of its own with its log in ``workdir``.
 :meth:`Stack.stop` stops what was started — the services in reverse order (the
-pusher before the dispatcher: in-flight work finishes), then the sandbox and the
+puller and the pusher before the dispatcher: in-flight work finishes), then the sandbox and the
 CRM — whatever failed before, and never raises; :meth:`Stack.drop` removes the
 database and the vhost. Nothing here prints: callers say what happened.
 """
@@ -40,11 +40,13 @@ from demo.thirdparty import NODE_BIN, JsonServer
 from sandbox.settings import SandboxSettings
 from shared.messaging.amqp_url import broker_urls, kombu_hostname, with_vhost
 from shared.messaging.management import ManagementClient, management_url_for
-from shared.messaging.topology import DISPATCHER, PUSHER
+from shared.messaging.topology import DISPATCHER, PULLER, PUSHER
 from shared.storage.db import quote_ident, redact_url, url_with_database
 
 #: The services of the push path, in the order they start (and stop reversed).
 PUSH_PATH = (DISPATCHER, PUSHER)
+#: Both directions: the push path and the puller (the demo's services).
+BOTH_WAYS = (*PUSH_PATH, PULLER)
 
 
 @dataclasses.dataclass(frozen=True)

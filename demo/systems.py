@@ -84,6 +84,16 @@ class Crm:
         response.raise_for_status()
         return response.json()
 
+    def companies(self) -> list[Record]:
+        """The CRM's companies, lowest id first."""
+        return sorted(self.state().get("companies", []), key=lambda c: c["id"])
+
+    def patch(self, collection: str, record_id: int, changes: Record) -> Record:
+        """Change a CRM record through the CRM's API, as its own users would."""
+        response = self.http.patch(f"/{collection}/{record_id}", json=changes)
+        response.raise_for_status()
+        return response.json()
+
     def by_bss_id(self, entity: str, state: dict[str, list[Record]] | None = None) -> (
             dict[str, Record]):
         """The CRM records of ``entity``'s collection, by the BSS id they carry."""

@@ -6,6 +6,12 @@ writer, the instance registry), records a ``runs`` row (trigger ``manual``, phas
 discovery lock (one discovery of an instance at a time across processes), and runs
 :class:`~services.dispatcher.discovery.Discovery`.
 
+A discovery killed mid-way (its process gone: SIGKILL, a lost host) is continued by
+the next discovery of the instance — ``bss-sync pull`` again — from each object's
+first page not wholly confirmed (the cursors' ``resume``, in PostgreSQL); that run
+marks the killed one's ``runs`` row ``failed`` ("interrupted"). Nothing resumes it
+by itself: restarting a service does not start a discovery.
+
 ``python -m services.dispatcher.pull --instance ID [--entity E] [--full]`` runs one
 discovery in the foreground; ``bss-sync pull`` without ``--wait`` starts it so, detached.
 """
@@ -96,6 +102,7 @@ async def _discover(db: Database, settings: Settings, ctx: InstanceContext,
                             run_id=uuid.UUID(run_id) if run_id else None)
     assert run is not None
     await runs.update(run.id, phase="pull", push_settled=True)
+    await _close_interrupted(runs, instance.id, run.id)
     connection = await open_connection(settings.amqp_url, "bss-sync dispatcher pull")
     report = PullReport(str(run.id), instance.id, [])
     try:
@@ -118,6 +125,18 @@ async def _discover(db: Database, settings: Settings, ctx: InstanceContext,
     await runs.update(run.id, status="completed" if report.ok else "failed", phase="done",
                       counts=report.counts(), error="; ".join(errors)[:2000] or None)
     return report
+
+
+async def _close_interrupted(runs: RunStore, instance_id: str, run_id: uuid.UUID) -> None:
+    """Mark ``failed`` the instance's earlier runs still ``running`` in phase ``pull``:
+    their discovery process died (killed, host lost) without finishing — none can be
+    running, this one holds the discovery lock. Their cursors' ``resume`` is what this
+    run continues from."""
+    for stale in await runs.running(instance_id):
+        if stale.id != run_id and stale.phase == "pull":
+            await runs.update(stale.id, status="failed", phase="done",
+                              error=f"interrupted: the discovery stopped before finishing; "
+                                    f"run {run_id} continued where it stopped")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

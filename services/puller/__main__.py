@@ -29,7 +29,7 @@ def make_handler(deps: RuntimeDeps) -> PullHandler:
     # Link writes may commit without waiting for their WAL flush: the audit row's
     # synchronous commit, which the ack waits for, comes after them (shared.storage.db).
     links = LinkStore(deps.coordination_db or deps.db)
-    return PullHandler(InstanceRegistry(deps.db), links, bss)
+    return PullHandler(InstanceRegistry(deps.db), links, bss, deps.audit)
 
 
 if __name__ == "__main__":

@@ -14,13 +14,16 @@ from collections.abc import Collection, Iterable
 from datetime import timedelta
 from typing import Any, Literal, Protocol
 
+from services.puller.outcome import PullOutcome
 from services.pusher.ports import InstanceView, ThirdParty
+from shared.audit import AuditRecord
 from shared.bss.client import Versioned
-from shared.connector import ConnectorDocument
+from shared.connector import ConnectorDocument, SyncObject
 from shared.storage.links import Claim, Link
 from shared.transform import LinkLookup, TransformContext
 
-__all__ = ["BssWrites", "InstanceView", "Instances", "Links", "PullSource", "ThirdParty"]
+__all__ = ["AuditLog", "BssWrites", "InstanceView", "Instances", "Links", "ParentPuller",
+           "PullSource", "ThirdParty"]
 
 
 class Links(Protocol):
@@ -126,6 +129,23 @@ class Instances(Protocol):
 
     async def aclose(self) -> None:
         """Close every instance's client (at shutdown)."""
+        ...
+
+
+class ParentPuller(Protocol):
+    """Pulls a ``$bssId`` parent first, inline; the handler implements it (and audits it)."""
+
+    async def pull_parent(self, ctx: PullSource, obj: SyncObject, external_id: str,
+                          org_id: str, depth: int, *, child_message_id: str) -> PullOutcome:
+        """The parent's ``PullOutcome``. Raises one of ``shared.errors``."""
+        ...
+
+
+class AuditLog(Protocol):
+    """Audit rows the handler writes itself: those of parents pulled first."""
+
+    async def write(self, record: AuditRecord) -> None:
+        """Return once ``record`` is committed. Raises ``InfrastructureError``."""
         ...
 
 

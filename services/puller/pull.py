@@ -7,7 +7,11 @@
     read       the linked BSS record and its ETag
     decide     create / update / delete / skip (``services.puller.decide``)
     transform  ``pull.body`` → the canonical entity; ``$bssId`` parents read from the
-               links (not linked yet → ``DependencyPending``, retried)
+               links; a parent not linked yet is pulled first, inline, when its object
+               declares ``pull.read`` (read, transformed, written, linked: a pull of its
+               own with the same claim and idempotency rules, its own audit row, at
+               most ``MAX_PARENT_DEPTH`` deep); otherwise, or when that pull does not
+               link it, ``DependencyPending`` (retried)
     validate   ``schemas/entities/<entity>`` (``SchemaViolation``, dead-lettered at once)
     compare    (an update) with the last sync: the canonical hash equals the link's
                ``pull_hash``, or the BSS record holds the entity already (a record we
@@ -32,6 +36,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import structlog
+
 from services.puller.decide import (
     BSS_ONLY,
     BSS_ONLY_REASON,
@@ -44,7 +50,7 @@ from services.puller.decide import (
 )
 from services.puller.outcome import PullOutcome
 from services.puller.plan import PullPlanner, canonical_hash, holds, idempotency_key
-from services.puller.ports import READ_GONE, BssWrites, Links, PullSource
+from services.puller.ports import READ_GONE, BssWrites, Links, ParentPuller, PullSource
 from services.pusher.conflict import (
     bss_modified,
     external_modified,
@@ -52,7 +58,7 @@ from services.pusher.conflict import (
     policy_for,
     resolve,
 )
-from services.pusher.push import CLAIM_STALE_SECONDS, MAX_LINK_ROUNDS
+from services.pusher.push import CLAIM_STALE_SECONDS, MAX_LINK_ROUNDS, parent_message_id
 from shared.audit.normalise import fit_text
 from shared.bss.client import Versioned
 from shared.connector import SyncObject
@@ -60,6 +66,7 @@ from shared.connector.request import plan_request
 from shared.errors import (
     BssConflict,
     BssUnavailable,
+    InfrastructureError,
     InvalidMessage,
     RecordBusy,
     RemoteProtocolError,
@@ -71,6 +78,12 @@ from shared.storage.links import Claim, Link
 from shared.transform import LinksNotLoaded, PreloadedLinks
 
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
+
+#: How deep parents are pulled first (a parent's parent…); deeper: ``DependencyPending``.
+MAX_PARENT_DEPTH = 3
+#: Outcomes of a parent's pull that leave it linked.
+LINKED_OUTCOMES = frozenset({"created", "updated", "unchanged"})
 
 
 class RecordPull:
@@ -78,7 +91,8 @@ class RecordPull:
 
     def __init__(self, *, ctx: PullSource, obj: SyncObject, org_id: str, message_id: str,
                  action: str, links: Links, bss: BssWrites, record: dict[str, Any] | None,
-                 external_id: str | None) -> None:
+                 external_id: str | None, parents: ParentPuller | None = None,
+                 depth: int = 0) -> None:
         self.ctx = ctx
         self.obj = obj
         self.entity = obj.entity
@@ -89,6 +103,8 @@ class RecordPull:
         self.bss = bss
         self.record = record
         self.external_id = external_id
+        self.parents = parents
+        self.depth = depth
         self.instance_id = ctx.instance.id
         self.planner = PullPlanner(obj)
         self.preloaded = PreloadedLinks()
@@ -288,10 +304,55 @@ class RecordPull:
     async def _load(self, kind: str, entity: str, ref_id: str) -> None:
         if kind == "bss":
             found = await self.links.bss_ids(self.instance_id, entity, [ref_id])
-            self.preloaded.bss[(entity, ref_id)] = found.get(ref_id)
+            bss_id = found.get(ref_id)
+            if bss_id is None:
+                bss_id = await self._pull_parent(entity, ref_id)
+            self.preloaded.bss[(entity, ref_id)] = bss_id
         else:
             found = await self.links.external_ids(self.instance_id, entity, [ref_id])
             self.preloaded.external[(entity, ref_id)] = found.get(ref_id)
+
+    # -- parents ---------------------------------------------------------------------------
+
+    async def _pull_parent(self, entity: str, external_id: str) -> str | None:
+        """Pull the external ``entity`` ``external_id`` (a ``$bssId`` reference not
+        linked yet) first; its BSS id once linked, ``None`` when it cannot be pulled
+        here — no parent puller, nesting too deep, a reference to this record itself,
+        no object of ``entity`` that reads records (``pull.read``), or its pull did not
+        link it (skipped, deleted, failed: its audit row says why). ``None`` makes the
+        transform raise ``DependencyPending``: the record is retried along the ladder.
+        Raises ``InfrastructureError`` (PostgreSQL, the audit log)."""
+        if (self.parents is None or self.depth >= MAX_PARENT_DEPTH
+                or (entity, external_id) == (self.entity, self.external_id)):
+            return None
+        objects = [o for o in self.ctx.connector.objects_for(entity)
+                   if o.pull_read is not None and o.pull_body is not None]
+        if not objects:
+            return None
+        try:
+            outcome = await self.parents.pull_parent(
+                self.ctx, objects[0], external_id, self.org_id, self.depth + 1,
+                child_message_id=self.message_id)
+        except InfrastructureError:
+            raise
+        except SyncError as exc:  # audited as the parent's own row by the puller
+            log.info("puller.parent_not_pulled", parent_entity=entity,
+                     parent_external_id=external_id, error_class=exc.error_class)
+            return None
+        if outcome.outcome not in LINKED_OUTCOMES or not outcome.record_id:
+            return None
+        self.details.setdefault("parents", []).append(
+            f"{entity} {external_id} {outcome.outcome} {outcome.record_id}")
+        return str(outcome.record_id)
+
+
+def parent_pull_message_id(instance_id: str, entity: str, external_id: str,
+                           child_message_id: str, depth: int) -> str:
+    """The message id (and link claim) of a parent pulled first on a child's behalf:
+    the same for every delivery of the child, so a redelivery after a crash takes its
+    own claim back instead of waiting for it to go stale."""
+    return parent_message_id(instance_id, f"pull:{entity}", external_id, child_message_id,
+                             depth)
 
 
 def _describe(exc: BaseException) -> str:

@@ -67,9 +67,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
 
 def make_stack(request: pytest.FixtureRequest, connectors: list[Connector],
                extra_env: dict[str, str], *, crm: bool = False,
-               services: tuple[str, ...] = PUSH_PATH) -> TestStack:
+               services: tuple[str, ...] = PUSH_PATH,
+               retry_delays: tuple[float, ...] = RETRY_DELAYS) -> TestStack:
     """A started :class:`TestStack` for the requesting module (with json-server as the
-    Acme CRM when ``crm``) running ``services``, stopped and dropped at the module's end."""
+    Acme CRM when ``crm``) running ``services`` on the ``retry_delays`` ladder, stopped
+    and dropped at the module's end."""
     rabbitmq = request.getfixturevalue("rabbitmq")
     session_vhost = request.getfixturevalue("_session_vhost")
     name = request.module.__name__.rsplit(".", 1)[-1]
@@ -79,7 +81,7 @@ def make_stack(request: pytest.FixtureRequest, connectors: list[Connector],
         database=f"{DATABASE_PREFIX}{int(time.time())}_{secrets.token_hex(3)}",
         vhost=f"{session_vhost}.e2e-{next(_vhosts)}",
         workdir=request.getfixturevalue("tmp_path_factory").mktemp(f"e2e-{name}"),
-        management_url=rabbitmq.management_url, retry_delays=RETRY_DELAYS,
+        management_url=rabbitmq.management_url, retry_delays=retry_delays,
         bss_token=BSS_TOKEN, relay_backoff_cap=1.0, crm_port=0 if crm else None,
         crm_api_key=ACME_API_KEY, service_env=extra_env, services=services)
     stack = TestStack(config, connectors)

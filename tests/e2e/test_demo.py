@@ -3,8 +3,9 @@
 The demo runs as a subprocess on this session's broker and PostgreSQL server, with a
 database and a vhost named like the session's own (so that a killed session's are
 cleaned up by the next one), free ports, and its logs in the test's directory. It
-must exit 0 with a report saying that every record is in the CRM, and leave no
-process behind.
+must exit 0 with a report saying that every record is in the CRM and that the
+company it edited in the CRM reached the BSS through a pull, and leave no process
+behind.
 """
 
 from __future__ import annotations
@@ -81,6 +82,20 @@ def test_demo_syncs_every_record_and_stops_everything(
         assert re.search(row, output, re.MULTILINE), f"no line matching {row!r}:\n{output}"
     audit = output.split("== The audit log", 1)[1].split("== One record", 1)[0]
     assert re.search(r"pusher\s+acme-telecom\s+acme-crm-prod\s+account\s+push\s+delete", audit)
+
+    # The other way: a company edited in the CRM, pulled, is in the BSS. Every listed
+    # account has its final puller row; the edited one at least was written. (With the
+    # loop guard by hash, the others are `unchanged`; without it, `updated`.)
+    pulled = re.search(r"^RESULT: the CRM edit is in the BSS: account (acc_\w+) named "
+                       r"'(.+ \(edited in the CRM\))' \(pull run \S+: (\d+) records listed; "
+                       r"the puller: (.+)\)$", output, re.MULTILINE)
+    assert pulled, output
+    assert int(pulled.group(3)) == accounts
+    outcomes = dict((o, int(n)) for n, o in re.findall(r"(\d+) (\w+)", pulled.group(4)))
+    assert outcomes.get("updated", 0) >= 1 and sum(outcomes.values()) == accounts, outcomes
+    assert set(outcomes) <= {"updated", "unchanged"}, outcomes
+    assert re.search(rf"puller\s+acme-telecom\s+acme-crm-prod\s+account\s+pull\s+upsert\s+"
+                     rf"{pulled.group(1)}\s+\d+\s+updated", output), output
     assert "all processes stopped" in output
     assert f"dropped: database {database}" in output
     assert not processes_mentioning(database), processes_mentioning(database)

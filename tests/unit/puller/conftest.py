@@ -1,7 +1,8 @@
 """A puller wired to in-memory fakes and the Acme connector.
 
 ``world.handle(entity, record)`` runs a pull message through ``PullHandler`` as the
-consumer would; ``world.pull(...)`` runs one ``RecordPull`` directly.
+consumer would; ``world.pull(...)`` runs one ``RecordPull`` directly. ``world.audit``
+holds the rows the handler writes itself (parents pulled first).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from shared.messaging.envelope import SyncMessage
 from shared.storage.links import Link
 from tests.unit.puller.fakes import FakeBssWrites
 from tests.unit.pusher.fakes import (
+    FakeAudit,
     FakeInstances,
     FakeLinkStore,
     FakeTarget,
@@ -79,6 +81,7 @@ class World:
     remote: FakeThirdParty
     target: FakeTarget
     handler: PullHandler
+    audit: FakeAudit
 
     def permit(self, *permissions: tuple[str, str]) -> None:
         """Replace the instance's pull permissions with ``(entity, action)`` pairs."""
@@ -127,5 +130,6 @@ def world() -> World:
             (entity, "pull", action) for entity in ("account", "contact", "case")
             for action in ALL_ACTIONS]),
         connector=connector, client=remote, checker=PayloadChecker(connector))
-    handler = PullHandler(FakeInstances(target), links, bss)
-    return World(links, bss, remote, target, handler)
+    audit = FakeAudit()
+    handler = PullHandler(FakeInstances(target), links, bss, audit)
+    return World(links, bss, remote, target, handler, audit)

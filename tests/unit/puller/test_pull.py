@@ -163,7 +163,10 @@ async def test_a_linked_record_deleted_in_the_bss_is_not_brought_back(world: Wor
 
 # -- references ----------------------------------------------------------------------------
 
-async def test_a_contact_whose_company_is_not_linked_waits_for_it(world: World):
+async def test_a_contact_whose_company_is_not_linked_waits_for_it(world: World, tmp_path):
+    """The connector cannot read one company (no pull.read): nothing to pull first
+    (tests/unit/puller/test_parents.py has the companies it can)."""
+    world.use(world.target.instance, acme_with(tmp_path, "Account", read=None))
     with pytest.raises(DependencyPending) as caught:
         await world.handle("contact", person(companyId=17))
     assert caught.value.retryable and caught.value.entity == "account"
