@@ -48,6 +48,7 @@ from services.dispatcher.listing import (
     since_of,
 )
 from shared.audit import AuditRecord, Outcome
+from shared.connector import paging
 from shared.connector.document import DEFAULT_EXTERNAL_ID, CallSpec, SyncObject
 from shared.connector.paging import PageRequest
 from shared.connector.source import resolve_pointer
@@ -73,7 +74,7 @@ DELETED_CURSOR_SUFFIX = "#deleted"
 #: Above this, a message carries the external id only (docs/decisions.md).
 MAX_INLINE_BYTES = 64 * 1024
 #: How far before the stored cursor an incremental listing starts (docs/decisions.md).
-OVERLAP = timedelta(seconds=60)
+OVERLAP = paging.OVERLAP
 
 
 class Publisher(Protocol):
