@@ -68,9 +68,8 @@ ACTION = "discover"
 PULL_ACTION = "upsert"
 #: The action of a message naming a record the third party lists as deleted.
 DELETE_ACTION = "delete"
-#: Suffix of the cursor of an object's ``pull.deletedList`` (object names are
-#: identifiers, so it never meets another object's cursor).
-DELETED_CURSOR_SUFFIX = "#deleted"
+#: Suffix of the cursor of an object's ``pull.deletedList``.
+DELETED_CURSOR_SUFFIX = paging.DELETED_CURSOR_SUFFIX
 #: Above this, a message carries the external id only (docs/decisions.md).
 MAX_INLINE_BYTES = 64 * 1024
 #: How far before the stored cursor an incremental listing starts (docs/decisions.md).

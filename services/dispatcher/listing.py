@@ -26,7 +26,7 @@ from urllib.parse import urljoin
 
 from shared.connector import paging
 from shared.connector.document import CallSpec
-from shared.connector.paging import since_of
+from shared.connector.paging import page_from_state, page_state, since_of
 from shared.connector.request import RequestPlan
 from shared.connector.source import resolve_pointer
 from shared.errors import RateLimited, RemoteProtocolError, SyncError, UnsafeRequest
@@ -74,18 +74,6 @@ class ListedPage:
     request: paging.PageRequest
     records: list[Any]
     following: paging.PageRequest | None
-
-
-def page_state(page: paging.PageRequest) -> dict[str, Any]:
-    """``page`` as JSON (what a cursor stores to resume a listing)."""
-    return dataclasses.asdict(page)
-
-
-def page_from_state(state: dict[str, Any]) -> paging.PageRequest:
-    """The page :func:`page_state` stored."""
-    return paging.PageRequest(
-        query=dict(state.get("query") or {}), body_fields=dict(state.get("body_fields") or {}),
-        url=state.get("url"), cursor=state.get("cursor"), number=int(state.get("number", 1)))
 
 
 def list_request(call: CallSpec, base_url: str, context: TransformContext,

@@ -24,6 +24,9 @@ from shared.transform import UNDEFINED, TransformContext
 DEFAULT_PAGE_SIZE = 100
 #: How far before the stored cursor an incremental listing starts (docs/decisions.md).
 OVERLAP = timedelta(seconds=60)
+#: The cursor of an object's ``pull.deletedList`` is stored as ``<object>#deleted``
+#: (object names are identifiers: it never meets another object's cursor).
+DELETED_CURSOR_SUFFIX = "#deleted"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -36,6 +39,18 @@ class PageRequest:
     url: str | None = None  # an absolute next-page URL (link, next-url)
     cursor: Any = None  # what the body transform sees as {cursor}
     number: int = 1  # page number, 1-based, for limits and logs
+
+
+def page_state(page: PageRequest) -> dict[str, Any]:
+    """``page`` as JSON (what a cursor stores to resume a listing)."""
+    return dataclasses.asdict(page)
+
+
+def page_from_state(state: dict[str, Any]) -> PageRequest:
+    """The page :func:`page_state` stored."""
+    return PageRequest(
+        query=dict(state.get("query") or {}), body_fields=dict(state.get("body_fields") or {}),
+        url=state.get("url"), cursor=state.get("cursor"), number=int(state.get("number", 1)))
 
 
 def page_size(call: CallSpec) -> int:
