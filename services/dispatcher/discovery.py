@@ -113,6 +113,7 @@ class ObjectSummary:
     without_id: int = 0
     deleted_ids: int = 0  # delete messages published from pull.deletedList
     listing: str = "list"  # the listing walked last: list, or deletedList
+    at_page: int = 1  # the page of that listing being listed (where a failure stopped)
     cursor: datetime | None = None
     error: str | None = None
     seconds: float = 0.0
@@ -218,42 +219,47 @@ class Discovery:
         if first.page is not None:
             summary.resumed_at_page = first.page.number
         await self._audit(obj, Outcome.DISPATCHED, summary, "started")
-        stopped_at = first.page.number if first.page is not None else 1
         try:
             for walk in walks:
-                summary.listing = walk.name
                 start = first if walk is walks[0] else await self._start(walk, full)
-                stopped_at = start.page.number if start.page is not None else 1
-                lister = Lister(self.ctx.client, walk.call, self.ctx.transform_context(None),
-                                retry=self.retry)
-                high = start.high
-                try:
-                    async for page in lister.pages(start.since, start.page):
-                        await self._publish(obj, walk, page, summary)
-                        high = highest_time(walk.call, page.records, high)
-                        summary.pages += 1
-                        if page.following is not None:
-                            stopped_at = page.following.number
-                            await self.cursors.save_progress(
-                                self.ctx.instance.id, walk.cursor,
-                                resume=page_state(page.following), since=start.since,
-                                high=high, pages=summary.pages)
-                finally:
-                    summary.requests += lister.requests
-                await self.cursors.finish(self.ctx.instance.id, walk.cursor, high)
+                high = await self._walk(obj, walk, start, summary)
                 if not walk.deletes:
                     summary.cursor = high
         except SyncError as exc:
             summary.error = redact(str(exc))
             summary.seconds = time.monotonic() - started
             log.warning("discovery.failed", instance_id=self.ctx.instance.id, object=obj.name,
-                        listing=summary.listing, page=stopped_at, error=summary.error)
-            await self._audit(obj, Outcome.FAILED, summary, "failed", error=exc,
-                              stopped_at=stopped_at)
+                        listing=summary.listing, page=summary.at_page, error=summary.error)
+            await self._audit(obj, Outcome.FAILED, summary, "failed", error=exc)
             return summary
         summary.seconds = time.monotonic() - started
         await self._audit(obj, Outcome.DISPATCHED, summary, "finished")
         return summary
+
+    async def _walk(self, obj: SyncObject, walk: _Walk, start: _Start,
+                    summary: ObjectSummary) -> datetime | None:
+        """Walk one listing from ``start``, publishing each page and storing where the
+        listing continues once the page is confirmed; its cursor is advanced at the
+        end. Returns the highest modification time seen."""
+        summary.listing = walk.name
+        summary.at_page = start.page.number if start.page is not None else 1
+        lister = Lister(self.ctx.client, walk.call, self.ctx.transform_context(None),
+                        retry=self.retry)
+        high = start.high
+        try:
+            async for page in lister.pages(start.since, start.page):
+                await self._publish(obj, walk, page, summary)
+                high = highest_time(walk.call, page.records, high)
+                summary.pages += 1
+                if page.following is not None:
+                    summary.at_page = page.following.number
+                    await self.cursors.save_progress(
+                        self.ctx.instance.id, walk.cursor, resume=page_state(page.following),
+                        since=start.since, high=high, pages=summary.pages)
+        finally:
+            summary.requests += lister.requests
+        await self.cursors.finish(self.ctx.instance.id, walk.cursor, high)
+        return high
 
     async def _start(self, walk: _Walk, full: bool) -> _Start:
         """Where ``walk``'s listing starts: from scratch (``full``), at the page a stopped
@@ -301,8 +307,7 @@ class Discovery:
                            ACTION, run_id=self.run_id, correlation_id=self.run_id, **fields)
 
     async def _audit(self, obj: SyncObject, outcome: Outcome, summary: ObjectSummary,
-                     stage: str, error: SyncError | None = None,
-                     stopped_at: int | None = None) -> None:
+                     stage: str, error: SyncError | None = None) -> None:
         details: dict[str, Any] = {
             "stage": stage, "object": obj.name,
             "since": summary.since.isoformat() if summary.since else None}
@@ -318,7 +323,7 @@ class Discovery:
             details["cursor"] = summary.cursor.isoformat()
         fields: dict[str, Any] = {}
         if error is not None:
-            details["stopped_at_page"] = stopped_at
+            details["stopped_at_page"] = summary.at_page
             details["stopped_in"] = summary.listing
             fields = {"error_class": type(error).__name__, "error_message": summary.error,
                       "http_status": error.http_status}
