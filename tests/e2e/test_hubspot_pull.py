@@ -16,8 +16,9 @@ generated *responses* are pinned (:func:`for_prism_pull`), requests stay HubSpot
   HubSpot property type (numbers as digit strings, enumerations from HubSpot's
   options, dates, e-mails; free text of any content), nullable, as HubSpot answers
   them — the vendor spec only says "a map of strings";
-* ``archived`` is false (the search endpoint lists no archived record), ids are UUIDs
-  (Prism's random strings repeat), a page has 1 to 20 results and ``after`` is a UUID.
+* ``archived`` is false (neither the search nor a read without ``archived=true``
+  answers an archived record), ids are UUIDs (Prism's random strings repeat), a page
+  has 1 to 20 results and ``after`` is a UUID.
 
 Prism has no state: every answer has a next page. :class:`Portal`, a pass-through HTTP
 proxy in front of Prism, makes the portal end: it answers the ``PAGES``-th page of a
@@ -104,11 +105,12 @@ def for_prism_pull(bundle: dict[str, Any]) -> dict[str, Any]:
     schemas = bundle["components"]["schemas"]
     results = schemas["CollectionResponseWithTotalSimplePublicObject"]["properties"]["results"]
     results.update(minItems=1, maxItems=20)
-    record = schemas["SimplePublicObject"]["properties"]
-    record["id"]["format"] = "uuid"
-    record["archived"]["enum"] = [False]
-    record["properties"] = {"type": "object", "additionalProperties": False,
-                            "required": sorted(PROPERTIES), "properties": PROPERTIES}
+    for name in ("SimplePublicObject", "SimplePublicObjectWithAssociations"):  # search, read
+        record = schemas[name]["properties"]
+        record["id"]["format"] = "uuid"
+        record["archived"]["enum"] = [False]
+        record["properties"] = {"type": "object", "additionalProperties": False,
+                                "required": sorted(PROPERTIES), "properties": PROPERTIES}
     schemas["NextPage"]["properties"]["after"]["format"] = "uuid"
     return bundle
 
