@@ -39,9 +39,9 @@ from typing import Any, Protocol
 import structlog
 
 from services.dispatcher.listing import (
-    ListedPage,
     Lister,
     ListingRetry,
+    changed_since,
     highest_time,
     page_from_state,
     page_state,
@@ -112,6 +112,7 @@ class ObjectSummary:
     by_reference: int = 0  # messages carrying the external id only
     without_id: int = 0
     deleted_ids: int = 0  # delete messages published from pull.deletedList
+    before_since: int = 0  # listed, dropped: changed before since (incremental.in client)
     listing: str = "list"  # the listing walked last: list, or deletedList
     at_page: int = 1  # the page of that listing being listed (where a failure stopped)
     cursor: datetime | None = None
@@ -248,7 +249,10 @@ class Discovery:
         high = start.high
         try:
             async for page in lister.pages(start.since, start.page):
-                await self._publish(obj, walk, page, summary)
+                summary.records += len(page.records)
+                changed = changed_since(walk.call, page.records, start.since)
+                summary.before_since += len(page.records) - len(changed)
+                await self._publish(obj, walk, changed, page.request.number, summary)
                 high = highest_time(walk.call, page.records, high)
                 summary.pages += 1
                 if page.following is not None:
@@ -272,14 +276,13 @@ class Discovery:
                           cursor.listing_high)
         return _Start(since_of(cursor.value, self.overlap), None, None)
 
-    async def _publish(self, obj: SyncObject, walk: _Walk, page: ListedPage,
+    async def _publish(self, obj: SyncObject, walk: _Walk, records: list[Any], number: int,
                        summary: ObjectSummary) -> None:
         inline = obj.pull_read is None and not walk.deletes
         pointer = walk.call.option("externalId", DEFAULT_EXTERNAL_ID) if walk.deletes else None
         action = DELETE_ACTION if walk.deletes else PULL_ACTION
         messages = []
-        for index, record in enumerate(page.records):
-            summary.records += 1
+        for index, record in enumerate(records):
             external_id = (external_id_of(obj, record, pointer)
                            if walk.deletes or isinstance(record, dict) else None)
             if external_id is None:
@@ -287,7 +290,7 @@ class Discovery:
                 where = pointer if walk.deletes else obj.pull_external_id
                 await self.audit.write(self._row(
                     obj, Outcome.FAILED, error_class="MappingError",
-                    error_message=f"{walk.name}: record {index} of page {page.request.number} "
+                    error_message=f"{walk.name}: record {index} of page {number} "
                                   f"has no external id at {where!r}: not pulled"))
                 continue
             message, was_inline = pull_message(
@@ -317,6 +320,8 @@ class Discovery:
                            by_reference=summary.by_reference, without_id=summary.without_id)
             if obj.pull_deleted_list is not None:
                 details["deleted_ids"] = summary.deleted_ids
+            if summary.before_since:
+                details["before_since"] = summary.before_since
         if summary.resumed_at_page is not None:
             details["resumed_at_page"] = summary.resumed_at_page
         if summary.cursor is not None:

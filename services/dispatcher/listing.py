@@ -201,5 +201,36 @@ def highest_time(call: CallSpec, records: list[Any],
     return high
 
 
-__all__ = ["ListedPage", "Lister", "ListingRetry", "cursor_time", "highest_time", "list_request",
-           "page_from_state", "page_state", "same_server", "since_of"]
+
+def changed_since(call: CallSpec, records: list[Any], since: datetime | None) -> list[Any]:
+    """``records`` without those changed before ``since`` when the call filters on the
+    client side (``incremental.in: client``; a record whose ``cursorField`` cannot be
+    read is kept); ``records`` as they are otherwise."""
+    if since is None or not paging.client_filtered(call):
+        return records
+    incremental = call.option("incremental") or {}
+    pointer, fmt = incremental["cursorField"], incremental.get("format", "iso8601")
+    kept = []
+    for record in records:
+        try:
+            found = cursor_time(resolve_pointer(record, pointer), fmt)
+        except (KeyError, ValueError):
+            found = None
+        if found is None or found >= since:
+            kept.append(record)
+    return kept
+
+
+__all__ = [
+    "ListedPage",
+    "Lister",
+    "ListingRetry",
+    "changed_since",
+    "cursor_time",
+    "highest_time",
+    "list_request",
+    "page_from_state",
+    "page_state",
+    "same_server",
+    "since_of",
+]

@@ -309,6 +309,12 @@ class ObjectCompiler:
                 )
         pagination = as_mapping(spec.get("pagination"))
         incremental = as_mapping(spec.get("incremental"))
+        if incremental.get("in") == "client" and "param" in incremental:
+            self._problem(
+                join_pointer(pointer, "incremental", "param"),
+                "incremental 'in: client' sends no since value: drop 'param' (discovery "
+                "drops the listed records changed before since itself)",
+            )
         needs_body = "body" in (pagination.get("in"), incremental.get("in"))
         if needs_body and "body" not in spec:
             self._problem(

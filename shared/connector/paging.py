@@ -63,9 +63,16 @@ def page_size(call: CallSpec) -> int:
     )
 
 
+def client_filtered(call: CallSpec) -> bool:
+    """Whether the third party cannot filter the listing (``incremental.in: client``):
+    it is asked for every record, discovery drops those changed before ``since``."""
+    return (call.option("incremental") or {}).get("in") == "client"
+
+
 def since_value(call: CallSpec, since: datetime | None) -> Any:
-    """The cursor time in the format the third party expects (``incremental.format``)."""
-    if since is None:
+    """The cursor time in the format the third party expects (``incremental.format``);
+    ``None`` when there is none to send (no cursor, or a client-side filter)."""
+    if since is None or client_filtered(call):
         return None
     since = since if since.tzinfo else since.replace(tzinfo=UTC)
     since = since.astimezone(UTC)

@@ -190,6 +190,12 @@ def preview_pull(
             continue
         _show(preview, doc, checker, title, call, plan)
         preview.notes.append(f"{name}: {paging_words(call)}")
+        if paging.client_filtered(call):
+            field = (call.option("incremental") or {}).get("cursorField")
+            kept = f"at or after {_time(begin)}" if begin else "(no since: all of them)"
+            preview.notes.append(f"{name}: the request cannot filter (incremental in: "
+                                 f"client): every record is listed, discovery keeps those "
+                                 f"whose {field} is {kept}")
     if record is None:
         preview.notes.append("give --record SAMPLE.json to see the canonical record an "
                              "external record becomes")

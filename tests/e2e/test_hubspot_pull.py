@@ -7,7 +7,10 @@ Prism validates every search request against HubSpot's schemas (a body that brea
 discovery) and answers generated results. Discovery (real RabbitMQ and PostgreSQL)
 pages through companies and contacts with the ``after`` cursor Prism returns, and
 every listed record's canonical form — the object's ``pull.body`` transform, checked
-by the puller's own check — validates against ``schemas/entities/``.
+by the puller's own check — validates against ``schemas/entities/``. The lists of
+archived companies and contacts (``pull.deletedList``: ``GET …?archived=true``, which
+cannot filter by time) become ``delete`` messages: all of them on the first run, then
+only those archived since the cursor (``incremental.in: client``).
 
 What Prism serves is a copy of ``bss-sync bundle --json-media-types`` where only the
 generated *responses* are pinned (:func:`for_prism_pull`), requests stay HubSpot's:
@@ -18,7 +21,9 @@ generated *responses* are pinned (:func:`for_prism_pull`), requests stay HubSpot
   them — the vendor spec only says "a map of strings";
 * ``archived`` is false (neither the search nor a read without ``archived=true``
   answers an archived record), ids are UUIDs (Prism's random strings repeat), a page
-  has 1 to 20 results and ``after`` is a UUID.
+  has 1 to 20 results and ``after`` is a UUID;
+* the GET lists answer archived records (``archived`` true, with ``archivedAt``): the
+  connector calls them only with ``archived=true``.
 
 Prism has no state: every answer has a next page. :class:`Portal`, a pass-through HTTP
 proxy in front of Prism, makes the portal end: it answers the ``PAGES``-th page of a
@@ -31,6 +36,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -40,7 +46,7 @@ import pytest
 
 from demo.processes import bss_sync
 from demo.thirdparty import REPO
-from services.dispatcher.discovery import Discovery
+from services.dispatcher.discovery import OVERLAP, Discovery
 from services.dispatcher.listing import ListingRetry
 from services.puller.plan import PullPlanner
 from shared.audit.writer import AuditWriter
@@ -67,6 +73,9 @@ PAGES = 4
 ORG, INSTANCE = "org-hubspot", "inst-hubspot"
 SEARCHES = {"Company": "/crm/v3/objects/companies/search",
             "Contact": "/crm/v3/objects/contacts/search"}
+#: The lists of archived records (``pull.deletedList``): GET, ``?archived=true``.
+ARCHIVED = {"Company": "/crm/v3/objects/companies", "Contact": "/crm/v3/objects/contacts"}
+ENTITIES = {"Company": "account", "Contact": "contact"}
 
 _TEXT = {"type": "string", "maxLength": 40, "nullable": True}
 _NUMBER = {"type": "string", "pattern": "^[1-9][0-9]{0,5}$", "nullable": True}
@@ -112,6 +121,18 @@ def for_prism_pull(bundle: dict[str, Any]) -> dict[str, Any]:
         record["properties"] = {"type": "object", "additionalProperties": False,
                                 "required": sorted(PROPERTIES), "properties": PROPERTIES}
     schemas["NextPage"]["properties"]["after"]["format"] = "uuid"
+    # the GET lists answer archived records (the connector lists them with archived=true)
+    archived = json.loads(json.dumps(schemas["SimplePublicObjectWithAssociations"]))
+    archived["properties"]["archived"]["enum"] = [True]
+    archived["required"] = sorted({*archived.get("required", []), "archivedAt"})
+    page = json.loads(json.dumps(
+        schemas["CollectionResponseSimplePublicObjectWithAssociationsForwardPaging"]))
+    page["properties"]["results"].update(items={"$ref": "#/components/schemas/ArchivedObject"},
+                                         minItems=1, maxItems=20)
+    schemas.update(ArchivedObject=archived, ArchivedPage=page)
+    for path in ARCHIVED.values():
+        answer = bundle["paths"][path]["get"]["responses"]["200"]["content"]
+        answer["application/json"]["schema"] = {"$ref": "#/components/schemas/ArchivedPage"}
     return bundle
 
 
@@ -122,8 +143,8 @@ class Portal:
         self.upstream = upstream
         self.pages = pages
         self.lock = threading.Lock()
-        self.listed: dict[str, int] = {}  # search path -> pages answered in its listing
-        self.sent: list[tuple[str, Any, Any]] = []  # (path, request body, answer body)
+        self.listed: dict[str, int] = {}  # listing path -> pages answered in its listing
+        self.sent: list[tuple[str, Any, Any]] = []  # (path, request body or query, answer)
         self.http = httpx.Client(base_url=upstream, timeout=60)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -142,21 +163,31 @@ class Portal:
         self._server.server_close()
         self.http.close()
 
-    def relay(self, method: str, path: str, headers: dict[str, str],
+    def relay(self, method: str, target: str, headers: dict[str, str],
               raw: bytes) -> tuple[int, bytes, str]:
-        answer = self.http.request(method, path, content=raw, headers={
+        answer = self.http.request(method, target, content=raw, headers={
             k: v for k, v in headers.items() if k.lower() not in ("host", "content-length")})
         content = answer.content
-        if path in SEARCHES.values() and answer.status_code == 200:
-            request, body = json.loads(raw), answer.json()
+        url = httpx.URL(target)
+        listing = (url.path in SEARCHES.values() and method == "POST") or (
+            url.path in ARCHIVED.values() and method == "GET")
+        if listing and answer.status_code == 200:
+            request = json.loads(raw) if method == "POST" else dict(url.params)
+            body = answer.json()
             with self.lock:
-                number = 1 if request.get("after") in (None, "0") else self.listed[path] + 1
-                self.listed[path] = number
+                first = request.get("after") in (None, "0")
+                number = 1 if first else self.listed[url.path] + 1
+                self.listed[url.path] = number
                 if number >= self.pages:
                     body.pop("paging", None)  # the portal's last page
-                self.sent.append((path, request, body))
+                self.sent.append((url.path, request, body))
             content = json.dumps(body).encode()
         return answer.status_code, content, answer.headers.get("content-type", "")
+
+    def listing(self, path: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """The (request, answer) pages of the listings of ``path``, in order."""
+        with self.lock:
+            return [(request, answer) for sent, request, answer in self.sent if sent == path]
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         portal = self
@@ -220,11 +251,10 @@ async def install(db: Database, vendor_specs: VendorSpecs, server: str, tmp_path
     await apply(db, path)
 
 
-async def test_discovery_pages_through_prism_and_every_record_validates(
-        db: Database, topology: TestTopology, vendor_specs: VendorSpecs, portal: Portal,
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HUBSPOT_TOKEN", HUBSPOT_TOKEN)
-    await install(db, vendor_specs, portal.url, tmp_path)
+async def discover(db: Database, topology: TestTopology, portal: Portal, *,
+                   read: bool = False) -> tuple[dict[str, Any], dict[str, dict[str, Any]], Any]:
+    """One discovery of the instance: its summaries by object, with ``read`` one listed
+    record of each object read as the puller reads it, and the instance's connector."""
     registry = InstanceRegistry(db)
     connection = await open_connection(topology.url, "bss-sync test-hubspot-pull")
     try:
@@ -235,35 +265,57 @@ async def test_discovery_pages_through_prism_and_every_record_validates(
                                   cursors=PullCursorStore(db), audit=audit, run_id="run-1",
                                   retry=ListingRetry(delays=(0.5,)))
             summaries = {s.object: s for s in await discovery.run()}
-        reads = {name: await read_one(ctx, name, portal) for name in SEARCHES}
+        reads = {name: await read_one(ctx, name, portal) for name in SEARCHES} if read else {}
     finally:
         await registry.aclose()
         await connection.close()
-
     assert set(summaries) == set(SEARCHES)
-    listed: dict[str, list[dict[str, Any]]] = {}
     for name, summary in summaries.items():
         assert summary.error is None, f"{name}: {summary.error}"
-        assert summary.pages == PAGES  # the after cursor followed to the portal's last page
-        pages = [(request, answer) for path, request, answer in portal.sent
-                 if path == SEARCHES[name]]
-        assert len(pages) == PAGES == summary.requests
-        afters = [request["after"] for request, _ in pages]
-        given = [answer["paging"]["next"]["after"] for _, answer in pages[:-1]]
-        assert afters == ["0", *given]
-        listed[name] = [r for _, answer in pages for r in answer["results"]]
-        assert summary.records == summary.published == len(listed[name])
-        # the object declares pull.read: messages carry the id, the puller reads the record
-        assert summary.by_reference == summary.published
-    total = sum(s.published for s in summaries.values())
-    topology.wait_ready(PULLER, total)
-    messages = [json.loads(m.body) for m in topology.peek(PULLER, limit=total + 10)]
-    by_entity = {"Company": "account", "Contact": "contact"}
-    for name, records in listed.items():
-        sent = sorted(m["external_id"] for m in messages if m["entity"] == by_entity[name])
-        assert sent == sorted(r["id"] for r in records)
+    return summaries, reads, ctx.connector
 
-    connector = ctx.connector
+
+def walked(portal: Portal, path: str) -> list[dict[str, Any]]:
+    """The records of a listing of ``path``, checking that it followed the ``after``
+    cursor to the portal's last page."""
+    pages = portal.listing(path)
+    assert len(pages) == PAGES
+    afters = [request.get("after", "0") for request, _ in pages]
+    given = [answer["paging"]["next"]["after"] for _, answer in pages[:-1]]
+    assert afters == ["0", *given]
+    return [r for _, answer in pages for r in answer["results"]]
+
+
+def messages(topology: TestTopology, count: int) -> list[dict[str, Any]]:
+    topology.wait_ready(PULLER, count)
+    found = [json.loads(m.body) for m in topology.peek(PULLER, limit=count + 10)]
+    assert len(found) == count
+    return found
+
+
+async def test_discovery_pages_through_prism_and_every_record_validates(
+        db: Database, topology: TestTopology, vendor_specs: VendorSpecs, portal: Portal,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HUBSPOT_TOKEN", HUBSPOT_TOKEN)
+    await install(db, vendor_specs, portal.url, tmp_path)
+    summaries, reads, connector = await discover(db, topology, portal, read=True)
+
+    listed: dict[str, list[dict[str, Any]]] = {}
+    for name, summary in summaries.items():
+        listed[name] = walked(portal, SEARCHES[name])
+        archived = walked(portal, ARCHIVED[name])
+        assert summary.pages == summary.requests == 2 * PAGES
+        assert summary.records == summary.published == len(listed[name]) + len(archived)
+        assert summary.deleted_ids == len(archived)
+        # the object declares pull.read: messages carry the id, the puller reads the record
+        assert summary.by_reference == len(listed[name])
+    found = messages(topology, sum(s.published for s in summaries.values()))
+    for name, records in listed.items():
+        upserts = sorted(m["external_id"] for m in found
+                         if m["entity"] == ENTITIES[name] and m["action"] == "upsert")
+        assert upserts == sorted(r["id"] for r in records)
+        assert all("record" not in m for m in found)
+
     context = TransformContext(lookups=connector.lookups, links=PlaceholderLinks(),
                                variables=connector.variables())
     broken: list[str] = []
@@ -276,6 +328,43 @@ async def test_discovery_pages_through_prism_and_every_record_validates(
             except SchemaViolation as exc:
                 broken.append(f"{name} {record['id']}: {exc}")
     assert broken == [], "\n".join(broken[:10])
+
+
+async def test_archived_records_become_delete_messages_kept_since_the_cursor(
+        db: Database, topology: TestTopology, vendor_specs: VendorSpecs, portal: Portal,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HubSpot's list of archived records cannot filter by time (``incremental.in:
+    client``): the first discovery publishes every archived id, the next only those
+    archived since the cursor (minus the overlap)."""
+    monkeypatch.setenv("HUBSPOT_TOKEN", HUBSPOT_TOKEN)
+    await install(db, vendor_specs, portal.url, tmp_path)
+    first, _, _ = await discover(db, topology, portal)
+    archived = {name: walked(portal, ARCHIVED[name]) for name in ARCHIVED}
+    for request, _ in portal.listing(ARCHIVED["Company"]):
+        assert (request["archived"], request["limit"]) == ("true", "100")
+        assert set(request) <= {"archived", "limit", "properties", "after"}  # no time filter
+    found = messages(topology, sum(s.published for s in first.values()))
+    for name, records in archived.items():
+        deletes = [m for m in found if m["entity"] == ENTITIES[name] and m["action"] == "delete"]
+        assert sorted(m["external_id"] for m in deletes) == sorted(r["id"] for r in records)
+        assert all("record" not in m for m in deletes)
+    cursors = PullCursorStore(db)
+    stored = {name: (await cursors.get(INSTANCE, name + "#deleted")).value for name in ARCHIVED}
+    for name, records in archived.items():
+        assert stored[name] == max(_time(r["archivedAt"]) for r in records)
+
+    portal.sent.clear()
+    second, _, _ = await discover(db, topology, portal)
+    for name, summary in second.items():
+        since = stored[name] - OVERLAP
+        listed = walked(portal, ARCHIVED[name])
+        kept = [r for r in listed if _time(r["archivedAt"]) >= since]
+        assert summary.deleted_ids == len(kept)
+        assert summary.before_since == len(listed) - len(kept)
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 async def read_one(ctx: Any, name: str, portal: Portal) -> dict[str, Any]:

@@ -223,7 +223,7 @@ def test_hubspot_pull_preview_with_since(hubspot, vendor_validator):
         since=datetime(2025, 6, 1, tzinfo=UTC),
     )
     assert preview.errors == []
-    (search,) = preview.requests
+    search, _archived = preview.requests
     (group,) = search.body["filterGroups"]
     assert group["filters"][0]["value"] == "1748736000000"
     assert preview.record["industry"] == "Software"
@@ -279,7 +279,7 @@ def test_hubspot_pull_preview_is_a_search_from_the_cursor_with_the_after_cursor(
     obj = hubspot.objects["Company"]
     preview = preview_pull(hubspot, obj, start=ListingStart(cursor=CURSOR))
     assert preview.errors == []
-    (search,) = preview.requests
+    search, archived = preview.requests
     assert (search.method, search.url) == (
         "POST", "https://api.hubapi.com/crm/v3/objects/companies/search")
     assert search.headers["Authorization"] == "Bearer ***"
@@ -292,12 +292,19 @@ def test_hubspot_pull_preview_is_a_search_from_the_cursor_with_the_after_cursor(
     assert list(validator.iter_errors(search.body)) == []
     assert ("pull.list: the next pages set the body field 'after' to the answer's "
             "/paging/next/after, until it is missing or repeats") in preview.notes
+    # archived companies: listed whole (HubSpot cannot filter them by time)
+    assert (archived.method, archived.url) == (
+        "GET", "https://api.hubapi.com/crm/v3/objects/companies?archived=true&limit=100"
+               "&properties=hs_object_id")
+    assert ("pull.deletedList: the request cannot filter (incremental in: client): every "
+            "record is listed, discovery keeps those whose /archivedAt is at or after "
+            "2026-03-01T09:59:00Z") in preview.notes
 
     # a listing stopped after page 2 resumes with the cursor HubSpot gave
     page = PageRequest(query={}, body_fields={"after": "NTI1Cg%3D%3D"}, cursor="NTI1Cg%3D%3D",
                        number=3)
     resumed = preview_pull(hubspot, obj, start=ListingStart(since=CURSOR, resume=page))
-    (search,) = resumed.requests
+    search, _archived = resumed.requests
     assert search.body["after"] == "NTI1Cg%3D%3D"
     assert search.body == sent_by_discovery(hubspot, obj, CURSOR, page).body
     assert "page 3, where the stopped listing resumes" in resumed.sections[0][0]
@@ -308,7 +315,7 @@ def test_hubspot_pull_preview_is_a_search_from_the_cursor_with_the_after_cursor(
 
 def test_hubspot_contacts_pull_with_the_lastmodifieddate_filter(hubspot, vendor_validator):
     preview = preview_pull(hubspot, hubspot.objects["Contact"], start=ListingStart(cursor=CURSOR))
-    (search,) = preview.requests
+    search, _archived = preview.requests
     assert search.url == "https://api.hubapi.com/crm/v3/objects/contacts/search"
     assert search.body["filterGroups"][0]["filters"][0]["propertyName"] == "lastmodifieddate"
     validator = vendor_validator("hubspot-crm-contacts-v3.json", "PublicObjectSearchRequest")

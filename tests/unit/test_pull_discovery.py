@@ -313,3 +313,39 @@ def test_a_delete_message_names_the_record_and_carries_none(connector) -> None:
     assert (inline, decoded.action, decoded.external_id, decoded.record) == (
         False, "delete", "c7", None)
     assert message.routing_key == "account.delete.org-1.inst-1"
+
+
+def test_a_client_side_incremental_filter_drops_what_changed_before_since(tmp_path) -> None:
+    from services.dispatcher.listing import changed_since
+    from shared.connector import paging
+
+    path = acme_with_deleted_list(tmp_path, {
+        "operation": "listCompanies", "externalId": "/id",
+        "incremental": {"in": "client", "cursorField": "/deletedAt"}})
+    call = load_connector(path).object("Account").pull_deleted_list
+    assert call is not None and paging.client_filtered(call)
+    since = datetime(2026, 1, 1, 0, 5, tzinfo=UTC)
+    assert paging.since_value(call, since) is None  # never sent
+    plan = paging.list_request(call, "http://crm.example", FakeContext(
+        FakeInstance(), None, FakeThirdParty([])).transform_context(None),
+        paging.first_page(call, since), since)
+    assert plan.url == "http://crm.example/companies"
+    listed = [{"id": "a", "deletedAt": "2026-01-01T00:04:59Z"},
+              {"id": "b", "deletedAt": "2026-01-01T00:05:00Z"},
+              {"id": "c"}, {"id": "d", "deletedAt": "not a time"},
+              {"id": "e", "deletedAt": "2026-01-02T00:00:00Z"}]
+    assert [r["id"] for r in changed_since(call, listed, since)] == ["b", "c", "d", "e"]
+    assert changed_since(call, listed, None) == listed
+
+
+def test_a_client_side_filter_with_a_param_is_a_located_error(tmp_path) -> None:
+    from shared.connector import check_connector
+
+    path = acme_with_deleted_list(tmp_path, {
+        "operation": "listCompanies",
+        "incremental": {"in": "client", "param": "updatedAt_gte", "cursorField": "/x"}})
+    _, problems = check_connector(path)
+    [problem] = [p for p in problems if p.severity == "error"]
+    assert problem.pointer == f"{DELETED}/incremental/param"
+    assert "'in: client' sends no since value: drop 'param'" in problem.message
+    assert problem.line is not None
