@@ -5,9 +5,8 @@ rate limit and concurrency of the instance, one inline wait on ``Retry-After``);
 request comes next is :mod:`shared.connector.paging`'s decision (every pagination kind).
 What this module adds:
 
-* the list request of a page (parameters and body templates see ``since``, ``cursor``
-  and ``pageSize``; a body transform builds a POST search body, the page's
-  ``body_fields`` are set over it);
+* the list request of a page (:func:`shared.connector.paging.list_request`, which
+  ``bss-sync preview`` shows too);
 * a next link or next URL on another host than the instance's server is refused with
   :class:`~shared.errors.UnsafeRequest` naming the URL, before anything is sent to it;
 * a transient failure (5xx, timeout, 429) is retried with backoff
@@ -21,17 +20,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any, Protocol
 from urllib.parse import urljoin
 
 from shared.connector import paging
 from shared.connector.document import CallSpec
-from shared.connector.request import RequestPlan, plan_request, with_query
+from shared.connector.paging import page_from_state, page_state, since_of
+from shared.connector.request import RequestPlan
 from shared.connector.source import resolve_pointer
 from shared.errors import RateLimited, RemoteProtocolError, SyncError, UnsafeRequest
 from shared.http.client import Response, describe_url, origin
-from shared.transform import UNDEFINED, TransformContext
+from shared.transform import TransformContext
 
 
 class ThirdParty(Protocol):
@@ -76,33 +76,14 @@ class ListedPage:
     following: paging.PageRequest | None
 
 
-def page_state(page: paging.PageRequest) -> dict[str, Any]:
-    """``page`` as JSON (what a cursor stores to resume a listing)."""
-    return dataclasses.asdict(page)
-
-
-def page_from_state(state: dict[str, Any]) -> paging.PageRequest:
-    """The page :func:`page_state` stored."""
-    return paging.PageRequest(
-        query=dict(state.get("query") or {}), body_fields=dict(state.get("body_fields") or {}),
-        url=state.get("url"), cursor=state.get("cursor"), number=int(state.get("number", 1)))
-
-
 def list_request(call: CallSpec, base_url: str, context: TransformContext,
                  page: paging.PageRequest, since: datetime | None) -> RequestPlan:
-    """The request of ``page``. Raises ``MappingError`` (a template or body transform
-    failed) and ``UnsafeRequest`` (a next URL on another host)."""
-    data = {"since": paging.since_value(call, since), "cursor": page.cursor,
-            "pageSize": paging.page_size(call)}
-    body: Any = call.body.apply(data, context) if call.body is not None else UNDEFINED
-    if page.body_fields:
-        body = {**(body if isinstance(body, dict) else {}), **page.body_fields}
-    plan = plan_request(call, base_url=base_url, data=data, context=context, body=body)
+    """The request of ``page`` (:func:`shared.connector.paging.list_request`). Raises
+    ``MappingError`` (a template or body transform failed) and ``UnsafeRequest`` (a next
+    URL on another host)."""
     if page.url:
-        return dataclasses.replace(plan, url=same_server(base_url, page.url, call))
-    if page.query:
-        return dataclasses.replace(plan, url=with_query(plan.url, page.query))
-    return plan
+        page = dataclasses.replace(page, url=same_server(base_url, page.url, call))
+    return paging.list_request(call, base_url, context, page, since)
 
 
 def same_server(base_url: str, url: str, call: CallSpec) -> str:
@@ -220,6 +201,36 @@ def highest_time(call: CallSpec, records: list[Any],
     return high
 
 
-def since_of(cursor: datetime | None, overlap: timedelta) -> datetime | None:
-    """Where an incremental listing starts: the stored cursor minus ``overlap``."""
-    return None if cursor is None else cursor - overlap
+
+def changed_since(call: CallSpec, records: list[Any], since: datetime | None) -> list[Any]:
+    """``records`` without those changed before ``since`` when the call filters on the
+    client side (``incremental.in: client``; a record whose ``cursorField`` cannot be
+    read is kept); ``records`` as they are otherwise."""
+    if since is None or not paging.client_filtered(call):
+        return records
+    incremental = call.option("incremental") or {}
+    pointer, fmt = incremental["cursorField"], incremental.get("format", "iso8601")
+    kept = []
+    for record in records:
+        try:
+            found = cursor_time(resolve_pointer(record, pointer), fmt)
+        except (KeyError, ValueError):
+            found = None
+        if found is None or found >= since:
+            kept.append(record)
+    return kept
+
+
+__all__ = [
+    "ListedPage",
+    "Lister",
+    "ListingRetry",
+    "changed_since",
+    "cursor_time",
+    "highest_time",
+    "list_request",
+    "page_from_state",
+    "page_state",
+    "same_server",
+    "since_of",
+]

@@ -64,7 +64,8 @@ class PullReport:
                 "records": sum(o.records for o in self.objects),
                 "published": sum(o.published for o in self.objects),
                 "by_reference": sum(o.by_reference for o in self.objects),
-                "without_id": sum(o.without_id for o in self.objects)}
+                "without_id": sum(o.without_id for o in self.objects),
+                "deleted_ids": sum(o.deleted_ids for o in self.objects)}
 
 
 async def run_pull(instance_id: str, *, entity: str | None = None, full: bool = False,

@@ -14,17 +14,24 @@ Connector files on the command line:
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.cli.parser import Subparsers, add_command
-from shared.connector import ConnectorDocument, Problem, check_connector
-from shared.connector.preview import preview_pull, preview_push
+from shared.connector import ConnectorDocument, Problem, check_connector, paging
+from shared.connector.document import SyncObject
+from shared.connector.preview import ListingStart, Preview, preview_pull, preview_push
 from shared.connector.source import SourceError, read_source
-from shared.errors import SyncError
+from shared.errors import ConfigurationError, InfrastructureError, SyncError
+from shared.logging import redact
+
+if TYPE_CHECKING:
+    from shared.storage.instances import Instance
 
 
 def register(sub: Subparsers) -> None:
@@ -39,21 +46,22 @@ def register(sub: Subparsers) -> None:
 
     preview = add_command(
         sub, "preview", "show the HTTP request a record becomes",
-        "Show what a sample record becomes: the HTTP request (push) or the canonical "
-        "record (pull), checked against its schema. Nothing is sent.",
+        "Show what a sample record becomes: the HTTP request (push), or the listing "
+        "request pull discovery sends first and the canonical record a sample external "
+        "record becomes (pull), checked against their schemas. Nothing is sent.",
     )
     _connector_arguments(preview)
     preview.add_argument("--object", required=True, metavar="NAME",
                          help="the x-synchronization object name (required)")
     preview.add_argument("--direction", choices=("push", "pull"), required=True,
-                         help="push: a BSS record to a request; pull: an external record to "
-                              "a BSS record (required)")
+                         help="push: a BSS record to a request; pull: the listing request, "
+                              "and an external record to a BSS record (required)")
     preview.add_argument(
         "--record",
-        required=True,
         type=Path,
         metavar="FILE",
-        help="JSON file: a BSS record (push) or an external record (pull) (required)",
+        help="JSON file: a BSS record (push, required) or an external record (pull; "
+             "default: none, only the listing request is shown)",
     )
     preview.add_argument("--action", choices=("create", "update", "delete"), default="create",
                          help="push: which request to show (default: %(default)s)")
@@ -68,17 +76,37 @@ def register(sub: Subparsers) -> None:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="a server variable or instance setting (repeatable; default: the document's)",
+        help="a server variable or instance setting (repeatable; default: the document's, "
+             "or the --instance's)",
     )
     preview.add_argument("--server", metavar="URL",
-                         help="server URL overriding the document's (default: the document's)")
-    preview.add_argument(
+                         help="server URL overriding the document's (default: the "
+                              "document's, or the --instance's)")
+    start = preview.add_mutually_exclusive_group()
+    start.add_argument(
+        "--cursor",
+        type=_datetime,
+        metavar="TIME",
+        help="pull: a stored cursor (ISO 8601); the listing starts "
+             f"{int(paging.OVERLAP.total_seconds())} s before it, as discovery does "
+             "(default: no cursor, every record)",
+    )
+    start.add_argument(
         "--since",
         type=_datetime,
         metavar="TIME",
-        help="pull: the cursor time (ISO 8601) for the list request (default: none, a "
-             "full listing)",
+        help="pull: the time the listing asks for changes since, exactly (ISO 8601; "
+             "default: none)",
     )
+    start.add_argument(
+        "--instance",
+        metavar="ID",
+        help="pull: the instance whose stored cursors (or stopped listing), server and "
+             "variables to use; reads PostgreSQL (DATABASE_URL) (default: none)",
+    )
+    preview.add_argument("--full", action="store_true",
+                         help="pull: a full listing, ignoring any cursor, as `bss-sync pull "
+                              "--full` (default: off)")
     preview.set_defaults(func=cmd_preview)
 
     bundle = add_command(
@@ -158,6 +186,18 @@ def _load_one(args: argparse.Namespace) -> ConnectorDocument | None:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
+    if args.direction == "push" and args.record is None:
+        print("bss-sync: preview --direction push needs --record FILE (a BSS record)",
+              file=sys.stderr)
+        return 2
+    if args.direction == "push" and (args.full or args.cursor or args.since or args.instance):
+        print("bss-sync: --full, --cursor, --since and --instance are for --direction pull",
+              file=sys.stderr)
+        return 2
+    if args.full and (args.cursor or args.since):
+        print("bss-sync: --full lists every record: it takes no --cursor or --since",
+              file=sys.stderr)
+        return 2
     document = _load_one(args)
     if document is None:
         return 1
@@ -168,14 +208,16 @@ def cmd_preview(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    try:
-        record = read_source(args.record).data
-    except SourceError as exc:
-        print(f"bss-sync: {exc.problem.format()}", file=sys.stderr)
-        return 1
-    if not isinstance(record, dict):
-        print(f"bss-sync: {args.record}: the record must be a JSON object", file=sys.stderr)
-        return 1
+    record = None
+    if args.record is not None:
+        try:
+            record = read_source(args.record).data
+        except SourceError as exc:
+            print(f"bss-sync: {exc.problem.format()}", file=sys.stderr)
+            return 1
+        if not isinstance(record, dict):
+            print(f"bss-sync: {args.record}: the record must be a JSON object", file=sys.stderr)
+            return 1
     variables = {}
     for item in args.var:
         name, sep, value = item.partition("=")
@@ -186,6 +228,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     obj = document.objects[args.object]
     try:
         if args.direction == "push":
+            assert record is not None
             preview = preview_push(
                 document,
                 obj,
@@ -196,14 +239,73 @@ def cmd_preview(args: argparse.Namespace) -> int:
                 server=args.server,
             )
         else:
-            preview = preview_pull(
-                document, obj, record, variables=variables, server=args.server, since=args.since
-            )
-    except SyncError as exc:
-        print(f"bss-sync: {exc}", file=sys.stderr)
+            preview = _preview_pull(args, document, obj, record, variables)
+    except (SyncError, InfrastructureError) as exc:
+        print(f"bss-sync: {redact(str(exc))}", file=sys.stderr)
         return 1
     sys.stdout.write(preview.render())
     return 1 if preview.errors else 0
+
+
+def _preview_pull(args: argparse.Namespace, document: ConnectorDocument, obj: SyncObject,
+                  record: dict[str, Any] | None, variables: dict[str, Any]) -> Preview:
+    """The pull preview, from the command line's start or the instance's stored one."""
+    server = args.server
+    if args.instance is None:
+        start = ListingStart(cursor=args.cursor, since=args.since, full=args.full)
+        return preview_pull(document, obj, record, variables=variables, server=server,
+                            start=start)
+    stored = asyncio.run(stored_listing(args.instance, obj.name))
+    notes = [f"instance {stored.instance.id}: the cursors stored in PostgreSQL"]
+    if stored.instance.connector_sha256 != document.sha256:
+        notes.append(f"instance {stored.instance.id} runs another version of the connector "
+                     f"(sha256 {stored.instance.connector_sha256[:12]}, these files "
+                     f"{document.sha256[:12]})")
+    full = ListingStart(full=True)
+    preview = preview_pull(
+        document, obj, record, variables={**stored.instance.variables, **variables},
+        server=server or stored.instance.server_url,
+        start=full if args.full else stored.list_start,
+        deleted_start=full if args.full else stored.deleted_start)
+    preview.notes[:0] = notes
+    return preview
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredListing:
+    instance: Instance
+    list_start: ListingStart
+    deleted_start: ListingStart
+
+
+async def stored_listing(instance_id: str, object_name: str) -> StoredListing:
+    """Where discovery would start ``object_name``'s listings for the instance (its
+    stored cursors, or the page a stopped listing resumes at). Raises
+    ``ConfigurationError`` (no such instance) and ``InfrastructureError``."""
+    from shared.settings import get_settings  # PostgreSQL only when --instance asks for it
+    from shared.storage.db import Database
+    from shared.storage.instances import InstanceStore
+    from shared.storage.pull_cursors import PullCursorStore
+
+    db = Database.from_settings(get_settings(), min_size=1, max_size=1)
+    await db.open()
+    try:
+        instance = await InstanceStore(db).get(instance_id)
+        if instance is None:
+            raise ConfigurationError(f"no instance {instance_id!r} (see `bss-sync instances "
+                                     "list`)")
+        cursors = PullCursorStore(db)
+        starts = []
+        for name in (object_name, object_name + paging.DELETED_CURSOR_SUFFIX):
+            cursor = await cursors.get(instance_id, name)
+            if cursor.resume is not None:
+                starts.append(ListingStart(since=cursor.listing_since,
+                                           resume=paging.page_from_state(cursor.resume)))
+            else:
+                starts.append(ListingStart(cursor=cursor.value))
+        return StoredListing(instance, *starts)
+    finally:
+        await db.close()
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:

@@ -68,6 +68,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
             line += f", {summary.by_reference} by external id only"
         if summary.without_id:
             line += f", {summary.without_id} without an external id"
+        if summary.deleted_ids:
+            line += f", {summary.deleted_ids} listed as deleted"
         line += f" — failed: {summary.error}" if summary.error else " — ok"
         print(line)
     counts = report.counts()

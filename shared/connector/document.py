@@ -24,7 +24,7 @@ DEFAULT_EXTERNAL_ID = "/id"
 class CallSpec:
     """One configured call of an operation (a push write, a match, a list, a read…)."""
 
-    kind: str  # create | update | delete | match | list | read | before
+    kind: str  # create | update | delete | match | list | deleted | read | before
     pointer: str  # where it is declared in the bundle
     operation: Operation
     params: Mapping[str, Template]
@@ -53,12 +53,14 @@ class SyncObject:
     pull_body: Transform | None
     pull_external_id: str
     pull_deleted: Expression | None
+    pull_deleted_list: CallSpec | None = None  # lists the ids of deleted records
 
     def call(self, direction: str, kind: str) -> CallSpec | None:
-        """The call for ``kind`` (create, update, delete, match, list, read)."""
+        """The call for ``kind`` (create, update, delete, match, list, deleted, read)."""
         if direction == "push":
             return self.push.get(kind)
-        return {"list": self.pull_list, "read": self.pull_read}.get(kind)
+        return {"list": self.pull_list, "deleted": self.pull_deleted_list,
+                "read": self.pull_read}.get(kind)
 
 
 @dataclasses.dataclass(frozen=True)

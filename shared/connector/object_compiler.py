@@ -34,9 +34,13 @@ TEMPLATE_ROOTS = {
     "delete": ("record", "externalId", "before"),
     "match": ("record",),
     "list": ("since", "cursor", "pageSize"),
+    "deleted": ("since", "cursor", "pageSize"),
     "read": ("externalId",),
     "before": ("record", "externalId"),
 }
+
+#: Kinds of call that are listings (pagination, incremental, records).
+LIST_KINDS = ("list", "deleted")
 
 EntitySchema = Callable[[str], Any]
 """The fully inlined canonical JSON Schema of an entity."""
@@ -121,7 +125,7 @@ class ObjectCompiler:
                 severity="warning",
             )
         pull_spec = as_mapping(spec.get("pull"))
-        pull_list = pull_read = pull_body = pull_deleted = None
+        pull_list = pull_read = pull_body = pull_deleted = pull_deleted_list = None
         if pull_spec:
             pull_pointer = join_pointer(pointer, "pull")
             if isinstance(pull_spec.get("list"), dict):
@@ -129,6 +133,13 @@ class ObjectCompiler:
                     "list",
                     pull_spec["list"],
                     join_pointer(pull_pointer, "list"),
+                    body_target="request",
+                )
+            if isinstance(pull_spec.get("deletedList"), dict):
+                pull_deleted_list = self._call(
+                    "deleted",
+                    pull_spec["deletedList"],
+                    join_pointer(pull_pointer, "deletedList"),
                     body_target="request",
                 )
             if isinstance(pull_spec.get("read"), dict):
@@ -160,6 +171,7 @@ class ObjectCompiler:
             pull_body=pull_body,
             pull_external_id=pull_spec.get("externalId", DEFAULT_EXTERNAL_ID),
             pull_deleted=pull_deleted,
+            pull_deleted_list=pull_deleted_list,
         )
 
     def _call(
@@ -207,7 +219,7 @@ class ObjectCompiler:
             before = self._call(
                 "before", spec["before"], join_pointer(pointer, "before"), body_target=None
             )
-        if kind == "list":
+        if kind in LIST_KINDS:
             self._check_list_params(operation, spec, pointer)
         when = None
         if isinstance(spec.get("when"), str):
@@ -268,7 +280,7 @@ class ObjectCompiler:
         return params
 
     def _filled_by_list(self, kind: str, name: Any, pointer: str) -> bool:
-        return kind == "list" and name in self._list_param_names(pointer)
+        return kind in LIST_KINDS and name in self._list_param_names(pointer)
 
     def _list_param_names(self, pointer: str) -> set[str]:
         try:
@@ -297,6 +309,12 @@ class ObjectCompiler:
                 )
         pagination = as_mapping(spec.get("pagination"))
         incremental = as_mapping(spec.get("incremental"))
+        if incremental.get("in") == "client" and "param" in incremental:
+            self._problem(
+                join_pointer(pointer, "incremental", "param"),
+                "incremental 'in: client' sends no since value: drop 'param' (discovery "
+                "drops the listed records changed before since itself)",
+            )
         needs_body = "body" in (pagination.get("in"), incremental.get("in"))
         if needs_body and "body" not in spec:
             self._problem(

@@ -3,7 +3,9 @@
 A list call declares how pages follow each other (``link``, ``next-url``,
 ``cursor``, ``page``, ``offset`` or ``none``) and how to ask only for records
 changed since the last pull (``incremental``). ``PageRequest`` is what varies
-from one request to the next; ``first_page`` and ``next_page`` compute it.
+from one request to the next; ``first_page`` and ``next_page`` compute it, and
+``list_request`` turns it into the request — for pull discovery and for
+``bss-sync preview --direction pull`` alike, so the preview shows what is sent.
 """
 
 from __future__ import annotations
@@ -12,11 +14,19 @@ import dataclasses
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urljoin
 
 from shared.connector.document import CallSpec
+from shared.connector.request import RequestPlan, plan_request, with_query
 from shared.connector.source import resolve_pointer
+from shared.transform import UNDEFINED, TransformContext
 
 DEFAULT_PAGE_SIZE = 100
+#: How far before the stored cursor an incremental listing starts (docs/decisions.md).
+OVERLAP = timedelta(seconds=60)
+#: The cursor of an object's ``pull.deletedList`` is stored as ``<object>#deleted``
+#: (object names are identifiers: it never meets another object's cursor).
+DELETED_CURSOR_SUFFIX = "#deleted"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -31,6 +41,18 @@ class PageRequest:
     number: int = 1  # page number, 1-based, for limits and logs
 
 
+def page_state(page: PageRequest) -> dict[str, Any]:
+    """``page`` as JSON (what a cursor stores to resume a listing)."""
+    return dataclasses.asdict(page)
+
+
+def page_from_state(state: dict[str, Any]) -> PageRequest:
+    """The page :func:`page_state` stored."""
+    return PageRequest(
+        query=dict(state.get("query") or {}), body_fields=dict(state.get("body_fields") or {}),
+        url=state.get("url"), cursor=state.get("cursor"), number=int(state.get("number", 1)))
+
+
 def page_size(call: CallSpec) -> int:
     pagination = call.option("pagination") or {}
     return int(
@@ -41,9 +63,16 @@ def page_size(call: CallSpec) -> int:
     )
 
 
+def client_filtered(call: CallSpec) -> bool:
+    """Whether the third party cannot filter the listing (``incremental.in: client``):
+    it is asked for every record, discovery drops those changed before ``since``."""
+    return (call.option("incremental") or {}).get("in") == "client"
+
+
 def since_value(call: CallSpec, since: datetime | None) -> Any:
-    """The cursor time in the format the third party expects (``incremental.format``)."""
-    if since is None:
+    """The cursor time in the format the third party expects (``incremental.format``);
+    ``None`` when there is none to send (no cursor, or a client-side filter)."""
+    if since is None or client_filtered(call):
         return None
     since = since if since.tzinfo else since.replace(tzinfo=UTC)
     since = since.astimezone(UTC)
@@ -133,6 +162,30 @@ def next_page(
         query[pagination["param"]] = int(query.get(pagination["param"], 0)) + step
         return dataclasses.replace(current, query=query, number=current.number + 1)
     return None
+
+
+def since_of(cursor: datetime | None, overlap: timedelta = OVERLAP) -> datetime | None:
+    """Where an incremental listing starts: the stored cursor minus ``overlap``."""
+    return None if cursor is None else cursor - overlap
+
+
+def list_request(call: CallSpec, base_url: str, context: TransformContext,
+                 page: PageRequest, since: datetime | None) -> RequestPlan:
+    """The request of ``page`` (parameters and body templates see ``since``, ``cursor``
+    and ``pageSize``; a body transform builds a POST search body, the page's
+    ``body_fields`` are set over it; a next URL is joined to ``base_url`` — whether it
+    may be followed is the caller's to check). Raises ``MappingError``."""
+    data = {"since": since_value(call, since), "cursor": page.cursor,
+            "pageSize": page_size(call)}
+    body: Any = call.body.apply(data, context) if call.body is not None else UNDEFINED
+    if page.body_fields:
+        body = {**(body if isinstance(body, dict) else {}), **page.body_fields}
+    plan = plan_request(call, base_url=base_url, data=data, context=context, body=body)
+    if page.url:
+        return dataclasses.replace(plan, url=urljoin(base_url.rstrip("/") + "/", page.url))
+    if page.query:
+        return dataclasses.replace(plan, url=with_query(plan.url, page.query))
+    return plan
 
 
 def records_of(call: CallSpec, response_body: Any) -> list[Any] | None:

@@ -2,9 +2,12 @@
 
 Push: the HTTP request(s) the pusher would send for a BSS record — method, full
 URL with server variables, headers with credentials masked, body — and the body
-checked against the operation's request schema. Pull: the first-page list
-request, and the canonical record a sample external record becomes, checked
-against ``schemas/``. Links to other records are shown as placeholders.
+checked against the operation's request schema. Pull: the listing request pull
+discovery would send first (``pull.list``, and ``pull.deletedList`` when declared),
+built by the code discovery uses (``paging.list_request``), from a first run, a
+cursor (minus the overlap), a given start, a stopped listing's next page or
+``--full``; and, given a sample external record, the canonical record it becomes,
+checked against ``schemas/``. Links to other records are shown as placeholders.
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ from shared.connector import paging, security
 from shared.connector.document import CallSpec, ConnectorDocument, SyncObject
 from shared.connector.idempotency import idempotency_key
 from shared.connector.payloads import PayloadChecker, entity_errors
-from shared.connector.request import RequestPlan, plan_request, server_url, with_query
+from shared.connector.request import RequestPlan, plan_request, server_url
 from shared.errors import SyncError
-from shared.transform import UNDEFINED, TransformContext
+from shared.transform import UNDEFINED, ExpressionRuntimeError, TransformContext
 
 
 class PlaceholderLinks:
@@ -117,51 +120,131 @@ def preview_push(
     return preview
 
 
+@dataclasses.dataclass(frozen=True)
+class ListingStart:
+    """Where pull discovery would start a listing, as a preview is told it.
+
+    ``full``: every record (``--full``); ``resume``: the next page of a listing that
+    stopped mid-way, with the ``since`` it started from; ``cursor``: a stored cursor,
+    the listing starting :data:`~shared.connector.paging.OVERLAP` before it; ``since``:
+    that start given exactly; none of them: a first run (every record).
+    """
+
+    cursor: datetime | None = None
+    since: datetime | None = None
+    full: bool = False
+    resume: paging.PageRequest | None = None
+
+    def resolve(self) -> tuple[datetime | None, paging.PageRequest | None, str]:
+        """``(since, page or None for the first, words for the title)``."""
+        if self.full:
+            return None, None, "first page of a full listing (--full: every record)"
+        if self.resume is not None:
+            since = f", since {_time(self.since)}" if self.since else ""
+            return (self.since, self.resume,
+                    f"page {self.resume.number}, where the stopped listing resumes{since}")
+        if self.cursor is not None:
+            since = paging.since_of(self.cursor)
+            assert since is not None
+            overlap = int(paging.OVERLAP.total_seconds())
+            return since, None, (f"first page of records changed since {_time(since)} "
+                                 f"(the cursor {_time(self.cursor)} minus {overlap} s)")
+        if self.since is not None:
+            return self.since, None, f"first page of records changed since {_time(self.since)}"
+        return None, None, "first page (no cursor yet: every record)"
+
+
 def preview_pull(
     doc: ConnectorDocument,
     obj: SyncObject,
-    record: dict[str, Any],
+    record: dict[str, Any] | None = None,
     *,
     variables: Mapping[str, Any] | None = None,
     server: str | None = None,
     since: datetime | None = None,
+    start: ListingStart | None = None,
+    deleted_start: ListingStart | None = None,
 ) -> Preview:
-    """Preview pulling: the first-page list request and the canonical record."""
+    """Preview pulling: the listing request discovery would send first (``pull.list``,
+    then ``pull.deletedList`` when declared) from ``start`` (default: ``since``, or a
+    first run), and the canonical record ``record`` becomes, when one is given."""
     preview = Preview()
     if obj.pull_list is None or obj.pull_body is None:
         preview.errors.append(f"object {obj.name} has no pull")
         return preview
     context = _context(doc, variables)
     base = server_url(doc, variables, server)
-    call = obj.pull_list
-    page = paging.first_page(call, since)
-    list_input = {
-        "since": paging.since_value(call, since),
-        "cursor": None,
-        "pageSize": paging.page_size(call),
-    }
-    title = (
-        "pull: first page of records changed since " + since.isoformat()
-        if since
-        else "pull: first page (first run: every record)"
-    )
-    _section(
-        preview,
-        doc,
-        PayloadChecker(doc),
-        title,
-        call,
-        base,
-        list_input,
-        context,
-        list_input,
-        page=page,
-    )
+    start = start or ListingStart(since=since)
+    checker = PayloadChecker(doc)
+    listings = [("pull.list", obj.pull_list, start)]
+    if obj.pull_deleted_list is not None:
+        listings.append(("pull.deletedList", obj.pull_deleted_list, deleted_start or start))
+    for name, call, where in listings:
+        begin, page, words = where.resolve()
+        title = f"{name} ({obj.name}): {words}"
+        try:
+            plan = paging.list_request(call, base, context,
+                                       page or paging.first_page(call, begin), begin)
+        except SyncError as exc:
+            preview.errors.append(f"{title}: {exc}")
+            continue
+        _show(preview, doc, checker, title, call, plan)
+        preview.notes.append(f"{name}: {paging_words(call)}")
+        if paging.client_filtered(call):
+            field = (call.option("incremental") or {}).get("cursorField")
+            kept = f"at or after {_time(begin)}" if begin else "(no since: all of them)"
+            preview.notes.append(f"{name}: the request cannot filter (incremental in: "
+                                 f"client): every record is listed, discovery keeps those "
+                                 f"whose {field} is {kept}")
+    if record is None:
+        preview.notes.append("give --record SAMPLE.json to see the canonical record an "
+                             "external record becomes")
+        return preview
+    _canonical(preview, doc, obj, record, context)
+    return preview
+
+
+def paging_words(call: CallSpec) -> str:
+    """How the pages after the first are asked for, in words."""
+    pagination = call.option("pagination") or {"type": "none"}
+    kind = pagination.get("type", "none")
+    if kind == "page":
+        return (f"the next pages ask {pagination['param']}="
+                f"{pagination.get('start', 1) + 1}, … until a page comes back empty")
+    if kind == "offset":
+        return (f"the next pages advance {pagination['param']} by the records received, "
+                "until a page comes back empty")
+    if kind == "cursor":
+        where = "body field" if pagination.get("in") == "body" else "query parameter"
+        return (f"the next pages set the {where} {pagination['param']!r} to the answer's "
+                f"{pagination['next']}, until it is missing or repeats")
+    if kind == "link":
+        return ('the next pages follow the Link header\'s rel="next" (on this server only)')
+    if kind == "next-url":
+        return (f"the next pages follow the URL at {pagination['next']} in the answer "
+                "(on this server only)")
+    return "one request: the listing has no pagination"
+
+
+def _canonical(preview: Preview, doc: ConnectorDocument, obj: SyncObject,
+               record: dict[str, Any], context: TransformContext) -> None:
+    assert obj.pull_body is not None
+    if obj.pull_deleted is not None:
+        try:
+            tombstone = obj.pull_deleted.evaluate(record)
+        except (SyncError, ExpressionRuntimeError) as exc:
+            preview.errors.append(f"pull.deleted failed on the record: {exc}")
+            return
+        if tombstone is not UNDEFINED and bool(tombstone):
+            preview.notes.append(
+                "pull.deleted is true for this record: the puller deletes its linked BSS "
+                f"{obj.entity} (when the instance permits pull delete), else skips it")
+            return
     try:
         canonical = obj.pull_body.apply(record, context)
     except SyncError as exc:
         preview.errors.append(f"pull transform failed: {exc}")
-        return preview
+        return
     preview.record = canonical
     preview.sections.append((f"canonical {obj.entity} (pull {obj.name})", _json(canonical)))
     problems = entity_errors(obj.entity, canonical)
@@ -173,7 +256,6 @@ def preview_pull(
     else:
         preview.notes.append(f"✓ valid against schemas/entities/{obj.entity}.schema.json")
     preview.notes.append("linked records are shown as <placeholders>")
-    return preview
 
 
 def _section(
@@ -187,20 +269,21 @@ def _section(
     context: TransformContext,
     body_input: Any,
     extra_headers: dict[str, str] | None = None,
-    page: paging.PageRequest | None = None,
 ) -> None:
     try:
         body = call.body.apply(body_input, context) if call.body is not None else UNDEFINED
-        if page is not None and page.body_fields and isinstance(body, dict):
-            body = {**body, **page.body_fields}
         plan = plan_request(
             call, base_url=base, data=data, context=context, body=body, extra_headers=extra_headers
         )
-        if page is not None and page.query:
-            plan = dataclasses.replace(plan, url=with_query(plan.url, page.query))
     except SyncError as exc:
         preview.errors.append(f"{title}: {exc}")
         return
+    _show(preview, doc, checker, title, call, plan)
+
+
+def _show(preview: Preview, doc: ConnectorDocument, checker: PayloadChecker, title: str,
+          call: CallSpec, plan: RequestPlan) -> None:
+    """Add ``plan``, credentials masked, as a section; check its body."""
     plan = security.masked(plan, security.choose(doc, call.operation))
     preview.requests.append(plan)
     preview.sections.append((title, format_request(plan)))
@@ -234,6 +317,10 @@ def _before_placeholders(call: CallSpec) -> dict[str, str]:
 def _context(doc: ConnectorDocument, variables: Mapping[str, Any] | None) -> TransformContext:
     return TransformContext(lookups=doc.lookups, links=PlaceholderLinks(),
                             variables=doc.variables(variables))
+
+
+def _time(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
 
 
 def _json(value: Any) -> str:

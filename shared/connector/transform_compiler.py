@@ -45,6 +45,10 @@ def as_mapping(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+#: How a kind of call is named in a sentence (its key in the connector).
+CALL_NAMES = {"deleted": "deletedList"}
+
+
 class TransformCompiler:
     """Compiles one bundle's lookups and transforms; compiles expressions and templates
     for the object compiler. Read ``lookups`` and ``transforms`` after :meth:`compile`."""
@@ -200,7 +204,7 @@ class TransformCompiler:
                 self._problem(
                     pointer,
                     f"template {value!r}: {{{head}}} is not available here "
-                    f"(a {kind} template can use {options})",
+                    f"(a {CALL_NAMES.get(kind, kind)} template can use {options})",
                 )
         return template
 

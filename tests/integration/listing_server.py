@@ -14,7 +14,13 @@ at or after a time. Routes, ``size`` records a page:
 ``GET /items/link``        ``?page=``; an RFC 8288 ``Link: <…>; rel="next"`` header
 ``GET /items/next``        ``?page=``; ``{"data", "next": URL}``
 ``GET /items/all``         everything, no paging
+``GET /items/deleted``     the ids of deleted records, ``{"deleted": [{"id", "deletedAt"}]}``;
+                           ``?_page=&_limit=&updated_gte=`` (``deletedAt`` at or after)
 =========================  ===============================================================
+
+:meth:`ListingServer.archive` marks a record ``"archived": true`` (a tombstone, changed
+now); :meth:`ListingServer.remove` takes a record out of the listings and lists its id
+as deleted.
 
 ``next_host`` sets the host of next links / URLs (another origin for the refusal tests);
 ``fail[(path, page)] = [status, …]`` answers those statuses first on that page.
@@ -45,6 +51,7 @@ class ListingServer:
     def __init__(self, count: int = 0, size: int = 10) -> None:
         self.size = size
         self.records: list[dict[str, Any]] = []
+        self.deleted: list[dict[str, Any]] = []
         self.add(count)
         self.requests: list[tuple[str, str, dict[str, str], Any]] = []
         self.fail: dict[tuple[str, int], list[int]] = {}
@@ -59,6 +66,25 @@ class ListingServer:
         start = len(self.records)
         self.records += [{"id": f"c{i:05d}", "name": f"Company {i}", "updatedAt": stamp(i)}
                          for i in range(start, start + count)]
+
+    def _next_stamp(self) -> str:
+        times = [r["updatedAt"] for r in self.records] + [d["deletedAt"] for d in self.deleted]
+        latest = max((datetime.fromisoformat(t.replace("Z", "+00:00")) for t in times),
+                     default=EPOCH - STEP)
+        return (latest + STEP).isoformat().replace("+00:00", "Z")
+
+    def archive(self, record_id: str) -> None:
+        """The record becomes a tombstone (``archived: true``), changed after all others."""
+        with self.lock:
+            record = next(r for r in self.records if r["id"] == record_id)
+            record.update(archived=True, updatedAt=self._next_stamp())
+
+    def remove(self, record_id: str) -> None:
+        """The record leaves the listings; ``/items/deleted`` lists its id."""
+        with self.lock:
+            stamp_now = self._next_stamp()
+            self.records = [r for r in self.records if r["id"] != record_id]
+            self.deleted.append({"id": record_id, "deletedAt": stamp_now})
 
     @property
     def port(self) -> int:
@@ -87,12 +113,14 @@ class ListingServer:
 
     # -- the listing -----------------------------------------------------------------
 
-    def changed(self, since: str | None) -> list[dict[str, Any]]:
+    def changed(self, since: str | None, rows: list[dict[str, Any]] | None = None,
+                field: str = "updatedAt") -> list[dict[str, Any]]:
+        rows = list(self.records if rows is None else rows)
         if not since:
-            return list(self.records)
+            return rows
         floor = datetime.fromisoformat(since.replace("Z", "+00:00"))
-        return [r for r in self.records
-                if datetime.fromisoformat(r["updatedAt"].replace("Z", "+00:00")) >= floor]
+        return [r for r in rows
+                if datetime.fromisoformat(r[field].replace("Z", "+00:00")) >= floor]
 
     def answer(self, method: str, path: str, query: dict[str, str],
                body: Any) -> tuple[int, Any, dict[str, str]]:
@@ -104,9 +132,12 @@ class ListingServer:
             since, after, limit = params.get("since"), params.get("after"), params.get("limit")
         else:
             since, after, limit = query.get("updated_gte"), query.get("after"), None
-        rows = self.changed(since)
+        with self.lock:
+            rows = (self.changed(since, self.deleted, "deletedAt") if path == "/items/deleted"
+                    else self.changed(since))
         size = int(query.get("_limit") or query.get("limit") or limit or self.size)
         page = {"/items/page": int(query.get("_page", 1)),
+                "/items/deleted": int(query.get("_page", 1)),
                 "/items/offset": int(query.get("offset", 0)) // size + 1,
                 "/items/link": int(query.get("page", 1)),
                 "/items/next": int(query.get("page", 1))}.get(path)
@@ -125,6 +156,8 @@ class ListingServer:
         more = start + size < len(rows)
         if path in ("/items/page", "/items/offset"):
             return 200, chunk, {}
+        if path == "/items/deleted":
+            return 200, {"deleted": chunk}, {}
         if path in ("/items/cursor", "/items/search"):
             paging = {"next": {"after": str(start + size)}} if more else {}
             return 200, {"results": chunk, "paging": paging}, {}
@@ -199,9 +232,18 @@ KINDS: dict[str, dict[str, Any]] = {
 }
 
 
-def listing_connector(directory: Path, *, read: bool = False) -> Path:
+DELETED_LIST = {"operation": "listDeleted", "records": "/deleted", "externalId": "/id",
+                "incremental": {"param": "updated_gte", "cursorField": "/deletedAt"},
+                "pagination": {"type": "page", "param": "_page", "sizeParam": "_limit",
+                               "size": 10}}
+
+
+def listing_connector(directory: Path, *, read: bool = False, deletes: bool = False,
+                      kinds: tuple[str, ...] = tuple(KINDS)) -> Path:
     """A connector file with one object per pagination kind (``Items_<kind>``, entity
-    ``account``); with ``read``, each object also declares ``pull.read``."""
+    ``account``); with ``read``, each object also declares ``pull.read``; with
+    ``deletes``, each object says ``archived = true`` is a tombstone (``pull.deleted``)
+    and ``Items_page`` lists deleted ids (``pull.deletedList``, ``/items/deleted``)."""
     paths: dict[str, Any] = {}
     for kind in KINDS:
         params = [{"name": n, "in": "query", "schema": {"type": "string"}}
@@ -214,16 +256,25 @@ def listing_connector(directory: Path, *, read: bool = False) -> Path:
             paths[f"/items/{kind}"] = {"get": {"operationId": f"list_{kind}",
                                                "parameters": params,
                                                "responses": {"200": _ARRAY}}}
+    paths["/items/deleted"] = {"get": {"operationId": "listDeleted", "parameters": [
+        {"name": n, "in": "query", "schema": {"type": "string"}}
+        for n in ("updated_gte", "_page", "_limit")], "responses": {"200": _ARRAY}}}
     paths["/items/one/{id}"] = {"get": {"operationId": "getItem", "parameters": [
         {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
         "responses": {"200": _ARRAY}}}
     objects = {}
     for kind, options in KINDS.items():
+        if kind not in kinds:
+            continue
         operation = "searchItems" if kind == "search" else f"list_{kind}"
         pull: dict[str, Any] = {"list": {"operation": operation, **options},
                                 "body": "ItemToAccount", "externalId": "/id"}
         if read:
             pull["read"] = {"operation": "getItem", "params": {"id": "{externalId}"}}
+        if deletes:
+            pull["deleted"] = "archived = true"
+            if kind == "page":
+                pull["deletedList"] = DELETED_LIST
         objects[f"Items_{kind}"] = {"entity": "account", "pull": pull}
     document = {
         "openapi": "3.0.3",
@@ -238,7 +289,9 @@ def listing_connector(directory: Path, *, read: bool = False) -> Path:
             },
         },
     }
-    path = directory / f"listing-{'read' if read else 'inline'}.json"
+    name = "-".join(["read" if read else "inline", *(["deletes"] if deletes else []),
+                     *([] if kinds == tuple(KINDS) else kinds)])
+    path = directory / f"listing-{name}.json"
     path.write_text(json.dumps(document))
     return path
 

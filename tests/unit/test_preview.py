@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,8 @@ from referencing.jsonschema import DRAFT4
 
 from shared.cli.main import main
 from shared.connector import load_connector
-from shared.connector.preview import preview_pull, preview_push
+from shared.connector.paging import OVERLAP, PageRequest
+from shared.connector.preview import ListingStart, preview_pull, preview_push
 from tests.fixtures.vendor_specs import VendorSpecs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -214,8 +216,6 @@ def test_pull_preview_reports_schema_violations(acme):
 
 
 def test_hubspot_pull_preview_with_since(hubspot, vendor_validator):
-    from datetime import UTC, datetime
-
     preview = preview_pull(
         hubspot,
         hubspot.objects["Company"],
@@ -223,13 +223,128 @@ def test_hubspot_pull_preview_with_since(hubspot, vendor_validator):
         since=datetime(2025, 6, 1, tzinfo=UTC),
     )
     assert preview.errors == []
-    (search,) = preview.requests
+    search, _archived = preview.requests
     (group,) = search.body["filterGroups"]
     assert group["filters"][0]["value"] == "1748736000000"
     assert preview.record["industry"] == "Software"
     assert preview.record["numberOfEmployees"] == 350
     validator = vendor_validator("hubspot-crm-companies-v3.json", "PublicObjectSearchRequest")
     assert list(validator.iter_errors(search.body)) == []
+
+
+def sent_by_discovery(doc, obj, since, page=None):
+    """The request discovery's lister builds for that page (credentials not yet applied)."""
+    from services.dispatcher.listing import list_request
+    from shared.connector import paging
+    from shared.connector.preview import _context
+    from shared.connector.request import server_url
+
+    call = obj.pull_list
+    return list_request(call, server_url(doc), _context(doc, None),
+                        page or paging.first_page(call, since), since)
+
+
+CURSOR = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
+
+
+def test_acme_pull_preview_from_a_cursor_is_the_request_discovery_sends(acme):
+    obj = acme.objects["Account"]
+    preview = preview_pull(acme, obj, start=ListingStart(cursor=CURSOR))
+    assert preview.errors == [] and preview.record is None
+    (listing,) = preview.requests
+    assert (listing.method, listing.url) == (
+        "GET", "http://127.0.0.1:3000/companies?_sort=updatedAt&_order=asc&_page=1&_limit=100"
+               "&updatedAt_gte=2026-03-01T09%3A59%3A00Z")  # the cursor minus the overlap
+    assert listing.headers["X-Api-Key"] == "***"
+    discovery = sent_by_discovery(acme, obj, CURSOR - OVERLAP)
+    assert (discovery.method, discovery.url) == (listing.method, listing.url)
+    title = preview.sections[0][0]
+    assert title == ("pull.list (Account): first page of records changed since "
+                     "2026-03-01T09:59:00Z (the cursor 2026-03-01T10:00:00Z minus 60 s)")
+    assert "pull.list: the next pages ask _page=2, … until a page comes back empty" in (
+        preview.notes)
+
+
+def test_acme_pull_preview_full_and_given_since(acme):
+    obj = acme.objects["Account"]
+    full = preview_pull(acme, obj, start=ListingStart(full=True))
+    assert "updatedAt_gte" not in full.requests[0].url
+    assert "full listing" in full.sections[0][0]
+    exact = preview_pull(acme, obj, since=CURSOR)
+    assert exact.requests[0].url.endswith("&updatedAt_gte=2026-03-01T10%3A00%3A00Z")
+
+
+def test_hubspot_pull_preview_is_a_search_from_the_cursor_with_the_after_cursor(
+        hubspot, vendor_validator):
+    obj = hubspot.objects["Company"]
+    preview = preview_pull(hubspot, obj, start=ListingStart(cursor=CURSOR))
+    assert preview.errors == []
+    search, archived = preview.requests
+    assert (search.method, search.url) == (
+        "POST", "https://api.hubapi.com/crm/v3/objects/companies/search")
+    assert search.headers["Authorization"] == "Bearer ***"
+    since_ms = str(int((CURSOR - OVERLAP).timestamp() * 1000))
+    assert search.body["filterGroups"] == [{"filters": [
+        {"propertyName": "hs_lastmodifieddate", "operator": "GTE", "value": since_ms}]}]
+    assert (search.body["after"], search.body["limit"]) == ("0", 100)
+    assert search.body == sent_by_discovery(hubspot, obj, CURSOR - OVERLAP).body
+    validator = vendor_validator("hubspot-crm-companies-v3.json", "PublicObjectSearchRequest")
+    assert list(validator.iter_errors(search.body)) == []
+    assert ("pull.list: the next pages set the body field 'after' to the answer's "
+            "/paging/next/after, until it is missing or repeats") in preview.notes
+    # archived companies: listed whole (HubSpot cannot filter them by time)
+    assert (archived.method, archived.url) == (
+        "GET", "https://api.hubapi.com/crm/v3/objects/companies?archived=true&limit=100"
+               "&properties=hs_object_id")
+    assert ("pull.deletedList: the request cannot filter (incremental in: client): every "
+            "record is listed, discovery keeps those whose /archivedAt is at or after "
+            "2026-03-01T09:59:00Z") in preview.notes
+
+    # a listing stopped after page 2 resumes with the cursor HubSpot gave
+    page = PageRequest(query={}, body_fields={"after": "NTI1Cg%3D%3D"}, cursor="NTI1Cg%3D%3D",
+                       number=3)
+    resumed = preview_pull(hubspot, obj, start=ListingStart(since=CURSOR, resume=page))
+    search, _archived = resumed.requests
+    assert search.body["after"] == "NTI1Cg%3D%3D"
+    assert search.body == sent_by_discovery(hubspot, obj, CURSOR, page).body
+    assert "page 3, where the stopped listing resumes" in resumed.sections[0][0]
+
+    full = preview_pull(hubspot, obj, start=ListingStart(full=True))
+    assert full.requests[0].body["filterGroups"] == []
+
+
+def test_hubspot_contacts_pull_with_the_lastmodifieddate_filter(hubspot, vendor_validator):
+    preview = preview_pull(hubspot, hubspot.objects["Contact"], start=ListingStart(cursor=CURSOR))
+    search, _archived = preview.requests
+    assert search.url == "https://api.hubapi.com/crm/v3/objects/contacts/search"
+    assert search.body["filterGroups"][0]["filters"][0]["propertyName"] == "lastmodifieddate"
+    validator = vendor_validator("hubspot-crm-contacts-v3.json", "PublicObjectSearchRequest")
+    assert list(validator.iter_errors(search.body)) == []
+
+
+def test_a_tombstone_sample_says_what_the_puller_does(hubspot):
+    company = record("hubspot/company.json") | {"archived": True}
+    preview = preview_pull(hubspot, hubspot.objects["Company"], company)
+    assert preview.errors == [] and preview.record is None
+    assert any("pull.deleted is true for this record" in n for n in preview.notes)
+
+
+def test_a_deleted_list_is_previewed_after_the_list(tmp_path):
+    document = json.loads(ACME.read_text())
+    document["x-synchronization"]["objects"]["Account"]["pull"]["deletedList"] = {
+        "operation": "listCompanies", "params": {"_sort": "updatedAt"}, "records": "",
+        "incremental": {"param": "updatedAt_gte", "cursorField": "/updatedAt"},
+        "pagination": {"type": "offset", "param": "_start", "limitParam": "_limit",
+                       "limit": 20}}
+    path = tmp_path / "acme.json"
+    path.write_text(json.dumps(document))
+    doc = load_connector(path)
+    preview = preview_pull(doc, doc.objects["Account"], start=ListingStart(cursor=CURSOR),
+                           deleted_start=ListingStart(full=True))
+    listing, deleted = preview.requests
+    assert "updatedAt_gte=" in listing.url
+    assert deleted.url == "http://127.0.0.1:3000/companies?_sort=updatedAt&_start=0&_limit=20"
+    assert preview.sections[1][0].startswith("pull.deletedList (Account): first page of a full")
 
 
 # -- the command line ------------------------------------------------------------------
@@ -368,3 +483,40 @@ def test_cli_bundle_writes_a_document_standard_tools_accept(tmp_path, vendor_spe
     validate(bundle)  # raises if standard OpenAPI tooling would refuse it
     assert "x-synchronization" in bundle
     assert "*/*" not in output.read_text()
+
+
+def test_cli_preview_pull_shows_the_listing_request_without_a_record(capsys):
+    code = main(["preview", str(ACME), "--object", "Account", "--direction", "pull",
+                 "--cursor", "2026-03-01T10:00:00Z", "--var", "port=3999"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert ("GET http://127.0.0.1:3999/companies?_sort=updatedAt&_order=asc&_page=1&_limit=100"
+            "&updatedAt_gte=2026-03-01T09%3A59%3A00Z") in out
+    assert "X-Api-Key: ***" in out
+    assert "── canonical" not in out
+
+
+def test_cli_preview_hubspot_pull_full_with_a_record(vendor_specs: VendorSpecs, capsys):
+    files = [str(f) for f in vendor_specs.files]
+    code = main(["preview", *files, "--overlay", str(HUBSPOT), "--object", "Company",
+                 "--direction", "pull", "--full",
+                 "--record", str(DATA / "hubspot" / "company.json")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "POST https://api.hubapi.com/crm/v3/objects/companies/search" in out
+    assert "Authorization: Bearer ***" in out
+    assert '"filterGroups": [],' in out and '"after": "0"' in out
+    assert "── canonical account (pull Company) ──" in out
+    assert "✓ valid against schemas/entities/account.schema.json" in out
+
+
+@pytest.mark.parametrize(("options", "words"), [
+    (["--direction", "push"], "preview --direction push needs --record FILE"),
+    (["--direction", "push", "--record", str(DATA / "entities" / "account.json"), "--full"],
+     "--full, --cursor, --since and --instance are for --direction pull"),
+    (["--direction", "pull", "--full", "--cursor", "2026-03-01T10:00:00Z"],
+     "--full lists every record: it takes no --cursor or --since"),
+])
+def test_cli_preview_refuses_options_that_do_not_go_together(capsys, options, words):
+    assert main(["preview", str(ACME), "--object", "Account", *options]) == 2
+    assert words in capsys.readouterr().err

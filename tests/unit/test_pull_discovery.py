@@ -244,3 +244,108 @@ def test_a_next_url_elsewhere_is_refused_naming_it(connector, url) -> None:
     call = connector.object("Items_link").pull_list
     with pytest.raises(UnsafeRequest, match="another host"):
         same_server("http://crm.example", url, call)
+
+
+# -- pull.deletedList in the connector: compiled, or every problem located -------------
+
+ACME = Path(__file__).resolve().parents[2] / "connectors" / "acme-crm.json"
+DELETED = "/x-synchronization/objects/Account/pull/deletedList"
+
+
+def acme_with_deleted_list(tmp_path: Path, deleted_list: dict[str, Any]) -> Path:
+    document = json.loads(ACME.read_text())
+    document["x-synchronization"]["objects"]["Account"]["pull"]["deletedList"] = deleted_list
+    path = tmp_path / "acme-deletes.json"
+    path.write_text(json.dumps(document, indent=2))
+    return path
+
+
+def test_a_deleted_list_compiles_as_a_listing(tmp_path) -> None:
+    path = acme_with_deleted_list(tmp_path, {
+        "operation": "listCompanies", "params": {"_sort": "updatedAt"}, "records": "",
+        "externalId": "/id", "pagination": {"type": "page", "param": "_page", "size": 50},
+        "incremental": {"param": "updatedAt_gte", "cursorField": "/updatedAt"}})
+    obj = load_connector(path).object("Account")
+    call = obj.pull_deleted_list
+    assert call is not None and obj.call("pull", "deleted") is call
+    assert (call.kind, call.operation.key, call.option("externalId")) == (
+        "deleted", "GET /companies", "/id")
+    assert call.option("pagination")["size"] == 50
+
+
+def test_every_deleted_list_problem_is_located(tmp_path) -> None:
+    from shared.connector import check_connector
+
+    path = acme_with_deleted_list(tmp_path, {
+        "operation": "listCompaniez", "externalId": "id", "recrds": "/deleted",
+        "params": {"since": "{record.updatedAt}"}})
+    document, problems = check_connector(path)
+    assert document is None
+    found = {(p.pointer, p.message) for p in problems if p.severity == "error"}
+    lines = path.read_text().splitlines()
+
+    def expect(pointer: str, words: str) -> None:
+        matching = [p for p in problems if p.pointer == pointer and words in p.message]
+        assert matching, f"no problem at {pointer} saying {words!r}: {sorted(found)}"
+        assert matching[0].line is not None and 0 < matching[0].line <= len(lines)
+
+    expect(f"{DELETED}/operation", "unknown operation 'listCompaniez'")
+    expect(f"{DELETED}/externalId", "does not have the expected form")
+    expect(f"{DELETED}/recrds", "unknown key 'recrds'")
+
+    known = acme_with_deleted_list(tmp_path, {
+        "operation": "listCompanies", "params": {"accountNumber": "{record.name}"},
+        "pagination": {"type": "cursor", "in": "body", "param": "after", "next": "/next"}})
+    _, problems = check_connector(known)
+    errors = {(p.pointer, p.message) for p in problems if p.severity == "error"}
+    assert any(pointer == f"{DELETED}/params/accountNumber" and "record" in message
+               for pointer, message in errors), errors
+    assert (DELETED, "pagination or incremental 'in: body' needs a list 'body' transform "
+                     "(its input has since, cursor, pageSize)") in errors
+
+
+def test_a_delete_message_names_the_record_and_carries_none(connector) -> None:
+    ctx = FakeContext(FakeInstance(), connector, FakeThirdParty([]))
+    message, inline = pull_message(ctx, connector.object("Items_page"), None,  # type: ignore[arg-type]
+                                   "c7", run_id="r", trigger="manual", inline=True,
+                                   action="delete")
+    decoded = decode_sync_message(message.body)
+    assert (inline, decoded.action, decoded.external_id, decoded.record) == (
+        False, "delete", "c7", None)
+    assert message.routing_key == "account.delete.org-1.inst-1"
+
+
+def test_a_client_side_incremental_filter_drops_what_changed_before_since(tmp_path) -> None:
+    from services.dispatcher.listing import changed_since
+    from shared.connector import paging
+
+    path = acme_with_deleted_list(tmp_path, {
+        "operation": "listCompanies", "externalId": "/id",
+        "incremental": {"in": "client", "cursorField": "/deletedAt"}})
+    call = load_connector(path).object("Account").pull_deleted_list
+    assert call is not None and paging.client_filtered(call)
+    since = datetime(2026, 1, 1, 0, 5, tzinfo=UTC)
+    assert paging.since_value(call, since) is None  # never sent
+    plan = paging.list_request(call, "http://crm.example", FakeContext(
+        FakeInstance(), None, FakeThirdParty([])).transform_context(None),
+        paging.first_page(call, since), since)
+    assert plan.url == "http://crm.example/companies"
+    listed = [{"id": "a", "deletedAt": "2026-01-01T00:04:59Z"},
+              {"id": "b", "deletedAt": "2026-01-01T00:05:00Z"},
+              {"id": "c"}, {"id": "d", "deletedAt": "not a time"},
+              {"id": "e", "deletedAt": "2026-01-02T00:00:00Z"}]
+    assert [r["id"] for r in changed_since(call, listed, since)] == ["b", "c", "d", "e"]
+    assert changed_since(call, listed, None) == listed
+
+
+def test_a_client_side_filter_with_a_param_is_a_located_error(tmp_path) -> None:
+    from shared.connector import check_connector
+
+    path = acme_with_deleted_list(tmp_path, {
+        "operation": "listCompanies",
+        "incremental": {"in": "client", "param": "updatedAt_gte", "cursorField": "/x"}})
+    _, problems = check_connector(path)
+    [problem] = [p for p in problems if p.severity == "error"]
+    assert problem.pointer == f"{DELETED}/incremental/param"
+    assert "'in: client' sends no since value: drop 'param'" in problem.message
+    assert problem.line is not None
