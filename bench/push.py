@@ -12,8 +12,8 @@ Latency: then a few hundred accounts are written one by one at a steady pace the
 path can follow, and p50/p99 of (pusher's audit row - the BSS write) are printed.
 CPU seconds and peak RSS per process are read from /proc.
 
-The third party is a local stub speaking the Acme CRM API
-(``connectors/acme-crm.json``: a match GET, then a create POST per account),
+The third party is a local stub speaking the Acme CRM API (``bench/standin.py``,
+``connectors/acme-crm.json``: a match GET, then a create POST per account),
 answering in 0 ms, then, in a second pass with new accounts, in 50 ms. It is as
 lean as it can be: in production the third party's CPU is not on this machine.
 Two pushers at 0 ms (the pusher scales out: link claims keep concurrent pushers
@@ -58,58 +58,6 @@ AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 ORG = "bench"
 INSTANCE = "bench-crm"
-
-STUB = r'''
-# A third party that costs as little CPU as possible (in production it runs elsewhere):
-# raw asyncio protocol, httptools parser, uvloop. GET answers [] (no match), POST echoes
-# the body with a new id, anything else echoes the body.
-import asyncio, itertools, json, os, sys
-import httptools, uvloop
-DELAY = float(sys.argv[2]) / 1000
-ids = (f"{os.getpid()}-{n}" for n in itertools.count(1))  # unique across stub restarts
-
-class Http(asyncio.Protocol):
-    def connection_made(self, transport):
-        self.transport, self.parser, self.body = transport, httptools.HttpRequestParser(self), []
-    def data_received(self, data):
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            self.transport.close()
-    def on_message_begin(self):
-        self.body = []
-    def on_body(self, body):
-        self.body.append(body)
-    def on_message_complete(self):
-        method, body = self.parser.get_method(), b"".join(self.body)
-        if method == b"GET":
-            status, payload = b"200 OK", b"[]"
-        elif method == b"POST":
-            record = json.loads(body or b"{}")
-            record["id"] = next(ids)
-            status, payload = b"201 Created", json.dumps(record).encode()
-        else:
-            status, payload = b"200 OK", body or b"{}"
-        answer = (b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
-        if DELAY:
-            asyncio.get_running_loop().call_later(DELAY, self._write, answer)
-        else:
-            self._write(answer)
-    def _write(self, answer):
-        if not self.transport.is_closing():
-            self.transport.write(answer)
-
-async def main():
-    server = await asyncio.get_running_loop().create_server(Http, "127.0.0.1", int(sys.argv[1]),
-                                                             backlog=1024)
-    async with server:
-        await server.serve_forever()
-
-if __name__ == "__main__":
-    uvloop.run(main())
-'''
-
 
 def proc_stats(pid: int) -> tuple[float, int]:
     """CPU seconds (user + system, children included) and peak RSS in bytes."""
@@ -203,9 +151,8 @@ class Bench:
 
     def start_stub(self, delay_ms: int) -> str:
         port = free_port()
-        script = self.tmp / "stub.py"
-        script.write_text(STUB)
-        self.start("third-party", [str(script), str(port), str(delay_ms)])
+        self.start("third-party", [str(ROOT / "bench" / "standin.py"), str(port),
+                                   "--delay", str(delay_ms)])
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
