@@ -28,7 +28,8 @@ def make_handler(deps: RuntimeDeps) -> PullHandler:
     bss = BssClient(deps.settings.bss_api_url, token=token, batch_reads=False)
     # Link writes may commit without waiting for their WAL flush: the audit row's
     # synchronous commit, which the ack waits for, comes after them (shared.storage.db).
-    links = LinkStore(deps.coordination_db or deps.db)
+    # Concurrent pulls share their claim and link statements (batched).
+    links = LinkStore(deps.coordination_db or deps.db, batched=True)
     return PullHandler(InstanceRegistry(deps.db), links, bss, deps.audit)
 
 

@@ -22,9 +22,9 @@ pool): if the answer is lost, the record is known to have maybe been created
 remotely. Linking or deleting the record clears it, as does ``clear_create_sent``
 (docs/architecture.md §5 step 4).
 
-``LinkStore(db, batched=True)`` (the pusher) serves concurrent push-side claims
-and link writes with one statement per batch (``shared.batching``): the
-same rows, the same guarantees, a fraction of the round trips. Batch statements
+``LinkStore(db, batched=True)`` (the pusher, the puller) serves concurrent claims
+and link writes of either side with one statement per batch (``shared.batching``):
+the same rows, the same guarantees, a fraction of the round trips. Batch statements
 take their rows in key order, so two processes' batches cannot deadlock.
 """
 
@@ -144,13 +144,15 @@ RETURNING l.*, (l.xmax = 0) AS inserted
 """
 
 
-_BATCH_CLAIM_SQL = """
-INSERT INTO links AS l (instance_id, entity, bss_id, state, claim, claimed_at)
-SELECT t.instance_id, t.entity, t.bss_id, 'creating', t.message_id, now()
-  FROM unnest(%(instance_ids)b::text[], %(entities)b::text[], %(bss_ids)b::text[],
-              %(message_ids)b::text[]) AS t(instance_id, entity, bss_id, message_id)
- ORDER BY t.instance_id, t.entity, t.bss_id
-ON CONFLICT (instance_id, entity, bss_id) DO UPDATE
+def _batch_claim_sql(key: Key) -> str:
+    """Claims of many records by ``key`` (``bss_id``: push, ``external_id``: pull)."""
+    return f"""
+INSERT INTO links AS l (instance_id, entity, {key}, state, claim, claimed_at)
+SELECT t.instance_id, t.entity, t.key, 'creating', t.message_id, now()
+  FROM unnest(%(instance_ids)b::text[], %(entities)b::text[], %(keys)b::text[],
+              %(message_ids)b::text[]) AS t(instance_id, entity, key, message_id)
+ ORDER BY t.instance_id, t.entity, t.key
+ON CONFLICT (instance_id, entity, {key}) DO UPDATE
    SET claim = EXCLUDED.claim, claimed_at = now(), updated_at = now()
  WHERE l.claim IS NULL OR l.claim = EXCLUDED.claim OR l.claimed_at < now() - %(stale)s
 RETURNING l.*, (l.xmax = 0) AS inserted
@@ -166,9 +168,14 @@ _KEEP_OR_MARK = """pushed_by = coalesce(EXCLUDED.pushed_by, l.pushed_by),
        pushed_outcome = CASE WHEN EXCLUDED.pushed_by IS NULL THEN l.pushed_outcome
                              ELSE EXCLUDED.pushed_outcome END"""
 
-_BATCH_LINKED_SQL = f"""
-INSERT INTO links AS l (instance_id, entity, bss_id, external_id, state, push_hash,
-                        pull_hash, last_pushed_at, pushed_by, pushed_attempt, pushed_outcome)
+def _batch_linked_sql(direction: Literal["push", "pull"]) -> str:
+    """Link writes of many records, found by ``bss_id`` (push) or ``external_id`` (pull)."""
+    key, other = ("bss_id", "external_id") if direction == "push" else ("external_id",
+                                                                         "bss_id")
+    stamp = "last_pushed_at" if direction == "push" else "last_pulled_at"
+    return f"""
+INSERT INTO links AS l (instance_id, entity, bss_id, external_id, state, push_hash, pull_hash,
+                        {stamp}, pushed_by, pushed_attempt, pushed_outcome)
 SELECT t.instance_id, t.entity, t.bss_id, t.external_id, 'linked', t.push_hash, t.pull_hash,
        now(), t.pushed_by, t.pushed_attempt, t.pushed_outcome
   FROM unnest(%(instance_ids)b::text[], %(entities)b::text[], %(bss_ids)b::text[],
@@ -177,13 +184,12 @@ SELECT t.instance_id, t.entity, t.bss_id, t.external_id, 'linked', t.push_hash, 
               %(pushed_outcomes)b::text[])
        AS t(instance_id, entity, bss_id, external_id, push_hash, pull_hash, pushed_by,
             pushed_attempt, pushed_outcome)
- ORDER BY t.instance_id, t.entity, t.bss_id
-ON CONFLICT (instance_id, entity, bss_id) DO UPDATE
-   SET external_id = EXCLUDED.external_id, state = 'linked', claim = NULL, claimed_at = NULL,
+ ORDER BY t.instance_id, t.entity, t.{key}
+ON CONFLICT (instance_id, entity, {key}) DO UPDATE
+   SET {other} = EXCLUDED.{other}, state = 'linked', claim = NULL, claimed_at = NULL,
        last_error = NULL, push_hash = coalesce(EXCLUDED.push_hash, l.push_hash),
-       pull_hash = coalesce(EXCLUDED.pull_hash, l.pull_hash), last_pushed_at = now(),
-       updated_at = now(), {_NO_CREATE_SENT},
-       {_KEEP_OR_MARK}
+       pull_hash = coalesce(EXCLUDED.pull_hash, l.pull_hash), {stamp} = now(),
+       updated_at = now(), {_NO_CREATE_SENT}, {_KEEP_OR_MARK}
 RETURNING l.*
 """
 
@@ -224,30 +230,34 @@ class _CreateSentRequest:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _ClaimRequest:
+    key: Key  # bss_id (push) or external_id (pull)
     instance_id: str
     entity: str
-    bss_id: str
+    value: str
     message_id: str
     stale: timedelta
 
     @property
     def row(self) -> tuple[str, str, str]:
-        return (self.instance_id, self.entity, self.bss_id)
+        return (self.instance_id, self.entity, self.value)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _LinkedRequest:
+    direction: Literal["push", "pull"]
     instance_id: str
     entity: str
     bss_id: str
     external_id: str
     push_hash: str | None
+    pull_hash: str | None
     pushed: PushMark | None
-    pull_hash: str | None = None
 
     @property
     def row(self) -> tuple[str, str, str]:
-        return (self.instance_id, self.entity, self.bss_id)
+        """The row's key: the BSS id for a push, the external id for a pull."""
+        value = self.bss_id if self.direction == "push" else self.external_id
+        return (self.instance_id, self.entity, value)
 
 
 def _mark_params(pushed: PushMark | None) -> dict[str, Any]:
@@ -298,27 +308,34 @@ class LinkStore:
         held by a claim older than ``stale_after`` seconds; false when another
         delivery holds it (the caller raises ``RecordBusy`` and retries later).
         """
+        return await self._claim_one("bss_id", instance_id, entity, bss_id, message_id,
+                                     stale_after)
+
+    async def _claim_one(self, key: Key, instance_id: str, entity: str, value: str,
+                         message_id: str, stale_after: float | timedelta) -> Claim:
         if self.batched:
-            return await self._claims.submit(
-                _ClaimRequest(instance_id, entity, bss_id, message_id, _seconds(stale_after)))
-        return await self._claim("bss_id", instance_id, entity, bss_id, message_id, stale_after)
+            return await self._claims.submit(_ClaimRequest(
+                key, instance_id, entity, value, message_id, _seconds(stale_after)))
+        return await self._claim(key, instance_id, entity, value, message_id, stale_after)
 
     async def _claim_batch(self, requests: list[_ClaimRequest]) -> list[Claim | BaseException]:
         """Claims of many records: one statement per round of distinct records (and per
-        staleness, in practice one), then one read of the links claimed by others."""
+        key and staleness, in practice one), then one read of the links claimed by
+        others."""
         results: list[Claim | BaseException | None] = [None] * len(requests)
-        for indexes in distinct_rounds(requests, lambda r: (r.row, r.stale)):
-            by_stale: dict[timedelta, list[int]] = {}
+        for indexes in distinct_rounds(requests, lambda r: (r.key, r.row, r.stale)):
+            groups: dict[tuple[Key, timedelta], list[int]] = {}
             for index in indexes:
-                by_stale.setdefault(requests[index].stale, []).append(index)
-            for stale, group in by_stale.items():
+                groups.setdefault((requests[index].key, requests[index].stale),
+                                  []).append(index)
+            for (key, stale), group in groups.items():
                 batch = [requests[i] for i in group]
-                rows = await self.db.fetch(_BATCH_CLAIM_SQL, {
+                rows = await self.db.fetch(_batch_claim_sql(key), {
                     "instance_ids": [r.instance_id for r in batch],
                     "entities": [r.entity for r in batch],
-                    "bss_ids": [r.bss_id for r in batch],
+                    "keys": [r.value for r in batch],
                     "message_ids": [r.message_id for r in batch], "stale": stale})
-                claimed = {(row["instance_id"], row["entity"], row["bss_id"]): row
+                claimed = {(row["instance_id"], row["entity"], row[key]): row
                            for row in rows}
                 busy = []
                 for index in group:
@@ -329,25 +346,25 @@ class LinkStore:
                         results[index] = Claim(owned=True, link=Link.from_row(row),
                                                new=bool(row["inserted"]))
                 for index, claim in zip(busy, await self._busy_claims(
-                        [requests[i] for i in busy]), strict=True):
+                        key, [requests[i] for i in busy]), strict=True):
                     results[index] = claim
         return [r if r is not None else RuntimeError("claim not served") for r in results]
 
-    async def _busy_claims(self, requests: list[_ClaimRequest]) -> list[Claim]:
+    async def _busy_claims(self, key: Key, requests: list[_ClaimRequest]) -> list[Claim]:
         """Claims refused because another delivery holds the record: its link as it is."""
         if not requests:
             return []
         rows = await self.db.fetch(
             "SELECT l.* FROM links l JOIN unnest(%s::text[], %s::text[], %s::text[])"
-            " AS t(instance_id, entity, bss_id) USING (instance_id, entity, bss_id)",
+            f" AS t(instance_id, entity, {key}) USING (instance_id, entity, {key})",
             ([r.instance_id for r in requests], [r.entity for r in requests],
-             [r.bss_id for r in requests]))
-        current = {(row["instance_id"], row["entity"], row["bss_id"]): row for row in rows}
+             [r.value for r in requests]))
+        current = {(row["instance_id"], row["entity"], row[key]): row for row in rows}
         claims = []
         for r in requests:
             row = current.get(r.row)
             if row is None:  # deleted between the two statements: claim it on its own
-                claims.append(await self._claim("bss_id", r.instance_id, r.entity, r.bss_id,
+                claims.append(await self._claim(key, r.instance_id, r.entity, r.value,
                                                 r.message_id, r.stale))
             else:
                 claims.append(Claim(owned=False, link=Link.from_row(row), new=False))
@@ -358,8 +375,8 @@ class LinkStore:
         stale_after: float | timedelta,
     ) -> Claim:
         """Same as :meth:`claim_for_create`, keyed by the external id (pull side)."""
-        return await self._claim("external_id", instance_id, entity, external_id, message_id,
-                                 stale_after)
+        return await self._claim_one("external_id", instance_id, entity, external_id,
+                                     message_id, stale_after)
 
     async def _claim(self, key: Key, instance_id: str, entity: str, value: str,
                      message_id: str, stale_after: float | timedelta) -> Claim:
@@ -479,47 +496,58 @@ class LinkStore:
         ``pushed`` replaces the push mark, ``None`` keeps it.
         Raises :class:`LinkConflict` when the other id is linked to another record.
         """
-        if self.batched and direction == "push":
-            return await self._linked.submit(
-                _LinkedRequest(instance_id, entity, bss_id, external_id, push_hash, pushed,
-                               pull_hash))
+        if self.batched:
+            return await self._linked.submit(_LinkedRequest(
+                direction, instance_id, entity, bss_id, external_id, push_hash, pull_hash,
+                pushed))
         return await self._mark_linked(instance_id, entity, bss_id=bss_id,
                                        external_id=external_id, direction=direction,
                                        push_hash=push_hash, pull_hash=pull_hash, pushed=pushed)
 
     async def _linked_batch(self, requests: list[_LinkedRequest]) -> list[Link | BaseException]:
-        """Push-side link writes of many records; a batch PostgreSQL refuses for a
-        uniqueness conflict is written row by row, so only the culprit fails."""
+        """Link writes of many records, one statement per direction and round of distinct
+        records; a batch PostgreSQL refuses for a uniqueness conflict is written row by
+        row, so only the culprit fails."""
         results: list[Link | BaseException | None] = [None] * len(requests)
-        for indexes in distinct_rounds(requests, lambda r: r.row):
-            batch = [requests[i] for i in indexes]
-            try:
-                rows = await self.db.fetch(_BATCH_LINKED_SQL, {
-                    "instance_ids": [r.instance_id for r in batch],
-                    "entities": [r.entity for r in batch],
-                    "bss_ids": [r.bss_id for r in batch],
-                    "external_ids": [r.external_id for r in batch],
-                    "push_hashes": [r.push_hash for r in batch],
-                    "pull_hashes": [r.pull_hash for r in batch],
-                    "pushed_by": [r.pushed and r.pushed.message_id for r in batch],
-                    "pushed_attempts": [r.pushed and r.pushed.attempt for r in batch],
-                    "pushed_outcomes": [r.pushed and r.pushed.outcome for r in batch]})
-            except psycopg.errors.UniqueViolation:
-                for index, r in zip(indexes, batch, strict=True):
-                    try:
-                        results[index] = await self._mark_linked(
-                            r.instance_id, r.entity, bss_id=r.bss_id, external_id=r.external_id,
-                            direction="push", push_hash=r.push_hash, pull_hash=r.pull_hash,
-                            pushed=r.pushed)
-                    except LinkConflict as exc:
-                        results[index] = exc
-                continue
-            stored = {(row["instance_id"], row["entity"], row["bss_id"]): row for row in rows}
-            for index, r in zip(indexes, batch, strict=True):
-                row = stored.get(r.row)
-                results[index] = (Link.from_row(row) if row is not None
-                                  else RuntimeError(f"link of {r.entity} {r.bss_id} not stored"))
+        for indexes in distinct_rounds(requests, lambda r: (r.direction, r.row)):
+            by_direction: dict[Literal["push", "pull"], list[int]] = {}
+            for index in indexes:
+                by_direction.setdefault(requests[index].direction, []).append(index)
+            for direction, group in by_direction.items():
+                await self._linked_round(direction, [requests[i] for i in group], group,
+                                         results)
         return [r if r is not None else RuntimeError("link not served") for r in results]
+
+    async def _linked_round(self, direction: Literal["push", "pull"],
+                            batch: list[_LinkedRequest], indexes: list[int],
+                            results: list[Link | BaseException | None]) -> None:
+        key = "bss_id" if direction == "push" else "external_id"
+        try:
+            rows = await self.db.fetch(_batch_linked_sql(direction), {
+                "instance_ids": [r.instance_id for r in batch],
+                "entities": [r.entity for r in batch],
+                "bss_ids": [r.bss_id for r in batch],
+                "external_ids": [r.external_id for r in batch],
+                "push_hashes": [r.push_hash for r in batch],
+                "pull_hashes": [r.pull_hash for r in batch],
+                "pushed_by": [r.pushed and r.pushed.message_id for r in batch],
+                "pushed_attempts": [r.pushed and r.pushed.attempt for r in batch],
+                "pushed_outcomes": [r.pushed and r.pushed.outcome for r in batch]})
+        except psycopg.errors.UniqueViolation:
+            for index, r in zip(indexes, batch, strict=True):
+                try:
+                    results[index] = await self._mark_linked(
+                        r.instance_id, r.entity, bss_id=r.bss_id, external_id=r.external_id,
+                        direction=direction, push_hash=r.push_hash, pull_hash=r.pull_hash,
+                        pushed=r.pushed)
+                except LinkConflict as exc:
+                    results[index] = exc
+            return
+        stored = {(row["instance_id"], row["entity"], row[key]): row for row in rows}
+        for index, r in zip(indexes, batch, strict=True):
+            row = stored.get(r.row)
+            results[index] = (Link.from_row(row) if row is not None else RuntimeError(
+                f"link of {r.entity} {r.row[2]} not stored"))
 
     async def _mark_linked(
         self, instance_id: str, entity: str, *, bss_id: str, external_id: str,

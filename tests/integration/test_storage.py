@@ -18,7 +18,7 @@ from shared.schemas import ENTITIES
 from shared.storage.cursors import CursorStore
 from shared.storage.db import Database
 from shared.storage.instances import InstanceStore
-from shared.storage.links import LinkConflict, LinkStore
+from shared.storage.links import Link, LinkConflict, LinkStore
 from shared.storage.migrate import MIGRATIONS_DIR, MigrationError, load_migrations, upgrade
 from shared.storage.partitions import ensure_audit_partitions, existing_partitions, partition_name
 from shared.storage.runs import RunStore
@@ -282,9 +282,10 @@ async def test_batched_claims_and_links_take_few_statements_and_fail_alone(db: D
         bss_id: f"X-{bss_id}" for bss_id in ids[:-1]}
 
 
-async def test_pull_side_claim_is_keyed_by_external_id(db: Database) -> None:
+@pytest.mark.parametrize("batched", [False, True], ids=["single", "batched"])
+async def test_pull_side_claim_is_keyed_by_external_id(db: Database, batched: bool) -> None:
     await seed(db)
-    links = LinkStore(db)
+    links = LinkStore(db, batched=batched)
     claims = await asyncio.gather(*(
         links.claim_external_for_create("inst-1", "contact", "X-7", f"m{n}", stale_after=60)
         for n in range(5)))
@@ -292,6 +293,51 @@ async def test_pull_side_claim_is_keyed_by_external_id(db: Database) -> None:
     link = await links.mark_linked("inst-1", "contact", bss_id="C-7", external_id="X-7",
                                    direction="pull", pull_hash="p")
     assert link.bss_id == "C-7" and link.claim is None
+
+
+async def test_batched_pull_claims_and_links_share_statements_and_fail_alone(
+        db: Database) -> None:
+    await seed(db)
+    links = LinkStore(db, batched=True)
+    await links.claim_external_for_create("inst-1", "account", "X-held", "other", 300)
+    ids = [f"X-{n}" for n in range(60)]
+    claims = await asyncio.gather(*(
+        links.claim_external_for_create("inst-1", "account", external_id, f"m-{external_id}",
+                                        stale_after=300)
+        for external_id in [*ids, "X-held", "X-0"]),
+        links.claim_for_create("inst-1", "account", "X-0", "m-push", stale_after=300))
+    assert all(c.owned and c.link.claim == f"m-{c.link.external_id}" for c in claims[:60])
+    assert all(c.link.bss_id is None for c in claims[:60])
+    assert not claims[60].owned and claims[60].link.claim == "other"  # held by another
+    assert claims[61].owned and not claims[61].new  # X-0 again, same message: a redelivery
+    # a push-side claim of a BSS id spelled like an external id is another row
+    assert claims[62].owned and claims[62].new and claims[62].link.external_id is None
+    assert links._claims.batches <= 4, "concurrent claims share statements"
+    await links.mark_linked("inst-1", "account", bss_id="A-taken", external_id="X-other",
+                            direction="pull")
+    before = links._linked.batches
+    stored = await asyncio.gather(*(
+        links.mark_linked("inst-1", "account", bss_id=f"A-{external_id}",
+                          external_id=external_id, direction="pull",
+                          pull_hash=f"p-{external_id}", push_hash=f"h-{external_id}")
+        for external_id in ids[:-1]),
+        links.mark_linked("inst-1", "account", bss_id="A-taken", external_id=ids[-1],
+                          direction="pull", pull_hash="p"),
+        return_exceptions=True)
+    assert isinstance(stored[-1], LinkConflict)  # its BSS id belongs to another record
+    assert all(isinstance(link, Link) and link.state == "linked" and link.claim is None
+               and link.bss_id == f"A-{link.external_id}"
+               and (link.pull_hash, link.push_hash) == (f"p-{link.external_id}",
+                                                        f"h-{link.external_id}")
+               and link.last_pulled_at is not None and link.last_pushed_at is None
+               for link in stored[:-1])
+    assert links._linked.batches - before <= 3, "concurrent link writes share statements"
+    assert await links.bss_ids("inst-1", "account", ids) == {
+        external_id: f"A-{external_id}" for external_id in ids[:-1]}
+    # a pull that finds no hash keeps the stored ones
+    kept = await links.mark_linked("inst-1", "account", bss_id="A-X-1", external_id="X-1",
+                                   direction="pull")
+    assert (kept.pull_hash, kept.push_hash) == ("p-X-1", "h-X-1")
 
 
 async def test_cursor_store(db: Database) -> None:
