@@ -10,11 +10,13 @@ import os
 from pathlib import Path
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
+#: The environment variable naming another schemas directory.
+SCHEMAS_ENV = "BSS_SYNC_SCHEMAS"
 
 
 def schemas_dir() -> Path:
     """The directory holding ``*.schema.json`` and ``bss-api.openapi.json``."""
-    override = os.environ.get("BSS_SYNC_SCHEMAS")
+    override = os.environ.get(SCHEMAS_ENV)
     if override:
         return Path(override)
     packaged = _PACKAGE_DIR / "_schemas"

@@ -17,6 +17,7 @@ Names are paths relative to the schemas directory without the suffix:
 from __future__ import annotations
 
 import json
+import os
 from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -25,7 +26,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from shared.paths import schemas_dir
+from shared.paths import SCHEMAS_ENV, schemas_dir
 
 __all__ = [
     "BASE_URI",
@@ -107,8 +108,17 @@ def validator(name: str) -> Draft202012Validator:
     which ``openapi-spec-validator`` installs). Raises like :func:`load_schema`, and
     ``jsonschema.exceptions.SchemaError`` when the schema itself is invalid.
     """
-    directory = schemas_dir()
-    return _validator(directory, _resolve(directory, name))
+    key = (os.environ.get(SCHEMAS_ENV), name)
+    found = _validators.get(key)
+    if found is None:  # the directory and the file are looked up once per name
+        directory = schemas_dir()
+        found = _validators[key] = _validator(directory, _resolve(directory, name))
+    return found
+
+
+#: ``validator``'s answers by (``BSS_SYNC_SCHEMAS``, name): a call per pulled record
+#: would otherwise stat the directory and the file each time (~25 µs).
+_validators: dict[tuple[str | None, str], Draft202012Validator] = {}
 
 
 @cache
