@@ -32,11 +32,20 @@ discovery: N updates, each a BSS read with its ETag and a merge patch). Per pass
   benchmark's own, started for it: the machine's node serves others too; with
   ``--broker shared`` its CPU is the whole node's, neighbours included).
 
+One puller with 128 handlers by default: a BSS write waits ~100-250 ms here (the
+sandbox commits its writes one after the other), so many must be in flight (Little's
+law), and one process serves them with bigger batches (claims, links, audit rows)
+than two: on this machine two pullers of 64 cost ~1.1 ms CPU a record between them,
+one of 128 ~0.85 ms, for no more throughput. The BSS's own ceiling is measured first
+(``--bss-writes``: creates, and reads + merge patches, with as many callers on the
+pullers' BSS client and no bss-sync service running): the pull path cannot write into
+the BSS faster than the BSS accepts writes.
+
 Asserts nothing. Uses its own database, dropped at the end.
 
-    .venv/bin/python bench/pull.py [--records N] [--page-size 100] [--pullers 2]
-                                   [--concurrency 64] [--passes new,changed] [--read]
-                                   [--broker own|shared]
+    .venv/bin/python bench/pull.py [--records N] [--page-size 100] [--pullers 1]
+                                   [--concurrency 128] [--passes new,changed] [--read]
+                                   [--bss-writes 2000] [--broker own|shared]
 """
 
 from __future__ import annotations
@@ -509,9 +518,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="companies on the stand-in (default 10000)")
     parser.add_argument("--page-size", type=int, default=100,
                         help="the listing's page size (default 100, the connector's)")
-    parser.add_argument("--pullers", type=int, default=2, help="puller processes (default 2)")
-    parser.add_argument("--concurrency", type=int, default=64,
-                        help="each puller's CONCURRENCY (default 64, the runtime's)")
+    parser.add_argument("--pullers", type=int, default=1, help="puller processes (default 1)")
+    parser.add_argument("--concurrency", type=int, default=128,
+                        help="each puller's CONCURRENCY (default 128; the runtime's is 64)")
     parser.add_argument("--passes", default="new,changed",
                         help="new (creates), changed (updates), in that order")
     parser.add_argument("--read", action="store_true",
