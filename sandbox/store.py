@@ -37,17 +37,23 @@ from shared.storage.db import Connection, Database
 
 _RFC3339 = """to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
 
-_GET = ("SELECT data::text, version FROM records"
-        " WHERE org_id = %s AND entity = %s AND id = %s AND deleted_at IS NULL")
+# Reads by id name the primary key's columns and nothing else the partial index
+# ``records_changed`` (… WHERE deleted_at IS NULL) could match: a deleted record is
+# told apart in Python. With ``deleted_at IS NULL`` in the WHERE, a planner without
+# statistics (autovacuum has not analyzed a freshly loaded table) picks that index
+# and walks every record of the collection to find one id — a read's cost grew with
+# the table (seen: 1.7 ms of PostgreSQL CPU a pulled update at 10,000 records).
+_GET = ("SELECT data::text, version, deleted_at IS NULL FROM records"
+        " WHERE org_id = %s AND entity = %s AND id = %s")
 _LIST = ("SELECT data::text, updated_at, id FROM records"
          " WHERE org_id = %s AND entity = %s AND deleted_at IS NULL"
          " AND updated_at >= %s AND (updated_at, id) > (%s, %s)"
          " ORDER BY updated_at, id LIMIT %s")
-_LIST_IDS = ("SELECT data::text FROM records"
-             " WHERE org_id = %s AND entity = %s AND id = ANY(%s) AND deleted_at IS NULL"
+_LIST_IDS = ("SELECT data::text, deleted_at IS NULL FROM records"
+             " WHERE org_id = %s AND entity = %s AND id = ANY(%s)"
              " AND updated_at >= %s ORDER BY updated_at, id")
-_LOCK = ("SELECT data, version FROM records"
-         " WHERE org_id = %s AND entity = %s AND id = %s AND deleted_at IS NULL FOR UPDATE")
+_LOCK = ("SELECT data, version, deleted_at IS NULL FROM records"
+         " WHERE org_id = %s AND entity = %s AND id = %s FOR UPDATE")
 _INSERT = (
     "INSERT INTO records (org_id, entity, id, version, created_at, updated_at, data)"
     " SELECT %(org)s, %(entity)s, %(id)s, 1, t.ts, t.ts, %(data)s::jsonb || jsonb_build_object("
@@ -148,7 +154,7 @@ class RecordStore:
             cur = conn.cursor(row_factory=tuple_row)
             await cur.execute(_GET, (org_id, entity, record_id))
             row = await cur.fetchone()
-        if row is None:
+        if row is None or not row[2]:
             raise RecordNotFound(record_id)
         return StoredRecord(record_id, row[0], row[1])
 
@@ -175,7 +181,7 @@ class RecordStore:
             cur = conn.cursor(row_factory=tuple_row)
             await cur.execute(_LIST_IDS, (org_id, entity, ids, since or _BEGINNING))
             rows = await cur.fetchall()
-        return Page([row[0] for row in rows], None)
+        return Page([row[0] for row in rows if row[1]], None)
 
     async def sample(self, org_id: str, entity: str, limit: int = 1000) -> list[dict[str, Any]]:
         """Up to ``limit`` live records of a collection, most recent first (for the seeder)."""
@@ -274,9 +280,9 @@ async def _lock(conn: Connection, write: Write, record_id: str,
     cur = conn.cursor(row_factory=tuple_row)
     await cur.execute(_LOCK, (write.org_id, write.entity, record_id))
     row = await cur.fetchone()
-    if row is None:
+    if row is None or not row[2]:
         raise RecordNotFound(record_id)
-    data, version = row
+    data, version, _live = row
     if not if_match_allows(if_match, version):
         raise PreconditionFailed(etag(version))
     return data, version

@@ -831,3 +831,41 @@ def test_settings_round_trip_through_the_environment() -> None:
     assert fallback.database_url == "postgresql://db/x" and not fallback.relay_enabled
     with pytest.raises(ValueError):
         SandboxSettings(schema="Bad-Schema")
+
+
+async def test_reads_by_id_use_the_primary_key_on_a_table_without_statistics(
+        database_url: str, sandbox_schema: str) -> None:
+    """A freshly loaded, never analyzed ``records`` table (autovacuum off, as on this
+    machine): every read by id still goes through the primary key — never the partial
+    ``records_changed`` index, which walks the whole collection to find one id."""
+    from datetime import UTC, datetime
+
+    from psycopg.rows import tuple_row
+
+    from sandbox import store
+    from sandbox.migration import migrate
+    from shared.storage.db import Database
+
+    async with Database(database_url, sandbox_schema, max_size=2) as db:
+        await migrate(db, sandbox_schema)
+        await db.execute("ALTER TABLE records SET (autovacuum_enabled = false)")
+        await db.execute(
+            "INSERT INTO records (org_id, entity, id, data, created_at, updated_at)"
+            " SELECT %s, 'account', 'acc_' || g, jsonb_build_object('name', 'n' || g,"
+            " 'pad', repeat('x', 500)), now(), now() FROM generate_series(1, 5000) AS g",
+            (ORG,))
+        plans = {}
+        for name, sql, params in (
+                ("get", store._GET, (ORG, "account", "acc_2500")),
+                ("lock", store._LOCK, (ORG, "account", "acc_2500")),
+                ("list_ids", store._LIST_IDS, (ORG, "account", ["acc_1", "acc_2"],
+                                               datetime(2000, 1, 1, tzinfo=UTC)))):
+            async with db.transaction() as conn:
+                cur = conn.cursor(row_factory=tuple_row)
+                await cur.execute("EXPLAIN (FORMAT JSON) " + sql, params)
+                row = await cur.fetchone()
+                assert row is not None
+                plans[name] = json.dumps(row[0])
+    for name, plan in plans.items():
+        assert '"Index Name": "records_pkey"' in plan, f"{name}: {plan}"
+        assert "records_changed" not in plan, f"{name}: {plan}"
