@@ -67,7 +67,8 @@ class SyncMessage:
         """The message's identifying fields (logs, audit row, dead-letter headers)."""
         return MessageContext(self.id, self.org_id, self.instance_id, self.entity,
                               self.direction, self.action, self.record_id, self.external_id,
-                              self.attempt, self.run_id, self.correlation_id)
+                              self.attempt, self.run_id, self.correlation_id,
+                              self.redeliveries, self.trigger)
 
     def with_attempt(self, attempt: int) -> SyncMessage:
         """The same message for its next attempt (same id)."""
