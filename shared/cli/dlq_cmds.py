@@ -113,19 +113,24 @@ def _add_service(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_filters(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--org", metavar="ORG", help="only this organization's")
-    parser.add_argument("--instance", metavar="ID", help="only this instance's")
-    parser.add_argument("--entity", metavar="ENTITY", help="only this entity's")
+    parser.add_argument("--org", metavar="ORG",
+                        help="only this organization's (default: every organization)")
+    parser.add_argument("--instance", metavar="ID",
+                        help="only this instance's (default: every instance)")
+    parser.add_argument("--entity", metavar="ENTITY",
+                        help="only this entity's (default: every entity)")
     parser.add_argument("--error-class", metavar="CLASS",
-                        help="only this error class (e.g. RemoteRejected)")
+                        help="only this error class, e.g. RemoteRejected (default: any)")
     parser.add_argument("--since", metavar="TIME",
-                        help="only those that died since: ISO time, or 30m, 2h, 7d ago")
+                        help="only those that died since: ISO time, or 30m, 2h, 7d ago "
+                             "(default: any time)")
 
 
 def _add_filter_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
                         help=f"pick letters by {', '.join(FILTER_KEYS)} (repeat to narrow: "
-                             "every one must match), e.g. --filter entity=contact")
+                             "every one must match), e.g. --filter entity=contact "
+                             "(default: none)")
 
 
 def _duration(text: str) -> timedelta:

@@ -12,7 +12,8 @@ changed)::
     sync.push  (topic) ──#──▶ pusher            (quorum)
     sync.pull  (topic) ──#──▶ puller            (quorum)
     sync.dead  (topic) ──<service>.#──▶ <service>.dead (quorum)
-                                        <service>.parked (quorum, no binding)
+                                        <service>.parked (quorum, no binding;
+                                                          pusher and puller)
 
     <service>.retry.<delay>  quorum, x-message-ttl = delay, dead-letters back to
                              the work queue through the default exchange
@@ -259,8 +260,9 @@ def queues_of(queue: WorkQueue, delivery_limit: int) -> list[Queue]:
         Queue(queue.dead_queue, bindings=[binding(dead, routing_key=queue.dead_binding_key)],
               durable=True, queue_arguments={"x-queue-type": "quorum"})
     )
-    declared.append(Queue(queue.parked_queue, durable=True,
-                          queue_arguments={"x-queue-type": "quorum"}))
+    if queue.service != DISPATCHER:  # BSS events are not redelivered, so never parked
+        declared.append(Queue(queue.parked_queue, durable=True,
+                              queue_arguments={"x-queue-type": "quorum"}))
     return declared
 
 
