@@ -88,7 +88,8 @@ def register(sub: Subparsers) -> None:
         "lock): exit 1 when another is redelivering.")
     now.add_argument("--max-age", type=_duration, metavar="AGE",
                      help="park letters that first failed longer ago than this: 30d, 12h, "
-                          "1w (default: none, every letter goes back)")
+                          "1w (default: REDELIVERY_MAX_AGE_DAYS, unset: every letter goes "
+                          "back)")
     _add_service(now)
     now.set_defaults(func=cmd_redeliver)
 
@@ -231,7 +232,10 @@ def cmd_redeliver(args: argparse.Namespace) -> int:
     settings = get_settings()
 
     async def work(db: Database, audit: AuditWriter) -> Any:
-        return await redeliver(settings.amqp_url, db, audit, max_age=args.max_age,
+        max_age = args.max_age
+        if max_age is None and settings.redelivery_max_age_days is not None:
+            max_age = timedelta(days=settings.redelivery_max_age_days)
+        return await redeliver(settings.amqp_url, db, audit, max_age=max_age,
                                services=_services(args))
 
     result = _with_audit(None, work)
