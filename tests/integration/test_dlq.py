@@ -220,6 +220,39 @@ async def test_purge_removes_only_what_matches_and_never_what_another_reader_hol
     assert {(r["outcome"], r["details"]["operation"]) for r in rows} == {("dead", "purged")}
 
 
+def purge_in_a_terminal(env: dict[str, str], answer: str, *args: str,
+                        ) -> tuple[int, str]:
+    """``bss-sync dlq purge ARGS`` with a terminal on stdin, answering ``answer``."""
+    controller, terminal = os.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "shared.cli.main", "dlq", "purge",
+                                 *args], env=env, cwd=project_root(), stdin=terminal,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        os.write(controller, f"{answer}\n".encode())
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    return proc.returncode, out.decode()
+
+
+def test_purge_asks_first_and_a_no_removes_nothing(topology: TestTopology,
+                                                   database_url: str) -> None:
+    publish_blocking(topology.url, [dead_letter(sync_message("c1", entity="contact")),
+                                    dead_letter(sync_message("a1"))])
+    topology.wait_ready(DEAD, 2)
+    env = cli_env(topology, database_url)
+    code, out = purge_in_a_terminal(env, "n", "--filter", "entity=contact")
+    assert code == 1
+    assert "Remove 1 dead letter matching entity=contact? [y/N]" in out
+    assert "nothing removed" in out
+    assert topology.ready(DEAD) == 2
+    code, out = purge_in_a_terminal(env, "y", "--filter", "entity=contact")
+    assert code == 0, out
+    assert "pusher.dead: 2 of 2 read, 1 purged, 1 kept" in out
+    topology.wait_ready(DEAD, 1)
+
+
 # ---------------------------------------------------------------------------- list, show
 
 
@@ -310,6 +343,26 @@ async def test_one_redelivery_at_a_time_across_processes(
     assert code == 1
     assert "another process is redelivering" in err
     assert topology.ready(DEAD) == 1 and topology.ready(PUSH.name) == 0
+
+
+async def test_two_replicas_redelivering_at_once_move_each_letter_once(
+        topology: TestTopology, db: Any, database_url: str) -> None:
+    messages = [sync_message(f"r{i}") for i in range(500)]
+    await publish(topology.url, [dead_letter(m) for m in messages])
+    await eventually(lambda: topology.ready(DEAD) == 500, what="500 dead letters")
+    env = cli_env(topology, database_url)
+    results = await asyncio.gather(*(bss_sync_async(env, "dlq", "redeliver")
+                                     for _ in range(2)))
+    codes = sorted(code for code, _out, _err in results)
+    assert codes in ([0, 0], [0, 1]), results  # 1: the other one held the lock
+    for code, _out, err in results:
+        assert code == 0 or "another process is redelivering" in err
+    await eventually(lambda: topology.ready(PUSH.name) == 500, what="500 copies")
+    copies = queue_ids(topology, PUSH.name)
+    assert sorted(copies) == sorted(redelivered_id(m.id, 1) for m in messages)
+    assert await db.fetchval("SELECT count(*) FROM audit_log WHERE service = %s",
+                             (AUDIT_SERVICE,)) == 500
+    assert topology.ready(DEAD) == 0
 
 
 async def test_redelivery_killed_mid_way_loses_none_and_settles_none_twice(
