@@ -3,10 +3,10 @@
 * :func:`redeliver` — every dead letter of ``pusher.dead`` and ``puller.dead`` back to
   its work queue (``trigger: redelivery``, ``redeliveries`` raised, a derived id:
   :mod:`shared.messaging.dead_letters`); with a maximum age, older ones to
-  ``<service>.parked`` instead. Once per day from the dispatcher's schedule
-  (``30 22 * * *``, before the nightly run) and ``bss-sync dlq redeliver``. One at a
-  time across replicas: it holds a PostgreSQL advisory lock, and a second caller is
-  told another pass is running (:class:`RedeliveryBusy`).
+  ``<service>.parked`` instead. For the dispatcher's schedule to call once a day
+  (``30 22 * * *``, before the nightly run; not wired yet), and ``bss-sync dlq
+  redeliver`` now. One at a time across replicas: it holds a PostgreSQL advisory
+  lock, and a second caller is told another pass is running (:class:`RedeliveryBusy`).
 * :func:`replay` — the letters a filter picks back to their work queue (``trigger:
   manual``); :func:`purge` — removes them; :func:`read_letters` — reads them and
   leaves every one.
