@@ -35,12 +35,19 @@ class MessageContext:
     attempt: int = 0
     run_id: str | None = None
     correlation_id: str | None = None
+    #: How many times the message was moved out of a dead queue (the envelope's
+    #: ``redeliveries``), and what moved it last (its ``trigger``): a copy with
+    #: redeliveries is looked up before it is handled, and its audit row says so.
+    redeliveries: int = 0
+    trigger: str | None = None
 
     @property
     def key(self) -> tuple[str, int] | None:
         """``(message id, attempt)``: what identifies a delivery attempt in the audit
         log (a redelivery with a row for its key is already settled); ``None`` for a
-        message without an id."""
+        message without an id. A copy moved out of a dead queue has an id of its own
+        (:func:`shared.messaging.redelivery.redelivered_id`), so the dead original's
+        final row does not settle it."""
         return (self.message_id, self.attempt) if self.message_id else None
 
     def log_fields(self) -> dict[str, Any]:

@@ -96,6 +96,11 @@ class Settings(BaseSettings):
         True, description="read records for concurrent pushes in one listing by ids "
                           "(?id=a&id=b); a BSS without that filter is detected and read "
                           "one record at a time", json_schema_extra={SERVICES_KEY: ["pusher"]})
+    redelivery_max_age_days: float | None = Field(
+        None, gt=0, description="the daily redelivery parks dead letters that first failed "
+                                "more days ago than this in <service>.parked instead of "
+                                "moving them back; unset: every one goes back",
+        json_schema_extra={SERVICES_KEY: ["dispatcher"]})
     management_url: str | None = Field(
         None, description="RabbitMQ management API, for tooling and tests; defaults to "
                           "http://<amqp host>:15672", json_schema_extra={SERVICES_KEY: []}

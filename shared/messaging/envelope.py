@@ -65,9 +65,14 @@ class SyncMessage:
 
     def context(self) -> MessageContext:
         """The message's identifying fields (logs, audit row, dead-letter headers)."""
-        return MessageContext(self.id, self.org_id, self.instance_id, self.entity,
-                              self.direction, self.action, self.record_id, self.external_id,
-                              self.attempt, self.run_id, self.correlation_id)
+        context = MessageContext(self.id, self.org_id, self.instance_id, self.entity,
+                                 self.direction, self.action, self.record_id,
+                                 self.external_id, self.attempt, self.run_id,
+                                 self.correlation_id)
+        if self.redeliveries:  # a copy moved out of a dead queue (rare: not on the hot path)
+            context.redeliveries = self.redeliveries
+            context.trigger = self.trigger
+        return context
 
     def with_attempt(self, attempt: int) -> SyncMessage:
         """The same message for its next attempt (same id)."""

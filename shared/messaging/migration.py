@@ -111,9 +111,9 @@ def migrate_topology(
 
 
 def _retry_first(conflict: Conflict) -> int:
-    """Retry queues, then work queues, then dead queues."""
+    """Retry queues, then work queues, then dead and parked queues."""
     name = conflict.entity.name
-    return 0 if ".retry." in name else 2 if name.endswith(".dead") else 1
+    return 0 if ".retry." in name else 2 if name.endswith((".dead", ".parked")) else 1
 
 
 def _refuse_while_consumed(conn: Connection, retry_delays: Sequence[float]) -> None:

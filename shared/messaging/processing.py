@@ -36,14 +36,15 @@ by that callback.
 taken has been acked after its outcome became durable, or nacked back, or abandoned
 with its channel (dramatiq's ``join``, for tests and tools).
 
-A redelivered message (or a retry copy, or a duplicate of a message in flight
-here) is first looked up in the audit log: a row for its ``(message id, attempt)``
-means an earlier delivery's outcome is already durable, and a final row of any
-attempt means the message is done (a retry copy the broker stored without confirming
-it, its original handled again meanwhile) — either way it is acked and nothing else
-happens. A message published twice by its producer (same id, attempt 0, not
-flagged redelivered) is only recognised with ``always_deduplicate``, which looks
-every delivery up — the dispatcher's setting, since a BSS publishes at least once.
+A redelivered message (or a retry copy, a copy moved out of a dead queue, or a
+duplicate of a message in flight here) is first looked up in the audit log: a row
+for its ``(message id, attempt)`` means an earlier delivery's outcome is already
+durable, and a final row of any attempt means the message is done (a retry copy the
+broker stored without confirming it, its original handled again meanwhile) — either
+way it is acked and nothing else happens. A message published twice by its producer
+(same id, attempt 0, not flagged redelivered) is only recognised with
+``always_deduplicate``, which looks every delivery up — the dispatcher's setting,
+since a BSS publishes at least once.
 The audit sink serves concurrent look-ups with one query (docs/architecture.md §5).
 """
 
@@ -156,7 +157,7 @@ class MessageProcessor:
         handed_off = False
         try:
             suspicious = (waited or delivery.redelivered or context.attempt > 0
-                          or self.always_deduplicate)
+                          or context.redeliveries > 0 or self.always_deduplicate)
             if key is not None and suspicious and await self._already_settled(key):
                 self.counts["duplicate"] += 1
                 delivery.ack()
@@ -449,12 +450,23 @@ def _audit_record(service: str, message: InboundMessage[Any], decision: Decision
             record.record_id = result.record_id or record.record_id
             record.http_status = result.http_status
             record.details = result.details
+        if message.context.redeliveries:
+            _with_trigger(record, message.context)
         return record
     _with_error(record, decision.error)
     if isinstance(decision, Retry):
         record.outcome = Outcome.RETRYING
         record.details = {"retry_queue": decision.queue.name, "retry_in_s": decision.delay}
+    if message.context.redeliveries:
+        _with_trigger(record, message.context)
     return record
+
+
+def _with_trigger(record: AuditRecord, context: MessageContext) -> None:
+    """A copy moved out of a dead queue says so in its row: ``trigger`` (``redelivery``,
+    or ``manual`` for ``bss-sync dlq replay``) and ``redeliveries``."""
+    record.details = {**record.details, "trigger": context.trigger,
+                      "redeliveries": context.redeliveries}
 
 
 def _minimal_record(record: AuditRecord, outcome: Outcome,

@@ -12,6 +12,8 @@ changed)::
     sync.push  (topic) ──#──▶ pusher            (quorum)
     sync.pull  (topic) ──#──▶ puller            (quorum)
     sync.dead  (topic) ──<service>.#──▶ <service>.dead (quorum)
+                                        <service>.parked (quorum, no binding;
+                                                          pusher and puller)
 
     <service>.retry.<delay>  quorum, x-message-ttl = delay, dead-letters back to
                              the work queue through the default exchange
@@ -28,6 +30,10 @@ reject-publish``, from 3.10 on): the broker moves the message with confirms and
 keeps it in the source queue until the target has it, so a broker restart or a
 target that is briefly missing loses nothing (classic queues dead-letter at most
 once: the copies in a retry queue could vanish when RabbitMQ stopped).
+
+``<service>.parked`` holds the dead letters that the daily redelivery found older
+than its maximum age (off by default; :mod:`shared.messaging.redelivery`), published
+there through the default exchange; nothing consumes it.
 
 Retry delays are per-queue TTLs, one queue per rung of the ladder, named after the
 delay (``pusher.retry.30s``, ``pusher.retry.2m``). Changing the ladder therefore
@@ -58,6 +64,9 @@ EVENTS_EXCHANGE = "bss.events"
 PUSH_EXCHANGE = "sync.push"
 PULL_EXCHANGE = "sync.pull"
 DEAD_EXCHANGE = "sync.dead"
+#: ``<service>.dead`` and ``<service>.parked``.
+DEAD_SUFFIX = ".dead"
+PARKED_SUFFIX = ".parked"
 #: The AMQP default exchange: routes by queue name (retry queues are reached through it).
 DEFAULT_EXCHANGE = ""
 
@@ -154,7 +163,12 @@ class WorkQueue:
 
     @property
     def dead_queue(self) -> str:
-        return f"{self.service}.dead"
+        return f"{self.service}{DEAD_SUFFIX}"
+
+    @property
+    def parked_queue(self) -> str:
+        """Where the daily redelivery parks dead letters older than its maximum age."""
+        return f"{self.service}{PARKED_SUFFIX}"
 
     @property
     def dead_exchange(self) -> str:
@@ -230,7 +244,8 @@ def retry_queue_arguments(retry: RetryQueue) -> dict[str, Any]:
 
 
 def queues_of(queue: WorkQueue, delivery_limit: int) -> list[Queue]:
-    """kombu declarations for one service: work, retry and dead queues with bindings."""
+    """kombu declarations for one service: work, retry, dead and parked queues with
+    bindings."""
     source = Exchange(queue.source_exchange, type="topic", durable=True)
     dead = Exchange(DEAD_EXCHANGE, type="topic", durable=True)
     declared = [
@@ -245,6 +260,9 @@ def queues_of(queue: WorkQueue, delivery_limit: int) -> list[Queue]:
         Queue(queue.dead_queue, bindings=[binding(dead, routing_key=queue.dead_binding_key)],
               durable=True, queue_arguments={"x-queue-type": "quorum"})
     )
+    if queue.service != DISPATCHER:  # BSS events are not redelivered, so never parked
+        declared.append(Queue(queue.parked_queue, durable=True,
+                              queue_arguments={"x-queue-type": "quorum"}))
     return declared
 
 

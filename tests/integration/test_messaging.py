@@ -129,7 +129,8 @@ def test_declaring_the_topology_twice_changes_nothing(topology: TestTopology) ->
     assert before == after
     declared = {queue.name for service in work_queues(TEST_RETRY_DELAYS)
                 for queue in queues_of(service, TEST_DELIVERY_LIMIT)}
-    assert len(declared) == 3 * (2 + len(TEST_RETRY_DELAYS))  # work, retries, dead; 3 services
+    # work, retries, dead for 3 services; parked for the pusher and the puller
+    assert len(declared) == 3 * (2 + len(TEST_RETRY_DELAYS)) + 2
     assert declared <= set(after)
     assert after[PUSH.name]["x-delivery-limit"] == TEST_DELIVERY_LIMIT
     assert after[RETRY_2]["x-message-ttl"] == 400

@@ -204,7 +204,10 @@ def test_nothing_is_migrated_while_a_service_consumes(
                     "puller (older versions included), then run `bss-sync topology declare` "
                     "again")
     after = {q["name"]: q["arguments"] for q in _management(url, management).queues()}
-    assert after == before
+    # no queue replaced or changed; the queues new in this version (the parked ones,
+    # which the old installation lacks) are declared, empty, as any missing queue is
+    assert {name: after[name] for name in before} == before
+    assert set(after) - set(before) <= {"pusher.parked", "puller.parked"}
 
 
 def test_an_interrupted_migration_blocks_the_services_until_the_next_run_ends_it(

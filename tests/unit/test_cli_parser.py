@@ -27,6 +27,11 @@ COMMAND_LINES = {
     ("audit", "search"): [],
     ("topology", "declare"): [],
     ("dead", "list"): [],
+    ("dlq", "list"): [],
+    ("dlq", "show"): ["9a6f6b1e-0000-4000-8000-000000000000"],
+    ("dlq", "replay"): ["--all"],
+    ("dlq", "redeliver"): [],
+    ("dlq", "purge"): ["--filter", "entity=contact"],
     ("pull",): ["--instance", "inst-1"],
 }
 
@@ -101,7 +106,8 @@ def test_a_bad_value_shows_that_commands_usage(capsys: pytest.CaptureFixture[str
     assert "argument --limit: must be at least 1, not 0" in err
 
 
-@pytest.mark.parametrize("group", ["db", "orgs", "instances", "audit", "topology", "dead"])
+@pytest.mark.parametrize("group", ["db", "orgs", "instances", "audit", "topology", "dead",
+                                   "dlq"])
 def test_a_group_without_its_command_shows_its_help(group: str,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     assert main([group]) == 2

@@ -128,7 +128,7 @@ def test_the_whole_topology() -> None:
     by_name = {q.name: q for q in queues}
     assert set(by_name) == {
         f"{s}{suffix}" for s in ("pusher", "puller") for suffix in
-        ("", ".retry.30s", ".retry.2m", ".dead")} | {
+        ("", ".retry.30s", ".retry.2m", ".dead", ".parked")} | {
         "dispatcher.events", "dispatcher.retry.30s", "dispatcher.retry.2m", "dispatcher.dead"}
     assert all(q.durable for q in queues)
     assert by_name["pusher.dead"].queue_arguments == {"x-queue-type": "quorum"}
@@ -137,3 +137,5 @@ def test_the_whole_topology() -> None:
     [binding] = by_name["dispatcher.events"].bindings
     assert (binding.exchange.name, binding.routing_key) == ("bss.events", "#")
     assert not by_name["puller.retry.2m"].bindings
+    assert by_name["puller.parked"].queue_arguments == {"x-queue-type": "quorum"}
+    assert not by_name["puller.parked"].bindings
