@@ -106,7 +106,8 @@ def test_a_pulled_record_is_created_once_with_its_link_and_audit_row(stack: Test
     [link] = links(stack, tenant)
     assert (link["bss_id"], link["external_id"], link["state"]) == (record["id"], "17",
                                                                     "linked")
-    assert link["pull_hash"] and link["push_hash"] and link["last_pulled_at"] is not None
+    assert link["pull_hash"] and link["last_pulled_at"] is not None
+    assert link["push_hash"] is None  # the instance only pulls: nothing will push it
 
     # The same record again (a second discovery): nothing to write.
     again = publish(stack, tenant, "account", company(17))

@@ -308,7 +308,14 @@ def pushed_body_hash(world: World, record: dict) -> str:
         PreloadedLinks())))
 
 
+def may_push_updates(world: World) -> None:
+    instance = world.target.instance
+    world.use(dataclasses.replace(instance, permissions=instance.permissions
+                                  | {("account", "push", "update")}))
+
+
 async def test_a_pulled_write_stores_the_push_hash_of_the_record_as_written(world: World):
+    may_push_updates(world)
     await world.handle("account", company())
     [created] = world.bss.of(ORG, "account")
     assert world.link("account", "17").push_hash == pushed_body_hash(world, created)
@@ -326,6 +333,7 @@ async def test_a_push_hash_that_cannot_be_computed_keeps_the_stored_one(world: W
     world.linked("account", 17, "bss-7", {"name": "Old", "parentAccountId": "bss-nowhere"},
                  pull_hash="stale")
     world.links._put(dataclasses.replace(world.link("account", "17"), push_hash="kept"))
+    may_push_updates(world)
 
     result = await world.handle("account", company(name="New"))
 
@@ -333,3 +341,20 @@ async def test_a_push_hash_that_cannot_be_computed_keeps_the_stored_one(world: W
     assert result.details["pushHash"].startswith("not computed: DependencyPending")
     assert world.bss.records[(ORG, "account", "bss-7")]["name"] == "New"
     assert world.link("account", "17").push_hash == "kept"
+
+
+async def test_an_instance_that_may_not_push_updates_stores_no_push_hash(world: World):
+    # The pusher never sees this instance's echo of the write: the push transform is
+    # not computed (a parent it would need to resolve is no reason to note anything).
+    world.linked("account", 17, "bss-7", {"name": "Old", "parentAccountId": "bss-nowhere"},
+                 pull_hash="stale")
+    world.links._put(dataclasses.replace(world.link("account", "17"), push_hash="kept"))
+
+    result = await world.handle("account", company(name="New"))
+
+    assert result.outcome == "updated"
+    assert "pushHash" not in result.details
+    assert world.link("account", "17").push_hash == "kept"
+    await world.handle("account", company(id=18, name="Created"))
+    assert world.link("account", "18").push_hash is None
+
