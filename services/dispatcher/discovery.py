@@ -43,7 +43,6 @@ from services.dispatcher.listing import (
     ListingRetry,
     changed_since,
     highest_time,
-    page_from_state,
     page_state,
     since_of,
 )
@@ -272,8 +271,9 @@ class Discovery:
             return _Start(None, None, None)
         cursor = await self.cursors.get(self.ctx.instance.id, walk.cursor)
         if cursor.resume is not None:
-            return _Start(cursor.listing_since, page_from_state(cursor.resume),
-                          cursor.listing_high)
+            since, page = paging.restart(walk.call, cursor.resume, cursor.listing_since,
+                                         cursor.listing_high, self.overlap)
+            return _Start(since, page, cursor.listing_high)
         return _Start(since_of(cursor.value, self.overlap), None, None)
 
     async def _publish(self, obj: SyncObject, walk: _Walk, records: list[Any], number: int,

@@ -255,7 +255,7 @@ def _preview_pull(args: argparse.Namespace, document: ConnectorDocument, obj: Sy
         start = ListingStart(cursor=args.cursor, since=args.since, full=args.full)
         return preview_pull(document, obj, record, variables=variables, server=server,
                             start=start)
-    stored = asyncio.run(stored_listing(args.instance, obj.name))
+    stored = asyncio.run(stored_listing(args.instance, obj))
     notes = [f"instance {stored.instance.id}: the cursors stored in PostgreSQL"]
     if stored.instance.connector_sha256 != document.sha256:
         notes.append(f"instance {stored.instance.id} runs another version of the connector "
@@ -278,9 +278,9 @@ class StoredListing:
     deleted_start: ListingStart
 
 
-async def stored_listing(instance_id: str, object_name: str) -> StoredListing:
-    """Where discovery would start ``object_name``'s listings for the instance (its
-    stored cursors, or the page a stopped listing resumes at). Raises
+async def stored_listing(instance_id: str, obj: SyncObject) -> StoredListing:
+    """Where discovery would start ``obj``'s listings for the instance (its stored
+    cursors, or where a stopped listing starts again: ``paging.restart``). Raises
     ``ConfigurationError`` (no such instance) and ``InfrastructureError``."""
     from shared.settings import get_settings  # PostgreSQL only when --instance asks for it
     from shared.storage.db import Database
@@ -296,11 +296,13 @@ async def stored_listing(instance_id: str, object_name: str) -> StoredListing:
                                      "list`)")
         cursors = PullCursorStore(db)
         starts = []
-        for name in (object_name, object_name + paging.DELETED_CURSOR_SUFFIX):
+        for name, call in ((obj.name, obj.pull_list),
+                           (obj.name + paging.DELETED_CURSOR_SUFFIX, obj.pull_deleted_list)):
             cursor = await cursors.get(instance_id, name)
-            if cursor.resume is not None:
-                starts.append(ListingStart(since=cursor.listing_since,
-                                           resume=paging.page_from_state(cursor.resume)))
+            if cursor.resume is not None and call is not None:
+                since, page = paging.restart(call, cursor.resume, cursor.listing_since,
+                                             cursor.listing_high)
+                starts.append(ListingStart(since=since, resume=page))
             else:
                 starts.append(ListingStart(cursor=cursor.value))
         return StoredListing(instance, *starts)

@@ -164,6 +164,29 @@ def next_page(
     return None
 
 
+def sorted_by_time(call: CallSpec) -> bool:
+    """Whether the listing is ordered by its ``cursorField``, oldest first
+    (``incremental.sorted``)."""
+    return bool((call.option("incremental") or {}).get("sorted"))
+
+
+def restart(call: CallSpec, state: dict[str, Any], listing_since: datetime | None,
+            listing_high: datetime | None, overlap: timedelta = OVERLAP,
+            ) -> tuple[datetime | None, PageRequest | None]:
+    """Where a listing stopped mid-way starts again: ``(since, page)``, ``page`` ``None``
+    for the first. At the page it stopped (``state``), from the ``since`` it started
+    with — unless it is ordered by time (``incremental.sorted``): a record changed since
+    the stop moved to its end and shifted the rest back, so a page number could skip
+    one; it then starts over from the highest time its confirmed pages reached, minus
+    ``overlap`` (never before its first ``since``)."""
+    if not sorted_by_time(call):
+        return listing_since, page_from_state(state)
+    since = since_of(listing_high, overlap)
+    if since is None or (listing_since is not None and since < listing_since):
+        since = listing_since
+    return since, None
+
+
 def since_of(cursor: datetime | None, overlap: timedelta = OVERLAP) -> datetime | None:
     """Where an incremental listing starts: the stored cursor minus ``overlap``."""
     return None if cursor is None else cursor - overlap

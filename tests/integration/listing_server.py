@@ -73,6 +73,14 @@ class ListingServer:
                      default=EPOCH - STEP)
         return (latest + STEP).isoformat().replace("+00:00", "Z")
 
+    def touch(self, record_id: str) -> None:
+        """The record changes: a new modification time, after all others, and — as in a
+        listing ordered by that time — the last place (the ones after it move up one)."""
+        with self.lock:
+            record = next(r for r in self.records if r["id"] == record_id)
+            record["updatedAt"] = self._next_stamp()
+            self.records = [r for r in self.records if r is not record] + [record]
+
     def archive(self, record_id: str) -> None:
         """The record becomes a tombstone (``archived: true``), changed after all others."""
         with self.lock:
@@ -239,11 +247,13 @@ DELETED_LIST = {"operation": "listDeleted", "records": "/deleted", "externalId":
 
 
 def listing_connector(directory: Path, *, read: bool = False, deletes: bool = False,
-                      kinds: tuple[str, ...] = tuple(KINDS)) -> Path:
+                      kinds: tuple[str, ...] = tuple(KINDS), sorted_page: bool = False) -> Path:
     """A connector file with one object per pagination kind (``Items_<kind>``, entity
     ``account``); with ``read``, each object also declares ``pull.read``; with
     ``deletes``, each object says ``archived = true`` is a tombstone (``pull.deleted``)
-    and ``Items_page`` lists deleted ids (``pull.deletedList``, ``/items/deleted``)."""
+    and ``Items_page`` lists deleted ids (``pull.deletedList``, ``/items/deleted``);
+    with ``sorted_page``, ``Items_page`` declares its listing ordered by time
+    (``incremental.sorted``)."""
     paths: dict[str, Any] = {}
     for kind in KINDS:
         params = [{"name": n, "in": "query", "schema": {"type": "string"}}
@@ -269,6 +279,8 @@ def listing_connector(directory: Path, *, read: bool = False, deletes: bool = Fa
         operation = "searchItems" if kind == "search" else f"list_{kind}"
         pull: dict[str, Any] = {"list": {"operation": operation, **options},
                                 "body": "ItemToAccount", "externalId": "/id"}
+        if sorted_page and kind == "page":
+            pull["list"]["incremental"] = {**INCREMENTAL, "sorted": True}
         if read:
             pull["read"] = {"operation": "getItem", "params": {"id": "{externalId}"}}
         if deletes:
@@ -290,6 +302,7 @@ def listing_connector(directory: Path, *, read: bool = False, deletes: bool = Fa
         },
     }
     name = "-".join(["read" if read else "inline", *(["deletes"] if deletes else []),
+                     *(["sorted"] if sorted_page else []),
                      *([] if kinds == tuple(KINDS) else kinds)])
     path = directory / f"listing-{name}.json"
     path.write_text(json.dumps(document))

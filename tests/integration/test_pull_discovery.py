@@ -44,10 +44,12 @@ def server() -> Iterator[ListingServer]:
         yield running
 
 
-async def install(db: Database, tmp_path: Path, server_url: str, *, read: bool = False) -> None:
+async def install(db: Database, tmp_path: Path, server_url: str, *, read: bool = False,
+                  sorted_page: bool = False) -> None:
+    spec = listing_connector(tmp_path, read=read, sorted_page=sorted_page)
     installation = {
         "timezone": "UTC",
-        "connectors": [{"id": "listing", "spec": str(listing_connector(tmp_path, read=read))}],
+        "connectors": [{"id": "listing", "spec": str(spec)}],
         "organizations": [{"id": ORG, "name": "Org", "instances": [{
             "id": INSTANCE, "name": "Listing", "connector": "listing", "server": server_url,
             "permissions": {"account": {"pull": ["create", "update"]}}}]}],
@@ -168,6 +170,34 @@ async def test_a_discovery_stopped_mid_way_resumes_at_the_page_it_stopped(
     assert sorted(ids) == [r["id"] for r in server.records]  # each once: none missed, none twice
     cursor = await harness.cursors.get(INSTANCE, "Items_page")
     assert (cursor.value, cursor.resume) == (_time(stamp(COUNT - 1)), None)
+
+
+@pytest.mark.parametrize("sorted_page", [True, False], ids=["sorted", "page-numbers"])
+async def test_a_listing_ordered_by_time_restarts_from_its_highest_confirmed_time(
+        harness, server, tmp_path, sorted_page: bool) -> None:
+    """A record changed while a discovery was stopped moves to the end of a listing
+    ordered by time, and every record after it moves up one place: resuming at the
+    stored page number skips the one that moved onto the last confirmed page. Declared
+    ``incremental.sorted``, the listing starts over from its highest confirmed time minus
+    the overlap instead, and misses nothing."""
+    await install(harness.db, tmp_path, server.url, sorted_page=sorted_page)
+    server.fail[("/items/page", 3)] = [400]
+    failed = await discover(harness)
+    assert (failed.published, failed.pages) == (20, 2)
+    server.touch("c00005")  # changed while stopped: c00020 moves up onto page 2
+
+    resumed = await discover(harness)
+    assert resumed.error is None
+    harness.topology.wait_ready(PULLER, failed.published + resumed.published)
+    published = [m["external_id"] for m in harness.messages()]
+    missed = sorted({r["id"] for r in server.records} - set(published))
+    if sorted_page:
+        assert missed == [] and resumed.resumed_at_page is None
+        assert published.count("c00005") == 2  # before and after its change
+        # from the highest confirmed time (c00019's) minus 60 s: c00013 on, not page 1
+        assert "c00012" not in published[20:] and "c00013" in published[20:]
+    else:  # the page number kept: the record shifted onto page 2 is never listed
+        assert missed == ["c00020"] and resumed.resumed_at_page == 3
 
 
 async def test_retries_spent_fail_the_discovery_audited(harness, server, tmp_path) -> None:
