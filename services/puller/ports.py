@@ -10,7 +10,7 @@ A port lists what the pull *uses*.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any, Literal, Protocol
 
@@ -148,6 +148,3 @@ class AuditLog(Protocol):
         """Return once ``record`` is committed. Raises ``InfrastructureError``."""
         ...
 
-
-#: Statuses a ``pull.read`` may answer that are not errors: the record is gone.
-READ_GONE: Collection[int] = frozenset({404, 410})

@@ -50,7 +50,7 @@ from services.puller.decide import (
 )
 from services.puller.outcome import PullOutcome
 from services.puller.plan import PullPlanner, canonical_hash, holds, idempotency_key
-from services.puller.ports import READ_GONE, BssWrites, Links, ParentPuller, PullSource
+from services.puller.ports import BssWrites, Links, ParentPuller, PullSource
 from services.pusher.conflict import (
     bss_modified,
     external_modified,
@@ -58,7 +58,12 @@ from services.pusher.conflict import (
     policy_for,
     resolve,
 )
-from services.pusher.push import CLAIM_STALE_SECONDS, MAX_LINK_ROUNDS, parent_message_id
+from services.pusher.push import (
+    CLAIM_STALE_SECONDS,
+    MAX_LINK_ROUNDS,
+    parent_message_id,
+    read_remote,
+)
 from shared.audit.normalise import fit_text
 from shared.bss.client import Versioned
 from shared.connector import SyncObject
@@ -69,8 +74,6 @@ from shared.errors import (
     InfrastructureError,
     InvalidMessage,
     RecordBusy,
-    RemoteProtocolError,
-    RemoteRejected,
     SyncError,
 )
 from shared.logging import redact
@@ -288,19 +291,8 @@ class RecordPull:
         data = {"externalId": self.external_id}
         request = await self._with_links(lambda: plan_request(
             call, base_url=self.ctx.client.base_url, data=data, context=self.context))
-        try:
-            response = await self.ctx.client.send(request, accept=READ_GONE)
-        except RemoteRejected as exc:
-            if exc.http_status in READ_GONE:
-                return None
-            raise
-        if response.status in READ_GONE:
-            return None
-        if not isinstance(response.body, dict):
-            raise RemoteProtocolError(f"{response.request} answered something other than a "
-                                      f"JSON object for external {self.entity} "
-                                      f"{self.external_id}", http_status=response.status)
-        return response.body
+        return await read_remote(self.ctx.client, request,
+                                 f"external {self.entity} {self.external_id}")
 
     async def _with_links(self, build: Callable[[], T]) -> T:
         """Run a planning step; load the links it asks for and run it again."""

@@ -66,6 +66,7 @@ from services.pusher.ports import (
     Links,
     ParentPusher,
     PushTarget,
+    ThirdParty,
 )
 from shared.audit.normalise import fit_text
 from shared.connector import CallSpec, SyncObject
@@ -282,19 +283,7 @@ class RecordPush:
         data = {"externalId": external_id}
         request = await self._with_links(lambda: plan_request(
             call, base_url=self.ctx.client.base_url, data=data, context=self.context))
-        try:
-            response = await self.ctx.client.send(request, accept=READ_GONE)
-        except RemoteRejected as exc:
-            if exc.http_status in READ_GONE:
-                return None
-            raise
-        if response.status in READ_GONE:
-            return None
-        if not isinstance(response.body, dict):
-            raise RemoteProtocolError(f"{response.request} answered something other than a "
-                                      f"JSON object for {self.entity} {external_id}",
-                                      http_status=response.status)
-        return response.body
+        return await read_remote(self.ctx.client, request, f"{self.entity} {external_id}")
 
     async def _pull_hash(self, external_id: str, sent: Any, answer: Any) -> str | None:
         """The link's ``pull_hash`` after this push: the hash of the canonical entity the
@@ -570,3 +559,23 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, SyncError):
         return fit_text(redact(f"{exc.error_class}: {exc}"), 1000)
     return f"{type(exc).__name__}"
+
+
+async def read_remote(client: ThirdParty, request: RequestPlan,
+                      what: str) -> dict[str, Any] | None:
+    """The remote record a ``pull.read`` request answers; ``None`` when the third party
+    says it is gone (404, 410). Raises ``RemoteProtocolError`` when the answer is not a
+    JSON object (``what`` names the record), and what ``client.send`` raises."""
+    try:
+        response = await client.send(request, accept=READ_GONE)
+    except RemoteRejected as exc:
+        if exc.http_status in READ_GONE:
+            return None
+        raise
+    if response.status in READ_GONE:
+        return None
+    if not isinstance(response.body, dict):
+        raise RemoteProtocolError(f"{response.request} answered something other than a "
+                                  f"JSON object for {what}", http_status=response.status)
+    return response.body
+
