@@ -101,6 +101,22 @@ class Settings(BaseSettings):
                                 "more days ago than this in <service>.parked instead of "
                                 "moving them back; unset: every one goes back",
         json_schema_extra={SERVICES_KEY: ["dispatcher"]})
+    redelivery_schedule: str = Field(
+        "30 22 * * *", description="cron expression of the daily redelivery of dead letters "
+                                   "(in the installation's time zone); before the nightly run",
+        json_schema_extra={SERVICES_KEY: ["dispatcher"]})
+    schedule_interval: float = Field(
+        30.0, gt=0, description="seconds between two looks at the schedules (a changed "
+                                "schedule is seen this late)",
+        json_schema_extra={SERVICES_KEY: ["dispatcher"]})
+    run_push_timeout: float = Field(
+        3600.0, gt=0, description="seconds a run waits for its push messages to settle "
+                                  "before it pulls anyway (audited)",
+        json_schema_extra={SERVICES_KEY: ["dispatcher"]})
+    clock_file: str | None = Field(
+        None, description="tests only: the scheduler reads the current time (ISO 8601) "
+                          "from this file instead of the system clock",
+        json_schema_extra={SERVICES_KEY: ["dispatcher"]})
     management_url: str | None = Field(
         None, description="RabbitMQ management API, for tooling and tests; defaults to "
                           "http://<amqp host>:15672", json_schema_extra={SERVICES_KEY: []}

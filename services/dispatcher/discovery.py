@@ -147,6 +147,14 @@ def pull_message(ctx: InstanceContext, obj: SyncObject, record: dict[str, Any] |
                            correlation_id=run_id), inline
 
 
+def pulled_objects(ctx: InstanceContext, entity: str | None = None) -> list[SyncObject]:
+    """The objects ``ctx``'s instance pulls (of ``entity`` when given): a ``pull.list``
+    and a pull permission for the object's entity."""
+    return [o for o in ctx.connector.objects.values()
+            if o.pull_list is not None and (entity is None or o.entity == entity)
+            and ctx.instance.permitted_actions(o.entity, "pull")]
+
+
 def external_id_of(obj: SyncObject, record: Any, pointer: str | None = None) -> str | None:
     """The record's external id (at ``pointer``, default ``pull.externalId``) as text,
     ``None`` when missing."""
@@ -194,10 +202,7 @@ class Discovery:
 
     def objects(self, entity: str | None = None) -> list[SyncObject]:
         """The objects this instance pulls (of ``entity`` when given)."""
-        instance = self.ctx.instance
-        return [o for o in self.ctx.connector.objects.values()
-                if o.pull_list is not None and (entity is None or o.entity == entity)
-                and instance.permitted_actions(o.entity, "pull")]
+        return pulled_objects(self.ctx, entity)
 
     async def run(self, entity: str | None = None, *, full: bool = False) -> list[ObjectSummary]:
         """Discover every pulled object in turn; one object's failure (audited) does not

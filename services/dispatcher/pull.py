@@ -25,17 +25,15 @@ import sys
 import uuid
 from collections.abc import Sequence
 
-from services.dispatcher.discovery import Discovery, ObjectSummary
-from shared.audit.writer import AuditWriter
+from services.dispatcher.discovery import ObjectSummary, pulled_objects
+from services.dispatcher.run import RunExecutor, close_interrupted
 from shared.errors import ConfigurationError
 from shared.logging import configure_logging
-from shared.messaging.connection import open_connection
-from shared.messaging.publisher import Publisher
 from shared.runtime import InstanceContext, InstanceRegistry
 from shared.schemas import ENTITIES
 from shared.settings import Settings, get_settings
 from shared.storage.db import Database
-from shared.storage.pull_cursors import PullCursorStore, discovery_lock
+from shared.storage.pull_cursors import discovery_lock
 from shared.storage.runs import RunStore
 
 
@@ -76,7 +74,7 @@ async def run_pull(instance_id: str, *, entity: str | None = None, full: bool = 
     settings = settings or get_settings()
     if entity is not None and entity not in ENTITIES:
         raise DiscoveryRefused(f"unknown entity {entity!r}; one of {', '.join(ENTITIES)}")
-    db = Database.from_settings(settings, min_size=1, max_size=4)
+    db = Database.from_settings(settings, min_size=1, max_size=8)
     await db.open()
     registry = InstanceRegistry(db)
     try:
@@ -85,59 +83,36 @@ async def run_pull(instance_id: str, *, entity: str | None = None, full: bool = 
             raise DiscoveryRefused(f"no instance {instance_id!r} (see `bss-sync instances list`)")
         if not ctx.instance.enabled:
             raise DiscoveryRefused(f"instance {instance_id} is not active")
-        async with discovery_lock(db, instance_id) as held:
-            if not held:
+        async with discovery_lock(db, instance_id) as free:  # a look: the run takes it
+            if not free:
                 raise DiscoveryRefused(f"a discovery of instance {instance_id} is already "
                                        "running")
-            return await _discover(db, settings, ctx, entity, full, run_id)
+        return await _discover(db, registry, settings, ctx, entity, full, run_id)
     finally:
         await registry.aclose()
         await db.close()
 
 
-async def _discover(db: Database, settings: Settings, ctx: InstanceContext,
-                    entity: str | None, full: bool, run_id: str | None) -> PullReport:
+async def _discover(db: Database, registry: InstanceRegistry, settings: Settings,
+                    ctx: InstanceContext, entity: str | None, full: bool,
+                    run_id: str | None) -> PullReport:
     instance = ctx.instance
     runs = RunStore(db)
-    run = await runs.create(instance.org_id, instance.id, "manual",
-                            run_id=uuid.UUID(run_id) if run_id else None)
-    assert run is not None
-    await runs.update(run.id, phase="pull", push_settled=True)
-    await _close_interrupted(runs, instance.id, run.id)
-    connection = await open_connection(settings.amqp_url, "bss-sync dispatcher pull")
-    report = PullReport(str(run.id), instance.id, [])
-    try:
-        publisher = await Publisher.open(connection)
-        async with AuditWriter(db, settings.audit_batch_size,
-                               settings.audit_batch_interval) as audit:
-            discovery = Discovery(ctx, publisher=publisher, cursors=PullCursorStore(db),
-                                  audit=audit, run_id=str(run.id))
-            if not discovery.objects(entity):
-                what = f"{entity} records" if entity else "records"
-                await runs.update(run.id, status="cancelled", phase="done",
-                                  error=f"the instance may pull no {what}")
-                raise DiscoveryRefused(
-                    f"instance {instance.id} may pull no {what}: its connector has no "
-                    "object with pull.list whose entity its permissions let it pull")
-            report.objects.extend(await discovery.run(entity, full=full))
-    finally:
-        await connection.close()
-    errors = [f"{o.object}: {o.error}" for o in report.objects if o.error]
-    await runs.update(run.id, status="completed" if report.ok else "failed", phase="done",
-                      counts=report.counts(), error="; ".join(errors)[:2000] or None)
-    return report
-
-
-async def _close_interrupted(runs: RunStore, instance_id: str, run_id: uuid.UUID) -> None:
-    """Mark ``failed`` the instance's earlier runs still ``running`` in phase ``pull``:
-    their discovery process died (killed, host lost) without finishing — none can be
-    running, this one holds the discovery lock. Their cursors' ``resume`` is what this
-    run continues from."""
-    for stale in await runs.running(instance_id):
-        if stale.id != run_id and stale.phase == "pull":
-            await runs.update(stale.id, status="failed", phase="done",
-                              error=f"interrupted: the discovery stopped before finishing; "
-                                    f"run {run_id} continued where it stopped")
+    # The instance's earlier runs left running by a process that stopped: their cursors'
+    # ``resume`` is where this one continues from.
+    await close_interrupted(db, instance.id)
+    if not pulled_objects(ctx, entity):
+        what = f"{entity} records" if entity else "records"
+        raise DiscoveryRefused(
+            f"instance {instance.id} may pull no {what}: its connector has no "
+            "object with pull.list whose entity its permissions let it pull")
+    async with RunExecutor(db, settings, registry=registry) as executor:
+        run = await runs.create(instance.org_id, instance.id, "manual", owner=executor.owner,
+                                run_id=uuid.UUID(run_id) if run_id else None)
+        assert run is not None
+        progress = await executor.execute(run, direction="pull", entity=entity, full=full,
+                                          settle_pull=False)
+    return PullReport(str(run.id), instance.id, progress.pull)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -72,6 +72,7 @@ from shared.messaging.publisher import OutgoingMessage, Publisher
 from shared.messaging.tooling import QueueMissing
 from shared.messaging.topology import WorkQueue
 from shared.storage.db import Database
+from shared.storage.locks import advisory_lock
 
 log = structlog.get_logger("shared.messaging.redelivery")
 
@@ -365,20 +366,12 @@ class RedeliveryReport:
 
 @contextlib.asynccontextmanager
 async def redelivery_lock(db: Database) -> AsyncIterator[None]:
-    """Hold the redelivery's advisory lock (a session lock on one pooled connection) for
-    the block; :class:`RedeliveryBusy` at once when another process holds it."""
-    async with db.connection() as conn:
-        cursor = await conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))",
-                                    (REDELIVERY_LOCK_CLASS, db.schema))
-        row = await cursor.fetchone()
-        held = bool(row and (next(iter(row.values())) if isinstance(row, dict) else row[0]))
+    """Hold the redelivery's advisory lock (``shared.storage.locks``) for the block;
+    :class:`RedeliveryBusy` at once when another process holds it."""
+    async with advisory_lock(db, REDELIVERY_LOCK_CLASS, "redelivery") as held:
         if not held:
             raise RedeliveryBusy("another process is redelivering the dead letters right now")
-        try:
-            yield
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))",
-                               (REDELIVERY_LOCK_CLASS, db.schema))
+        yield
 
 
 async def redeliver(amqp_url: str, db: Database, audit: AuditSink, *,

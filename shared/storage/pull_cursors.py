@@ -18,6 +18,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from shared.storage.db import Database
+from shared.storage.locks import advisory_lock
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -84,17 +85,7 @@ DISCOVERY_LOCK_CLASS = 0x62737376
 
 @contextlib.asynccontextmanager
 async def discovery_lock(db: Database, instance_id: str) -> AsyncIterator[bool]:
-    """Hold the instance's discovery lock for the block (a session advisory lock on one
-    pooled connection); yields ``False`` at once when another discovery holds it."""
-    key = f"{db.schema}:{instance_id}"
-    async with db.connection() as conn:
-        cursor = await conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))",
-                                    (DISCOVERY_LOCK_CLASS, key))
-        row = await cursor.fetchone()
-        held = bool(row and (row[0] if not isinstance(row, dict) else next(iter(row.values()))))
-        try:
-            yield held
-        finally:
-            if held:
-                await conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))",
-                                   (DISCOVERY_LOCK_CLASS, key))
+    """Hold the instance's discovery lock for the block (``shared.storage.locks``);
+    yields ``False`` at once when another discovery holds it."""
+    async with advisory_lock(db, DISCOVERY_LOCK_CLASS, instance_id) as held:
+        yield held

@@ -34,6 +34,8 @@ class Run:
     finished_at: datetime | None
     counts: dict[str, int]
     error: str | None
+    #: The process executing it (the token of its advisory lock), if any.
+    owner: str | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Run:
@@ -49,6 +51,7 @@ class RunStore:
     async def create(
         self, org_id: str, instance_id: str, trigger: Trigger, *,
         scheduled_for: datetime | None = None, run_id: uuid.UUID | None = None,
+        owner: str | None = None,
     ) -> Run | None:
         """Start a run in phase ``push``.
 
@@ -56,10 +59,10 @@ class RunStore:
         and instance, however many dispatchers race: the losers get ``None``.
         """
         row = await self.db.fetchrow(
-            "INSERT INTO runs (id, org_id, instance_id, trigger, scheduled_for)"
-            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT ON CONSTRAINT runs_one_per_slot DO NOTHING"
-            " RETURNING *",
-            (run_id or uuid.uuid4(), org_id, instance_id, trigger, scheduled_for),
+            "INSERT INTO runs (id, org_id, instance_id, trigger, scheduled_for, owner)"
+            " VALUES (%s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT ON CONSTRAINT runs_one_per_slot DO NOTHING RETURNING *",
+            (run_id or uuid.uuid4(), org_id, instance_id, trigger, scheduled_for, owner),
         )
         return None if row is None else Run.from_row(row)
 
@@ -113,6 +116,13 @@ class RunStore:
         )
         return None if row is None else Run.from_row(row)
 
+    async def claim(self, run_id: uuid.UUID | str, owner: str) -> bool:
+        """Make ``owner`` the process executing the run, if it is still running."""
+        count = await self.db.execute(
+            "UPDATE runs SET owner = %s WHERE id = %s AND status = 'running'",
+            (owner, uuid.UUID(str(run_id))))
+        return count > 0
+
     async def add_counts(self, run_id: uuid.UUID | str, deltas: Mapping[str, int]) -> None:
         """Add ``deltas`` to the run's counters atomically (concurrent callers are safe)."""
         await self.db.execute(
@@ -136,11 +146,11 @@ class RunStore:
             )
         return [Run.from_row(row) for row in rows]
 
-    async def running(self, instance_id: str) -> list[Run]:
-        """Runs of ``instance_id`` that have not finished."""
+    async def running(self, instance_id: str | None = None) -> list[Run]:
+        """Runs (of ``instance_id`` when given) that have not finished."""
         rows = await self.db.fetch(
-            "SELECT * FROM runs WHERE instance_id = %s AND status = 'running'"
-            " ORDER BY started_at", (instance_id,))
+            "SELECT * FROM runs WHERE (%s::text IS NULL OR instance_id = %s)"
+            " AND status = 'running' ORDER BY started_at", (instance_id, instance_id))
         return [Run.from_row(row) for row in rows]
 
 

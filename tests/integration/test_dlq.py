@@ -336,7 +336,7 @@ async def test_one_redelivery_at_a_time_across_processes(
     publish_blocking(topology.url, [dead_letter(sync_message("r1"))])
     topology.wait_ready(DEAD, 1)
     with psycopg.connect(database_url, autocommit=True) as holder:
-        holder.execute("SELECT pg_advisory_lock(%s, hashtext('public'))",
+        holder.execute("SELECT pg_advisory_lock(%s, hashtext('public:redelivery'))",
                        (REDELIVERY_LOCK_CLASS,))
         code, _out, err = await bss_sync_async(cli_env(topology, database_url), "dlq",
                                                "redeliver")

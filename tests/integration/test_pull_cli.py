@@ -86,7 +86,7 @@ def test_pull_wait_prints_a_summary(installed, database_env, capsys) -> None:
     [run] = runs(database_env)
     assert lines[2] == (f"run {run['id']}: 50 messages published, 50 records listed, "
                         "0 of 2 objects failed")
-    assert (run["status"], run["phase"], run["trigger"], run["counts"]["published"]) == (
+    assert (run["status"], run["phase"], run["trigger"], run["counts"]["pull.published"]) == (
         "completed", "done", "manual", 50)
     installed.wait_ready(PULLER, 50)
 
