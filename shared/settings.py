@@ -105,6 +105,10 @@ class Settings(BaseSettings):
         "30 22 * * *", description="cron expression of the daily redelivery of dead letters "
                                    "(in the installation's time zone); before the nightly run",
         json_schema_extra={SERVICES_KEY: ["dispatcher"]})
+    schedules_enabled: bool = Field(
+        True, description="run the schedules (instances' runs, the daily redelivery); off: "
+                          "this dispatcher only fans events out",
+        json_schema_extra={SERVICES_KEY: ["dispatcher"]})
     schedule_interval: float = Field(
         30.0, gt=0, description="seconds between two looks at the schedules (a changed "
                                 "schedule is seen this late)",

@@ -5,9 +5,16 @@ otherwise testcontainers); unit tests never touch them. HubSpot's published spec
 come from ``VENDOR_SPECS`` (``tests/fixtures/vendor_specs.py``).
 """
 
+import os
+
 import pytest
 
 import shared.logging
+
+# The dispatchers the tests start fan events out only: a nightly run or the daily
+# redelivery firing because a test happened to cross 23:00 would add pushes the test
+# does not expect. The tests of the schedules turn them on (tests/e2e/test_runs.py).
+os.environ.setdefault("SCHEDULES_ENABLED", "false")
 
 pytest_plugins = ["tests.fixtures.database", "tests.fixtures.amqp", "tests.fixtures.vendor_specs",
                   "tests.fixtures.rabbit_node"]

@@ -32,32 +32,34 @@ owned).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import dataclasses
+import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import structlog
 
-from services.dispatcher.discovery import Discovery, ObjectSummary
+from services.dispatcher.discovery import Discovery, ObjectSummary, pulled_objects
 from shared.audit import Outcome
 from shared.audit.record import FINAL_OUTCOMES, AuditRecord
 from shared.audit.writer import AuditWriter
 from shared.bss.client import BssClient
 from shared.credentials import resolve_credential
 from shared.errors import SyncError
-from shared.logging import redact
+from shared.logging import configure_logging, redact
 from shared.messaging.connection import open_connection
 from shared.messaging.envelope import SyncMessage, encode
 from shared.messaging.publisher import OutgoingMessage, Publisher
 from shared.messaging.topology import PUSH_EXCHANGE, sync_routing_key
 from shared.runtime import InstanceContext, InstanceRegistry
 from shared.schemas import ENTITIES
-from shared.settings import Settings
+from shared.settings import Settings, get_settings
 from shared.storage.cursors import CursorStore
 from shared.storage.db import Database
 from shared.storage.links import LinkStore
@@ -407,5 +409,75 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {redact(str(exc))[:500]}"
 
 
+async def run_now(instance_id: str, *, direction: Direction = "both",
+                  entity: str | None = None, full: bool = False, run_id: str | None = None,
+                  settings: Settings | None = None,
+                  on_change: Callable[[RunProgress], None] | None = None,
+                  on_start: Callable[[Run], None] | None = None) -> tuple[Run, RunProgress]:
+    """A manual run of one instance, here and now (``bss-sync sync``): the run's final row
+    and its progress. Raises ``RunRefused`` (unknown or inactive instance, nothing to do)
+    and ``InfrastructureError``."""
+    settings = settings or get_settings()
+    if entity is not None and entity not in ENTITIES:
+        raise RunRefused(f"unknown entity {entity!r}; one of {', '.join(ENTITIES)}")
+    db = Database.from_settings(settings, min_size=1, max_size=8)
+    await db.open()
+    registry = InstanceRegistry(db)
+    try:
+        ctx = await registry.get(instance_id)
+        if ctx is None:
+            raise RunRefused(f"no instance {instance_id!r} (see `bss-sync instances list`)")
+        if not ctx.instance.enabled:
+            raise RunRefused(f"instance {instance_id} is not active")
+        await close_interrupted(db, instance_id)
+        async with RunExecutor(db, settings, registry=registry,
+                               on_change=on_change) as executor:
+            pushes = direction != "pull" and executor.pushed_entities(ctx, entity)
+            pulls = direction != "push" and pulled_objects(ctx, entity)
+            if not pushes and not pulls:
+                what = f"{entity} records" if entity else "records"
+                raise RunRefused(f"instance {instance_id} may {_verb(direction)} no {what}")
+            run = await RunStore(db).create(ctx.instance.org_id, instance_id, "manual",
+                                            owner=executor.owner,
+                                            run_id=uuid.UUID(run_id) if run_id else None)
+            assert run is not None
+            if on_start is not None:
+                on_start(run)
+            progress = await executor.execute(run, direction=direction, entity=entity,
+                                              full=full)
+            final = await RunStore(db).get(run.id)
+            assert final is not None
+            return final, progress
+    finally:
+        await registry.aclose()
+        await db.close()
+
+
+def _verb(direction: Direction) -> str:
+    return {"push": "push", "pull": "pull", "both": "push or pull"}[direction]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m services.dispatcher.run``: one manual run in the foreground (what
+    ``bss-sync sync`` without ``--wait`` starts, detached)."""
+    parser = argparse.ArgumentParser(prog="python -m services.dispatcher.run",
+                                     description="one manual run of an instance")
+    parser.add_argument("--instance", required=True)
+    parser.add_argument("--entity")
+    parser.add_argument("--direction", choices=("push", "pull", "both"), default="both")
+    parser.add_argument("--full", action="store_true")
+    parser.add_argument("--run-id")
+    args = parser.parse_args(argv)
+    configure_logging(get_settings().log_level, service="dispatcher")
+    final, _progress = asyncio.run(run_now(args.instance, direction=args.direction,
+                                           entity=args.entity, full=args.full,
+                                           run_id=args.run_id))
+    return 0 if final.status == "completed" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
 __all__ = ["RUN_LOCK_CLASS", "Direction", "RunExecutor", "RunProgress", "RunRefused",
-           "close_interrupted"]
+           "close_interrupted", "run_now"]

@@ -17,11 +17,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from shared.cli import connector_cmds, dlq_cmds, pull_cmds, runtime_cmds, storage_cmds
+from shared.cli import (
+    connector_cmds,
+    dlq_cmds,
+    pull_cmds,
+    run_cmds,
+    runtime_cmds,
+    storage_cmds,
+)
 from shared.cli.parser import CommandParser, package_version
 from shared.settings import SettingsInvalid
 
-COMMAND_MODULES = (connector_cmds, storage_cmds, runtime_cmds, dlq_cmds, pull_cmds)
+COMMAND_MODULES = (connector_cmds, storage_cmds, runtime_cmds, dlq_cmds, pull_cmds, run_cmds)
 EXIT_CONFIG = 78
 
 

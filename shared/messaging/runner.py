@@ -20,7 +20,7 @@ import dataclasses
 import gc
 import os
 import signal
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import structlog
@@ -56,6 +56,11 @@ class RuntimeDeps:
 
 
 HandlerFactory = Callable[[RuntimeDeps], Handler]
+#: Work a service does beside its consumer (the dispatcher's scheduler): started once
+#: the dependencies are up, given the event set when the service stops.
+Companion = Callable[[RuntimeDeps, asyncio.Event], Awaitable[None]]
+#: Seconds a companion gets to finish after the consumer stopped before it is cancelled.
+COMPANION_GRACE = 10.0
 
 
 async def run_consumer(
@@ -67,6 +72,7 @@ async def run_consumer(
     burst_idle: float | None = None,
     handle_signals: bool = True,
     always_deduplicate: bool = False,
+    companions: Sequence[Companion] = (),
 ) -> None:
     """Run ``service``'s consumer until SIGTERM/SIGINT (or, with ``burst_idle``, an empty queue).
 
@@ -106,13 +112,18 @@ async def run_consumer(
             await _until_up(coordination.open, "open the database", stop)
             await _until_up(audit.start, "start the audit writer", stop)
             publisher = LivePublisher()
-            handler = handler_factory(RuntimeDeps(settings, db, audit, publisher, queue,
-                                                  coordination))
+            deps = RuntimeDeps(settings, db, audit, publisher, queue, coordination)
+            handler = handler_factory(deps)
             config = ConsumerConfig.from_settings(settings, burst_idle=burst_idle,
                                                   always_deduplicate=always_deduplicate)
             consumer = Consumer(queue, codec, handler, audit, config, publisher=publisher)
-            if not stop.is_set():
-                await consumer.run()
+            tasks = [asyncio.create_task(companion(deps, stop)) for companion in companions]
+            try:
+                if not stop.is_set():
+                    await consumer.run()
+            finally:
+                stop.set()
+                await _finish_companions(tasks)
         finally:
             closing = getattr(handler, "aclose", None)
             if closing is not None:  # a handler holding clients closes them here
@@ -125,6 +136,19 @@ async def run_consumer(
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+
+
+async def _finish_companions(tasks: list[asyncio.Task[None]]) -> None:
+    """Give the companions :data:`COMPANION_GRACE` seconds to stop, then cancel them."""
+    if not tasks:
+        return
+    _done, pending = await asyncio.wait(tasks, timeout=COMPANION_GRACE)
+    for task in pending:
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for result in results:
+        if isinstance(result, Exception):
+            log.error("companion failed", error=f"{type(result).__name__}: {result}")
 
 
 async def _until_up(start: Callable[[], Awaitable[T]], doing: str, stop: asyncio.Event) -> None:
@@ -144,7 +168,8 @@ async def _until_up(start: Callable[[], Awaitable[T]], doing: str, stop: asyncio
 
 
 def main(service: str, codec: Codec[Any], handler_factory: HandlerFactory,
-         *, burst_idle: float | None = None, always_deduplicate: bool = False) -> int:
+         *, burst_idle: float | None = None, always_deduplicate: bool = False,
+         companions: Sequence[Companion] = ()) -> int:
     """Entry point of a service process: configure logging, run, return the exit code.
 
     0 after a graceful stop; 78 (EX_CONFIG) when the configuration (an unusable
@@ -162,7 +187,8 @@ def main(service: str, codec: Codec[Any], handler_factory: HandlerFactory,
         tune_gc(settings)
         run_loop(settings, run_consumer(service, codec, handler_factory, settings,
                                         burst_idle=burst_idle,
-                                        always_deduplicate=always_deduplicate))
+                                        always_deduplicate=always_deduplicate,
+                                        companions=companions))
     except ConfigurationError as exc:
         log.error("cannot start", error=str(exc))
         return 78

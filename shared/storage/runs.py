@@ -134,17 +134,27 @@ class RunStore:
             (json.dumps(dict(deltas)), uuid.UUID(str(run_id))),
         )
 
-    async def list(self, instance_id: str | None = None, *, limit: int = 50) -> list[Run]:
-        """Latest runs first (of one instance when given)."""
-        if instance_id is None:
-            rows = await self.db.fetch("SELECT * FROM runs ORDER BY started_at DESC LIMIT %s",
-                                       (limit,))
-        else:
-            rows = await self.db.fetch(
-                "SELECT * FROM runs WHERE instance_id = %s ORDER BY started_at DESC LIMIT %s",
-                (instance_id, limit),
-            )
+    async def list(self, instance_id: str | None = None, *, org_id: str | None = None,
+                   since: datetime | None = None, limit: int = 50) -> list[Run]:
+        """Latest runs first; of one instance, one organization, started since a time."""
+        rows = await self.db.fetch(
+            "SELECT * FROM runs WHERE (%(i)s::text IS NULL OR instance_id = %(i)s)"
+            " AND (%(o)s::text IS NULL OR org_id = %(o)s)"
+            " AND (%(s)s::timestamptz IS NULL OR started_at >= %(s)s)"
+            " ORDER BY started_at DESC LIMIT %(n)s",
+            {"i": instance_id, "o": org_id, "s": since, "n": limit})
         return [Run.from_row(row) for row in rows]
+
+    async def outcomes(self, run_id: uuid.UUID | str) -> list[dict[str, Any]]:
+        """What the run's messages came to: ``direction, entity, outcome, records`` (final
+        audit rows of the pusher and the puller, one per message), plus the first and
+        last such row's time per direction (``first_at``, ``last_at``)."""
+        return await self.db.fetch(
+            "SELECT direction, entity, outcome, count(DISTINCT message_id) AS records,"
+            " min(at) AS first_at, max(at) AS last_at FROM audit_log"
+            " WHERE run_id = %s AND service IN ('pusher', 'puller') AND outcome <> 'retrying'"
+            " GROUP BY direction, entity, outcome ORDER BY direction DESC, entity, outcome",
+            (str(run_id),))
 
     async def running(self, instance_id: str | None = None) -> list[Run]:
         """Runs (of ``instance_id`` when given) that have not finished."""

@@ -78,6 +78,12 @@ class ScheduleStore:
             return None
         return resolve_schedule(row["id"], row["org_id"], row["timezone"], await self._rows())
 
+    async def installation_timezone(self) -> str:
+        """The installation's time zone: its schedule's, else ``UTC``."""
+        value = await self.db.fetchval(
+            "SELECT timezone FROM schedules WHERE scope = 'installation' AND scope_id = ''")
+        return value or DEFAULT_TIMEZONE
+
     async def effective_all(self) -> list[EffectiveSchedule]:
         """The schedule in force for every enabled instance (what the dispatcher runs)."""
         instances = await self.db.fetch(

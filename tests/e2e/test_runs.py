@@ -1,0 +1,180 @@
+"""Scheduled runs end to end, real processes: two dispatcher replicas running the
+schedules on an injected clock (``CLOCK_FILE``), the pusher and the puller, the sandbox
+BSS and json-server as the Acme CRM.
+
+Two organizations, one instance each, on different schedules (an organization-level
+cron in UTC, an instance-level cron in Europe/Paris). The clock is moved past each
+slot in turn: each instance's run happens once although two dispatchers race for it,
+pushes what only a run can push (BSS records whose events were dropped), then pulls
+what changed in the CRM — and every push of a run is settled before its first pull.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from demo.processes import LoggedProcess, Service
+from shared.messaging.topology import DISPATCHER, PULLER, PUSHER
+from tests.e2e.conftest import make_stack
+from tests.e2e.records import ACME_CONNECTOR, account_bodies
+from tests.e2e.stack import ACME_API_KEY, Connector, Tenant, TestStack
+from tests.e2e.two_way import TWO_WAY
+from tests.fixtures.waiting import wait_until
+
+pytestmark = pytest.mark.e2e
+
+Record = dict[str, Any]
+DISPATCHER_QUEUE = "dispatcher.events"
+
+
+class World:
+    def __init__(self, stack: TestStack, clock: Path, replica: Service) -> None:
+        self.stack = stack
+        self.clock = clock
+        self.replica = replica
+
+    def set_clock(self, instant: datetime) -> None:
+        self.clock.write_text(instant.isoformat())
+
+    def db(self) -> psycopg.Connection[Record]:
+        return psycopg.connect(self.stack.database_url, row_factory=dict_row, autocommit=True)
+
+    def runs(self, instance_id: str) -> list[Record]:
+        with self.db() as conn:
+            return conn.execute("SELECT * FROM runs WHERE instance_id = %s ORDER BY started_at",
+                                (instance_id,)).fetchall()
+
+    def finished_run(self, instance_id: str) -> Record:
+        def done() -> Record | None:
+            runs = self.runs(instance_id)
+            return runs[0] if runs and runs[0]["status"] != "running" else None
+        return wait_until(done, timeout=120, what=f"the run of {instance_id} to finish",
+                          state=lambda: str(self.runs(instance_id)))
+
+    def run_rows(self, run_id: Any, service: str) -> list[Record]:
+        with self.db() as conn:
+            return conn.execute(
+                "SELECT at, entity, record_id, external_id, outcome, details FROM audit_log"
+                " WHERE run_id = %s AND service = %s AND outcome <> 'retrying' ORDER BY at",
+                (str(run_id), service)).fetchall()
+
+
+@pytest.fixture(scope="module")
+def world(request: pytest.FixtureRequest,
+          tmp_path_factory: pytest.TempPathFactory) -> World:
+    clock = tmp_path_factory.mktemp("clock") / "now"
+    clock.write_text(datetime.now(UTC).isoformat())
+    stack = make_stack(request, [Connector("acme-crm", [ACME_CONNECTOR])],
+                       {"ACME_KEY": ACME_API_KEY, "SCHEDULES_ENABLED": "true",
+                        "CLOCK_FILE": str(clock), "SCHEDULE_INTERVAL": "0.3",
+                        "RUN_PUSH_TIMEOUT": "60"},
+                       crm=True, services=(DISPATCHER, PUSHER, PULLER))
+    logs = stack.workdir / "replica"
+    logs.mkdir()
+    replica = Service(DISPATCHER, stack.env, logs)
+    request.addfinalizer(lambda: LoggedProcess.stop(replica))
+    return World(stack, clock, replica.start())
+
+
+def cron_at(instant: datetime, zone: str) -> str:
+    wall = instant.astimezone(ZoneInfo(zone))
+    return f"{wall.minute} {wall.hour} * * *"
+
+
+def apply(world: World, slot_a: datetime, slot_b: datetime) -> tuple[Tenant, Tenant]:
+    """Two organizations in one installation file: A's schedule at organization level
+    (UTC), B's at instance level (Europe/Paris); the installation's default is 23:00."""
+    suffix = uuid.uuid4().hex[:4]
+    tenants = (Tenant(f"org-a-{suffix}", f"inst-a-{suffix}", "acme-crm"),
+               Tenant(f"org-b-{suffix}", f"inst-b-{suffix}", "acme-crm"))
+    crm = world.stack.crm
+    assert crm is not None
+
+    def instance(tenant: Tenant) -> Record:
+        return {"id": tenant.instance_id, "name": tenant.instance_id, "connector": "acme-crm",
+                "server": crm.url, "credentials": {"apiKey": "env:ACME_KEY"},
+                "permissions": {"account": TWO_WAY, "contact": TWO_WAY}}
+
+    b_instance = instance(tenants[1])
+    b_instance["schedule"] = {"cron": cron_at(slot_b, "Europe/Paris"),
+                              "timezone": "Europe/Paris"}
+    installation = {
+        "timezone": "UTC", "schedule": "0 23 * * *",
+        "connectors": [c.entry() for c in world.stack.connectors.values()],
+        "organizations": [
+            {"id": tenants[0].org_id, "name": "A", "schedule": cron_at(slot_a, "UTC"),
+             "instances": [instance(tenants[0])]},
+            {"id": tenants[1].org_id, "name": "B", "instances": [b_instance]}]}
+    path = world.stack.workdir / f"installation-{suffix}.json"
+    path.write_text(json.dumps(installation))
+    world.stack.cli(["apply", str(path)])
+    return tenants
+
+
+def test_each_instance_runs_once_on_its_schedule_pushing_then_pulling(world: World) -> None:
+    stack = world.stack
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    slot_a, slot_b = now + timedelta(minutes=10), now + timedelta(minutes=20)
+    world.set_clock(now)
+    a, b = apply(world, slot_a, slot_b)
+
+    # BSS records whose events never reach the dispatcher: only a run can push them
+    dispatcher = stack.services[DISPATCHER]
+    LoggedProcess.stop(world.replica)  # Service.stop would wait for a queue without consumer
+    dispatcher.stop()
+    accounts = {t.org_id: stack.bss.create_many(t.org_id, "account",
+                                                account_bodies(3, seed=hash(t.org_id) % 1000))
+                for t in (a, b)}
+    stack.purge(DISPATCHER_QUEUE)
+    dispatcher.start()
+    world.replica.start()
+    crm = stack.crm
+    assert crm is not None
+    company = crm.http.post("/companies", json={
+        "name": "Globex", "accountNumber": f"G-{a.org_id}", "email": "ap@globex.example",
+        "employees": 40, "billingAddress": {"street": "1 Cypress Creek", "city": "Cypress",
+                                            "postalCode": "77429", "country": "US"}}).json()
+
+    world.set_clock(slot_a + timedelta(seconds=5))
+    run_a = world.finished_run(a.instance_id)
+    assert (run_a["status"], run_a["trigger"], run_a["scheduled_for"]) == (
+        "completed", "schedule", slot_a), run_a
+    pushes = world.run_rows(run_a["id"], "pusher")
+    assert sorted(r["record_id"] for r in pushes if r["outcome"] == "created") == sorted(
+        x["id"] for x in accounts[a.org_id])
+    pulls = world.run_rows(run_a["id"], "puller")
+    assert str(company["id"]) in {r["external_id"] for r in pulls if r["outcome"] == "created"}
+    assert max(r["at"] for r in pushes) < run_a["push_settled_at"] <= min(
+        r["at"] for r in pulls)
+    assert world.runs(b.instance_id) == []  # B's slot has not come
+
+    world.set_clock(slot_b + timedelta(seconds=5))
+    run_b = world.finished_run(b.instance_id)
+    assert (run_b["status"], run_b["scheduled_for"]) == ("completed", slot_b), run_b
+    pushes_b = world.run_rows(run_b["id"], "pusher")
+    assert sorted(r["record_id"] for r in pushes_b if r["outcome"] == "created") == sorted(
+        x["id"] for x in accounts[b.org_id])
+    pulls_b = world.run_rows(run_b["id"], "puller")
+    assert pulls_b and max(r["at"] for r in pushes_b) < min(r["at"] for r in pulls_b)
+
+    # two dispatchers looked at every tick: one run per instance and slot
+    assert [r["id"] for r in world.runs(a.instance_id)] == [run_a["id"]]
+    assert [r["id"] for r in world.runs(b.instance_id)] == [run_b["id"]]
+
+    listed = [json.loads(line) for line in stack.cli(
+        ["runs", "list", "--org", a.org_id, "--json"]).stdout.splitlines()]
+    assert [(r["id"], r["status"], r["counts"]["push.queued"]) for r in listed] == [
+        (str(run_a["id"]), "completed", 3)]
+    shown = stack.cli(["runs", "show", str(run_a["id"])]).stdout
+    assert "push       " in shown and "pull       " in shown
+    assert any(line.split() == ["push", "account", "created", "3"]
+               for line in shown.splitlines()), shown
