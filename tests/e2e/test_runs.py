@@ -12,6 +12,7 @@ what changed in the CRM — and every push of a run is settled before its first 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,6 +25,7 @@ from psycopg.rows import dict_row
 
 from demo.processes import LoggedProcess, Service
 from shared.messaging.topology import DISPATCHER, PULLER, PUSHER
+from shared.runtime.registry import DEFAULT_TTL
 from tests.e2e.conftest import make_stack
 from tests.e2e.records import ACME_CONNECTOR, account_bodies
 from tests.e2e.stack import ACME_API_KEY, Connector, Tenant, TestStack
@@ -34,6 +36,8 @@ pytestmark = pytest.mark.e2e
 
 Record = dict[str, Any]
 DISPATCHER_QUEUE = "dispatcher.events"
+#: The daily redelivery's slot: 40 minutes after the module starts, after the runs'.
+REDELIVERY_SLOT = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=40)
 
 
 class World:
@@ -74,7 +78,9 @@ def world(request: pytest.FixtureRequest,
     clock = tmp_path_factory.mktemp("clock") / "now"
     clock.write_text(datetime.now(UTC).isoformat())
     stack = make_stack(request, [Connector("acme-crm", [ACME_CONNECTOR])],
-                       {"ACME_KEY": ACME_API_KEY, "SCHEDULES_ENABLED": "true",
+                       {"ACME_KEY": ACME_API_KEY, "ACME_BAD_KEY": "not-the-key",
+                        "SCHEDULES_ENABLED": "true",
+                        "REDELIVERY_SCHEDULE": cron_at(REDELIVERY_SLOT, "UTC"),
                         "CLOCK_FILE": str(clock), "SCHEDULE_INTERVAL": "0.3",
                         "RUN_PUSH_TIMEOUT": "60"},
                        crm=True, services=(DISPATCHER, PUSHER, PULLER))
@@ -134,6 +140,8 @@ def test_each_instance_runs_once_on_its_schedule_pushing_then_pulling(world: Wor
     accounts = {t.org_id: stack.bss.create_many(t.org_id, "account",
                                                 account_bodies(3, seed=hash(t.org_id) % 1000))
                 for t in (a, b)}
+    wait_until(lambda: len(stack.dead_letters(DISPATCHER_QUEUE)) == 6, timeout=30,
+               what="the six events in dispatcher.events (the BSS relays them)")
     stack.purge(DISPATCHER_QUEUE)
     dispatcher.start()
     world.replica.start()
@@ -178,3 +186,54 @@ def test_each_instance_runs_once_on_its_schedule_pushing_then_pulling(world: Wor
     assert "push       " in shown and "pull       " in shown
     assert any(line.split() == ["push", "account", "created", "3"]
                for line in shown.splitlines()), shown
+
+
+def test_the_daily_redelivery_runs_once_on_its_cron_and_syncs_what_was_fixed(
+        world: World) -> None:
+    """An instance given a wrong API key dead-letters an account (Acme answers 401); the
+    key is fixed; at the redelivery's slot (``REDELIVERY_SCHEDULE``) one of the two
+    dispatchers moves the letter back, and the pusher creates the company: ``trigger``
+    redelivery in its audit row, one ``job_slots`` row, one move."""
+    stack = world.stack
+    suffix = uuid.uuid4().hex[:4]
+    tenant = Tenant(f"org-c-{suffix}", f"inst-c-{suffix}", "acme-crm")
+    crm = stack.crm
+    assert crm is not None
+
+    def apply_with(key_env: str) -> None:
+        installation = {"timezone": "UTC", "connectors": [
+            c.entry() for c in stack.connectors.values()], "organizations": [{
+                "id": tenant.org_id, "name": "C", "instances": [{
+                    "id": tenant.instance_id, "name": "C", "connector": "acme-crm",
+                    "server": crm.url, "credentials": {"apiKey": f"env:{key_env}"},
+                    "permissions": {"account": TWO_WAY}}]}]}
+        path = stack.workdir / f"installation-{suffix}-{key_env}.json"
+        path.write_text(json.dumps(installation))
+        stack.cli(["apply", str(path)])
+
+    apply_with("ACME_BAD_KEY")
+    [account] = stack.bss.create_many(tenant.org_id, "account", account_bodies(1, seed=7))
+    [dead] = wait_until(lambda: [d for d in stack.dead_letters()
+                                 if d["properties"]["headers"]["x-record-id"] == account["id"]],
+                        timeout=60, what="the account's dead letter",
+                        state=lambda: stack.audit.summary(tenant.instance_id))
+    apply_with("ACME_KEY")
+    time.sleep(DEFAULT_TTL + 1)  # the pusher re-reads a changed instance within its TTL
+
+    world.set_clock(REDELIVERY_SLOT + timedelta(seconds=5))
+    rows = wait_until(lambda: [r for r in stack.audit.rows(tenant.instance_id,
+                                                           record_id=account["id"])
+                               if r["outcome"] == "created"],
+                      timeout=90, what="the redelivered account created in Acme",
+                      state=lambda: stack.audit.summary(tenant.instance_id))
+    assert [r["details"]["trigger"] for r in rows] == ["redelivery"]
+    moved = stack.audit.rows(tenant.instance_id, record_id=account["id"], service="dlq")
+    assert [r["details"]["operation"] for r in moved] == ["moved"]
+    with world.db() as conn:
+        slots = conn.execute("SELECT slot, summary, error FROM job_slots"
+                             " WHERE job = 'redelivery'").fetchall()
+    assert [(s["slot"], s["error"]) for s in slots] == [(REDELIVERY_SLOT, None)]
+    assert slots[0]["summary"]["moved"] >= 1
+    assert [d for d in stack.dead_letters()
+            if d["properties"]["headers"]["x-record-id"] == account["id"]] == []
+    assert dead["properties"]["headers"]["x-error-class"]
