@@ -58,8 +58,9 @@ class RunDisplay:
 
     def summary(self, run: Run, outcomes: list[dict[str, Any]]) -> None:
         """The run's outcomes per direction, entity and outcome, and its status."""
+        print(f"run {run.id} of {run.instance_id}: {run.status}", flush=True)
         console = Console()
-        table = Table(title=f"run {run.id} of {run.instance_id}: {run.status}")
+        table = Table()
         for column in ("direction", "entity", "outcome", "records"):
             table.add_column(column, justify="right" if column == "records" else "left")
         for row in outcomes:

@@ -12,6 +12,9 @@ what changed in the CRM — and every push of a run is settled before its first 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -237,3 +240,64 @@ def test_the_daily_redelivery_runs_once_on_its_cron_and_syncs_what_was_fixed(
     assert [d for d in stack.dead_letters()
             if d["properties"]["headers"]["x-record-id"] == account["id"]] == []
     assert dead["properties"]["headers"]["x-error-class"]
+
+
+def test_a_run_killed_mid_way_is_closed_and_the_next_run_covers_it(world: World) -> None:
+    """A manual run (``python -m services.dispatcher.run``, what ``bss-sync sync`` starts)
+    queues 600 accounts whose events were dropped, then is SIGKILLed while it waits for
+    them to settle (the pusher is stopped). ``bss-sync sync --wait`` closes it as
+    interrupted and runs again: every account is in Acme exactly once."""
+    stack = world.stack
+    suffix = uuid.uuid4().hex[:4]
+    tenant = Tenant(f"org-d-{suffix}", f"inst-d-{suffix}", "acme-crm")
+    crm = stack.crm
+    assert crm is not None
+    installation = {"timezone": "UTC", "connectors": [
+        c.entry() for c in stack.connectors.values()], "organizations": [{
+            "id": tenant.org_id, "name": "D", "instances": [{
+                "id": tenant.instance_id, "name": "D", "connector": "acme-crm",
+                "server": crm.url, "credentials": {"apiKey": "env:ACME_KEY"},
+                "permissions": {"account": {"push": ["create", "update", "delete"]}}}]}]}
+    path = stack.workdir / f"installation-{suffix}.json"
+    path.write_text(json.dumps(installation))
+    stack.cli(["apply", str(path)])
+
+    dispatcher, pusher = stack.services[DISPATCHER], stack.services[PUSHER]
+    LoggedProcess.stop(world.replica)
+    dispatcher.stop()
+    accounts = stack.bss.create_many(tenant.org_id, "account", account_bodies(600, seed=11))
+    wait_until(lambda: len(stack.dead_letters(DISPATCHER_QUEUE)) == 600, timeout=60,
+               what="the 600 events in dispatcher.events")
+    stack.purge(DISPATCHER_QUEUE)
+    dispatcher.start()
+    world.replica.start()
+    pusher.stop()
+
+    run_id = str(uuid.uuid4())
+    killed = subprocess.Popen(
+        [sys.executable, "-m", "services.dispatcher.run", "--instance", tenant.instance_id,
+         "--run-id", run_id], env=stack.env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: any(r["counts"].get("push.queued") == 600
+                               for r in world.runs(tenant.instance_id)),
+                   timeout=60, what="the run to queue the 600 accounts",
+                   state=lambda: str(world.runs(tenant.instance_id)))
+    finally:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(10)
+    pusher.start()
+
+    done = stack.cli(["sync", "--instance", tenant.instance_id, "--direction", "push",
+                      "--wait"])
+    runs = {str(r["id"]): r for r in world.runs(tenant.instance_id)}
+    assert runs[run_id]["status"] == "failed" and "interrupted" in runs[run_id]["error"]
+    [second] = [r for i, r in runs.items() if i != run_id]
+    assert second["status"] == "completed", (second, done.stdout, done.stderr)
+    assert f"run {second['id']} of {tenant.instance_id}: completed" in done.stdout
+
+    ids = {a["id"] for a in accounts}
+    in_acme = [c["bssId"] for c in crm.collection("companies") if c.get("bssId") in ids]
+    assert sorted(in_acme) == sorted(ids)  # each once
+    created = stack.audit.rows(tenant.instance_id, outcome="created")
+    assert sorted(r["record_id"] for r in created) == sorted(ids)
