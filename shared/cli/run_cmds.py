@@ -19,7 +19,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from shared.cli.parser import Subparsers, add_command, add_group
+from shared.cli.parser import JSON_LINES_HELP, Subparsers, add_command, add_group
 from shared.cli.storage_cmds import parse_when
 from shared.errors import ConfigurationError, InfrastructureError
 from shared.logging import logging_to, redact
@@ -64,14 +64,17 @@ def register(sub: Subparsers) -> None:
     listing.add_argument("--limit", type=int, default=50, metavar="N",
                          help="runs at most (default: %(default)s)")
     listing.add_argument("--json", action="store_true",
-                         help="one JSON object per run instead of a table (default: off)")
+                         help=JSON_LINES_HELP.format(row="run", instead="a table")
+                         + " (default: off)")
     listing.set_defaults(func=cmd_runs_list)
     show = add_command(runs, "show", "one run: phases, durations, outcomes",
                        "One run: its phases with their durations, what it queued, how "
                        "many records came to each outcome per entity and direction, and "
                        "the audit search that lists its failures.")
     show.add_argument("run", metavar="RUN", help="the run id")
-    show.add_argument("--json", action="store_true", help="JSON instead of text (default: off)")
+    show.add_argument("--json", action="store_true",
+                      help=JSON_LINES_HELP.format(row="run, with its outcomes,",
+                                                  instead="text") + " (default: off)")
     show.set_defaults(func=cmd_runs_show)
 
 
@@ -149,7 +152,7 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**_run_json(run), "outcomes": [
             {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
-            for row in outcomes]}, indent=2))
+            for row in outcomes]}))
         return 0
     print("\n".join(describe_run(run, outcomes)))
     return 0

@@ -8,12 +8,15 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
 
-from services.dispatcher.schedule import Scheduler
+from services.dispatcher.run import RUN_LOCK_CLASS, close_interrupted
+from services.dispatcher.schedule import DailyJob, Scheduler
 from shared.storage.db import Database
 from shared.storage.runs import Run, RunStore
 from shared.storage.schedules import ScheduleStore
+from tests.fixtures.waiting import eventually
 from tests.integration.test_storage import seed
 
 pytestmark = pytest.mark.integration
@@ -156,3 +159,86 @@ async def test_the_scheduler_waits_until_the_next_slot_at_most_its_interval(
     assert await scheduler.seconds_to_next() == pytest.approx(10.0)
     clock.at = datetime(2026, 4, 1, 8, 0, 1, tzinfo=UTC)
     assert await scheduler.seconds_to_next() == scheduler.interval
+
+
+# ------------------------------------------------------------- the daily redelivery's job
+
+
+async def test_a_daily_job_runs_once_per_slot_across_replicas_and_catches_up_once(
+        db: Database) -> None:
+    clock = Clock(datetime(2026, 3, 1, 20, 0, tzinfo=UTC))
+    calls: list[datetime] = []
+
+    async def action() -> dict[str, int]:
+        calls.append(clock.at)
+        return {"moved": len(calls)}
+
+    async def utc() -> str:
+        return "UTC"
+
+    jobs = [DailyJob(db, "redelivery", "30 22 * * *", utc, action, now=clock)
+            for _ in range(3)]
+    await drive(jobs, clock, datetime(2026, 3, 1, 22, 29, tzinfo=UTC),  # type: ignore[arg-type]
+                timedelta(minutes=1))
+    assert calls == []  # slots before the first dispatcher's start are not caught up
+    await drive(jobs, clock, datetime(2026, 3, 1, 22, 40, tzinfo=UTC),  # type: ignore[arg-type]
+                timedelta(minutes=1))
+    assert calls == [datetime(2026, 3, 1, 22, 30, tzinfo=UTC)]
+    clock.at = datetime(2026, 3, 5, 8, 0, tzinfo=UTC)  # three nights missed
+    await drive(jobs, clock, clock.at + timedelta(minutes=10),  # type: ignore[arg-type]
+                timedelta(minutes=1))
+    assert len(calls) == 2
+    rows = await db.fetch("SELECT slot, summary, error, finished_at FROM job_slots"
+                          " WHERE job = 'redelivery' ORDER BY slot")
+    assert [(r["slot"], r["summary"], r["error"]) for r in rows] == [
+        (datetime(2026, 3, 1, 22, 30, tzinfo=UTC), {"moved": 1}, None),
+        (datetime(2026, 3, 4, 22, 30, tzinfo=UTC), {"moved": 2}, None)]
+    assert all(r["finished_at"] is not None for r in rows)
+
+
+async def test_a_failing_daily_job_records_its_error_and_the_next_slot_tries_again(
+        db: Database) -> None:
+    clock = Clock(datetime(2026, 3, 1, 22, 0, tzinfo=UTC))
+
+    async def action() -> dict[str, int]:
+        raise RuntimeError("the broker is gone")
+
+    async def utc() -> str:
+        return "UTC"
+
+    job = DailyJob(db, "redelivery", "30 22 * * *", utc, action, now=clock)
+    clock.at = datetime(2026, 3, 1, 22, 31, tzinfo=UTC)
+    assert await job.tick() == datetime(2026, 3, 1, 22, 30, tzinfo=UTC)
+    assert await job.tick() is None
+    [row] = await db.fetch("SELECT error FROM job_slots")
+    assert row["error"] == "RuntimeError: the broker is gone"
+    clock.at = datetime(2026, 3, 2, 22, 31, tzinfo=UTC)
+    assert await job.tick() == datetime(2026, 3, 2, 22, 30, tzinfo=UTC)
+
+
+# ------------------------------------------------------------------- interrupted runs
+
+
+async def test_a_run_is_closed_as_interrupted_only_once_its_owner_is_gone(
+        db: Database, database_url: str) -> None:
+    await instances(db, "inst-1")
+    runs = RunStore(db)
+    owner = "owner-of-a-process"
+    run = await runs.create("org-1", "inst-1", "manual", owner=owner)
+    orphan = await runs.create("org-1", "inst-1", "manual")  # no owner at all
+    assert run is not None and orphan is not None
+    holder = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
+    await holder.execute("SELECT pg_advisory_lock(%s, hashtext(%s))",
+                         (RUN_LOCK_CLASS, f"{db.schema}:{owner}"))
+    try:
+        closed = await close_interrupted(db)
+        assert [r.id for r in closed] == [orphan.id]
+        assert (await runs.get(run.id)).status == "running"  # type: ignore[union-attr]
+    finally:
+        await holder.close()  # the owning process dies: PostgreSQL drops its lock
+    # (as soon as its backend has seen the connection go: a moment, not at once)
+    [closed_run] = await eventually(lambda: close_interrupted(db), timeout=10,
+                                    what="the owner's lock to be released")
+    assert closed_run.id == run.id and closed_run.status == "failed"
+    assert closed_run.error is not None and "interrupted in phase push" in closed_run.error
+    assert await close_interrupted(db) == []

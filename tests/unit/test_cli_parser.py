@@ -33,6 +33,9 @@ COMMAND_LINES = {
     ("dlq", "redeliver"): [],
     ("dlq", "purge"): ["--filter", "entity=contact"],
     ("pull",): ["--instance", "inst-1"],
+    ("sync",): ["--instance", "inst-1"],
+    ("runs", "list"): [],
+    ("runs", "show"): ["9a6f6b1e-0000-4000-8000-000000000000"],
 }
 
 
