@@ -129,10 +129,10 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
         for run in found:
             print(json.dumps(_run_json(run)))
     else:
-        print(f"{'started':<20} {'instance':<16} {'trigger':<9} {'status':<10} {'phase':<5} "
+        print(f"{'started':<25} {'instance':<16} {'trigger':<9} {'status':<10} {'phase':<5} "
               f"{'queued':>7} {'pulled':>7}  run")
         for run in found:
-            print(f"{_when(run.started_at):<20} {run.instance_id:<16} {run.trigger:<9} "
+            print(f"{_when(run.started_at):<25} {run.instance_id:<16} {run.trigger:<9} "
                   f"{run.status:<10} {run.phase:<5} {run.counts.get('push.queued', 0):>7} "
                   f"{run.counts.get('pull.published', 0):>7}  {run.id}")
     print(f"{len(found)} run{'s' if len(found) != 1 else ''}", file=sys.stderr)
