@@ -512,7 +512,14 @@ def command_line(args: argparse.Namespace) -> str:
     return shlex.join(parts + (["--read"] if args.read else []))
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (``kill``, a CI timeout) ends the benchmark through its ``finally``: the
+    processes, the broker node and the database it made go with it, none orphaned."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 def main(argv: list[str] | None = None) -> None:
+    exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=10_000,
                         help="companies on the stand-in (default 10000)")

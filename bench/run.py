@@ -38,7 +38,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.pull import INSTANCE, ORG, Bench  # noqa: E402
+from bench.pull import INSTANCE, ORG, Bench, exit_on_sigterm  # noqa: E402
 from shared.bss import BssClient  # noqa: E402
 from shared.messaging.topology import DISPATCHER, PUSHER  # noqa: E402
 
@@ -133,6 +133,7 @@ def main() -> None:
     # bench/pull.py's options this benchmark does not vary
     args.read, args.pullers, args.broker, args.bss_writes = False, 1, "own", 0
     command = "python bench/run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    exit_on_sigterm()
     bench = RunBench(args)
     try:
         bench.setup()
