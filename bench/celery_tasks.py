@@ -1,0 +1,90 @@
+"""The peer of ``bench/e2e.py``: the push of one account written as Celery tasks, the way
+a Celery user would write it, against the same stand-ins as bss-sync.
+
+* ``lean`` — POST the company to the third party, INSERT an audit row;
+* ``same_work`` — what bss-sync's pusher does for a new account: GET the account from
+  the BSS API, GET the third party's match (``?accountNumber=``), POST the company,
+  upsert the link, INSERT the audit row.
+
+Configured from the environment (``bench/e2e.py`` sets it): ``BENCH_AMQP_URL``,
+``BENCH_DATABASE_URL``, ``BENCH_BSS_URL``, ``BENCH_THIRD_PARTY_URL``. Reliability as
+Celery's documentation advises for work that must not be lost: ``acks_late``, a
+rejected (requeued) task when a worker dies, and transport errors retried with a
+countdown. Under the gevent pool the broker heartbeat is off (``broker_heartbeat=0``):
+with it, the pool manages ~10 tasks/s here. Connections are one per thread (one per
+greenlet under gevent, where psycopg and httpx cooperate through gevent's patched
+sockets).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import httpx
+import psycopg
+from celery import Celery
+
+app = Celery("bench", broker=os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1//"))
+app.conf.update(
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=4,
+    task_serializer="json",
+    accept_content=["json"],
+    worker_hijack_root_logger=False,
+)
+if os.environ.get("BENCH_POOL") == "gevent":
+    app.conf.broker_heartbeat = 0
+
+_local = threading.local()
+AUDIT = ("INSERT INTO bench_audit (task, record_id, external_id, outcome)"
+         " VALUES (%s, %s, %s, %s)")
+
+
+def _http() -> httpx.Client:
+    client = getattr(_local, "http", None)
+    if client is None:
+        client = _local.http = httpx.Client(timeout=30)
+    return client
+
+
+def _db() -> psycopg.Connection[Any]:
+    conn = getattr(_local, "db", None)
+    if conn is None or conn.closed:
+        conn = _local.db = psycopg.connect(os.environ["BENCH_DATABASE_URL"], autocommit=True)
+    return conn
+
+
+def _company(account: dict[str, Any]) -> dict[str, Any]:
+    return {"name": account["name"], "accountNumber": account.get("code"),
+            "email": account.get("email"), "bssId": account["id"]}
+
+
+@app.task(bind=True, autoretry_for=(httpx.TransportError, psycopg.OperationalError),
+          retry_backoff=1, max_retries=10)
+def lean(self: Any, account: dict[str, Any]) -> None:
+    base = os.environ["BENCH_THIRD_PARTY_URL"]
+    response = _http().post(f"{base}/companies", json=_company(account))
+    response.raise_for_status()
+    _db().execute(AUDIT, ("lean", account["id"], str(response.json()["id"]), "created"))
+
+
+@app.task(bind=True, autoretry_for=(httpx.TransportError, psycopg.OperationalError),
+          retry_backoff=1, max_retries=10)
+def same_work(self: Any, org: str, record_id: str) -> None:
+    http, base = _http(), os.environ["BENCH_THIRD_PARTY_URL"]
+    read = http.get(f"{os.environ['BENCH_BSS_URL']}/organizations/{org}/account/{record_id}")
+    read.raise_for_status()
+    account = read.json()
+    match = http.get(f"{base}/companies", params={"accountNumber": account.get("code")})
+    match.raise_for_status()
+    created = http.post(f"{base}/companies", json=_company(account))
+    created.raise_for_status()
+    external_id = str(created.json()["id"])
+    db = _db()
+    db.execute("INSERT INTO bench_links (record_id, external_id) VALUES (%s, %s)"
+               " ON CONFLICT (record_id) DO UPDATE SET external_id = EXCLUDED.external_id,"
+               " updated_at = now()", (record_id, external_id))
+    db.execute(AUDIT, ("same_work", record_id, external_id, "created"))
