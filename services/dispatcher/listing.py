@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, date, datetime
+from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import urljoin
 
@@ -164,23 +164,7 @@ class Lister:
 def cursor_time(value: Any, fmt: str = "iso8601") -> datetime | None:
     """A record's modification time (its ``cursorField``) as a UTC datetime; ``None``
     when absent or unreadable (such a record does not move the cursor)."""
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        if isinstance(value, int | float):
-            seconds = value / 1000 if fmt == "epoch-ms" else value
-            return datetime.fromtimestamp(seconds, UTC)
-        if isinstance(value, str):
-            text = value.strip()
-            if text.isdigit():
-                return cursor_time(int(text), fmt)
-            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    except (ValueError, OverflowError, OSError):
-        return None
-    if isinstance(value, date):
-        return datetime(value.year, value.month, value.day, tzinfo=UTC)
-    return None
+    return paging.read_time(value, fmt)
 
 
 def highest_time(call: CallSpec, records: list[Any],
@@ -190,7 +174,7 @@ def highest_time(call: CallSpec, records: list[Any],
     pointer = incremental.get("cursorField")
     if not pointer:
         return high
-    fmt = incremental.get("format", "iso8601")
+    fmt = paging.field_format(call)
     for record in records:
         try:
             found = cursor_time(resolve_pointer(record, pointer), fmt)
@@ -209,7 +193,7 @@ def changed_since(call: CallSpec, records: list[Any], since: datetime | None) ->
     if since is None or not paging.client_filtered(call):
         return records
     incremental = call.option("incremental") or {}
-    pointer, fmt = incremental["cursorField"], incremental.get("format", "iso8601")
+    pointer, fmt = incremental["cursorField"], paging.field_format(call)
     kept = []
     for record in records:
         try:

@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
 
 from shared.connector import SyncObject
+from shared.connector.paging import field_format, read_time
 from shared.connector.source import resolve_pointer
 
 BSS_WINS, EXTERNAL_WINS, NEWEST_WINS = "bss-wins", "external-wins", "newest-wins"
@@ -96,13 +97,13 @@ def external_modified(obj: SyncObject, record: dict[str, Any] | None, *,
         return None
     incremental = obj.pull_list.option("incremental") or {}
     pointer = incremental.get("cursorField")
-    if not pointer or (precise and incremental.get("format") == "date"):
+    if not pointer or (precise and field_format(obj.pull_list) == "date"):
         return None
     try:
         value = resolve_pointer(record, pointer)
     except (KeyError, ValueError):
         return None
-    return instant(value, incremental.get("format", "iso8601"))
+    return instant(value, field_format(obj.pull_list))
 
 
 def modified_since(modified: datetime | None, synced: Iterable[datetime | None]) -> bool:
@@ -114,22 +115,8 @@ def modified_since(modified: datetime | None, synced: Iterable[datetime | None])
 
 
 def instant(value: Any, fmt: str = "iso8601") -> datetime | None:
-    """A modification time as a UTC datetime: RFC 3339 text, a date, or epoch seconds /
-    milliseconds (a number, or digits, read per ``fmt``); ``None`` when unreadable."""
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        if isinstance(value, int | float):
-            return datetime.fromtimestamp(value / 1000 if fmt == "epoch-ms" else value, UTC)
-        if isinstance(value, str):
-            text = value.strip()
-            if text.isdigit():
-                return instant(int(text), fmt)
-            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-            return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    except (ValueError, OverflowError, OSError):
-        return None
-    return None
+    """A modification time as a UTC datetime (``shared.connector.paging.read_time``)."""
+    return read_time(value, fmt)
 
 
 def _iso(at: datetime | date) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import urljoin
 
@@ -79,11 +79,52 @@ def since_value(call: CallSpec, since: datetime | None) -> Any:
     fmt = (call.option("incremental") or {}).get("format", "iso8601")
     if fmt == "epoch-ms":  # integer arithmetic: timestamp() * 1000 can lose a millisecond
         return (since - _EPOCH) // timedelta(milliseconds=1)
+    if fmt == "ms-date":  # Microsoft's JSON date: /Date(<epoch ms>)/
+        return f"/Date({(since - _EPOCH) // timedelta(milliseconds=1)})/"
     if fmt == "epoch-s":
         return (since - _EPOCH) // timedelta(seconds=1)
     if fmt == "date":
         return since.date().isoformat()
     return since.isoformat().replace("+00:00", "Z")
+
+
+def field_format(call: CallSpec) -> str:
+    """The format of a record's ``cursorField`` value: ``incremental.fieldFormat``, else
+    the format of the value sent (``incremental.format``)."""
+    incremental = call.option("incremental") or {}
+    return str(incremental.get("fieldFormat") or incremental.get("format", "iso8601"))
+
+
+_MS_DATE = re.compile(r"/Date\((-?\d+)(?:[+-]\d{4})?\)/")
+
+
+def read_time(value: Any, fmt: str = "iso8601") -> datetime | None:
+    """A modification time as a UTC datetime, read per ``fmt`` (an ``incremental``
+    format): RFC 3339 text (naive: UTC), a date, epoch seconds or milliseconds (a number
+    or digits), or ``/Date(1718000000000+0000)/`` (epoch milliseconds; the offset says
+    how to display it, not when). ``None`` when absent or unreadable."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        if isinstance(value, int | float):
+            millis = fmt in ("epoch-ms", "ms-date")
+            return datetime.fromtimestamp(value / 1000 if millis else value, UTC)
+        if isinstance(value, str):
+            text = value.strip()
+            ms_date = _MS_DATE.fullmatch(text)
+            if ms_date is not None:
+                return _EPOCH + timedelta(milliseconds=int(ms_date.group(1)))
+            if text.isdigit():
+                return read_time(int(text), fmt)
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+    if isinstance(value, datetime):
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    return None
 
 
 def first_page(call: CallSpec, since: datetime | None) -> PageRequest:

@@ -19,9 +19,11 @@ from shared.connector.openapi import index_operations
 from shared.connector.paging import (
     DEFAULT_PAGE_SIZE,
     PageRequest,
+    field_format,
     first_page,
     next_page,
     page_size,
+    read_time,
     records_of,
     since_value,
 )
@@ -101,6 +103,7 @@ def test_page_size(options, expected):
         ("date", SINCE, "2024-05-01"),
         ("date", datetime(2024, 5, 1, 23, 30, tzinfo=timezone(timedelta(hours=-5))), "2024-05-02"),
         ("date", datetime(2024, 5, 2, 1, 0, tzinfo=timezone(timedelta(hours=5))), "2024-05-01"),
+        ("ms-date", SINCE.replace(microsecond=123456), "/Date(1714557600123)/"),
     ],
     ids=[
         "default iso",
@@ -115,6 +118,7 @@ def test_page_size(options, expected):
         "date",
         "date of a west offset is the UTC date",
         "date of an east offset is the UTC date",
+        "Microsoft JSON date",
     ],
 )
 def test_since_value_formats(fmt, since, expected):
@@ -663,3 +667,23 @@ def test_hubspot_companies_cursor_in_body_and_filter_left_to_the_body_transform(
     assert records_of(call, body) == [{"id": "1"}]
     assert second is not None
     assert (second.query, second.body_fields, second.cursor) == ({}, {"after": "1"}, "1")
+
+
+@pytest.mark.parametrize(("value", "fmt", "expected"), [
+    ("/Date(1718000000000+0000)/", "ms-date", datetime(2024, 6, 10, 6, 13, 20, tzinfo=UTC)),
+    ("/Date(1718000000000-0500)/", "ms-date", datetime(2024, 6, 10, 6, 13, 20, tzinfo=UTC)),
+    ("/Date(1718000000123)/", "iso8601", datetime(2024, 6, 10, 6, 13, 20, 123000, tzinfo=UTC)),
+    ("/Date(-86400000)/", "ms-date", datetime(1969, 12, 31, tzinfo=UTC)),
+    (1718000000000, "ms-date", datetime(2024, 6, 10, 6, 13, 20, tzinfo=UTC)),
+    ("/Date(soon)/", "ms-date", None),
+    ("2024-06-10T06:13:20Z", "ms-date", datetime(2024, 6, 10, 6, 13, 20, tzinfo=UTC)),
+])
+def test_read_time_reads_microsoft_json_dates(value, fmt, expected):
+    assert read_time(value, fmt) == expected
+
+
+def test_the_field_format_defaults_to_the_format_of_the_value_sent():
+    assert field_format(list_call(incremental={"format": "epoch-s"})) == "epoch-s"
+    assert field_format(list_call(incremental={"format": "iso8601",
+                                               "fieldFormat": "ms-date"})) == "ms-date"
+    assert field_format(list_call(incremental={})) == "iso8601"
