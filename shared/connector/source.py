@@ -24,7 +24,26 @@ except AttributeError:  # pragma: no cover - depends on how PyYAML was built
 
 
 class _JsonCompatibleLoader(_BaseLoader):  # type: ignore[misc, valid-type]
-    """Safe YAML loader that keeps dates as strings, as JSON would."""
+    """Safe YAML loader that reads a document as JSON would: dates stay strings, and
+    every mapping key is the string written (``200:`` → ``"200"``, ``true:`` →
+    ``"true"``), so a vendor's unquoted response codes are the keys OpenAPI expects
+    and ``$ref``s to them resolve."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[str, Any]:
+        if not isinstance(node, yaml.MappingNode):
+            return super().construct_mapping(node, deep=deep)  # raises the usual error
+        self.flatten_mapping(node)  # `<<` merge keys, as the safe loader does
+        mapping: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    "found a key that is not a scalar (JSON keys are strings)",
+                    key_node.start_mark,
+                )
+            mapping[key_node.value] = self.construct_object(value_node, deep=deep)
+        return mapping
 
 
 _JsonCompatibleLoader.yaml_implicit_resolvers = {
