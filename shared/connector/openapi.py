@@ -145,6 +145,10 @@ class Operation:
     request_media_type: str | None
     request_schema: Any
     request_schema_pointer: str | None
+    # the request media type's ``encoding`` (form bodies: per property style, explode,
+    # contentType); a multipart property of ``format: binary`` without a contentType
+    # gets application/octet-stream, as OpenAPI says
+    request_encoding: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -214,10 +218,12 @@ def _build_operation(
             params[(param["name"], str(param.get("in")))] = param
     body = deref(document, raw.get("requestBody"))
     media = schema = schema_pointer = None
+    encoding: dict[str, Any] = {}
     if isinstance(body, dict):
         media, schema, schema_pointer = _json_content(
             document, body.get("content"), join_pointer(pointer, "requestBody", "content")
         )
+        encoding = _request_encoding(document, body.get("content"), media, schema)
     operation_id = raw.get("operationId") if isinstance(raw.get("operationId"), str) else None
     return Operation(
         method.upper(),
@@ -230,7 +236,33 @@ def _build_operation(
         media,
         schema,
         schema_pointer,
+        encoding,
     )
+
+
+def _request_encoding(
+    document: dict[str, Any], content: Any, media: str | None, schema: Any
+) -> dict[str, Any]:
+    """The ``encoding`` of the chosen request media type, with multipart's default
+    content type for binary properties filled in."""
+    entry = deref(document, content.get(media)) if isinstance(content, dict) and media else None
+    declared = entry.get("encoding") if isinstance(entry, dict) else None
+    encoding = {
+        name: dict(value)
+        for name, value in (declared or {}).items()
+        if isinstance(value, dict)
+    }
+    if not str(media).lower().startswith("multipart/"):
+        return encoding
+    properties = deref(document, schema)
+    properties = properties.get("properties") if isinstance(properties, dict) else None
+    for name, prop in (properties or {}).items():
+        prop = deref(document, prop)
+        if isinstance(prop, dict) and prop.get("type") == "array":
+            prop = deref(document, prop.get("items"))
+        if isinstance(prop, dict) and prop.get("format") == "binary":
+            encoding.setdefault(name, {}).setdefault("contentType", "application/octet-stream")
+    return encoding
 
 
 def _json_content(

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from shared.connector.document import CallSpec, ConnectorDocument
+from shared.connector.form_body import MULTIPART, encode_form, form_media
 from shared.connector.openapi import Operation
 from shared.errors import ConfigurationError, MappingError
 from shared.transform import UNDEFINED, TransformContext
@@ -36,6 +37,9 @@ class RequestPlan:
     headers: dict[str, str]
     body: Any  # a JSON value, or UNDEFINED for no body
     operation: Operation
+    # the body's bytes when they are not JSON (a form body, encoded per the operation's
+    # ``encoding`` by ``plan_request``): what the client sends and ``preview`` shows
+    content: bytes | None = None
 
     @property
     def has_body(self) -> bool:
@@ -91,8 +95,12 @@ def plan_request(
     """The request for ``call``: parameters rendered from ``data`` (the template input:
     record, externalId, since, cursor…), ``body`` as given (already transformed).
 
-    Raises ``MappingError`` when a path parameter has no value, and whatever the
-    templates raise (``MappingError``, ``DependencyPending``, ``LinksNotLoaded``).
+    A form body (``application/x-www-form-urlencoded``, ``multipart/form-data``) is
+    encoded here, per the operation's ``encoding`` (``RequestPlan.content``).
+
+    Raises ``MappingError`` when a path parameter has no value, ``SchemaViolation``
+    for a body its form media type cannot carry, and whatever the templates raise
+    (``MappingError``, ``DependencyPending``, ``LinksNotLoaded``).
     """
     operation = call.operation
     path_values: dict[str, str] = {}
@@ -124,6 +132,7 @@ def plan_request(
         headers["Cookie"] = "; ".join(cookies)
     if extra_headers:
         headers.update(extra_headers)
+    content = None
     if body is not UNDEFINED:
         headers.setdefault(
             "Content-Type",
@@ -131,11 +140,25 @@ def plan_request(
             if operation.request_media_type and "*" not in operation.request_media_type
             else "application/json",
         )
+        content = _form_content(operation, headers, body)
     headers.setdefault("Accept", "application/json")
     url = base_url.rstrip("/") + fill_path(operation.path, path_values)
     if query:
         url += "?" + urlencode(query)
-    return RequestPlan(operation.method, url, headers, body, operation)
+    return RequestPlan(operation.method, url, headers, body, operation, content)
+
+
+def _form_content(operation: Operation, headers: dict[str, str], body: Any) -> bytes | None:
+    """A form body's bytes (its ``Content-Type`` set, with the multipart boundary);
+    ``None`` for any other media type. Raises ``SchemaViolation`` for a body the form
+    cannot carry."""
+    name = next(k for k in headers if k.lower() == "content-type")
+    media = form_media(headers[name])
+    if media is None or isinstance(body, bytes):
+        return None
+    encoded = encode_form(media, body, operation.request_encoding)
+    headers[name] = encoded.content_type if media == MULTIPART else headers[name]
+    return encoded.content
 
 
 _PLACEHOLDER = re.compile(r"{([^{}/]+)}")

@@ -29,7 +29,7 @@ import re
 import time
 from collections.abc import Collection, Mapping
 from typing import Any
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 import structlog
@@ -322,7 +322,8 @@ class ThirdPartyClient:
         method = plan.method
         if (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST"):
             headers = {k: v for k, v in plan.headers.items() if k.lower() != "content-type"}
-            return dataclasses.replace(target, method="GET", body=UNDEFINED, headers=headers)
+            return dataclasses.replace(target, method="GET", body=UNDEFINED, content=None,
+                                       headers=headers)
         return target
 
     # -- classification ---------------------------------------------------------------
@@ -413,12 +414,12 @@ def _check_headers(headers: Mapping[str, Any]) -> None:
 def _encode(plan: RequestPlan) -> bytes | None:
     if not plan.has_body:
         return None
+    if plan.content is not None:
+        return plan.content  # a form body, encoded when the request was planned
     body = plan.body
     if isinstance(body, bytes):
         return body
     media = next((v for k, v in plan.headers.items() if k.lower() == "content-type"), "")
-    if "x-www-form-urlencoded" in media.lower() and isinstance(body, Mapping):
-        return urlencode({k: v for k, v in body.items() if v is not None}, doseq=True).encode()
     if isinstance(body, str) and not _is_json(media):
         return body.encode()
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()

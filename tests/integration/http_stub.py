@@ -13,6 +13,7 @@ Routes (any method unless noted):
 ``/loop``                      redirects to itself forever
 ``/huge?bytes=&chunked=``      a JSON string body of that many bytes
 ``/text``                      200 ``text/html``
+``/v1/…``                      200 echo with an ``id`` (``rec-<n>``): a vendor's create
 ``/empty``                     204
 ``POST /oauth/token``          OAuth2 token endpoint: client_credentials, password,
                                refresh_token; counts calls, issues short-lived tokens
@@ -192,6 +193,10 @@ def _route(stub: StubServer, h: BaseHTTPRequestHandler, r: Recorded) -> None:
     if head == "cookie":
         return _send(h, 200, json.dumps(_echo(r)).encode(),
                      {"Content-Type": "application/json", "Set-Cookie": "session=s1; Path=/"})
+    if head == "v1":
+        with stub.lock:
+            number = len(stub.requests)
+        return _json(h, 200, {**_echo(r), "id": f"rec-{number}"})
     if head == "text":
         return _send(h, 200, b"<html><body>Welcome to our login page</body></html>",
                      {"Content-Type": "text/html"})
