@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from shared.connector.document import DEFAULT_EXTERNAL_ID, CallSpec, SyncObject
-from shared.connector.openapi import Operation, find_operation, schema_has_path
+from shared.connector.openapi import Operation, deref, find_operation, schema_has_path
 from shared.connector.problems import Problem
 from shared.connector.source import resolve_pointer
 from shared.connector.transform_compiler import SYNC, TransformCompiler, as_mapping
@@ -184,7 +184,10 @@ class ObjectCompiler:
         if operation is None:
             self._unknown_operation(reference, join_pointer(pointer, "operation"))
             return None
-        params = self._params(kind, operation, as_mapping(spec.get("params")), pointer)
+        params = self._params(
+            kind, operation, as_mapping(spec.get("params")), pointer,
+            extra_headers=as_mapping(spec.get("headers")),
+        )
         headers = {}
         for header, value in as_mapping(spec.get("headers")).items():
             template = self._template(value, join_pointer(pointer, "headers", header), kind)
@@ -242,7 +245,12 @@ class ObjectCompiler:
         )
 
     def _params(
-        self, kind: str, operation: Operation, given: dict[str, Any], pointer: str
+        self,
+        kind: str,
+        operation: Operation,
+        given: dict[str, Any],
+        pointer: str,
+        extra_headers: dict[str, Any],
     ) -> dict[str, Template]:
         params = {}
         for name, value in given.items():
@@ -271,6 +279,7 @@ class ObjectCompiler:
                 and param.get("in") in ("query", "header")
                 and param.get("name") not in given
                 and not self._filled_by_list(kind, param.get("name"), pointer)
+                and not self._sent_anyway(operation, param, extra_headers)
             ):
                 self._problem(
                     join_pointer(pointer, "params"),
@@ -278,6 +287,41 @@ class ObjectCompiler:
                     f"{operation.key} is never provided",
                 )
         return params
+
+    def _sent_anyway(
+        self, operation: Operation, param: dict[str, Any], extra_headers: dict[str, Any]
+    ) -> bool:
+        """Whether a required header parameter the call's ``params`` leave out is sent all
+        the same: named in its ``headers``, or the credential itself (an apiKey scheme
+        the operation accepts, sent in a header of that name — HTTP header names are
+        case-insensitive)."""
+        if param.get("in") != "header" or not isinstance(param.get("name"), str):
+            return False
+        name = param["name"].lower()
+        if any(str(header).lower() == name for header in extra_headers):
+            return True
+        return any(
+            scheme.get("type") == "apiKey"
+            and scheme.get("in") == "header"
+            and str(scheme.get("name", "")).lower() == name
+            for scheme in self._accepted_schemes(operation)
+        )
+
+    def _accepted_schemes(self, operation: Operation) -> list[dict[str, Any]]:
+        """The security schemes any of ``operation``'s requirements names."""
+        requirements = operation.raw.get("security")
+        if requirements is None:
+            requirements = self.document.get("security")
+        components = as_mapping(self.document.get("components"))
+        schemes = as_mapping(components.get("securitySchemes"))
+        named = {
+            name
+            for requirement in (requirements if isinstance(requirements, list) else [])
+            if isinstance(requirement, dict)
+            for name in requirement
+        }
+        found = [deref(self.document, schemes.get(name)) for name in sorted(named)]
+        return [scheme for scheme in found if isinstance(scheme, dict)]
 
     def _filled_by_list(self, kind: str, name: Any, pointer: str) -> bool:
         return kind in LIST_KINDS and name in self._list_param_names(pointer)

@@ -155,8 +155,14 @@ class Operation:
         return f"{self.method} {self.path}"
 
     def parameter(self, name: str) -> dict[str, Any] | None:
+        """The parameter ``name`` declares; a header's name matches in any case (HTTP
+        header names are case-insensitive: ``x-since`` is ``X-Since``)."""
         for param in self.parameters:
             if param.get("name") == name:
+                return param
+        folded = name.lower()
+        for param in self.parameters:
+            if param.get("in") == "header" and str(param.get("name")).lower() == folded:
                 return param
         return None
 

@@ -178,6 +178,32 @@ def fill_path(template: str, values: Mapping[str, str]) -> str:
     return "/".join(segments)
 
 
+def with_parameters(plan: RequestPlan, params: Mapping[str, Any], *,
+                    query: bool = True) -> RequestPlan:
+    """``plan`` with ``params`` (pagination and incremental values) set where its
+    operation declares each: a header, a cookie, else the query string (replacing values
+    of the same names; left alone with ``query=False``, for a next-page URL that
+    carries its own)."""
+    headers = dict(plan.headers)
+    cookies: list[str] = []
+    in_query: dict[str, Any] = {}
+    for name, value in params.items():
+        location = (plan.operation.parameter(name) or {}).get("in")
+        if value in (None, UNDEFINED):
+            continue
+        if location == "header":
+            headers[name] = as_text(value)
+        elif location == "cookie":
+            cookies.append(f"{name}={quote(as_text(value), safe='')}")
+        else:
+            in_query[name] = value
+    if cookies:
+        headers["Cookie"] = "; ".join(
+            [*([headers["Cookie"]] if headers.get("Cookie") else []), *cookies])
+    url = with_query(plan.url, in_query) if query and in_query else plan.url
+    return dataclasses.replace(plan, url=url, headers=headers)
+
+
 def with_query(url: str, params: Mapping[str, Any]) -> str:
     """``url`` with ``params`` set (replacing existing values of the same names)."""
     parts = urlsplit(url)
