@@ -310,8 +310,9 @@ def schema_has_path(
     """Whether an object valid against ``schema`` may hold a value at ``path``.
 
     ``properties`` are followed; a schema-valued ``additionalProperties`` (a map of
-    free keys) and a schema without ``properties`` admit any key; ``allOf``/``anyOf``/
-    ``oneOf`` admit a key any branch admits. ``resolve(ref) -> schema`` resolves
+    free keys), an explicit ``additionalProperties: true`` (any key, anything under it)
+    and a schema without ``properties`` admit any key; ``allOf``/``anyOf``/``oneOf``
+    admit a key any branch admits. ``resolve(ref) -> schema`` resolves
     non-local references (entity schemas); local ones use ``document``.
     """
     if not path:
@@ -326,6 +327,8 @@ def schema_has_path(
                 return True
             continue
         additional = candidate.get("additionalProperties", None)
+        if additional is True:
+            return True  # said explicitly: the vendor takes keys it does not list
         if isinstance(additional, dict):
             if schema_has_path(document, additional, path[1:], resolve):
                 return True
