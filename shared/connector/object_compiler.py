@@ -18,6 +18,7 @@ import difflib
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from shared.connector.answer_errors import AnswerErrorRule
 from shared.connector.document import DEFAULT_EXTERNAL_ID, CallSpec, SyncObject
 from shared.connector.openapi import Operation, deref, find_operation, schema_has_path
 from shared.connector.problems import Problem
@@ -230,9 +231,21 @@ class ObjectCompiler:
         options = {
             k: v
             for k, v in spec.items()
-            if k not in ("operation", "params", "headers", "body", "before", "description", "when")
+            if k not in ("operation", "params", "headers", "body", "before", "description", "when",
+                         "errorPointer", "errorWhen")
         }
-        return CallSpec(kind, pointer, operation, params, headers, body, options, before, when)
+        return CallSpec(kind, pointer, operation, params, headers, body, options, before, when,
+                        self._answer_error(spec, pointer))
+
+    def _answer_error(self, spec: dict[str, Any], pointer: str) -> AnswerErrorRule | None:
+        """The call's ``errorPointer`` / ``errorWhen`` (shapes checked by the meta-schema)."""
+        where = spec.get("errorPointer")
+        when = None
+        if isinstance(spec.get("errorWhen"), str):
+            when = self._expression(spec["errorWhen"], join_pointer(pointer, "errorWhen"))
+        if not isinstance(where, str) and when is None:
+            return None
+        return AnswerErrorRule(where if isinstance(where, str) else None, when)
 
     def _unknown_operation(self, reference: str, pointer: str) -> None:
         candidates = sorted({k for k in self.operations})

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
+from shared.connector.answer_errors import AnswerErrorRule
 from shared.connector.document import CallSpec, ConnectorDocument
 from shared.connector.form_body import MULTIPART, encode_form, form_media
 from shared.connector.openapi import Operation
@@ -40,6 +41,8 @@ class RequestPlan:
     # the body's bytes when they are not JSON (a form body, encoded per the operation's
     # ``encoding`` by ``plan_request``): what the client sends and ``preview`` shows
     content: bytes | None = None
+    # the call's errorPointer / errorWhen: how an answer below 400 may still say "error"
+    answer_error: AnswerErrorRule | None = None
 
     @property
     def has_body(self) -> bool:
@@ -145,7 +148,8 @@ def plan_request(
     url = base_url.rstrip("/") + fill_path(operation.path, path_values)
     if query:
         url += "?" + urlencode(query)
-    return RequestPlan(operation.method, url, headers, body, operation, content)
+    return RequestPlan(operation.method, url, headers, body, operation, content,
+                       call.answer_error)
 
 
 def _form_content(operation: Operation, headers: dict[str, str], body: Any) -> bytes | None:

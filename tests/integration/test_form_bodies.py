@@ -18,26 +18,16 @@ from urllib.parse import parse_qsl
 
 import pytest
 
-from services.pusher.handler import PushHandler
 from shared.connector import ConnectorDocument, load_connector
 from shared.connector.document import CallSpec
-from shared.connector.payloads import PayloadChecker
 from shared.connector.preview import preview_push
 from shared.connector.request import plan_request
 from shared.errors import SchemaViolation
 from shared.http import InstanceEndpoint, ThirdPartyClient
 from shared.transform import TransformContext
 from tests.integration.http_stub import StubServer
-from tests.unit.pusher.conftest import INSTANCE, ORG, World, sample
-from tests.unit.pusher.fakes import (
-    FakeAudit,
-    FakeBss,
-    FakeClock,
-    FakeInstances,
-    FakeLinkStore,
-    FakeTarget,
-    instance,
-)
+from tests.integration.real_client_pusher import pusher_world
+from tests.unit.pusher.conftest import INSTANCE, World, sample
 
 ROOT = Path(__file__).resolve().parents[2]
 BILLING = ROOT / "tests" / "data" / "vendor" / "billing.yaml"
@@ -72,16 +62,7 @@ async def client(
 
 @pytest.fixture
 def world(billing: ConnectorDocument, client: ThirdPartyClient) -> World:
-    """The pusher over the in-memory stores, sending through the real client."""
-    clock = FakeClock()
-    links = FakeLinkStore(clock)
-    target = FakeTarget(
-        instance=instance(INSTANCE, org_id=ORG, permissions=[
-            ("account", "push", action) for action in ("create", "update")]),
-        connector=billing, client=client, checker=PayloadChecker(billing))  # type: ignore[arg-type]
-    audit, bss = FakeAudit(), FakeBss()
-    handler = PushHandler(FakeInstances(target), links, bss, audit, clock=clock)
-    return World(links, bss, client, audit, clock, target, handler)  # type: ignore[arg-type]
+    return pusher_world(billing, client, "account")
 
 
 def account(**changes: object) -> dict:
