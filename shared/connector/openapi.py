@@ -84,53 +84,6 @@ def _iter_refs(node: Any, pointer: str) -> Iterator[tuple[str, Any]]:
                     stack.append((value, join_pointer(where, index)))
 
 
-def openapi_problems(document: Any) -> list[Problem]:
-    """Validity as OpenAPI 3.0.x / 3.1.x (openapi-spec-validator), as located problems."""
-    if not isinstance(document, dict):
-        return [Problem("", "is not an OpenAPI document (the top level is not an object)")]
-    version = document.get("openapi")
-    if not isinstance(version, str) or not re.match(r"^3\.[01]\.\d+", version):
-        if "swagger" in document:
-            return [
-                Problem(
-                    "/swagger",
-                    "is Swagger 2.0; bss-sync needs OpenAPI 3.0 or 3.1 "
-                    "(convert it, e.g. with swagger2openapi)",
-                )
-            ]
-        return [
-            Problem(
-                "/openapi" if "openapi" in document else "",
-                f"is not OpenAPI 3.0/3.1 ('openapi' is {version!r}; "
-                'expected a version like "3.0.3" or "3.1.0")',
-            )
-        ]
-    ref_problems = check_refs(document)
-    if ref_problems:
-        return ref_problems  # the validator cannot walk a document with broken references
-    from openapi_spec_validator import OpenAPIV30SpecValidator, OpenAPIV31SpecValidator
-
-    validator_class = (
-        OpenAPIV31SpecValidator if version.startswith("3.1") else OpenAPIV30SpecValidator
-    )
-    problems: list[Problem] = []
-    try:
-        for error in validator_class(document).iter_errors():
-            path = [str(p) for p in (getattr(error, "absolute_path", None) or [])]
-            message = getattr(error, "message", None) or str(error)
-            problems.append(Problem(join_pointer("", *path), f"OpenAPI: {_first_line(message)}"))
-            if len(problems) >= 200:
-                break
-    except Exception as exc:  # the validator can fail on odd documents; never a traceback
-        problems.append(Problem("", f"OpenAPI validation stopped: {_first_line(str(exc))}"))
-    return problems
-
-
-def _first_line(text: str) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else text
-    return line if len(line) <= 300 else line[:297] + "..."
-
-
 @dataclasses.dataclass(frozen=True)
 class Operation:
     """One operation of the document, with what a request needs resolved."""
