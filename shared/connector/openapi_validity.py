@@ -72,9 +72,10 @@ def _meta_validator(minor: str) -> Any:
     from openapi_spec_validator.schemas import schema_v30, schema_v31
 
     schema = json.loads(json.dumps(dict(schema_v31 if minor == "3.1" else schema_v30)))
+    # formats (a contact's email…) are not checked, as jsonschema did not by default
     if minor == "3.1":
-        return jsonschema_rs.validator_for(schema)
-    return jsonschema_rs.Draft4Validator(schema)
+        return jsonschema_rs.validator_for(schema, validate_formats=False)
+    return jsonschema_rs.Draft4Validator(schema, validate_formats=False)
 
 
 def _structure(document: dict[str, Any], version: str) -> list[Problem]:

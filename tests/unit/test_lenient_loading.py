@@ -109,3 +109,12 @@ def test_strict_makes_every_problem_an_error(spec_file, capsys):
     assert main(["validate", "--strict", str(spec_file)]) == 1
     err = capsys.readouterr().err
     assert f"INVALID — {DEFECTS} problem(s)" in err and "warning:" not in err
+
+
+def test_formats_in_the_spec_itself_are_not_checked(spec, tmp_path):
+    """As before jsonschema-rs: a vendor's contact email written as prose is no problem."""
+    document = copy.deepcopy(spec)
+    document["info"]["contact"] = {"email": "support at everything dot example"}
+    loaded, problems = check_connector(written(tmp_path, document))
+    assert loaded is not None
+    assert not [p for p in problems if p.pointer.startswith("/info")]
