@@ -20,6 +20,7 @@ from typing import Any
 
 from shared.connector.answer_errors import AnswerErrorRule
 from shared.connector.document import DEFAULT_EXTERNAL_ID, CallSpec, SyncObject
+from shared.connector.form_body import MULTIPART, form_media
 from shared.connector.openapi import Operation, deref, find_operation, schema_has_path
 from shared.connector.problems import Problem
 from shared.connector.source import resolve_pointer
@@ -209,6 +210,8 @@ class ObjectCompiler:
                     document=self.document,
                     what=f"the request schema of {operation.key}",
                 )
+                if body is not None:
+                    self._check_form_fields(operation, body)
         elif (
             kind in ("create", "update")
             and operation.request_body is not None
@@ -378,6 +381,37 @@ class ObjectCompiler:
                 pointer,
                 "pagination or incremental 'in: body' needs a list 'body' "
                 "transform (its input has since, cursor, pageSize)",
+            )
+
+    def _check_form_fields(self, operation: Operation, body: Transform) -> None:
+        """Warn at each mapped field a form body cannot carry as the operation's
+        ``encoding`` stands (the encoder refuses such a record at run time)."""
+        media = form_media(operation.request_media_type)
+        if media is None:
+            return
+        schema = deref(self.document, operation.request_schema)
+        properties = as_mapping(schema.get("properties")) if isinstance(schema, dict) else {}
+        for rule in body.fields:
+            name = rule.target[0]
+            entry = as_mapping(operation.request_encoding.get(name))
+            if entry.get("style") == "deepObject" or (
+                    media == MULTIPART and "style" not in entry and "explode" not in entry):
+                continue
+            style = str(entry.get("style") or "form")
+            prop = deref(self.document, properties.get(name))
+            items = deref(self.document, prop.get("items")) if isinstance(prop, dict) else None
+            if len(rule.target) >= 3:
+                what = "an object inside an object"
+            elif isinstance(items, dict) and items.get("type") in ("object", "array"):
+                what = f"a list of {items['type']}s"
+            else:
+                continue
+            self._problem(
+                join_pointer(SYNC, "transforms", rule.origin or body.name, "map", rule.name),
+                f"{operation.key} sends its body as {media}, where {what} has no encoding "
+                f"in style {style!r}: declare style deepObject for {name!r} in the "
+                "operation's encoding (an overlay can), or the record fails when sent",
+                severity="warning",
             )
 
     def _body(

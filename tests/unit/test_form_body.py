@@ -3,8 +3,12 @@ what a form cannot carry is refused with its pointer."""
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
+import pytest
+import yaml
+
+from shared.connector import check_connector
 from shared.connector.form_body import MULTIPART, URLENCODED, encode_form, form_media
 from shared.errors import SchemaViolation
 
@@ -119,3 +123,23 @@ def test_form_media_types_are_recognised_with_parameters():
     assert form_media("application/x-www-form-urlencoded; charset=utf-8") == URLENCODED
     assert form_media("Multipart/Form-Data") == MULTIPART
     assert form_media("application/json") is None and form_media(None) is None
+
+
+def test_validate_warns_at_a_mapped_field_the_form_cannot_carry(tmp_path):
+    billing = Path(__file__).resolve().parents[2] / "tests" / "data" / "vendor" / "billing.yaml"
+    document, problems = check_connector(billing)
+    assert document is not None
+    [warning] = [p for p in problems if p.severity == "warning"]
+    assert warning.pointer == "/x-synchronization/transforms/AccountToCustomer/map/charges"
+    assert warning.message.startswith(
+        "POST /customers/{id} sends its body as application/x-www-form-urlencoded, where a "
+        "list of objects has no encoding in style 'form': declare style deepObject for "
+        "'charges'")
+
+    spec = yaml.safe_load(billing.read_text())
+    update = spec["paths"]["/customers/{id}"]["post"]["requestBody"]["content"]
+    update["application/x-www-form-urlencoded"]["encoding"]["charges"] = DEEP
+    fixed = tmp_path / "billing.yaml"
+    fixed.write_text(yaml.safe_dump(spec, sort_keys=False))
+    document, problems = check_connector(fixed)
+    assert document is not None and problems == []
