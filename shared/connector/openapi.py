@@ -171,7 +171,8 @@ def _build_operation(
     shared_params: list[Any],
 ) -> Operation:
     params: dict[tuple[str, str], dict[str, Any]] = {}
-    for candidate in [*shared_params, *(raw.get("parameters") or [])]:
+    own = raw.get("parameters") if isinstance(raw.get("parameters"), list) else []
+    for candidate in [*shared_params, *own]:
         param = deref(document, candidate)
         if isinstance(param, dict) and isinstance(param.get("name"), str):
             params[(param["name"], str(param.get("in")))] = param
@@ -208,14 +209,14 @@ def _request_encoding(
     declared = entry.get("encoding") if isinstance(entry, dict) else None
     encoding = {
         name: dict(value)
-        for name, value in (declared or {}).items()
+        for name, value in (declared if isinstance(declared, dict) else {}).items()
         if isinstance(value, dict)
     }
     if not str(media).lower().startswith("multipart/"):
         return encoding
     properties = deref(document, schema)
     properties = properties.get("properties") if isinstance(properties, dict) else None
-    for name, prop in (properties or {}).items():
+    for name, prop in (properties if isinstance(properties, dict) else {}).items():
         prop = deref(document, prop)
         if isinstance(prop, dict) and prop.get("type") == "array":
             prop = deref(document, prop.get("items"))

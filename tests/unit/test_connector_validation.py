@@ -435,6 +435,24 @@ def test_random_damage_to_the_openapi_part_never_raises(tmp_path, acme):
         assert document is not None or problems
 
 
+def test_numbers_and_odd_shapes_in_the_openapi_part_never_raise(tmp_path, acme):
+    """Whatever a vendor's spec holds where OpenAPI wants something else, validation
+    answers with problems, never an exception (the compiler and the reach walk too)."""
+    rng = random.Random(20261202)
+    junk = [None, 0, 3.5, True, "", "{x}", [], {}, ["a"], {"a": 1}, {"$ref": "#/x"},
+            {"$ref": 5}, {"$ref": "#/components/schemas"}, {"type": "integer", "default": "z"},
+            {"name": "a", "in": "path"}, {"style": "deepObject"}]
+    openapi = {k: v for k, v in acme.items() if k != "x-synchronization"}
+    for round_ in range(int(os.environ.get("FUZZ_ROUNDS", "60"))):
+        damaged = copy.deepcopy(openapi)
+        for _ in range(rng.randint(1, 6)):
+            _damage(damaged, rng, junk)
+        path = write(tmp_path, {**damaged, "x-synchronization": acme["x-synchronization"]},
+                     f"damaged{round_}.json")
+        document, problems = check_connector(path)  # must not raise
+        assert document is not None or problems
+
+
 def _damage(node, rng, junk):
     while True:
         if isinstance(node, dict) and node:
