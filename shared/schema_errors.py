@@ -99,6 +99,35 @@ def _relevant_branch(error: ValidationError) -> ValidationError | None:
     return branch if branch is not error else None
 
 
+def explaining_branch(error: ValidationError) -> ValidationError | None:
+    """The branch error that explains why a value failed an ``anyOf``/``oneOf`` of
+    alternatives — a nullable field's (``anyOf: [X, {type: null}]``, 3.0's
+    ``{nullable: true, enum: [null]}``) included: a branch that admits only null says
+    nothing about a value that is not null, and a branch of the value's own type says
+    more than one of another type. ``None`` when the error has no branches."""
+    branches: dict[Any, list[ValidationError]] = {}
+    for sub in error.context or ():
+        index = sub.relative_schema_path[0] if sub.relative_schema_path else None
+        branches.setdefault(index, []).append(sub)
+    if not branches:
+        return None
+    kept = [errs for errs in branches.values() if not _only_null(errs, error.instance)]
+    kept = kept or list(branches.values())
+    typed = [errs for errs in kept
+             if not any(e.validator == "type" and not e.relative_path for e in errs)]
+    return best_match(e for errs in (typed or kept) for e in errs)
+
+
+def _only_null(errors: list[ValidationError], instance: Any) -> bool:
+    """Whether a branch's complaints about ``instance`` only say that it is not null."""
+    return instance is not None and all(
+        not e.relative_path and (
+            (e.validator == "type" and e.validator_value in ("null", ["null"]))
+            or (e.validator == "enum" and list(e.validator_value or ()) == [None])
+            or (e.validator == "const" and e.validator_value is None))
+        for e in errors)
+
+
 def sentence_for(error: ValidationError, root: Mapping[str, Any] | None = None) -> str:
     """One plain sentence for ``error`` at its own place (what ``_located`` does not split)."""
     kind, expected, instance = error.validator, error.validator_value, error.instance

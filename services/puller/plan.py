@@ -27,14 +27,13 @@ import uuid
 from typing import Any
 
 from jsonschema import ValidationError
-from jsonschema.exceptions import best_match
 
 from services.puller.decide import PullDecision, decide
 from services.pusher.plan import payload_hash
 from shared.connector import SyncObject
 from shared.connector.source import resolve_pointer
 from shared.errors import ConfigurationError, MappingError, SchemaViolation
-from shared.schema_errors import located_sentences
+from shared.schema_errors import explaining_branch, located_sentences
 from shared.schemas import schema_uri, validator
 from shared.storage.links import Link
 from shared.transform import UNDEFINED, ExpressionRuntimeError, TransformContext
@@ -177,9 +176,7 @@ def _leaf(error: ValidationError) -> ValidationError:
     """For ``anyOf [definition, null]`` the definition's own complaint, not "no branch"
     (optional fields of the entity schemas accept null)."""
     if error.validator in ("anyOf", "oneOf") and error.context:
-        relevant = [e for e in error.context
-                    if not (e.validator == "type" and e.validator_value == "null")]
-        deepest = best_match(relevant or error.context)
+        deepest = explaining_branch(error)
         if deepest is not None:
             return _leaf(deepest)
     return error

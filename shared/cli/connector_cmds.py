@@ -147,6 +147,11 @@ def _connector_arguments(parser: argparse.ArgumentParser) -> None:
         help="Overlay 1.0 file adding x-synchronization to the FILEs (default: none; each "
              "FILE is a connector)",
     )
+    parser.add_argument(
+        "--strict", action="store_true",
+        help="every problem is an error, warnings included (default: OpenAPI defects in "
+             "parts of a spec the connector does not reach are warnings)",
+    )
 
 
 def _connectors(args: argparse.Namespace) -> list[tuple[list[Path], Path | None]]:
@@ -163,7 +168,8 @@ def _print_problems(problems: list[Problem], stream: Any) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     failed = False
     for paths, overlay in _connectors(args):
-        document, problems = check_connector(paths, overlay, command=f"bss-sync {args.command}")
+        document, problems = check_connector(paths, overlay, command=f"bss-sync {args.command}",
+                                         strict=args.strict)
         name = " + ".join(str(p) for p in [*paths, *([overlay] if overlay else [])])
         if document is None:
             failed = True
@@ -178,7 +184,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _load_one(args: argparse.Namespace) -> ConnectorDocument | None:
     paths, overlay = (list(args.files), args.overlay)
-    document, problems = check_connector(paths, overlay, command=f"bss-sync {args.command}")
+    document, problems = check_connector(paths, overlay, command=f"bss-sync {args.command}",
+                                         strict=args.strict)
     if document is None:
         print("the connector is invalid:", file=sys.stderr)
         _print_problems(problems, sys.stderr)

@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from shared.connector.answer_errors import AnswerErrorRule
 from shared.connector.openapi import Operation
 from shared.connector.problems import Problem
 from shared.transform import Expression, LookupTable, Template, Transform
@@ -33,6 +34,7 @@ class CallSpec:
     options: Mapping[str, Any]  # externalId, records, pagination, incremental, pageSize, capture
     before: CallSpec | None = None
     when: Expression | None = None  # match only: match only when this is true for the record
+    answer_error: AnswerErrorRule | None = None  # errorPointer / errorWhen: a 200 that failed
 
     def option(self, name: str, default: Any = None) -> Any:
         return self.options.get(name, default)

@@ -11,6 +11,7 @@ command line, ``spec`` + ``overlay`` in an installation file).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
@@ -25,9 +26,11 @@ from jsonschema import Draft202012Validator
 from shared.connector.bundle import Provenance, merge_documents
 from shared.connector.document import ConnectorDocument
 from shared.connector.object_compiler import compile_sync
-from shared.connector.openapi import index_operations, openapi_problems
+from shared.connector.openapi import index_operations
+from shared.connector.openapi_validity import openapi_problems, version_problem
 from shared.connector.overlay import apply_overlay, check_overlay, is_overlay
 from shared.connector.problems import DocumentInvalid, Problem
+from shared.connector.reach import reached
 from shared.connector.source import SourceError, SourceFile, read_source
 from shared.schema_errors import located_sentences
 from shared.schemas import load_schema, registry, schema_uri
@@ -48,10 +51,14 @@ def check_connector(
     overlay: str | Path | None = None,
     *,
     command: str = "bss-sync validate",
+    strict: bool = False,
 ) -> tuple[ConnectorDocument | None, list[Problem]]:
     """Load a connector; returns it (``None`` when there are errors) and all problems,
     warnings included, each located in its source file. ``command`` is the command line
-    a problem quotes when an overlay given alone extends URLs or missing files."""
+    a problem quotes when an overlay given alone extends URLs or missing files.
+
+    OpenAPI defects outside what the connector reaches are warnings (``reach``);
+    ``strict`` makes every problem, warnings included, an error."""
     if isinstance(paths, str | Path):
         paths = [paths]
     problems: list[Problem] = []
@@ -80,17 +87,31 @@ def check_connector(
         for doc_pointer, overlay_pointer in origins:
             provenance.add(doc_pointer, overlay_source, overlay_pointer)
 
-    found = openapi_problems(bundle)
-    found += _sync_problems(bundle)
+    found = _sync_problems(bundle)
     # Compile even when there are problems already: the compiler copes with any shape,
     # and the author wants every problem at once.
     compiled, compile_problems = _compile(bundle)
     found += compile_problems
+    found += _openapi_problems(bundle, compiled["objects"])
     problems += [_locate(p, provenance) for p in found]
+    if strict:
+        problems = [dataclasses.replace(p, severity="error") for p in problems]
     problems.sort(key=lambda p: (p.file or "", p.line or 0))
     if any(p.severity == "error" for p in problems):
         return None, problems
     return _document(bundle, compiled, sources, overlay_source, problems), problems
+
+
+def _openapi_problems(bundle: dict[str, Any], objects: dict[str, Any]) -> list[Problem]:
+    """The document's problems as OpenAPI: errors in what the connector reaches (its
+    operations, what their ``$ref``s lead to, servers, security), warnings elsewhere —
+    a vendor's defect in an operation the connector never calls cannot break it."""
+    wrong_version = version_problem(bundle)
+    if wrong_version is not None:
+        return [wrong_version]
+    reach = reached(bundle, objects)
+    return [p if reach.covers(p.pointer) else dataclasses.replace(p, severity="warning")
+            for p in openapi_problems(bundle)]
 
 
 def document_from_bundle(

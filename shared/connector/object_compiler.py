@@ -18,8 +18,10 @@ import difflib
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from shared.connector.answer_errors import AnswerErrorRule
 from shared.connector.document import DEFAULT_EXTERNAL_ID, CallSpec, SyncObject
-from shared.connector.openapi import Operation, find_operation, schema_has_path
+from shared.connector.form_body import MULTIPART, form_media
+from shared.connector.openapi import Operation, deref, find_operation, schema_has_path
 from shared.connector.problems import Problem
 from shared.connector.source import resolve_pointer
 from shared.connector.transform_compiler import SYNC, TransformCompiler, as_mapping
@@ -184,7 +186,10 @@ class ObjectCompiler:
         if operation is None:
             self._unknown_operation(reference, join_pointer(pointer, "operation"))
             return None
-        params = self._params(kind, operation, as_mapping(spec.get("params")), pointer)
+        params = self._params(
+            kind, operation, as_mapping(spec.get("params")), pointer,
+            extra_headers=as_mapping(spec.get("headers")),
+        )
         headers = {}
         for header, value in as_mapping(spec.get("headers")).items():
             template = self._template(value, join_pointer(pointer, "headers", header), kind)
@@ -205,6 +210,8 @@ class ObjectCompiler:
                     document=self.document,
                     what=f"the request schema of {operation.key}",
                 )
+                if body is not None:
+                    self._check_form_fields(operation, body)
         elif (
             kind in ("create", "update")
             and operation.request_body is not None
@@ -227,9 +234,21 @@ class ObjectCompiler:
         options = {
             k: v
             for k, v in spec.items()
-            if k not in ("operation", "params", "headers", "body", "before", "description", "when")
+            if k not in ("operation", "params", "headers", "body", "before", "description", "when",
+                         "errorPointer", "errorWhen")
         }
-        return CallSpec(kind, pointer, operation, params, headers, body, options, before, when)
+        return CallSpec(kind, pointer, operation, params, headers, body, options, before, when,
+                        self._answer_error(spec, pointer))
+
+    def _answer_error(self, spec: dict[str, Any], pointer: str) -> AnswerErrorRule | None:
+        """The call's ``errorPointer`` / ``errorWhen`` (shapes checked by the meta-schema)."""
+        where = spec.get("errorPointer")
+        when = None
+        if isinstance(spec.get("errorWhen"), str):
+            when = self._expression(spec["errorWhen"], join_pointer(pointer, "errorWhen"))
+        if not isinstance(where, str) and when is None:
+            return None
+        return AnswerErrorRule(where if isinstance(where, str) else None, when)
 
     def _unknown_operation(self, reference: str, pointer: str) -> None:
         candidates = sorted({k for k in self.operations})
@@ -242,7 +261,12 @@ class ObjectCompiler:
         )
 
     def _params(
-        self, kind: str, operation: Operation, given: dict[str, Any], pointer: str
+        self,
+        kind: str,
+        operation: Operation,
+        given: dict[str, Any],
+        pointer: str,
+        extra_headers: dict[str, Any],
     ) -> dict[str, Template]:
         params = {}
         for name, value in given.items():
@@ -271,6 +295,7 @@ class ObjectCompiler:
                 and param.get("in") in ("query", "header")
                 and param.get("name") not in given
                 and not self._filled_by_list(kind, param.get("name"), pointer)
+                and not self._sent_anyway(operation, param, extra_headers)
             ):
                 self._problem(
                     join_pointer(pointer, "params"),
@@ -278,6 +303,41 @@ class ObjectCompiler:
                     f"{operation.key} is never provided",
                 )
         return params
+
+    def _sent_anyway(
+        self, operation: Operation, param: dict[str, Any], extra_headers: dict[str, Any]
+    ) -> bool:
+        """Whether a required header parameter the call's ``params`` leave out is sent all
+        the same: named in its ``headers``, or the credential itself (an apiKey scheme
+        the operation accepts, sent in a header of that name — HTTP header names are
+        case-insensitive)."""
+        if param.get("in") != "header" or not isinstance(param.get("name"), str):
+            return False
+        name = param["name"].lower()
+        if any(str(header).lower() == name for header in extra_headers):
+            return True
+        return any(
+            scheme.get("type") == "apiKey"
+            and scheme.get("in") == "header"
+            and str(scheme.get("name", "")).lower() == name
+            for scheme in self._accepted_schemes(operation)
+        )
+
+    def _accepted_schemes(self, operation: Operation) -> list[dict[str, Any]]:
+        """The security schemes any of ``operation``'s requirements names."""
+        requirements = operation.raw.get("security")
+        if requirements is None:
+            requirements = self.document.get("security")
+        components = as_mapping(self.document.get("components"))
+        schemes = as_mapping(components.get("securitySchemes"))
+        named = {
+            name
+            for requirement in (requirements if isinstance(requirements, list) else [])
+            if isinstance(requirement, dict)
+            for name in requirement
+        }
+        found = [deref(self.document, schemes.get(name)) for name in sorted(named)]
+        return [scheme for scheme in found if isinstance(scheme, dict)]
 
     def _filled_by_list(self, kind: str, name: Any, pointer: str) -> bool:
         return kind in LIST_KINDS and name in self._list_param_names(pointer)
@@ -321,6 +381,37 @@ class ObjectCompiler:
                 pointer,
                 "pagination or incremental 'in: body' needs a list 'body' "
                 "transform (its input has since, cursor, pageSize)",
+            )
+
+    def _check_form_fields(self, operation: Operation, body: Transform) -> None:
+        """Warn at each mapped field a form body cannot carry as the operation's
+        ``encoding`` stands (the encoder refuses such a record at run time)."""
+        media = form_media(operation.request_media_type)
+        if media is None:
+            return
+        schema = deref(self.document, operation.request_schema)
+        properties = as_mapping(schema.get("properties")) if isinstance(schema, dict) else {}
+        for rule in body.fields:
+            name = rule.target[0]
+            entry = as_mapping(operation.request_encoding.get(name))
+            if entry.get("style") == "deepObject" or (
+                    media == MULTIPART and "style" not in entry and "explode" not in entry):
+                continue
+            style = str(entry.get("style") or "form")
+            prop = deref(self.document, properties.get(name))
+            items = deref(self.document, prop.get("items")) if isinstance(prop, dict) else None
+            if len(rule.target) >= 3:
+                what = "an object inside an object"
+            elif isinstance(items, dict) and items.get("type") in ("object", "array"):
+                what = f"a list of {items['type']}s"
+            else:
+                continue
+            self._problem(
+                join_pointer(SYNC, "transforms", rule.origin or body.name, "map", rule.name),
+                f"{operation.key} sends its body as {media}, where {what} has no encoding "
+                f"in style {style!r}: declare style deepObject for {name!r} in the "
+                "operation's encoding (an overlay can), or the record fails when sent",
+                severity="warning",
             )
 
     def _body(

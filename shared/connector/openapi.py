@@ -84,53 +84,6 @@ def _iter_refs(node: Any, pointer: str) -> Iterator[tuple[str, Any]]:
                     stack.append((value, join_pointer(where, index)))
 
 
-def openapi_problems(document: Any) -> list[Problem]:
-    """Validity as OpenAPI 3.0.x / 3.1.x (openapi-spec-validator), as located problems."""
-    if not isinstance(document, dict):
-        return [Problem("", "is not an OpenAPI document (the top level is not an object)")]
-    version = document.get("openapi")
-    if not isinstance(version, str) or not re.match(r"^3\.[01]\.\d+", version):
-        if "swagger" in document:
-            return [
-                Problem(
-                    "/swagger",
-                    "is Swagger 2.0; bss-sync needs OpenAPI 3.0 or 3.1 "
-                    "(convert it, e.g. with swagger2openapi)",
-                )
-            ]
-        return [
-            Problem(
-                "/openapi" if "openapi" in document else "",
-                f"is not OpenAPI 3.0/3.1 ('openapi' is {version!r}; "
-                'expected a version like "3.0.3" or "3.1.0")',
-            )
-        ]
-    ref_problems = check_refs(document)
-    if ref_problems:
-        return ref_problems  # the validator cannot walk a document with broken references
-    from openapi_spec_validator import OpenAPIV30SpecValidator, OpenAPIV31SpecValidator
-
-    validator_class = (
-        OpenAPIV31SpecValidator if version.startswith("3.1") else OpenAPIV30SpecValidator
-    )
-    problems: list[Problem] = []
-    try:
-        for error in validator_class(document).iter_errors():
-            path = [str(p) for p in (getattr(error, "absolute_path", None) or [])]
-            message = getattr(error, "message", None) or str(error)
-            problems.append(Problem(join_pointer("", *path), f"OpenAPI: {_first_line(message)}"))
-            if len(problems) >= 200:
-                break
-    except Exception as exc:  # the validator can fail on odd documents; never a traceback
-        problems.append(Problem("", f"OpenAPI validation stopped: {_first_line(str(exc))}"))
-    return problems
-
-
-def _first_line(text: str) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else text
-    return line if len(line) <= 300 else line[:297] + "..."
-
-
 @dataclasses.dataclass(frozen=True)
 class Operation:
     """One operation of the document, with what a request needs resolved."""
@@ -145,14 +98,24 @@ class Operation:
     request_media_type: str | None
     request_schema: Any
     request_schema_pointer: str | None
+    # the request media type's ``encoding`` (form bodies: per property style, explode,
+    # contentType); a multipart property of ``format: binary`` without a contentType
+    # gets application/octet-stream, as OpenAPI says
+    request_encoding: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def key(self) -> str:
         return f"{self.method} {self.path}"
 
     def parameter(self, name: str) -> dict[str, Any] | None:
+        """The parameter ``name`` declares; a header's name matches in any case (HTTP
+        header names are case-insensitive: ``x-since`` is ``X-Since``)."""
         for param in self.parameters:
             if param.get("name") == name:
+                return param
+        folded = name.lower()
+        for param in self.parameters:
+            if param.get("in") == "header" and str(param.get("name")).lower() == folded:
                 return param
         return None
 
@@ -208,16 +171,19 @@ def _build_operation(
     shared_params: list[Any],
 ) -> Operation:
     params: dict[tuple[str, str], dict[str, Any]] = {}
-    for candidate in [*shared_params, *(raw.get("parameters") or [])]:
+    own = raw.get("parameters") if isinstance(raw.get("parameters"), list) else []
+    for candidate in [*shared_params, *own]:
         param = deref(document, candidate)
         if isinstance(param, dict) and isinstance(param.get("name"), str):
             params[(param["name"], str(param.get("in")))] = param
     body = deref(document, raw.get("requestBody"))
     media = schema = schema_pointer = None
+    encoding: dict[str, Any] = {}
     if isinstance(body, dict):
         media, schema, schema_pointer = _json_content(
             document, body.get("content"), join_pointer(pointer, "requestBody", "content")
         )
+        encoding = _request_encoding(document, body.get("content"), media, schema)
     operation_id = raw.get("operationId") if isinstance(raw.get("operationId"), str) else None
     return Operation(
         method.upper(),
@@ -230,7 +196,33 @@ def _build_operation(
         media,
         schema,
         schema_pointer,
+        encoding,
     )
+
+
+def _request_encoding(
+    document: dict[str, Any], content: Any, media: str | None, schema: Any
+) -> dict[str, Any]:
+    """The ``encoding`` of the chosen request media type, with multipart's default
+    content type for binary properties filled in."""
+    entry = deref(document, content.get(media)) if isinstance(content, dict) and media else None
+    declared = entry.get("encoding") if isinstance(entry, dict) else None
+    encoding = {
+        name: dict(value)
+        for name, value in (declared if isinstance(declared, dict) else {}).items()
+        if isinstance(value, dict)
+    }
+    if not str(media).lower().startswith("multipart/"):
+        return encoding
+    properties = deref(document, schema)
+    properties = properties.get("properties") if isinstance(properties, dict) else None
+    for name, prop in (properties if isinstance(properties, dict) else {}).items():
+        prop = deref(document, prop)
+        if isinstance(prop, dict) and prop.get("type") == "array":
+            prop = deref(document, prop.get("items"))
+        if isinstance(prop, dict) and prop.get("format") == "binary":
+            encoding.setdefault(name, {}).setdefault("contentType", "application/octet-stream")
+    return encoding
 
 
 def _json_content(
@@ -272,8 +264,9 @@ def schema_has_path(
     """Whether an object valid against ``schema`` may hold a value at ``path``.
 
     ``properties`` are followed; a schema-valued ``additionalProperties`` (a map of
-    free keys) and a schema without ``properties`` admit any key; ``allOf``/``anyOf``/
-    ``oneOf`` admit a key any branch admits. ``resolve(ref) -> schema`` resolves
+    free keys), an explicit ``additionalProperties: true`` (any key, anything under it)
+    and a schema without ``properties`` admit any key; ``allOf``/``anyOf``/``oneOf``
+    admit a key any branch admits. ``resolve(ref) -> schema`` resolves
     non-local references (entity schemas); local ones use ``document``.
     """
     if not path:
@@ -288,6 +281,8 @@ def schema_has_path(
                 return True
             continue
         additional = candidate.get("additionalProperties", None)
+        if additional is True:
+            return True  # said explicitly: the vendor takes keys it does not list
         if isinstance(additional, dict):
             if schema_has_path(document, additional, path[1:], resolve):
                 return True

@@ -5,7 +5,9 @@ A list call declares how pages follow each other (``link``, ``next-url``,
 changed since the last pull (``incremental``). ``PageRequest`` is what varies
 from one request to the next; ``first_page`` and ``next_page`` compute it, and
 ``list_request`` turns it into the request — for pull discovery and for
-``bss-sync preview --direction pull`` alike, so the preview shows what is sent.
+``bss-sync preview --direction pull`` alike, so the preview shows what is sent. A page or
+since parameter goes where the operation declares it: the query string, a header or a
+cookie.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 from urllib.parse import urljoin
 
 from shared.connector.document import CallSpec
-from shared.connector.request import RequestPlan, plan_request, with_query
+from shared.connector.request import RequestPlan, plan_request, with_parameters
 from shared.connector.source import resolve_pointer
 from shared.transform import UNDEFINED, TransformContext
 
@@ -245,11 +247,9 @@ def list_request(call: CallSpec, base_url: str, context: TransformContext,
     if page.body_fields:
         body = {**(body if isinstance(body, dict) else {}), **page.body_fields}
     plan = plan_request(call, base_url=base_url, data=data, context=context, body=body)
-    if page.url:
-        return dataclasses.replace(plan, url=urljoin(base_url.rstrip("/") + "/", page.url))
-    if page.query:
-        return dataclasses.replace(plan, url=with_query(plan.url, page.query))
-    return plan
+    if page.url:  # its query is the server's; header and cookie parameters still go
+        plan = dataclasses.replace(plan, url=urljoin(base_url.rstrip("/") + "/", page.url))
+    return with_parameters(plan, page.query, query=not page.url)
 
 
 def records_of(call: CallSpec, response_body: Any) -> list[Any] | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from jsonschema.exceptions import ValidationError, best_match
+from jsonschema.exceptions import ValidationError
 from openapi_schema_validator import (
     OAS30WriteValidator,
     OAS31Validator,
@@ -24,6 +24,7 @@ from referencing.jsonschema import DRAFT4, DRAFT202012
 from shared.connector.document import ConnectorDocument
 from shared.connector.openapi import Operation
 from shared.json_pointer import join_pointer
+from shared.schema_errors import explaining_branch
 from shared.schemas import validator as schema_validator
 
 _DOC_URI = "urn:bss-sync:connector"
@@ -71,12 +72,13 @@ def _entity_validator(entity: str) -> Any:
 
 
 def describe_errors(errors: Any) -> list[str]:
-    """``at /lines/0/quantity: -1 is less than the minimum of 0`` — one per error."""
+    """``at /lines/0/quantity: -1 is less than the minimum of 0`` — one per error; a
+    value failing a nullable field is told what the non-null schema wants."""
     out = []
     for error in errors:
         leaf = _leaf(error)
         where = join_pointer("", *[str(p) for p in leaf.absolute_path]) or "/"
-        out.append(f"at {where}: {leaf.message}")
+        out.append(f"at {where}: {_message(leaf)}")
         if len(out) >= MAX_ERRORS:
             break
     return out
@@ -84,7 +86,18 @@ def describe_errors(errors: Any) -> list[str]:
 
 def _leaf(error: ValidationError) -> ValidationError:
     if error.validator in ("anyOf", "oneOf") and error.context:
-        best = best_match(error.context)
+        best = explaining_branch(error)
         if best is not None:
             return _leaf(best)
     return error
+
+
+def _message(error: ValidationError) -> str:
+    """jsonschema's message, without ``'null'`` among the types a value that is not
+    null failed (``type: [string, null]``: the value is not a string)."""
+    types = error.validator_value
+    if (error.validator == "type" and isinstance(types, list) and "null" in types
+            and error.instance is not None and len(types) > 1):
+        wanted = ", ".join(repr(t) for t in types if t != "null")
+        return f"{error.instance!r} is not of type {wanted}"
+    return error.message

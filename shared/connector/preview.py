@@ -23,7 +23,7 @@ from shared.connector.document import CallSpec, ConnectorDocument, SyncObject
 from shared.connector.idempotency import idempotency_key
 from shared.connector.payloads import PayloadChecker, entity_errors
 from shared.connector.request import RequestPlan, plan_request, server_url
-from shared.errors import SyncError
+from shared.errors import SchemaViolation, SyncError
 from shared.transform import UNDEFINED, ExpressionRuntimeError, TransformContext
 
 
@@ -270,11 +270,17 @@ def _section(
     body_input: Any,
     extra_headers: dict[str, str] | None = None,
 ) -> None:
+    body: Any = UNDEFINED
     try:
         body = call.body.apply(body_input, context) if call.body is not None else UNDEFINED
         plan = plan_request(
             call, base_url=base, data=data, context=context, body=body, extra_headers=extra_headers
         )
+    except SchemaViolation as exc:  # a form body its media type cannot carry
+        preview.errors.append(f"{title}: {exc}")
+        if body is not UNDEFINED:
+            _check_body(preview, checker, title, call, body)
+        return
     except SyncError as exc:
         preview.errors.append(f"{title}: {exc}")
         return
@@ -288,18 +294,27 @@ def _show(preview: Preview, doc: ConnectorDocument, checker: PayloadChecker, tit
     preview.requests.append(plan)
     preview.sections.append((title, format_request(plan)))
     if plan.has_body:
-        problems = checker.request_errors(call.operation, plan.body)
-        where = f"the request schema of {call.operation.key}"
-        if problems:
-            preview.errors += [f"{title}: body breaks {where} {p}" for p in problems]
-        else:
-            preview.notes.append(f"✓ {title}: body valid against {where}")
+        _check_body(preview, checker, title, call, plan.body)
+
+
+def _check_body(
+    preview: Preview, checker: PayloadChecker, title: str, call: CallSpec, body: Any
+) -> None:
+    """The body as built (before any form encoding) against the request schema."""
+    problems = checker.request_errors(call.operation, body)
+    where = f"the request schema of {call.operation.key}"
+    if problems:
+        preview.errors += [f"{title}: body breaks {where} {p}" for p in problems]
+    else:
+        preview.notes.append(f"✓ {title}: body valid against {where}")
 
 
 def format_request(plan: RequestPlan) -> str:
     lines = [f"{plan.method} {plan.url}"]
     lines += [f"{name}: {value}" for name, value in plan.headers.items()]
-    if plan.has_body:
+    if plan.content is not None:  # a form body: the bytes sent, as text
+        lines += ["", plan.content.decode("utf-8", "replace").replace("\r\n", "\n").rstrip()]
+    elif plan.has_body:
         lines += ["", _json(plan.body)]
     return "\n".join(lines)
 

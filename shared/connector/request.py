@@ -19,7 +19,9 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
+from shared.connector.answer_errors import AnswerErrorRule
 from shared.connector.document import CallSpec, ConnectorDocument
+from shared.connector.form_body import MULTIPART, encode_form, form_media
 from shared.connector.openapi import Operation
 from shared.errors import ConfigurationError, MappingError
 from shared.transform import UNDEFINED, TransformContext
@@ -36,6 +38,11 @@ class RequestPlan:
     headers: dict[str, str]
     body: Any  # a JSON value, or UNDEFINED for no body
     operation: Operation
+    # the body's bytes when they are not JSON (a form body, encoded per the operation's
+    # ``encoding`` by ``plan_request``): what the client sends and ``preview`` shows
+    content: bytes | None = None
+    # the call's errorPointer / errorWhen: how an answer below 400 may still say "error"
+    answer_error: AnswerErrorRule | None = None
 
     @property
     def has_body(self) -> bool:
@@ -91,8 +98,12 @@ def plan_request(
     """The request for ``call``: parameters rendered from ``data`` (the template input:
     record, externalId, since, cursor…), ``body`` as given (already transformed).
 
-    Raises ``MappingError`` when a path parameter has no value, and whatever the
-    templates raise (``MappingError``, ``DependencyPending``, ``LinksNotLoaded``).
+    A form body (``application/x-www-form-urlencoded``, ``multipart/form-data``) is
+    encoded here, per the operation's ``encoding`` (``RequestPlan.content``).
+
+    Raises ``MappingError`` when a path parameter has no value, ``SchemaViolation``
+    for a body its form media type cannot carry, and whatever the templates raise
+    (``MappingError``, ``DependencyPending``, ``LinksNotLoaded``).
     """
     operation = call.operation
     path_values: dict[str, str] = {}
@@ -124,6 +135,7 @@ def plan_request(
         headers["Cookie"] = "; ".join(cookies)
     if extra_headers:
         headers.update(extra_headers)
+    content = None
     if body is not UNDEFINED:
         headers.setdefault(
             "Content-Type",
@@ -131,11 +143,26 @@ def plan_request(
             if operation.request_media_type and "*" not in operation.request_media_type
             else "application/json",
         )
+        content = _form_content(operation, headers, body)
     headers.setdefault("Accept", "application/json")
     url = base_url.rstrip("/") + fill_path(operation.path, path_values)
     if query:
         url += "?" + urlencode(query)
-    return RequestPlan(operation.method, url, headers, body, operation)
+    return RequestPlan(operation.method, url, headers, body, operation, content,
+                       call.answer_error)
+
+
+def _form_content(operation: Operation, headers: dict[str, str], body: Any) -> bytes | None:
+    """A form body's bytes (its ``Content-Type`` set, with the multipart boundary);
+    ``None`` for any other media type. Raises ``SchemaViolation`` for a body the form
+    cannot carry."""
+    name = next(k for k in headers if k.lower() == "content-type")
+    media = form_media(headers[name])
+    if media is None or isinstance(body, bytes):
+        return None
+    encoded = encode_form(media, body, operation.request_encoding)
+    headers[name] = encoded.content_type if media == MULTIPART else headers[name]
+    return encoded.content
 
 
 _PLACEHOLDER = re.compile(r"{([^{}/]+)}")
@@ -153,6 +180,32 @@ def fill_path(template: str, values: Mapping[str, str]) -> str:
             else m.group(0), segment)
         segments.append(no_dot_segment(filled) if filled != segment else filled)
     return "/".join(segments)
+
+
+def with_parameters(plan: RequestPlan, params: Mapping[str, Any], *,
+                    query: bool = True) -> RequestPlan:
+    """``plan`` with ``params`` (pagination and incremental values) set where its
+    operation declares each: a header, a cookie, else the query string (replacing values
+    of the same names; left alone with ``query=False``, for a next-page URL that
+    carries its own)."""
+    headers = dict(plan.headers)
+    cookies: list[str] = []
+    in_query: dict[str, Any] = {}
+    for name, value in params.items():
+        location = (plan.operation.parameter(name) or {}).get("in")
+        if value in (None, UNDEFINED):
+            continue
+        if location == "header":
+            headers[name] = as_text(value)
+        elif location == "cookie":
+            cookies.append(f"{name}={quote(as_text(value), safe='')}")
+        else:
+            in_query[name] = value
+    if cookies:
+        headers["Cookie"] = "; ".join(
+            [*([headers["Cookie"]] if headers.get("Cookie") else []), *cookies])
+    url = with_query(plan.url, in_query) if query and in_query else plan.url
+    return dataclasses.replace(plan, url=url, headers=headers)
 
 
 def with_query(url: str, params: Mapping[str, Any]) -> str:

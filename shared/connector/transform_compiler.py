@@ -241,7 +241,8 @@ class TransformCompiler:
 
     def _variable_names(self) -> set[str]:
         names = set(as_mapping(self.sync.get("variables")))
-        for server in self.document.get("servers") or []:
+        servers = self.document.get("servers")
+        for server in servers if isinstance(servers, list) else []:
             if isinstance(server, dict):
                 names.update(as_mapping(server.get("variables")))
         return names

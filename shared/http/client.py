@@ -16,7 +16,9 @@ and returns a :class:`Response` for any status below 400 — or raises one error
 * ``RemoteProtocolError`` — a status outside 100-599 (``HTTP/1.1 999``: the status
   line is in the message), a body over the size limit, a non-JSON body where the
   operation promises JSON, too many redirects;
-* ``ConfigurationError`` — no credentials fill the operation's security requirement.
+* ``ConfigurationError`` — no credentials fill the operation's security requirement;
+* ``RemoteRejected`` too for an answer below 400 whose body carries an error by the
+  call's ``errorPointer`` / ``errorWhen`` (``shared.connector.answer_errors``).
 
 Redirects are followed here, not by httpx, and only within the instance's origin.
 """
@@ -29,16 +31,23 @@ import re
 import time
 from collections.abc import Collection, Mapping
 from typing import Any
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 import structlog
 
+from shared.connector.answer_errors import AnswerErrorRule
 from shared.connector.document import ConnectorDocument
 from shared.connector.openapi import Operation, deref
 from shared.connector.request import RequestPlan, server_url
 from shared.credentials import resolve_credentials
-from shared.errors import ConfigurationError, MappingError, RemoteProtocolError, UnsafeRequest
+from shared.errors import (
+    ConfigurationError,
+    MappingError,
+    RemoteProtocolError,
+    RemoteRejected,
+    UnsafeRequest,
+)
 from shared.http.auth import Applied, Authenticator
 from shared.http.httpx_transport import TransportKind, open_transport
 from shared.http.outcome import (
@@ -61,7 +70,7 @@ from shared.http.tokens import MemoryTokenStore, SharedTokenStore, TokenCipher, 
 from shared.http.transport import BodyTooLarge, NotHttpStatus
 from shared.storage.db import Database
 from shared.storage.oauth_tokens import SealedTokenStore
-from shared.transform import UNDEFINED
+from shared.transform import UNDEFINED, ExpressionRuntimeError
 
 log = structlog.get_logger(__name__)
 
@@ -322,7 +331,8 @@ class ThirdPartyClient:
         method = plan.method
         if (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST"):
             headers = {k: v for k, v in plan.headers.items() if k.lower() != "content-type"}
-            return dataclasses.replace(target, method="GET", body=UNDEFINED, headers=headers)
+            return dataclasses.replace(target, method="GET", body=UNDEFINED, content=None,
+                                       headers=headers)
         return target
 
     # -- classification ---------------------------------------------------------------
@@ -347,6 +357,8 @@ class ThirdPartyClient:
                 raise error
         else:
             body = self._parse(plan.operation, request, answer)
+            if plan.answer_error is not None:
+                _check_answer(plan.answer_error, request, answer, body)
         return Response(answer.status, answer.headers, body, answer.elapsed, answer.url,
                         answer.content, request)
 
@@ -364,6 +376,26 @@ class ThirdPartyClient:
                 f"({media or 'no Content-Type'}): {snippet(answer.content)}",
                 http_status=answer.status,
             ) from None
+
+
+def _check_answer(rule: AnswerErrorRule, request: str, answer: _Answer, body: Any) -> None:
+    """Raise ``RemoteRejected`` when an answer below 400 carries an error in its body
+    (the call's ``errorPointer`` / ``errorWhen``), ``RemoteProtocolError`` when
+    ``errorWhen`` cannot be evaluated on it."""
+    try:
+        found = rule.failure(body)
+    except ExpressionRuntimeError as exc:
+        raise RemoteProtocolError(
+            f"{request} answered {answer.status}, and errorWhen failed on the answer: {exc}",
+            http_status=answer.status) from None
+    if found is None:
+        return
+    said = snippet(found.encode()) if found else snippet(answer.content)
+    raise RemoteRejected(
+        f"{request} answered {answer.status} with an error in its body"
+        + (f": {said}" if said else ""),
+        http_status=answer.status,
+        details={"status": answer.status, "request": request, "errorRule": rule.describe()})
 
 
 def promises_json(document: ConnectorDocument, operation: Operation, status: int) -> bool:
@@ -413,12 +445,12 @@ def _check_headers(headers: Mapping[str, Any]) -> None:
 def _encode(plan: RequestPlan) -> bytes | None:
     if not plan.has_body:
         return None
+    if plan.content is not None:
+        return plan.content  # a form body, encoded when the request was planned
     body = plan.body
     if isinstance(body, bytes):
         return body
     media = next((v for k, v in plan.headers.items() if k.lower() == "content-type"), "")
-    if "x-www-form-urlencoded" in media.lower() and isinstance(body, Mapping):
-        return urlencode({k: v for k, v in body.items() if v is not None}, doseq=True).encode()
     if isinstance(body, str) and not _is_json(media):
         return body.encode()
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()

@@ -13,6 +13,8 @@ Routes (any method unless noted):
 ``/loop``                      redirects to itself forever
 ``/huge?bytes=&chunked=``      a JSON string body of that many bytes
 ``/text``                      200 ``text/html``
+``/v1/…``                      200 echo with an ``id`` (``rec-<n>``): a vendor's create
+a path given to ``answer()``   the status and JSON body given for it
 ``/empty``                     204
 ``POST /oauth/token``          OAuth2 token endpoint: client_credentials, password,
                                refresh_token; counts calls, issues short-lived tokens
@@ -81,6 +83,7 @@ class StubServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.once: Counter[str] = Counter()
+        self.answers: dict[str, tuple[int, Any]] = {}
         self.lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
@@ -98,6 +101,11 @@ class StubServer:
     @property
     def other_url(self) -> str:
         return f"http://localhost:{self.port}"
+
+    def answer(self, path: str, status: int, body: Any) -> None:
+        """Answer every request to ``path`` with ``status`` and the JSON ``body``."""
+        with self.lock:
+            self.answers[path] = (status, body)
 
     def paths(self) -> list[str]:
         with self.lock:
@@ -158,6 +166,10 @@ def _handler(stub: StubServer) -> type[BaseHTTPRequestHandler]:
 
 
 def _route(stub: StubServer, h: BaseHTTPRequestHandler, r: Recorded) -> None:
+    with stub.lock:
+        scripted = stub.answers.get(r.path)
+    if scripted is not None:
+        return _json(h, scripted[0], scripted[1])
     segments = [s for s in r.path.split("/") if s]
     head = segments[0] if segments else ""
     if head == "status" and len(segments) >= 2:
@@ -192,6 +204,10 @@ def _route(stub: StubServer, h: BaseHTTPRequestHandler, r: Recorded) -> None:
     if head == "cookie":
         return _send(h, 200, json.dumps(_echo(r)).encode(),
                      {"Content-Type": "application/json", "Set-Cookie": "session=s1; Path=/"})
+    if head == "v1":
+        with stub.lock:
+            number = len(stub.requests)
+        return _json(h, 200, {**_echo(r), "id": f"rec-{number}"})
     if head == "text":
         return _send(h, 200, b"<html><body>Welcome to our login page</body></html>",
                      {"Content-Type": "text/html"})

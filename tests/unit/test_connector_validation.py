@@ -12,9 +12,11 @@ import pytest
 import yaml
 
 from shared.connector import DocumentInvalid, check_connector, load_connector
+from shared.connector.openapi import deref
 
 ROOT = Path(__file__).resolve().parents[2]
 ACME = ROOT / "connectors" / "acme-crm.json"
+LEDGER = ROOT / "tests" / "data" / "vendor" / "ledger.yaml"
 SYNC = "/x-synchronization"
 
 
@@ -386,6 +388,28 @@ def test_yaml_dates_stay_strings(tmp_path, acme):
     assert loaded.document["info"]["x-released"] == "2025-01-01"
 
 
+def test_yaml_keys_are_read_as_json_would_read_them():
+    """A vendor's YAML with unquoted response codes (``201:``) and a property named
+    ``true:`` loads: the keys are the strings written, so the $refs to them resolve."""
+    loaded, problems = check_connector(LEDGER)
+    assert loaded is not None, [p.format() for p in problems]
+    paths = loaded.document["paths"]
+    assert list(paths["/customers"]["post"]["responses"]) == ["201", "400"]
+    created = deref(loaded.document, paths["/customers"]["post"]["responses"]["201"])
+    assert created["description"] == "The customer"
+    flags = loaded.document["components"]["schemas"]["Flags"]["properties"]
+    assert list(flags) == ["true"]
+    assert loaded.document["info"]["x-released"] == "2025-01-01"
+
+
+def test_yaml_key_that_is_not_a_scalar_is_a_located_error(tmp_path):
+    path = tmp_path / "complex-key.yaml"
+    path.write_text("openapi: 3.0.3\npaths:\n  ? [a, b]\n  : {}\n")
+    problem = errors_of(path)[0]
+    assert "is not valid YAML" in problem.message and "not a scalar" in problem.message
+    assert problem.line == 3
+
+
 def test_random_damage_never_raises(tmp_path, acme):
     """Whatever the input, validation answers with problems, never an exception."""
     rng = random.Random(20261128)
@@ -408,6 +432,24 @@ def test_random_damage_to_the_openapi_part_never_raises(tmp_path, acme):
             _damage(damaged, rng, junk)
         path = write(tmp_path, damaged, f"damaged{round_}.json")
         document, problems = check_connector(path)
+        assert document is not None or problems
+
+
+def test_numbers_and_odd_shapes_in_the_openapi_part_never_raise(tmp_path, acme):
+    """Whatever a vendor's spec holds where OpenAPI wants something else, validation
+    answers with problems, never an exception (the compiler and the reach walk too)."""
+    rng = random.Random(20261202)
+    junk = [None, 0, 3.5, True, "", "{x}", [], {}, ["a"], {"a": 1}, {"$ref": "#/x"},
+            {"$ref": 5}, {"$ref": "#/components/schemas"}, {"type": "integer", "default": "z"},
+            {"name": "a", "in": "path"}, {"style": "deepObject"}]
+    openapi = {k: v for k, v in acme.items() if k != "x-synchronization"}
+    for round_ in range(int(os.environ.get("FUZZ_ROUNDS", "60"))):
+        damaged = copy.deepcopy(openapi)
+        for _ in range(rng.randint(1, 6)):
+            _damage(damaged, rng, junk)
+        path = write(tmp_path, {**damaged, "x-synchronization": acme["x-synchronization"]},
+                     f"damaged{round_}.json")
+        document, problems = check_connector(path)  # must not raise
         assert document is not None or problems
 
 
