@@ -11,9 +11,8 @@ Configured from the environment (``bench/e2e.py`` sets it): ``BENCH_AMQP_URL``,
 Celery's documentation advises for work that must not be lost: ``acks_late``, a
 rejected (requeued) task when a worker dies, and transport errors retried with a
 countdown. Under the gevent pool the broker heartbeat is off (``broker_heartbeat=0``):
-with it, the pool manages ~10 tasks/s here. Connections are one per thread (one per
-greenlet under gevent, where psycopg and httpx cooperate through gevent's patched
-sockets).
+with it, the pool manages ~10 tasks/s here (psycopg and httpx cooperate through
+gevent's patched sockets). One HTTP client and one PostgreSQL pool (32) per worker process.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from typing import Any
 import httpx
 import psycopg
 from celery import Celery
+from psycopg_pool import ConnectionPool
 
 app = Celery("bench", broker=os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1//"))
 app.conf.update(
@@ -38,23 +38,30 @@ app.conf.update(
 if os.environ.get("BENCH_POOL") == "gevent":
     app.conf.broker_heartbeat = 0
 
-_local = threading.local()
 AUDIT = ("INSERT INTO bench_audit (task, record_id, external_id, outcome)"
          " VALUES (%s, %s, %s, %s)")
+_shared: dict[str, Any] = {}
+_lock = threading.Lock()
 
 
 def _http() -> httpx.Client:
-    client = getattr(_local, "http", None)
-    if client is None:
-        client = _local.http = httpx.Client(timeout=30)
-    return client
+    """One client per worker process, shared by its threads or greenlets (a client per
+    greenlet — ``threading.local`` under gevent — would build an SSL context per task)."""
+    with _lock:
+        if "http" not in _shared:
+            _shared["http"] = httpx.Client(timeout=30, limits=httpx.Limits(
+                max_connections=256, max_keepalive_connections=256))
+        return _shared["http"]
 
 
-def _db() -> psycopg.Connection[Any]:
-    conn = getattr(_local, "db", None)
-    if conn is None or conn.closed:
-        conn = _local.db = psycopg.connect(os.environ["BENCH_DATABASE_URL"], autocommit=True)
-    return conn
+def _db() -> ConnectionPool:
+    """One pool per worker process (created after the prefork pool forks)."""
+    with _lock:
+        if "db" not in _shared:
+            _shared["db"] = ConnectionPool(os.environ["BENCH_DATABASE_URL"], min_size=1,
+                                           max_size=32, kwargs={"autocommit": True},
+                                           open=True)
+        return _shared["db"]
 
 
 def _company(account: dict[str, Any]) -> dict[str, Any]:
@@ -68,7 +75,8 @@ def lean(self: Any, account: dict[str, Any]) -> None:
     base = os.environ["BENCH_THIRD_PARTY_URL"]
     response = _http().post(f"{base}/companies", json=_company(account))
     response.raise_for_status()
-    _db().execute(AUDIT, ("lean", account["id"], str(response.json()["id"]), "created"))
+    with _db().connection() as conn:
+        conn.execute(AUDIT, ("lean", account["id"], str(response.json()["id"]), "created"))
 
 
 @app.task(bind=True, autoretry_for=(httpx.TransportError, psycopg.OperationalError),
@@ -83,8 +91,8 @@ def same_work(self: Any, org: str, record_id: str) -> None:
     created = http.post(f"{base}/companies", json=_company(account))
     created.raise_for_status()
     external_id = str(created.json()["id"])
-    db = _db()
-    db.execute("INSERT INTO bench_links (record_id, external_id) VALUES (%s, %s)"
-               " ON CONFLICT (record_id) DO UPDATE SET external_id = EXCLUDED.external_id,"
-               " updated_at = now()", (record_id, external_id))
-    db.execute(AUDIT, ("same_work", record_id, external_id, "created"))
+    with _db().connection() as db:
+        db.execute("INSERT INTO bench_links (record_id, external_id) VALUES (%s, %s)"
+                   " ON CONFLICT (record_id) DO UPDATE SET external_id ="
+                   " EXCLUDED.external_id, updated_at = now()", (record_id, external_id))
+        db.execute(AUDIT, ("same_work", record_id, external_id, "created"))
