@@ -26,7 +26,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from demo.processes import LoggedProcess, Service
+from demo.processes import LoggedProcess, Service, bss_sync
 from shared.messaging.topology import DISPATCHER, PULLER, PUSHER
 from shared.runtime.registry import DEFAULT_TTL
 from tests.e2e.conftest import make_stack
@@ -301,3 +301,67 @@ def test_a_run_killed_mid_way_is_closed_and_the_next_run_covers_it(world: World)
     assert sorted(in_acme) == sorted(ids)  # each once
     created = stack.audit.rows(tenant.instance_id, outcome="created")
     assert sorted(r["record_id"] for r in created) == sorted(ids)
+
+
+def test_a_run_pushes_what_failed_before_and_audits_a_settling_timeout(world: World) -> None:
+    """Two accounts dead-lettered (a wrong API key), then a run moves the push watermark
+    past them (they fail again). With the key fixed, the next run lists only the later
+    one (the watermark is inclusive) and finds the earlier one in its "failed before"
+    pass: both are queued, and created once the pusher is back. That run, its pushes
+    unable to settle (the pusher stopped), gives up after ``RUN_PUSH_TIMEOUT`` with a
+    ``RunTimeout`` audit row and says so."""
+    stack = world.stack
+    suffix = uuid.uuid4().hex[:4]
+    tenant = Tenant(f"org-e-{suffix}", f"inst-e-{suffix}", "acme-crm")
+    crm = stack.crm
+    assert crm is not None
+
+    def apply_with(key_env: str) -> None:
+        installation = {"timezone": "UTC", "connectors": [
+            c.entry() for c in stack.connectors.values()], "organizations": [{
+                "id": tenant.org_id, "name": "E", "instances": [{
+                    "id": tenant.instance_id, "name": "E", "connector": "acme-crm",
+                    "server": crm.url, "credentials": {"apiKey": f"env:{key_env}"},
+                    "permissions": {"account": {"push": ["create", "update"]}}}]}]}
+        path = stack.workdir / f"installation-{suffix}-{key_env}.json"
+        path.write_text(json.dumps(installation))
+        stack.cli(["apply", str(path)])
+
+    def sync(**env: str) -> Any:
+        return bss_sync(["sync", "--instance", tenant.instance_id, "--direction", "push",
+                         "--wait"], {**stack.env, **env}, check=False)
+
+    apply_with("ACME_BAD_KEY")
+    earlier, later = (stack.bss.create(tenant.org_id, "account", body)
+                      for body in account_bodies(2, seed=5))
+    wait_until(lambda: len(stack.audit.rows(tenant.instance_id, outcome="dead")) == 2,
+               timeout=60, what="both accounts dead-lettered",
+               state=lambda: stack.audit.summary(tenant.instance_id))
+    assert sync().returncode == 0  # the watermark moves past both (they die again)
+    stack.purge("pusher.dead")  # no redelivery will bring them back: only a run can
+    apply_with("ACME_KEY")
+    time.sleep(DEFAULT_TTL + 1)  # the pusher re-reads a changed instance within its TTL
+
+    pusher = stack.services[PUSHER]
+    pusher.stop()
+    try:
+        timed_out = sync(RUN_PUSH_TIMEOUT="2")
+    finally:
+        pusher.start()
+    assert timed_out.returncode == 1, timed_out.stdout + timed_out.stderr
+    run = world.runs(tenant.instance_id)[-1]
+    assert run["status"] == "failed" and "not settled after 2 s" in run["error"]
+    assert (run["counts"]["push.queued"], run["counts"]["push.retried"]) == (2, 1), run
+    with world.db() as conn:
+        [row] = conn.execute("SELECT error_class, details FROM audit_log WHERE run_id = %s"
+                             " AND service = 'dispatcher' AND action = 'run'",
+                             (str(run["id"]),)).fetchall()
+    assert row["error_class"] == "RunTimeout" and row["details"]["expected"] == 2
+
+    created = wait_until(lambda: (lambda rows: rows if len(rows) == 2 else None)(
+        world.run_rows(run["id"], "pusher")), timeout=60,
+        what="the timed-out run's pushes, done once the pusher is back")
+    assert sorted((r["record_id"], r["outcome"]) for r in created) == sorted(
+        [(earlier["id"], "created"), (later["id"], "created")])
+    assert len([c for c in crm.collection("companies")
+                if c.get("bssId") in (earlier["id"], later["id"])]) == 2
