@@ -38,23 +38,21 @@ import shlex
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pika
 import psycopg
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.pull import Broker, exit_on_sigterm  # noqa: E402
+from bench.pull import Bench, exit_on_sigterm  # noqa: E402
 from bench.run import RunBench  # noqa: E402
-from sandbox.server import SandboxServer, free_port  # noqa: E402
+from sandbox.server import SandboxServer  # noqa: E402
 from sandbox.settings import SandboxSettings  # noqa: E402
 from shared.messaging.topology import DISPATCHER, DISPATCHER_QUEUE, PUSHER  # noqa: E402
 
@@ -68,17 +66,12 @@ IDLE = 10.0
 STARTUP = 90.0
 
 
-class SideBySide:
+class SideBySide(Bench):
+    """``bench/pull.py``'s harness (database, broker, processes, stand-ins), its own
+    passes."""
+
     def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.records: int = args.records
-        stamp = f"{int(time.time())}_{uuid.uuid4().hex[:6]}"
-        self.database = f"bss_sync_bench_{stamp}"
-        self.database_url = f"{DATABASE_URL.rsplit('/', 1)[0]}/{self.database}"
-        self.broker = Broker(args.broker, stamp.replace("_", "-"))
-        self.tmp = Path(tempfile.mkdtemp(prefix="bss-sync-bench-e2e-"))
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self.sandbox: SandboxServer | None = None
+        super().__init__(args)
         self.standins: dict[int, str] = {}
         self.ids: list[str] = []
         self.accounts: list[dict[str, Any]] = []
@@ -102,8 +95,9 @@ class SideBySide:
                                             amqp_url=self.broker.amqp_url)
         self.sandbox = SandboxServer(settings).start()
         for delay in self.args.delays:
-            self.standins[delay] = self.start_standin(delay)
-        self.apply(self.standins[self.args.delays[0]])
+            self.standins[delay] = self.start_standin("--delay", str(delay),
+                                                      name=f"stand-in-{delay}")
+        self.install(self.standins[self.args.delays[0]])
         seeder = RunBench.__new__(RunBench)  # its seeding only: N accounts through the API
         seeder.sandbox, seeder.records = self.sandbox, self.records
         seconds = seeder.seed_bss()
@@ -133,11 +127,6 @@ class SideBySide:
     def db(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.database_url, autocommit=True)
 
-    def start(self, name: str, args: list[str], **env: str) -> None:
-        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
-        self.processes[name] = subprocess.Popen([sys.executable, *args], env=self.env(**env),
-                                                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-
     def stop(self, name: str) -> None:
         process = self.processes.pop(name)
         with contextlib.suppress(ProcessLookupError):
@@ -148,20 +137,7 @@ class SideBySide:
             process.kill()
             process.wait(10)
 
-    def start_standin(self, delay: int) -> str:
-        port = free_port()
-        self.start(f"stand-in-{delay}", [str(ROOT / "bench" / "standin.py"), str(port),
-                                         "--delay", str(delay)])
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                httpx.get(f"{url}/_bench/stats", timeout=1).raise_for_status()
-                return url
-            time.sleep(0.1)
-        raise RuntimeError("a stand-in third party did not start")
-
-    def apply(self, server: str) -> None:
+    def install(self, server: str) -> None:
         installation = {
             "connectors": [{"id": "acme", "spec": str(ROOT / "connectors" / "acme-crm.json")}],
             "organizations": [{"id": ORG, "name": "Bench", "instances": [{
@@ -178,7 +154,7 @@ class SideBySide:
 
     def bss_sync(self, delay: int) -> dict[str, Any]:
         """One drain through the dispatcher and the pusher(s) to the stand-in at ``delay``."""
-        self.apply(self.standins[delay])
+        self.install(self.standins[delay])
         with self.db() as conn:
             conn.execute("TRUNCATE links")  # every account is a create again
         self.purge(DISPATCHER_QUEUE)

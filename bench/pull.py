@@ -255,10 +255,11 @@ class Bench:
         self.processes[name] = process
         return process
 
-    def start_standin(self) -> str:
+    def start_standin(self, *options: str, name: str = "stand-in") -> str:
+        """``bench/standin.py`` with ``options`` (default: ``--companies N``); its URL."""
         port = free_port()
-        self.start("stand-in", [str(ROOT / "bench" / "standin.py"), str(port),
-                                "--companies", str(self.records)])
+        self.start(name, [str(ROOT / "bench" / "standin.py"), str(port),
+                          *(options or ("--companies", str(self.records)))])
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -280,13 +281,16 @@ class Bench:
         path.write_text(json.dumps(document))
         return path
 
+    def permissions(self) -> dict[str, Any]:
+        return {"account": {"pull": ["create", "update"]}}
+
     def apply(self, connector: Path) -> None:
         installation = {
             "connectors": [{"id": "acme", "spec": str(connector)}],
             "organizations": [{"id": ORG, "name": "Bench", "instances": [{
                 "id": INSTANCE, "name": "Bench CRM", "connector": "acme",
                 "server": self.standin, "credentials": {"apiKey": "env:BENCH_API_KEY"},
-                "permissions": {"account": {"pull": ["create", "update"]}},
+                "permissions": self.permissions(),
                 # the stand-in has no limit: let the connector's not be the bottleneck
                 "rateLimit": {"requests": 100000, "per": "1s", "concurrency": 512}}]}],
         }

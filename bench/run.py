@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shlex
-import subprocess
 import sys
 import time
 import uuid
@@ -44,20 +42,8 @@ from shared.messaging.topology import DISPATCHER, PUSHER  # noqa: E402
 
 
 class RunBench(Bench):
-    def apply(self, connector: Path) -> None:
-        installation = {
-            "connectors": [{"id": "acme", "spec": str(connector)}],
-            "organizations": [{"id": ORG, "name": "Bench", "instances": [{
-                "id": INSTANCE, "name": "Bench CRM", "connector": "acme",
-                "server": self.standin, "credentials": {"apiKey": "env:BENCH_API_KEY"},
-                "permissions": {"account": {"push": ["create", "update"],
-                                            "pull": ["create", "update"]}},
-                "rateLimit": {"requests": 100000, "per": "1s", "concurrency": 512}}]}],
-        }
-        path = self.tmp / "installation.json"
-        path.write_text(json.dumps(installation))
-        subprocess.run([sys.executable, "-m", "shared.cli.main", "apply", str(path)],
-                       env=self.env(), check=True, stdout=subprocess.DEVNULL)
+    def permissions(self) -> dict[str, Any]:
+        return {"account": {"push": ["create", "update"], "pull": ["create", "update"]}}
 
     def seed_bss(self) -> float:
         """N accounts in the sandbox BSS, 64 writes in flight; seconds it took."""

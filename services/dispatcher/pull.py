@@ -26,20 +26,17 @@ import uuid
 from collections.abc import Sequence
 
 from services.dispatcher.discovery import ObjectSummary, pulled_objects
-from services.dispatcher.run import RunExecutor, close_interrupted
-from shared.errors import ConfigurationError
+from services.dispatcher.run import RunExecutor, RunRefused, close_interrupted, usable_instance
 from shared.logging import configure_logging
 from shared.runtime import InstanceContext, InstanceRegistry
-from shared.schemas import ENTITIES
 from shared.settings import Settings, get_settings
 from shared.storage.db import Database
 from shared.storage.pull_cursors import discovery_lock
 from shared.storage.runs import RunStore
 
-
-class DiscoveryRefused(ConfigurationError):
-    """The discovery cannot start: unknown or disabled instance, nothing to pull, or
-    another discovery of the instance running."""
+#: The discovery cannot start: unknown entity, unknown or disabled instance, nothing to
+#: pull, or another discovery of the instance running.
+DiscoveryRefused = RunRefused
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,17 +69,11 @@ async def run_pull(instance_id: str, *, entity: str | None = None, full: bool = 
     ``sync.pull``. Raises ``DiscoveryRefused``, ``ConfigurationError`` (the instance's
     connector or credentials) and ``InfrastructureError`` (PostgreSQL, RabbitMQ)."""
     settings = settings or get_settings()
-    if entity is not None and entity not in ENTITIES:
-        raise DiscoveryRefused(f"unknown entity {entity!r}; one of {', '.join(ENTITIES)}")
     db = Database.from_settings(settings, min_size=1, max_size=8)
     await db.open()
     registry = InstanceRegistry(db)
     try:
-        ctx = await registry.get(instance_id)
-        if ctx is None:
-            raise DiscoveryRefused(f"no instance {instance_id!r} (see `bss-sync instances list`)")
-        if not ctx.instance.enabled:
-            raise DiscoveryRefused(f"instance {instance_id} is not active")
+        ctx = await usable_instance(registry, instance_id, entity)
         async with discovery_lock(db, instance_id) as free:  # a look: the run takes it
             if not free:
                 raise DiscoveryRefused(f"a discovery of instance {instance_id} is already "

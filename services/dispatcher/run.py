@@ -51,7 +51,7 @@ from shared.audit.record import FINAL_OUTCOMES, AuditRecord
 from shared.audit.writer import AuditWriter
 from shared.bss.client import BssClient
 from shared.credentials import resolve_credential
-from shared.errors import SyncError
+from shared.errors import ConfigurationError, SyncError
 from shared.logging import configure_logging, redact
 from shared.messaging.connection import open_connection
 from shared.messaging.envelope import SyncMessage, encode
@@ -118,8 +118,23 @@ class RunProgress:
         return item
 
 
-class RunRefused(Exception):
-    """The run cannot start (unknown or inactive instance, another run holds it)."""
+class RunRefused(ConfigurationError):
+    """The run cannot start: an unknown entity, an unknown or inactive instance, nothing
+    it may do, another discovery of the instance running."""
+
+
+async def usable_instance(registry: InstanceRegistry, instance_id: str,
+                          entity: str | None) -> InstanceContext:
+    """The active instance ``instance_id``; ``RunRefused`` saying why not (an unknown
+    ``entity`` too)."""
+    if entity is not None and entity not in ENTITIES:
+        raise RunRefused(f"unknown entity {entity!r}; one of {', '.join(ENTITIES)}")
+    ctx = await registry.get(instance_id)
+    if ctx is None:
+        raise RunRefused(f"no instance {instance_id!r} (see `bss-sync instances list`)")
+    if not ctx.instance.enabled:
+        raise RunRefused(f"instance {instance_id} is not active")
+    return ctx
 
 
 class RunExecutor:
@@ -418,17 +433,11 @@ async def run_now(instance_id: str, *, direction: Direction = "both",
     and its progress. Raises ``RunRefused`` (unknown or inactive instance, nothing to do)
     and ``InfrastructureError``."""
     settings = settings or get_settings()
-    if entity is not None and entity not in ENTITIES:
-        raise RunRefused(f"unknown entity {entity!r}; one of {', '.join(ENTITIES)}")
     db = Database.from_settings(settings, min_size=1, max_size=8)
     await db.open()
     registry = InstanceRegistry(db)
     try:
-        ctx = await registry.get(instance_id)
-        if ctx is None:
-            raise RunRefused(f"no instance {instance_id!r} (see `bss-sync instances list`)")
-        if not ctx.instance.enabled:
-            raise RunRefused(f"instance {instance_id} is not active")
+        ctx = await usable_instance(registry, instance_id, entity)
         await close_interrupted(db, instance_id)
         async with RunExecutor(db, settings, registry=registry,
                                on_change=on_change) as executor:

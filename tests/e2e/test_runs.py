@@ -129,6 +129,23 @@ def apply(world: World, slot_a: datetime, slot_b: datetime) -> tuple[Tenant, Ten
     return tenants
 
 
+def apply_one(world: World, tenant: Tenant, key_env: str,
+              permissions: dict[str, Any]) -> None:
+    """An installation file of one organization with one instance of Acme, its API key
+    read from ``key_env``, applied."""
+    crm = world.stack.crm
+    assert crm is not None
+    installation = {"timezone": "UTC", "connectors": [
+        c.entry() for c in world.stack.connectors.values()], "organizations": [{
+            "id": tenant.org_id, "name": tenant.org_id, "instances": [{
+                "id": tenant.instance_id, "name": tenant.instance_id, "connector": "acme-crm",
+                "server": crm.url, "credentials": {"apiKey": f"env:{key_env}"},
+                "permissions": permissions}]}]}
+    path = world.stack.workdir / f"installation-{tenant.instance_id}-{key_env}.json"
+    path.write_text(json.dumps(installation))
+    world.stack.cli(["apply", str(path)])
+
+
 def test_each_instance_runs_once_on_its_schedule_pushing_then_pulling(world: World) -> None:
     stack = world.stack
     now = datetime.now(UTC).replace(second=0, microsecond=0)
@@ -204,15 +221,7 @@ def test_the_daily_redelivery_runs_once_on_its_cron_and_syncs_what_was_fixed(
     assert crm is not None
 
     def apply_with(key_env: str) -> None:
-        installation = {"timezone": "UTC", "connectors": [
-            c.entry() for c in stack.connectors.values()], "organizations": [{
-                "id": tenant.org_id, "name": "C", "instances": [{
-                    "id": tenant.instance_id, "name": "C", "connector": "acme-crm",
-                    "server": crm.url, "credentials": {"apiKey": f"env:{key_env}"},
-                    "permissions": {"account": TWO_WAY}}]}]}
-        path = stack.workdir / f"installation-{suffix}-{key_env}.json"
-        path.write_text(json.dumps(installation))
-        stack.cli(["apply", str(path)])
+        apply_one(world, tenant, key_env, {"account": TWO_WAY})
 
     apply_with("ACME_BAD_KEY")
     [account] = stack.bss.create_many(tenant.org_id, "account", account_bodies(1, seed=7))
@@ -252,15 +261,7 @@ def test_a_run_killed_mid_way_is_closed_and_the_next_run_covers_it(world: World)
     tenant = Tenant(f"org-d-{suffix}", f"inst-d-{suffix}", "acme-crm")
     crm = stack.crm
     assert crm is not None
-    installation = {"timezone": "UTC", "connectors": [
-        c.entry() for c in stack.connectors.values()], "organizations": [{
-            "id": tenant.org_id, "name": "D", "instances": [{
-                "id": tenant.instance_id, "name": "D", "connector": "acme-crm",
-                "server": crm.url, "credentials": {"apiKey": "env:ACME_KEY"},
-                "permissions": {"account": {"push": ["create", "update", "delete"]}}}]}]}
-    path = stack.workdir / f"installation-{suffix}.json"
-    path.write_text(json.dumps(installation))
-    stack.cli(["apply", str(path)])
+    apply_one(world, tenant, "ACME_KEY", {"account": {"push": ["create", "update", "delete"]}})
 
     dispatcher, pusher = stack.services[DISPATCHER], stack.services[PUSHER]
     LoggedProcess.stop(world.replica)
@@ -317,15 +318,7 @@ def test_a_run_pushes_what_failed_before_and_audits_a_settling_timeout(world: Wo
     assert crm is not None
 
     def apply_with(key_env: str) -> None:
-        installation = {"timezone": "UTC", "connectors": [
-            c.entry() for c in stack.connectors.values()], "organizations": [{
-                "id": tenant.org_id, "name": "E", "instances": [{
-                    "id": tenant.instance_id, "name": "E", "connector": "acme-crm",
-                    "server": crm.url, "credentials": {"apiKey": f"env:{key_env}"},
-                    "permissions": {"account": {"push": ["create", "update"]}}}]}]}
-        path = stack.workdir / f"installation-{suffix}-{key_env}.json"
-        path.write_text(json.dumps(installation))
-        stack.cli(["apply", str(path)])
+        apply_one(world, tenant, key_env, {"account": {"push": ["create", "update"]}})
 
     def sync(**env: str) -> Any:
         return bss_sync(["sync", "--instance", tenant.instance_id, "--direction", "push",
