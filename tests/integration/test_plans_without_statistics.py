@@ -69,6 +69,9 @@ HOT_QUERIES: dict[str, tuple[str, tuple[Any, ...], str]] = {
     "links linked by bss id": (links.LINKED_BY_BSS_ID, (_IDS, INSTANCE, ENTITY), "(bss_id = "),
     "links linked by external id": (links.LINKED_BY_EXTERNAL_ID,
                                     (_EXTERNAL_IDS, INSTANCE, ENTITY), "(external_id = "),
+    # The statements by one key (get, release, mark, delete) name the same columns.
+    "links one by bss id": ("SELECT * FROM links WHERE instance_id = %s AND entity = %s"
+                            " AND bss_id = %s", (INSTANCE, ENTITY, "acc_500"), "(bss_id = "),
     "links busy claims": (links.BUSY_LINKS_BY_BSS_ID,
                           ([INSTANCE] * BATCH, [ENTITY] * BATCH, _IDS), "(bss_id = "),
     "audit settled look-up": (ROWS_SQL, (_MESSAGES,), "(message_id = "),
