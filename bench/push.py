@@ -493,10 +493,16 @@ def run(records: int, passes: list[Pass], *, latency: bool = True) -> Bench:
 def scaling(sizes: list[int], setting: Pass) -> None:
     """The drain at each size; then one table, and the command that reproduces it."""
     rows = []
-    for size in sizes:
-        print(f"\n######## scaling: {size:,} accounts ########")
-        bench = run(size, [setting], latency=False)
-        rows.append((size, bench.capacity, dict(bench.cpu_per_record)))
+    try:
+        for size in sizes:
+            print(f"\n######## scaling: {size:,} accounts ########", flush=True)
+            bench = run(size, [setting], latency=False)
+            rows.append((size, bench.capacity, dict(bench.cpu_per_record)))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the sizes measured so far ({len(rows)} of {len(sizes)})")
+        sizes = [size for size, _, _ in rows]
+        if not rows:
+            return
     names = sorted({name for _, _, cpu in rows for name in cpu},
                    key=lambda n: (n in ("PostgreSQL", "RabbitMQ"), n))
     print(f"\n== scaling: third party at {setting.delay} ms, {setting.pushers} pusher(s), "
