@@ -158,14 +158,16 @@ ON CONFLICT (instance_id, entity, {key}) DO UPDATE
 RETURNING l.*, (l.xmax = 0) AS inserted
 """
 
+
 def _linked_by(key: Key) -> str:
     """The linked rows of an instance's entity among many ``key`` values, one lookup by
     the whole unique key per value.
 
     The LATERAL subquery, kept apart by OFFSET 0 (so it is not flattened into a join),
-    can only be an index scan on (instance_id, entity, key). Written as ``key = ANY(…)``,
-    a planner without statistics on a freshly grown ``links`` chose a bitmap scan of
-    the (instance_id, entity) prefix — every link of the entity — filtering the values.
+    can only be an index scan on the key's unique index (which leads with the key since
+    ``0009``). Written as ``key = ANY(…)``, a planner without statistics on a freshly
+    grown ``links`` chose a bitmap scan of the (instance_id, entity) prefix — every
+    link of the entity — filtering the values.
     """
     return f"""
 SELECT l.* FROM unnest(%s::text[]) AS wanted(value)
@@ -178,6 +180,7 @@ SELECT l.* FROM unnest(%s::text[]) AS wanted(value)
 #: the values, the instance, the entity.
 LINKED_BY_BSS_ID = _linked_by("bss_id")
 LINKED_BY_EXTERNAL_ID = _linked_by("external_id")
+
 
 def _busy_links(key: Key) -> str:
     """The rows of many (instance, entity, ``key``) triples, one lookup by the whole
@@ -193,6 +196,7 @@ SELECT l.* FROM unnest(%s::text[], %s::text[], %s::text[]) AS t(instance_id, ent
 #: ``_busy_claims``; parameters: the instances, the entities, the values.
 BUSY_LINKS_BY_BSS_ID = _busy_links("bss_id")
 BUSY_LINKS_BY_EXTERNAL_ID = _busy_links("external_id")
+
 
 #: Linking or deleting a record ends any create that was pending (§5 step 4).
 _NO_CREATE_SENT = "create_sent_at = NULL, create_sent = NULL"
