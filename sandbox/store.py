@@ -189,10 +189,12 @@ class RecordStore:
 
     async def list_ids(self, org_id: str, entity: str, ids: list[str], *,
                        since: datetime | None = None) -> Page:
-        """The live records among ``ids`` (changed at or after ``since``): one page."""
+        """The live records among ``ids`` (changed at or after ``since``), each once: one
+        page."""
+        wanted = list(dict.fromkeys(ids))  # one lookup per id: a repeated id, one row
         async with self.db.connection() as conn:
             cur = conn.cursor(row_factory=tuple_row)
-            await cur.execute(_LIST_IDS, (ids, org_id, entity, since or _BEGINNING))
+            await cur.execute(_LIST_IDS, (wanted, org_id, entity, since or _BEGINNING))
             rows = await cur.fetchall()
         return Page([row[0] for row in rows if row[1]], None)
 
