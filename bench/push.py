@@ -21,10 +21,22 @@ from creating a record twice), one at 50 ms (that target is for one). A pusher
 runs 64 handlers at 0 ms (the default) and 128 at 50 ms: there each record waits
 ~100 ms on the third party, and 64 handlers could not exceed ~600 records/s
 whatever the CPU (Little's law); that is what ``CONCURRENCY`` is for.
+Each pass is named by its options (``--pass delay=50,concurrency=128,pushers=1``; a
+key left out takes its default for that delay: 64 handlers and two pushers at 0 ms,
+128 and one otherwise), and prints the command that reproduces it.
+
+Scaling (``--scaling``): the same drain at 2,000, 10,000, 40,000 and 100,000 accounts
+(or the sizes given), each in a database of its own, for the first pass only and
+without the latency part; a table of records/s and CPU per record for each size
+shows whether the cost per record stays flat as the tables grow (issue 13: it did
+not while PostgreSQL planned blind on never-analyzed tables).
+
 Asserts nothing. Uses its own database and vhost, dropped at the end.
 
+    .venv/bin/python bench/push.py [--records N] [--pass delay=0,concurrency=64,pushers=2]...
+                                   [--scaling [2000,10000,40000,100000]]
     .venv/bin/python bench/push.py [--records N] [--delays 0,50] [--concurrency 64,128]
-                                   [--pushers 2,1]
+                                   [--pushers 2,1]                  (the older spelling)
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -102,6 +115,8 @@ class Bench:
         self.sandbox: SandboxServer | None = None
         self.management = ManagementClient.for_amqp_url(AMQP_URL)
         self.capacity = 0.0
+        #: ms of CPU per record by process (PostgreSQL and RabbitMQ: machine-wide), last drain
+        self.cpu_per_record: dict[str, float] = {}
         base = DATABASE_URL.rsplit("/", 1)[0]
         self.database_url = f"{base}/{self.database}"
         self.amqp_url = AmqpUrl.parse(AMQP_URL).with_vhost(self.vhost)
@@ -302,10 +317,12 @@ class Bench:
         print(f"{'process':<12} {'CPU s':>8} {'CPU %':>7} {'ms CPU/record':>14} {'peak RSS':>10}"
               "   (CPU % over the drain)")
         labels = {"postgres": "PostgreSQL", "beam.smp": "RabbitMQ"}
+        self.cpu_per_record = {}
         for name, value in last.items():
             if name in ("commits", "time"):
                 continue
             cpu = value - first[name]
+            self.cpu_per_record[labels.get(name, name)] = cpu / done * 1000
             pid = (self.processes[name].pid if name in self.processes
                    else self.sandbox.pid if name == "sandbox" and self.sandbox else None)
             peak = f"{proc_stats(pid)[1] / 1e6:>8.0f} MB" if pid else "  (server)"
@@ -321,17 +338,26 @@ class Bench:
               "start, dispatching included)")
         self.capacity = done / elapsed
 
-    def run_pass(self, delay_ms: int, tag: str, concurrency: int, pushers: int) -> None:
+    def run_pass(self, setting: Pass, tag: str, *, latency: bool = True) -> None:
+        delay_ms, concurrency, pushers = setting.delay, setting.concurrency, setting.pushers
         stub = self.start_stub(delay_ms)
         self.apply(stub)
         print(f"\n== third party answering in {delay_ms} ms; {pushers} pusher(s), "
               f"CONCURRENCY={concurrency} handlers each ==")
+        print(f"  reproduce: .venv/bin/python bench/push.py --records {self.records} "
+              f"{setting.option()}")
         # Throughput: N accounts written while the services are down, then drained.
         seconds = asyncio.run(self.create_accounts(self.sandbox.url, self.records, tag))
         print(f"  the BSS accepted {self.records} writes in {seconds:.1f} s")
         self.wait_events_queued(self.records)
         self.measure_drain(concurrency, pushers)
-        # Latency: records written one by one at a steady pace the path can follow.
+        if latency:
+            self.measure_latency(tag)
+        for name in [n for n in self.processes if n != "sandbox"]:
+            self.stop(name)
+
+    def measure_latency(self, tag: str) -> None:
+        """Records written one by one at a steady pace the path can follow."""
         rate = max(10, min(100, int(self.capacity / 2)))
         count = max(100, min(1000, self.records // 10))
         since = time.time()
@@ -341,8 +367,6 @@ class Bench:
         print(f"latency at a steady {rate} writes/s ({count} accounts), BSS write → audit row: "
               f"p50 {_pct(values, 50) * 1000:,.0f} ms, p99 {_pct(values, 99) * 1000:,.0f} ms, "
               f"max {values[-1] * 1000:,.0f} ms")
-        for name in [n for n in self.processes if n != "sandbox"]:
-            self.stop(name)
 
     async def create_at_rate(self, base_url: str, count: int, rate: int, tag: str) -> None:
         async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
@@ -377,34 +401,154 @@ def _pct(values: list[float], percentile: int) -> float:
     return values[index]
 
 
-def _per_pass(text: str, passes: int) -> list[int]:
-    values = [int(v) for v in text.split(",")]
-    return (values + values[-1:] * passes)[:passes]
+@dataclasses.dataclass(frozen=True, slots=True)
+class Pass:
+    """One pass: the third party's latency, and the pushers that drain it."""
+
+    delay: int
+    concurrency: int
+    pushers: int
+
+    @classmethod
+    def for_delay(cls, delay: int, *, concurrency: int | None = None,
+                  pushers: int | None = None) -> Pass:
+        """The pass at ``delay`` ms; what is not given takes its default for that delay:
+        64 handlers (the runtime's default) and two pushers at 0 ms; 128 and one beyond,
+        where each record waits on the third party and 64 would cap the throughput."""
+        return cls(delay, concurrency if concurrency is not None else (64 if delay == 0 else 128),
+                   pushers if pushers is not None else (2 if delay == 0 else 1))
+
+    def option(self) -> str:
+        return f"--pass delay={self.delay},concurrency={self.concurrency},pushers={self.pushers}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=10_000)
-    parser.add_argument("--delays", default="0,50", help="third-party latencies in ms")
-    parser.add_argument("--concurrency", default="64,128",
-                        help="the pusher's CONCURRENCY for each delay: a slower third party "
-                             "needs more handlers in flight (64 is the runtime's default)")
-    parser.add_argument("--pushers", default="2,1", help="pusher processes for each delay")
-    args = parser.parse_args()
-    delays = [int(d) for d in args.delays.split(",")]
-    concurrency = _per_pass(args.concurrency, len(delays))
-    pushers = _per_pass(args.pushers, len(delays))
-    bench = Bench(args.records)
+PASS_KEYS = ("delay", "concurrency", "pushers")
+DEFAULT_SCALING = "2000,10000,40000,100000"
+
+
+def parse_pass(text: str) -> Pass:
+    """``delay=50,concurrency=128,pushers=1`` (``delay`` required) as a :class:`Pass`."""
+    values: dict[str, int] = {}
+    for pair in text.split(","):
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or key not in PASS_KEYS:
+            raise argparse.ArgumentTypeError(
+                f"--pass {text!r}: {pair!r} is not one of {'=…, '.join(PASS_KEYS)}=…")
+        if key in values:
+            raise argparse.ArgumentTypeError(f"--pass {text!r}: {key} is given twice")
+        try:
+            values[key] = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"--pass {text!r}: {key} must be a whole number, not {value!r}") from None
+        if values[key] < (0 if key == "delay" else 1):
+            raise argparse.ArgumentTypeError(f"--pass {text!r}: {key} is too small")
+    if "delay" not in values:
+        raise argparse.ArgumentTypeError(f"--pass {text!r}: delay=… is required")
+    return Pass.for_delay(values["delay"], concurrency=values.get("concurrency"),
+                          pushers=values.get("pushers"))
+
+
+def parse_sizes(text: str) -> list[int]:
+    """``2000,10000`` as record counts (each at least 100)."""
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--scaling {text!r}: record counts separated by commas, e.g. 2000,10000") from None
+    if not sizes or min(sizes) < 100:
+        raise argparse.ArgumentTypeError(f"--scaling {text!r}: each size is at least 100")
+    return sizes
+
+
+def legacy_passes(delays: str, concurrency: str | None, pushers: str | None) -> list[Pass]:
+    """``--delays`` with ``--concurrency`` / ``--pushers`` by position; a pass without
+    a value of its own takes its delay's default (not the previous pass's value)."""
+    def listed(text: str | None) -> list[int]:
+        return [int(v) for v in text.split(",")] if text else []
+
+    handlers, processes = listed(concurrency), listed(pushers)
+    return [Pass.for_delay(delay, concurrency=handlers[i] if i < len(handlers) else None,
+                           pushers=processes[i] if i < len(processes) else None)
+            for i, delay in enumerate(listed(delays))]
+
+
+def run(records: int, passes: list[Pass], *, latency: bool = True) -> Bench:
+    """Every pass on ``records`` accounts, in a database and vhost of their own."""
+    bench = Bench(records)
     try:
         bench.setup()
         settings = SandboxSettings.from_env(database_url=bench.database_url,
                                             amqp_url=bench.amqp_url)
         bench.sandbox = SandboxServer(settings).start()
-        for index, delay in enumerate(delays):
-            bench.run_pass(delay, f"p{index}", concurrency[index], pushers[index])
+        for index, setting in enumerate(passes):
+            bench.run_pass(setting, f"p{index}", latency=latency)
     finally:
         bench.teardown()
         print(f"\nlogs: {bench.tmp}")
+    return bench
+
+
+def scaling(sizes: list[int], setting: Pass) -> None:
+    """The drain at each size; then one table, and the command that reproduces it."""
+    rows = []
+    try:
+        for size in sizes:
+            print(f"\n######## scaling: {size:,} accounts ########", flush=True)
+            bench = run(size, [setting], latency=False)
+            rows.append((size, bench.capacity, dict(bench.cpu_per_record)))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the sizes measured so far ({len(rows)} of {len(sizes)})")
+        sizes = [size for size, _, _ in rows]
+        if not rows:
+            return
+    names = sorted({name for _, _, cpu in rows for name in cpu},
+                   key=lambda n: (n in ("PostgreSQL", "RabbitMQ"), n))
+    print(f"\n== scaling: third party at {setting.delay} ms, {setting.pushers} pusher(s), "
+          f"CONCURRENCY={setting.concurrency} ==")
+    print(f"reproduce: .venv/bin/python bench/push.py --scaling "
+          f"{','.join(str(s) for s in sizes)} {setting.option()}")
+    print("ms CPU per record by process (PostgreSQL and RabbitMQ: every such process on the "
+          "machine)")
+    print(f"{'records':>8} {'records/s':>10} " + " ".join(f"{n:>11}" for n in names)
+          + f" {'all':>7}")
+    for size, rate, cpu in rows:
+        print(f"{size:>8,} {rate:>10,.0f} " + " ".join(f"{cpu.get(n, 0):>11.3f}" for n in names)
+              + f" {sum(cpu.values()):>7.3f}")
+    base = next((rate for size, rate, _ in rows if size == 10_000), rows[0][1])
+    for size, rate, _ in rows:
+        print(f"  {size:,}: {rate / base * 100 - 100:+.0f} % records/s against "
+              f"{'10,000' if any(s == 10_000 for s in sizes) else f'{sizes[0]:,}'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=10_000)
+    parser.add_argument("--pass", dest="passes", action="append", type=parse_pass,
+                        metavar="delay=MS[,concurrency=N][,pushers=N]",
+                        help="one pass, repeatable (default: delay=0 then delay=50)")
+    parser.add_argument("--scaling", nargs="?", const=DEFAULT_SCALING, type=parse_sizes,
+                        metavar="N,N,…", help="the first pass's drain at each size "
+                        f"(default sizes: {DEFAULT_SCALING})")
+    parser.add_argument("--delays", help="third-party latencies in ms (older spelling)")
+    parser.add_argument("--concurrency",
+                        help="the pusher's CONCURRENCY for each delay, by position")
+    parser.add_argument("--pushers", help="pusher processes for each delay, by position")
+    args = parser.parse_args()
+    if args.passes and (args.delays or args.concurrency or args.pushers):
+        parser.error("give the passes as --pass delay=…,concurrency=…,pushers=… "
+                     "or with --delays, not both")
+    try:
+        passes = args.passes or legacy_passes(args.delays or "0,50", args.concurrency,
+                                               args.pushers)
+    except ValueError:
+        parser.error("--delays, --concurrency and --pushers take whole numbers separated "
+                     "by commas")
+    if args.scaling:
+        scaling(args.scaling, passes[0])
+    else:
+        run(args.records, passes)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from sandbox.problems import (
 from sandbox.records import decode_cursor, parse_instant
 from sandbox.relay import OutboxRelay
 from sandbox.settings import SandboxSettings
+from sandbox.statistics import RecordStatistics
 from sandbox.store import (
     InvalidRecord,
     PreconditionFailed,
@@ -239,7 +240,8 @@ class Sandbox:
         self.settings = settings
         self.db = Database(settings.database_url, settings.schema, min_size=settings.pool_min,
                            max_size=settings.pool_max, application_name="bss-sync sandbox")
-        self.store = RecordStore(self.db)
+        self.store = RecordStore(self.db, RecordStatistics(self.db,
+                                                           after=settings.analyze_after))
         self.relay = OutboxRelay(self.db, settings) if settings.relay_enabled else None
 
     @contextlib.asynccontextmanager
@@ -254,6 +256,7 @@ class Sandbox:
         finally:
             if self.relay is not None:
                 await self.relay.stop()
+            await self.store.statistics.close()
             await self.db.close()
 
     async def health(self, request: Request) -> Response:

@@ -70,7 +70,8 @@ async def seed_organization(
 
     With ``seed`` the records' contents are reproducible (dates relative to
     ``today``, default :data:`SEED_ANCHOR`; without a seed, the real today). Ids are
-    assigned by the store, so they differ between runs. Raises :class:`SeedError`
+    assigned by the store, so they differ between runs. The records table is analyzed
+    at the end (:mod:`sandbox.statistics`). Raises :class:`SeedError`
     (unknown entity, missing parents), ``InvalidRecord`` (a bug in the factory),
     ``InfrastructureError``.
     """
@@ -90,6 +91,8 @@ async def seed_organization(
         created[entity] = len(stored)
         if progress is not None:
             progress(entity, len(stored))
+    # A bulk load: fresh statistics now, not when autovacuum gets to it (if it does).
+    await store.statistics.analyze()
     return created
 
 

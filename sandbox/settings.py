@@ -11,6 +11,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 
+from sandbox.statistics import ANALYZE_AFTER
 from shared.settings import DEFAULT_AMQP_URL, DEFAULT_DATABASE_URL
 from shared.storage.db import check_schema_name
 
@@ -48,6 +49,9 @@ class SandboxSettings:
     poll_interval: float = DEFAULT_POLL_INTERVAL
     backoff_cap: float = DEFAULT_BACKOFF_CAP
     outbox_retention: float = DEFAULT_OUTBOX_RETENTION
+    #: Writes after which the app analyzes ``records`` again, at the least (0: never;
+    #: ``sandbox.statistics``).
+    analyze_after: int = ANALYZE_AFTER
     #: Also declare the whole bss-sync topology at start (the relay always declares bss.events).
     declare_topology: bool = False
     #: Copy a write's ``X-Sync-Origin`` into its event's ``origin`` (off: events carry no
@@ -56,6 +60,8 @@ class SandboxSettings:
 
     def __post_init__(self) -> None:
         check_schema_name(self.schema)
+        if self.analyze_after < 0:
+            raise ValueError("analyze_after must not be negative (0: never)")
         if self.relay_batch < 1:
             raise ValueError("relay_batch must be at least 1")
 

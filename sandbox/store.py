@@ -32,6 +32,7 @@ from sandbox.records import (
     new_id,
     writable_fields,
 )
+from sandbox.statistics import RecordStatistics
 from sandbox.validation import FieldProblem, record_problems
 from shared.storage.db import Connection, Database
 
@@ -49,9 +50,16 @@ _LIST = ("SELECT data::text, updated_at, id FROM records"
          " WHERE org_id = %s AND entity = %s AND deleted_at IS NULL"
          " AND updated_at >= %s AND (updated_at, id) > (%s, %s)"
          " ORDER BY updated_at, id LIMIT %s")
-_LIST_IDS = ("SELECT data::text, deleted_at IS NULL FROM records"
-             " WHERE org_id = %s AND entity = %s AND id = ANY(%s)"
-             " AND updated_at >= %s ORDER BY updated_at, id")
+# The listing by ids looks each id up by the primary key, one lookup per id: the
+# LATERAL subquery (kept apart by OFFSET 0, so it is not flattened into a join) can
+# only be an index scan on the whole key. As ``id = ANY(ids)`` with ORDER BY
+# updated_at, a planner without statistics walked ``records_changed`` or the key's
+# (org_id, entity) prefix over every record of the collection and filtered the ids
+# (seen: 39,936 rows removed a batch at 40,000 accounts, 100-128 ms each).
+_LIST_IDS = ("SELECT r.data::text, r.deleted_at IS NULL FROM unnest(%s::text[]) AS wanted(id)"
+             " CROSS JOIN LATERAL (SELECT data, deleted_at, updated_at, id FROM records"
+             " WHERE org_id = %s AND entity = %s AND id = wanted.id OFFSET 0) AS r"
+             " WHERE r.updated_at >= %s ORDER BY r.updated_at, r.id")
 _LOCK = ("SELECT data, version, deleted_at IS NULL FROM records"
          " WHERE org_id = %s AND entity = %s AND id = %s FOR UPDATE")
 _INSERT = (
@@ -141,10 +149,15 @@ class Write:
 
 
 class RecordStore:
-    """The records of every organization and entity in one sandbox schema."""
+    """The records of every organization and entity in one sandbox schema.
 
-    def __init__(self, db: Database) -> None:
+    Each committed write is counted by ``statistics``, which analyzes the table after
+    a burst of them (:mod:`sandbox.statistics`).
+    """
+
+    def __init__(self, db: Database, statistics: RecordStatistics | None = None) -> None:
         self.db = db
+        self.statistics = statistics if statistics is not None else RecordStatistics(db)
 
     # ------------------------------------------------------------------ reads
 
@@ -176,10 +189,12 @@ class RecordStore:
 
     async def list_ids(self, org_id: str, entity: str, ids: list[str], *,
                        since: datetime | None = None) -> Page:
-        """The live records among ``ids`` (changed at or after ``since``): one page."""
+        """The live records among ``ids`` (changed at or after ``since``), each once: one
+        page."""
+        wanted = list(dict.fromkeys(ids))  # one lookup per id: a repeated id, one row
         async with self.db.connection() as conn:
             cur = conn.cursor(row_factory=tuple_row)
-            await cur.execute(_LIST_IDS, (org_id, entity, ids, since or _BEGINNING))
+            await cur.execute(_LIST_IDS, (wanted, org_id, entity, since or _BEGINNING))
             rows = await cur.fetchall()
         return Page([row[0] for row in rows if row[1]], None)
 
@@ -221,6 +236,7 @@ class RecordStore:
             if idempotency_key is not None:
                 await conn.execute(_SAVE_KEY, (stored.text, stored.version, write.org_id,
                                                write.entity, idempotency_key))
+        self.statistics.wrote()
         return stored
 
     async def replace(self, write: Write, record_id: str, body: Mapping[str, Any], *,
@@ -235,7 +251,9 @@ class RecordStore:
         fields = _valid(write.entity, writable_fields(body))
         async with self.db.transaction() as conn:
             current, _version = await _lock(conn, write, record_id, if_match)
-            return await _update(conn, write, record_id, current, fields)
+            stored = await _update(conn, write, record_id, current, fields)
+        self.statistics.wrote()
+        return stored
 
     async def patch(self, write: Write, record_id: str, patch: Mapping[str, Any], *,
                     if_match: str | None = None) -> StoredRecord:
@@ -249,7 +267,9 @@ class RecordStore:
             current, _version = await _lock(conn, write, record_id, if_match)
             fields = _valid(write.entity, merge_patch(writable_fields(current),
                                                       writable_fields(patch)))
-            return await _update(conn, write, record_id, current, fields)
+            stored = await _update(conn, write, record_id, current, fields)
+        self.statistics.wrote()
+        return stored
 
     async def delete(self, write: Write, record_id: str, *, if_match: str | None = None) -> None:
         """Soft-delete a record; its ``deleted`` event carries the last snapshot.
@@ -263,6 +283,7 @@ class RecordStore:
             row = await cur.fetchone()
             assert row is not None  # locked above
             await _emit(conn, write, "deleted", record_id, current, occurred_at=row[0])
+        self.statistics.wrote()
 
 
 # ---------------------------------------------------------------------- steps of a write

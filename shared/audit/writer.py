@@ -425,11 +425,16 @@ async def settled_outcome(db: Database, message_id: str, attempt: int) -> Outcom
     return (await settled_outcomes(db, [key])).get(key)
 
 
+#: The message's rows are found through its index, then sorted: the subquery kept apart
+#: by OFFSET 0 cannot be read in ``at`` order. Without it, a planner without statistics
+#: walked every partition's ``at`` index backwards, filtering on the message id, and
+#: read the whole log when the message had no final row.
+FINAL_OUTCOME_SQL = ("SELECT outcome FROM (SELECT outcome, at, id FROM audit_log"
+                     " WHERE message_id = %s AND outcome = ANY(%s) OFFSET 0) AS a"
+                     " ORDER BY at DESC, id DESC LIMIT 1")
+
+
 async def final_outcome(db: Database, message_id: str) -> Outcome | None:
     """The latest final outcome recorded for ``message_id`` (any attempt), or ``None``."""
-    value = await db.fetchval(
-        "SELECT outcome FROM audit_log WHERE message_id = %s AND outcome = ANY(%s)"
-        " ORDER BY at DESC, id DESC LIMIT 1",
-        (fit_ident(message_id), _FINAL),
-    )
+    value = await db.fetchval(FINAL_OUTCOME_SQL, (fit_ident(message_id), _FINAL))
     return None if value is None else Outcome(value)

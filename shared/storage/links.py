@@ -158,6 +158,46 @@ ON CONFLICT (instance_id, entity, {key}) DO UPDATE
 RETURNING l.*, (l.xmax = 0) AS inserted
 """
 
+
+def _linked_by(key: Key) -> str:
+    """The linked rows of an instance's entity among many ``key`` values, one lookup by
+    the whole unique key per value.
+
+    The LATERAL subquery, kept apart by OFFSET 0 (so it is not flattened into a join),
+    can only be an index scan on the key's unique index (which leads with the key since
+    ``0009``). Written as ``key = ANY(…)``, a planner without statistics on a freshly
+    grown ``links`` chose a bitmap scan of the (instance_id, entity) prefix — every
+    link of the entity — filtering the values.
+    """
+    return f"""
+SELECT l.* FROM unnest(%s::text[]) AS wanted(value)
+ CROSS JOIN LATERAL (SELECT * FROM links WHERE instance_id = %s AND entity = %s
+                        AND {key} = wanted.value AND state = 'linked' OFFSET 0) AS l
+"""
+
+
+#: ``linked`` / ``external_ids`` (by bss_id) and ``bss_ids`` (by external_id); parameters:
+#: the values, the instance, the entity.
+LINKED_BY_BSS_ID = _linked_by("bss_id")
+LINKED_BY_EXTERNAL_ID = _linked_by("external_id")
+
+
+def _busy_links(key: Key) -> str:
+    """The rows of many (instance, entity, ``key``) triples, one lookup by the whole
+    unique key each (a LATERAL subquery kept apart by OFFSET 0: never a join that could
+    scan the table)."""
+    return f"""
+SELECT l.* FROM unnest(%s::text[], %s::text[], %s::text[]) AS t(instance_id, entity, value)
+ CROSS JOIN LATERAL (SELECT * FROM links WHERE instance_id = t.instance_id
+                        AND entity = t.entity AND {key} = t.value OFFSET 0) AS l
+"""
+
+
+#: ``_busy_claims``; parameters: the instances, the entities, the values.
+BUSY_LINKS_BY_BSS_ID = _busy_links("bss_id")
+BUSY_LINKS_BY_EXTERNAL_ID = _busy_links("external_id")
+
+
 #: Linking or deleting a record ends any create that was pending (§5 step 4).
 _NO_CREATE_SENT = "create_sent_at = NULL, create_sent = NULL"
 
@@ -355,8 +395,7 @@ class LinkStore:
         if not requests:
             return []
         rows = await self.db.fetch(
-            "SELECT l.* FROM links l JOIN unnest(%s::text[], %s::text[], %s::text[])"
-            f" AS t(instance_id, entity, {key}) USING (instance_id, entity, {key})",
+            BUSY_LINKS_BY_BSS_ID if key == "bss_id" else BUSY_LINKS_BY_EXTERNAL_ID,
             ([r.instance_id for r in requests], [r.entity for r in requests],
              [r.value for r in requests]))
         current = {(row["instance_id"], row["entity"], row[key]): row for row in rows}
@@ -607,33 +646,24 @@ RETURNING l.*"""
         self, instance_id: str, entity: str, bss_ids: Iterable[str]
     ) -> dict[str, str]:
         """``{bss_id: external_id}`` for those of ``bss_ids`` that are linked."""
-        rows = await self.db.fetch(
-            "SELECT bss_id, external_id FROM links WHERE instance_id = %s AND entity = %s"
-            " AND state = 'linked' AND bss_id = ANY(%s)",
-            (instance_id, entity, list(bss_ids)),
-        )
+        rows = await self.db.fetch(LINKED_BY_BSS_ID,
+                                   (list(bss_ids), instance_id, entity))
         return {row["bss_id"]: row["external_id"] for row in rows}
 
     async def linked(
         self, instance_id: str, entity: str, bss_ids: Iterable[str]
     ) -> dict[str, Link]:
         """``{bss_id: link}`` for those of ``bss_ids`` that are linked."""
-        rows = await self.db.fetch(
-            "SELECT * FROM links WHERE instance_id = %s AND entity = %s"
-            " AND state = 'linked' AND bss_id = ANY(%s)",
-            (instance_id, entity, list(bss_ids)),
-        )
+        rows = await self.db.fetch(LINKED_BY_BSS_ID,
+                                   (list(bss_ids), instance_id, entity))
         return {row["bss_id"]: Link.from_row(row) for row in rows}
 
     async def bss_ids(
         self, instance_id: str, entity: str, external_ids: Iterable[str]
     ) -> dict[str, str]:
         """``{external_id: bss_id}`` for those of ``external_ids`` that are linked."""
-        rows = await self.db.fetch(
-            "SELECT external_id, bss_id FROM links WHERE instance_id = %s AND entity = %s"
-            " AND state = 'linked' AND external_id = ANY(%s)",
-            (instance_id, entity, list(external_ids)),
-        )
+        rows = await self.db.fetch(LINKED_BY_EXTERNAL_ID,
+                                   (list(external_ids), instance_id, entity))
         return {row["external_id"]: row["bss_id"] for row in rows}
 
     async def failed(

@@ -1,0 +1,61 @@
+"""``bench/push.py``'s pass options: named pairs, each key's default taken from the pass's
+own delay (issue 13: ``--delays 50`` alone ran with the 0 ms pass's handlers and
+pushers), and the command each pass prints reads back as the same pass."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "push.py"
+
+
+@pytest.fixture(scope="module")
+def push() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_push", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_pass_takes_the_defaults_of_its_own_delay(push: ModuleType) -> None:
+    assert push.parse_pass("delay=50") == push.Pass(50, 128, 1)
+    assert push.parse_pass("delay=0") == push.Pass(0, 64, 2)
+    assert push.parse_pass("delay=50,pushers=2") == push.Pass(50, 128, 2)
+    assert push.parse_pass(" delay=5 , concurrency=32") == push.Pass(5, 32, 1)
+    assert push.legacy_passes("50", None, None) == [push.Pass(50, 128, 1)]
+    assert push.legacy_passes("0,50", "32", None) == [push.Pass(0, 32, 2), push.Pass(50, 128, 1)]
+
+
+def test_the_printed_option_reads_back_as_the_same_pass(push: ModuleType) -> None:
+    for setting in (push.Pass(0, 64, 2), push.Pass(50, 128, 1), push.Pass(7, 3, 4)):
+        flag, value = setting.option().split(" ")
+        assert flag == "--pass" and push.parse_pass(value) == setting
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("concurrency=128", "delay=… is required"),
+    ("delay=50,handlers=3", "'handlers=3' is not one of"),
+    ("delay=fast", "delay must be a whole number, not 'fast'"),
+    ("delay=5,delay=6", "delay is given twice"),
+    ("delay=0,pushers=0", "pushers is too small"),
+    ("delay=-1", "delay is too small"),
+])
+def test_a_bad_pass_is_refused_with_what_is_wrong(push: ModuleType, text: str, says: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="--pass") as caught:
+        push.parse_pass(text)
+    assert says in str(caught.value)
+
+
+def test_scaling_sizes(push: ModuleType) -> None:
+    assert push.parse_sizes("2000,10000") == [2000, 10000]
+    for bad in ("2000,x", "50", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="--scaling"):
+            push.parse_sizes(bad)
