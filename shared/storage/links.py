@@ -165,7 +165,7 @@ def _linked_by(key: Key) -> str:
 
     The LATERAL subquery, kept apart by OFFSET 0 (so it is not flattened into a join),
     can only be an index scan on the key's unique index (which leads with the key since
-    ``0009``). Written as ``key = ANY(…)``, a planner without statistics on a freshly
+    ``0010``). Written as ``key = ANY(…)``, a planner without statistics on a freshly
     grown ``links`` chose a bitmap scan of the (instance_id, entity) prefix — every
     link of the entity — filtering the values.
     """
