@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from shared.cli.parser import Subparsers, add_command
 from shared.connector import ConnectorDocument, Problem, check_connector, paging
 from shared.connector.document import SyncObject
+from shared.connector.loader import referenced_files
 from shared.connector.preview import ListingStart, Preview, preview_pull, preview_push
 from shared.connector.source import SourceError, read_source
 from shared.errors import ConfigurationError, InfrastructureError, SyncError
@@ -148,16 +149,40 @@ def _connector_arguments(parser: argparse.ArgumentParser) -> None:
              "FILE is a connector)",
     )
     parser.add_argument(
+        "--ref", action="append", default=[], type=_ref_mapping, metavar="URL=FILE",
+        help="the file a $ref to URL (another document, or the overlay's extends) "
+             "resolves to; never fetched (repeatable; default: a FILE given whose $id or "
+             "file name is the URL's, or a file beside the spec)",
+    )
+    parser.add_argument(
         "--strict", action="store_true",
         help="every problem is an error, warnings included (default: OpenAPI defects in "
              "parts of a spec the connector does not reach are warnings)",
     )
 
 
+def _ref_mapping(text: str) -> tuple[str, Path]:
+    url, equals, file = text.rpartition("=")
+    if not equals or not url or not file:
+        raise argparse.ArgumentTypeError(f"expected URL=FILE, got {text!r}")
+    return url, Path(file)
+
+
 def _connectors(args: argparse.Namespace) -> list[tuple[list[Path], Path | None]]:
+    """The connectors the FILEs make: one with --overlay; else one per FILE, except the
+    FILEs another's ``$ref``s reach (given for them, not connectors of their own)."""
     if args.overlay is not None:
         return [(list(args.files), args.overlay)]
-    return [([path], None) for path in args.files]
+    referenced = referenced_files(args.files, dict(args.ref)) if len(args.files) > 1 else set()
+    return [([path], None) for path in args.files if path not in referenced] or \
+        [([path], None) for path in args.files]
+
+
+def _check(args: argparse.Namespace, paths: list[Path],
+           overlay: Path | None) -> tuple[ConnectorDocument | None, list[Problem]]:
+    return check_connector(paths, overlay, command=f"bss-sync {args.command}",
+                           strict=args.strict, refs=dict(args.ref),
+                           ref_files=[f for f in args.files if f not in paths])
 
 
 def _print_problems(problems: list[Problem], stream: Any) -> None:
@@ -168,8 +193,7 @@ def _print_problems(problems: list[Problem], stream: Any) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     failed = False
     for paths, overlay in _connectors(args):
-        document, problems = check_connector(paths, overlay, command=f"bss-sync {args.command}",
-                                         strict=args.strict)
+        document, problems = _check(args, paths, overlay)
         name = " + ".join(str(p) for p in [*paths, *([overlay] if overlay else [])])
         if document is None:
             failed = True
@@ -184,8 +208,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _load_one(args: argparse.Namespace) -> ConnectorDocument | None:
     paths, overlay = (list(args.files), args.overlay)
-    document, problems = check_connector(paths, overlay, command=f"bss-sync {args.command}",
-                                         strict=args.strict)
+    document, problems = _check(args, paths, overlay)
     if document is None:
         print("the connector is invalid:", file=sys.stderr)
         _print_problems(problems, sys.stderr)
