@@ -9,6 +9,10 @@ Connector files on the command line:
   and the overlay together form one connector. This is the form for an overlay whose
   ``extends`` is the URL of a vendor's published spec: bss-sync never fetches a URL,
   so the downloaded files are given here.
+
+Either way a file another one's ``$ref`` reaches is a referenced document, not a
+connector or spec of its own; ``--ref URL=FILE`` maps a URL a ``$ref`` (or the
+overlay's ``extends``) names to its file.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ the way is reported with the file, line and JSON pointer where it was written.
 
 Only files are read, never a URL: an overlay whose ``extends`` is the URL of a
 vendor's published spec is given the downloaded files with it (``--overlay`` on the
-command line, ``spec`` + ``overlay`` in an installation file).
+command line, ``spec`` + ``overlay`` in an installation file), or matched to one by
+``--ref URL=FILE``; ``$ref``s to other documents likewise (``external_refs``).
 """
 
 from __future__ import annotations
