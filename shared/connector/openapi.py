@@ -131,6 +131,21 @@ class Operation:
         return None
 
 
+def success_schemas(document: dict[str, Any], operation: Operation) -> list[tuple[str, Any]]:
+    """``(status, schema)`` of each 2xx response (``201``, ``2XX``) documenting a schema."""
+    responses = operation.raw.get("responses")
+    found = []
+    for status in sorted(str(k) for k in responses) if isinstance(responses, dict) else []:
+        if not status.startswith("2"):
+            continue
+        response = deref(document, responses.get(status))
+        if isinstance(response, dict):
+            _media, schema, _ptr = _json_content(document, response.get("content"), "")
+            if schema is not None:
+                found.append((status, schema))
+    return found
+
+
 def index_operations(document: dict[str, Any]) -> dict[str, Operation]:
     """Every operation, keyed both by ``"METHOD /path"`` and by its operationId."""
     index: dict[str, Operation] = {}
@@ -288,6 +303,12 @@ def schema_has_path(
         if not isinstance(props, dict) and additional is not False and not composed:
             return True
     return False
+
+
+def schema_branches(document: dict[str, Any] | None, schema: Any) -> Iterator[Any]:
+    """``schema`` and the branches of its ``allOf``/``anyOf``/``oneOf``, transitively,
+    local ``$ref``s followed (one that leads nowhere yields ``True``: anything)."""
+    return _branches(document, schema, None, 0)
 
 
 def _branches(
