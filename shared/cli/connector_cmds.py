@@ -34,6 +34,7 @@ from shared.connector.preview import ListingStart, Preview, preview_pull, previe
 from shared.connector.source import SourceError, read_source
 from shared.errors import ConfigurationError, InfrastructureError, SyncError
 from shared.logging import redact
+from shared.schemas import ENTITIES
 
 if TYPE_CHECKING:
     from shared.storage.instances import Instance
@@ -83,6 +84,16 @@ def register(sub: Subparsers) -> None:
         metavar="NAME=VALUE",
         help="a server variable or instance setting (repeatable; default: the document's, "
              "or the --instance's)",
+    )
+    preview.add_argument(
+        "--link",
+        action="append",
+        default=[],
+        type=_link,
+        metavar="ENTITY:BSS_ID=EXTERNAL_ID",
+        help="a linked record's ids, used by $externalId/$bssId instead of a placeholder "
+             "and checked like any value (repeatable; default: placeholders, which the "
+             "schema checks only note)",
     )
     preview.add_argument("--server", metavar="URL",
                          help="server URL overriding the document's (default: the "
@@ -163,6 +174,18 @@ def _connector_arguments(parser: argparse.ArgumentParser) -> None:
         help="every problem is an error, warnings included (default: OpenAPI defects in "
              "parts of a spec the connector does not reach are warnings)",
     )
+
+
+def _link(text: str) -> tuple[tuple[str, str], str]:
+    entity, colon, rest = text.partition(":")
+    bss_id, equals, external_id = rest.partition("=")
+    if not colon or not equals or not entity or not bss_id or not external_id:
+        raise argparse.ArgumentTypeError(
+            f"expected ENTITY:BSS_ID=EXTERNAL_ID (account:acc_1=4711), got {text!r}")
+    if entity not in ENTITIES:
+        raise argparse.ArgumentTypeError(
+            f"unknown entity {entity!r} (one of {', '.join(sorted(ENTITIES))})")
+    return (entity, bss_id), external_id
 
 
 def _ref_mapping(text: str) -> tuple[str, Path]:
@@ -271,6 +294,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
                 external_id=args.external_id,
                 variables=variables,
                 server=args.server,
+                links=dict(args.link),
             )
         else:
             preview = _preview_pull(args, document, obj, record, variables)
@@ -288,7 +312,7 @@ def _preview_pull(args: argparse.Namespace, document: ConnectorDocument, obj: Sy
     if args.instance is None:
         start = ListingStart(cursor=args.cursor, since=args.since, full=args.full)
         return preview_pull(document, obj, record, variables=variables, server=server,
-                            start=start)
+                            start=start, links=dict(args.link))
     stored = asyncio.run(stored_listing(args.instance, obj))
     notes = [f"instance {stored.instance.id}: the cursors stored in PostgreSQL"]
     if stored.instance.connector_sha256 != document.sha256:
@@ -300,7 +324,7 @@ def _preview_pull(args: argparse.Namespace, document: ConnectorDocument, obj: Sy
         document, obj, record, variables={**stored.instance.variables, **variables},
         server=server or stored.instance.server_url,
         start=full if args.full else stored.list_start,
-        deleted_start=full if args.full else stored.deleted_start)
+        deleted_start=full if args.full else stored.deleted_start, links=dict(args.link))
     preview.notes[:0] = notes
     return preview
 
