@@ -11,8 +11,8 @@ Connector files on the command line:
   so the downloaded files are given here.
 
 Either way a file another one's ``$ref`` reaches is a referenced document, not a
-connector or spec of its own; ``--ref URL=FILE`` maps a URL a ``$ref`` (or the
-overlay's ``extends``) names to its file.
+connector of its own (nor a spec, unless it has ``paths``); ``--ref URL=FILE`` maps a
+URL a ``$ref`` (or the overlay's ``extends``) names to its file.
 """
 
 from __future__ import annotations

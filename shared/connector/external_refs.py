@@ -129,8 +129,8 @@ def mentions_external_refs(source: SourceFile) -> bool:
 
 
 def referenced_sources(sources: Sequence[SourceFile], refs: RefFiles) -> set[int]:
-    """Indexes of the ``sources`` another one's ``$ref``s resolve to: documents referenced,
-    not specs of their own."""
+    """Indexes of the ``sources`` another one's ``$ref``s resolve to (documents referenced;
+    the loader keeps those with ``paths`` as specs too)."""
     found: set[int] = set()
     for source in filter(mentions_external_refs, sources):
         for _, node in external_refs(source.data):
@@ -149,7 +149,7 @@ def internalize(bundle: dict[str, Any], provenance: Provenance, refs: RefFiles,
     if not any(map(mentions_external_refs, sources)):
         return []  # the common case, without walking a large spec
     by_file = {str(s.path): s for s in sources}
-    importer = _Importer(bundle, provenance, refs)
+    importer = _Importer(bundle, provenance, refs, sources[0] if sources else None)
     for pointer, node in list(external_refs(bundle)):
         file, _, _ = provenance.locate(pointer)
         origin = by_file.get(file or "")
@@ -161,7 +161,9 @@ def internalize(bundle: dict[str, Any], provenance: Provenance, refs: RefFiles,
 class _Importer:
     """Copies what references reach into the bundle, once per (file, fragment)."""
 
-    def __init__(self, bundle: dict[str, Any], provenance: Provenance, refs: RefFiles) -> None:
+    def __init__(self, bundle: dict[str, Any], provenance: Provenance, refs: RefFiles,
+                 leading: SourceFile | None) -> None:
+        self.leading = leading  # the bundle's first spec: its pointers are the bundle's
         self.bundle = bundle
         self.provenance = provenance
         self.refs = refs
@@ -190,6 +192,9 @@ class _Importer:
         except (KeyError, ValueError):
             self.problems.append(Problem(where, f"$ref {node['$ref']!r} points at nothing in "
                                                 f"{source.path}"))
+            return
+        if source is self.leading and fragment:
+            node["$ref"] = "#" + fragment  # the bundle's own (a spec naming itself by URL)
             return
         section = _section(split_pointer(fragment), split_pointer(pointer))
         if section is None:  # a path item: copied in place (3.0 has no components for it)

@@ -71,7 +71,8 @@ def check_connector(
 
     References to other documents (``external_refs``) resolve to ``refs`` (URL → file),
     then to the files given — ``paths`` and ``ref_files``; a file in ``paths`` that
-    another's ``$ref`` reaches is a referenced document, not a spec. ``hint(url)`` is how
+    another's ``$ref`` reaches is a referenced document, not a spec (unless it is an
+    OpenAPI document with paths of its own). ``hint(url)`` is how
     a problem says to map a URL to a file (``--ref URL=FILE`` by default)."""
     if isinstance(paths, str | Path):
         paths = [paths]
@@ -85,7 +86,7 @@ def check_connector(
         overlay_source = sources.pop()
         sources = _extended_sources(overlay_source, problems, command, ref_catalog)
     referenced = referenced_sources(sources, ref_catalog)
-    sources = [s for i, s in enumerate(sources) if i not in referenced]
+    sources = [s for i, s in enumerate(sources) if i not in referenced or _has_paths(s)]
     if overlay_source is not None:
         problems += [_in_file(p, overlay_source) for p in check_overlay(overlay_source.data)]
         sources = _extends_first(overlay_source, sources, ref_catalog)
@@ -252,6 +253,12 @@ def _same(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
     except OSError:
         return False
+
+
+def _has_paths(source: SourceFile) -> bool:
+    """An OpenAPI document with operations: a spec even when another references it."""
+    data = source.data
+    return isinstance(data, dict) and "openapi" in data and bool(data.get("paths"))
 
 
 def _read_refs(refs: Mapping[str, str | Path], problems: list[Problem]) -> dict[str, SourceFile]:

@@ -250,3 +250,26 @@ def test_an_installation_files_connector_maps_urls_with_refs(tmp_path):
     assert [(p.pointer, p.message) for p in problems] == [
         (f"/connectors/0/refs/{ERRORS_URL.replace('/', '~1')}",
          f"file {tmp_path / 'missing.yaml'} does not exist")]
+
+
+def test_a_referenced_spec_with_paths_is_still_merged_and_a_self_reference_is_local(tmp_path):
+    spec = yaml.safe_load(SPEC.read_text())
+    # the vendor's other spec borrows this one's Customer by its published URL
+    other = {"openapi": "3.0.3", "info": {"title": "Crmly Orders", "version": "2"},
+             "paths": {"/orders": {"get": {"operationId": "listOrders", "responses": {
+                 "200": {"description": "ok", "content": {"application/json": {"schema": {
+                     "$ref": f"{SPEC_URL}#/components/schemas/Order"}}}}}}}}}
+    spec["components"] = {"schemas": {"Order": {"type": "object", "properties": {
+        "customer": {"$ref": f"{SPEC_URL}#/components/schemas/Owner"}}},
+        "Owner": {"type": "string"}}}
+    (tmp_path / "customers.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    (tmp_path / "orders.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
+    document, problems = load(tmp_path / "customers.yaml", tmp_path / "orders.yaml", COMMON,
+                              NOTE)
+    assert document is not None, [p.format() for p in problems]
+    assert {"/customers", "/orders", "/reports"} <= set(document.document["paths"])
+    schemas = document.document["components"]["schemas"]
+    assert schemas["Order"]["properties"]["customer"] == {"$ref": "#/components/schemas/Owner"}
+    assert document.document["paths"]["/orders"]["get"]["responses"]["200"]["content"][
+        "application/json"]["schema"] == {"$ref": "#/components/schemas/Order"}
+    assert not [name for name in schemas if name.startswith("Customers")], "no copies"
