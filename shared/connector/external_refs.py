@@ -134,8 +134,11 @@ def referenced_sources(sources: Sequence[SourceFile], refs: RefFiles) -> set[int
     found: set[int] = set()
     for source in filter(mentions_external_refs, sources):
         for _, node in external_refs(source.data):
-            url, _ = urldefrag(urljoin(refs.base(source), node["$ref"]))
-            target = refs.find(url, node["$ref"].split("#", 1)[0])
+            try:
+                url, _ = urldefrag(urljoin(refs.base(source), node["$ref"]))
+                target = refs.find(url, node["$ref"].split("#", 1)[0])
+            except ValueError:
+                continue  # reported when the bundle's references are resolved
             for index, candidate in enumerate(sources):
                 if candidate is target and candidate is not source:
                     found.add(index)
@@ -155,6 +158,7 @@ def internalize(bundle: dict[str, Any], provenance: Provenance, refs: RefFiles,
         origin = by_file.get(file or "")
         base = refs.base(origin) if origin is not None else ""
         importer.resolve(node, pointer, base)
+        importer.drain()
     return importer.problems
 
 
@@ -169,13 +173,18 @@ class _Importer:
         self.refs = refs
         self.done: dict[tuple[int, str], str] = {}
         self.problems: list[Problem] = []
+        self.pending: list[tuple[Any, str, SourceFile]] = []  # copies to look into
 
     def resolve(self, node: dict[str, Any], pointer: str, base: str) -> None:
         """Rewrite ``node``'s ``$ref`` (read against ``base``) to a local one."""
         ref = node["$ref"]
-        url, fragment = urldefrag(urljoin(base, ref) if base else ref)
-        source = self.refs.find(url, ref.split("#", 1)[0])
         where = join_pointer(pointer, "$ref")
+        try:
+            url, fragment = urldefrag(urljoin(base, ref) if base else ref)
+            source = self.refs.find(url, ref.split("#", 1)[0]) if ref.strip() else \
+                "it names no document"
+        except ValueError as exc:  # urllib refuses it (a bad IPv6 host…)
+            source = f"not a URL ({exc})"
         if isinstance(source, str):
             self.problems.append(Problem(where, f"$ref {ref!r}: {source}"))
             return
@@ -219,14 +228,21 @@ class _Importer:
         return "#" + pointer
 
     def _within(self, content: Any, pointer: str, source: SourceFile) -> None:
-        """Resolve the references inside a copy: a local one means ``source``'s own."""
-        for inner_pointer, node in _all_refs(content, pointer):
-            ref = node["$ref"]
-            if ref.startswith("#"):
-                self._point(node, inner_pointer, source, unquote(ref[1:]),
-                            join_pointer(inner_pointer, "$ref"))
-            else:
-                self.resolve(node, inner_pointer, self.refs.base(source))
+        self.pending.append((content, pointer, source))
+
+    def drain(self) -> None:
+        """Resolve the references inside the copies made (a local one means the copied
+        file's own), and inside the copies those make — a loop, not a recursion, however
+        long a vendor's chain of references."""
+        while self.pending:
+            content, pointer, source = self.pending.pop()
+            for inner_pointer, node in _all_refs(content, pointer):
+                ref = node["$ref"]
+                if ref.startswith("#"):
+                    self._point(node, inner_pointer, source, unquote(ref[1:]),
+                                join_pointer(inner_pointer, "$ref"))
+                else:
+                    self.resolve(node, inner_pointer, self.refs.base(source))
 
 
 def _without_identity(content: Any) -> Any:
