@@ -273,3 +273,38 @@ def test_a_referenced_spec_with_paths_is_still_merged_and_a_self_reference_is_lo
     assert document.document["paths"]["/orders"]["get"]["responses"]["200"]["content"][
         "application/json"]["schema"] == {"$ref": "#/components/schemas/Order"}
     assert not [name for name in schemas if name.startswith("Customers")], "no copies"
+
+
+def test_odd_references_are_located_problems_and_a_long_chain_resolves(tmp_path):
+    length = 1500  # deeper than Python's recursion limit if each hop recursed
+    chain = {"components": {"schemas": {
+        f"S{i}": {"type": "object", "properties": {"next": {
+            "$ref": f"#/components/schemas/S{i + 1}"}}} for i in range(length)}}}
+    chain["components"]["schemas"][f"S{length}"] = {"type": "string"}
+    (tmp_path / "chain.json").write_text(json.dumps(chain))
+    shutil.copy(COMMON, tmp_path)  # beside the spec, as its relative references say
+    odd = {"a": "http://[bad/x.json", "b": "", "c": "chain.json#anchor", "d": "chain.json#/no"}
+    spec = yaml.safe_load(SPEC.read_text())
+    spec["paths"]["/customers"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"] = {"$ref": "chain.json#/components/schemas/S0"}
+    spec["paths"]["/reports"]["get"]["responses"][200]["content"]["application/json"][
+        "schema"] = {"properties": {k: {"$ref": v} for k, v in odd.items()}}
+    path = tmp_path / "customers.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    overlay = yaml.safe_load(OVERLAY.read_text())
+    overlay["actions"][0]["update"]["x-synchronization"]["transforms"]["AccountToCustomer"][
+        "map"] = {"next.next.next": "name"}
+    (tmp_path / "o.yaml").write_text(yaml.safe_dump(overlay, sort_keys=False))
+    document, problems = check_connector([path], tmp_path / "o.yaml",
+                                         refs={ERRORS_URL: ERRORS}, ref_files=[NOTE])
+    assert document is not None, [p.format() for p in problems]
+    schemas = document.document["components"]["schemas"]
+    assert schemas[f"S{length}"] == {"type": "string"}
+    messages = {p.pointer.split("/")[-2]: p.message for p in problems}
+    assert {p.severity for p in problems} == {"warning"}
+    assert messages == {
+        "a": "$ref 'http://[bad/x.json': not a URL (Invalid IPv6 URL)",
+        "b": "$ref '': it names no document",
+        "c": "$ref 'chain.json#anchor': the part after # is not a JSON pointer (an anchor)",
+        "d": f"$ref 'chain.json#/no' points at nothing in {tmp_path / 'chain.json'}",
+    }
