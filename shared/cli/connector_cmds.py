@@ -9,6 +9,10 @@ Connector files on the command line:
   and the overlay together form one connector. This is the form for an overlay whose
   ``extends`` is the URL of a vendor's published spec: bss-sync never fetches a URL,
   so the downloaded files are given here.
+
+Either way a file another one's ``$ref`` reaches is a referenced document, not a
+connector of its own (nor a spec, unless it has ``paths``); ``--ref URL=FILE`` maps a
+URL a ``$ref`` (or the overlay's ``extends``) names to its file.
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ from typing import TYPE_CHECKING, Any
 from shared.cli.parser import Subparsers, add_command
 from shared.connector import ConnectorDocument, Problem, check_connector, paging
 from shared.connector.document import SyncObject
+from shared.connector.loader import referenced_files
 from shared.connector.preview import ListingStart, Preview, preview_pull, preview_push
 from shared.connector.source import SourceError, read_source
 from shared.errors import ConfigurationError, InfrastructureError, SyncError
 from shared.logging import redact
+from shared.schemas import ENTITIES
 
 if TYPE_CHECKING:
     from shared.storage.instances import Instance
@@ -78,6 +84,16 @@ def register(sub: Subparsers) -> None:
         metavar="NAME=VALUE",
         help="a server variable or instance setting (repeatable; default: the document's, "
              "or the --instance's)",
+    )
+    preview.add_argument(
+        "--link",
+        action="append",
+        default=[],
+        type=_link,
+        metavar="ENTITY:BSS_ID=EXTERNAL_ID",
+        help="a linked record's ids, used by $externalId/$bssId instead of a placeholder "
+             "and checked like any value (repeatable; default: placeholders, which the "
+             "schema checks only note)",
     )
     preview.add_argument("--server", metavar="URL",
                          help="server URL overriding the document's (default: the "
@@ -148,16 +164,52 @@ def _connector_arguments(parser: argparse.ArgumentParser) -> None:
              "FILE is a connector)",
     )
     parser.add_argument(
+        "--ref", action="append", default=[], type=_ref_mapping, metavar="URL=FILE",
+        help="the file a $ref to URL (another document, or the overlay's extends) "
+             "resolves to; never fetched (repeatable; default: a FILE given whose $id or "
+             "file name is the URL's, or a file beside the spec)",
+    )
+    parser.add_argument(
         "--strict", action="store_true",
         help="every problem is an error, warnings included (default: OpenAPI defects in "
              "parts of a spec the connector does not reach are warnings)",
     )
 
 
+def _link(text: str) -> tuple[tuple[str, str], str]:
+    entity, colon, rest = text.partition(":")
+    bss_id, equals, external_id = rest.partition("=")
+    if not colon or not equals or not entity or not bss_id or not external_id:
+        raise argparse.ArgumentTypeError(
+            f"expected ENTITY:BSS_ID=EXTERNAL_ID (account:acc_1=4711), got {text!r}")
+    if entity not in ENTITIES:
+        raise argparse.ArgumentTypeError(
+            f"unknown entity {entity!r} (one of {', '.join(sorted(ENTITIES))})")
+    return (entity, bss_id), external_id
+
+
+def _ref_mapping(text: str) -> tuple[str, Path]:
+    url, equals, file = text.rpartition("=")
+    if not equals or not url or not file:
+        raise argparse.ArgumentTypeError(f"expected URL=FILE, got {text!r}")
+    return url, Path(file)
+
+
 def _connectors(args: argparse.Namespace) -> list[tuple[list[Path], Path | None]]:
+    """The connectors the FILEs make: one with --overlay; else one per FILE, except the
+    FILEs another's ``$ref``s reach (given for them, not connectors of their own)."""
     if args.overlay is not None:
         return [(list(args.files), args.overlay)]
-    return [([path], None) for path in args.files]
+    referenced = referenced_files(args.files, dict(args.ref)) if len(args.files) > 1 else set()
+    return [([path], None) for path in args.files if path not in referenced] or \
+        [([path], None) for path in args.files]
+
+
+def _check(args: argparse.Namespace, paths: list[Path],
+           overlay: Path | None) -> tuple[ConnectorDocument | None, list[Problem]]:
+    return check_connector(paths, overlay, command=f"bss-sync {args.command}",
+                           strict=args.strict, refs=dict(args.ref),
+                           ref_files=[f for f in args.files if f not in paths])
 
 
 def _print_problems(problems: list[Problem], stream: Any) -> None:
@@ -168,8 +220,7 @@ def _print_problems(problems: list[Problem], stream: Any) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     failed = False
     for paths, overlay in _connectors(args):
-        document, problems = check_connector(paths, overlay, command=f"bss-sync {args.command}",
-                                         strict=args.strict)
+        document, problems = _check(args, paths, overlay)
         name = " + ".join(str(p) for p in [*paths, *([overlay] if overlay else [])])
         if document is None:
             failed = True
@@ -184,8 +235,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _load_one(args: argparse.Namespace) -> ConnectorDocument | None:
     paths, overlay = (list(args.files), args.overlay)
-    document, problems = check_connector(paths, overlay, command=f"bss-sync {args.command}",
-                                         strict=args.strict)
+    document, problems = _check(args, paths, overlay)
     if document is None:
         print("the connector is invalid:", file=sys.stderr)
         _print_problems(problems, sys.stderr)
@@ -244,6 +294,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
                 external_id=args.external_id,
                 variables=variables,
                 server=args.server,
+                links=dict(args.link),
             )
         else:
             preview = _preview_pull(args, document, obj, record, variables)
@@ -261,7 +312,7 @@ def _preview_pull(args: argparse.Namespace, document: ConnectorDocument, obj: Sy
     if args.instance is None:
         start = ListingStart(cursor=args.cursor, since=args.since, full=args.full)
         return preview_pull(document, obj, record, variables=variables, server=server,
-                            start=start)
+                            start=start, links=dict(args.link))
     stored = asyncio.run(stored_listing(args.instance, obj))
     notes = [f"instance {stored.instance.id}: the cursors stored in PostgreSQL"]
     if stored.instance.connector_sha256 != document.sha256:
@@ -273,7 +324,7 @@ def _preview_pull(args: argparse.Namespace, document: ConnectorDocument, obj: Sy
         document, obj, record, variables={**stored.instance.variables, **variables},
         server=server or stored.instance.server_url,
         start=full if args.full else stored.list_start,
-        deleted_start=full if args.full else stored.deleted_start)
+        deleted_start=full if args.full else stored.deleted_start, links=dict(args.link))
     preview.notes[:0] = notes
     return preview
 

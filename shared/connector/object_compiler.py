@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from shared.connector.answer_errors import AnswerErrorRule
+from shared.connector.answer_pointers import answer_pointer_problems
 from shared.connector.document import DEFAULT_EXTERNAL_ID, CallSpec, SyncObject
 from shared.connector.form_body import MULTIPART, form_media
 from shared.connector.openapi import Operation, deref, find_operation, schema_has_path
@@ -159,6 +160,10 @@ class ObjectCompiler:
                 pull_deleted = self._expression(
                     pull_spec["deleted"], join_pointer(pull_pointer, "deleted")
                 )
+        self.problems += answer_pointer_problems(
+            self.document, pointer, push, push_spec,
+            {"list": pull_list, "read": pull_read, "deletedList": pull_deleted_list},
+            pull_spec)
         if entity not in ENTITIES:
             return None
         return SyncObject(

@@ -46,20 +46,14 @@ def deref(document: dict[str, Any], node: Any) -> Any:
 
 
 def check_refs(document: Any) -> list[Problem]:
-    """Every ``$ref`` must be local (``#/…``) and point at something."""
+    """Every local ``$ref`` (``#/…``) must point at something. Others are
+    ``shared.connector.external_refs``' business: the loader resolves them to files."""
     problems: list[Problem] = []
     for pointer, ref in _iter_refs(document, ""):
         if not isinstance(ref, str):
             problems.append(Problem(pointer, "$ref must be a string"))
         elif not ref.startswith("#"):
-            problems.append(
-                Problem(
-                    pointer,
-                    f"$ref {ref!r} points outside this document; only "
-                    "local references (#/...) are supported — bundle "
-                    "the referenced file or pass it as another spec",
-                )
-            )
+            continue  # another document's: resolved, or reported, by external_refs
         else:
             try:
                 resolve_pointer(document, ref[1:])
@@ -135,6 +129,21 @@ class Operation:
                 if schema is not None:
                     return schema
         return None
+
+
+def success_schemas(document: dict[str, Any], operation: Operation) -> list[tuple[str, Any]]:
+    """``(status, schema)`` of each 2xx response (``201``, ``2XX``) documenting a schema."""
+    responses = operation.raw.get("responses")
+    found = []
+    for status in sorted(str(k) for k in responses) if isinstance(responses, dict) else []:
+        if not status.startswith("2"):
+            continue
+        response = deref(document, responses.get(status))
+        if isinstance(response, dict):
+            _media, schema, _ptr = _json_content(document, response.get("content"), "")
+            if schema is not None:
+                found.append((status, schema))
+    return found
 
 
 def index_operations(document: dict[str, Any]) -> dict[str, Operation]:
@@ -294,6 +303,12 @@ def schema_has_path(
         if not isinstance(props, dict) and additional is not False and not composed:
             return True
     return False
+
+
+def schema_branches(document: dict[str, Any] | None, schema: Any) -> Iterator[Any]:
+    """``schema`` and the branches of its ``allOf``/``anyOf``/``oneOf``, transitively,
+    local ``$ref``s followed (one that leads nowhere yields ``True``: anything)."""
+    return _branches(document, schema, None, 0)
 
 
 def _branches(

@@ -47,9 +47,18 @@ class PayloadChecker:
 
     def request_errors(self, operation: Operation, body: Any) -> list[str]:
         """Readable violations of ``operation``'s request schema (empty when valid)."""
+        validator = self._validator(operation)
+        return [] if validator is None else describe_errors(validator.iter_errors(body))
+
+    def request_violations(self, operation: Operation, body: Any) -> list[tuple[str, str]]:
+        """``(pointer, sentence)`` of each violation of ``operation``'s request schema."""
+        validator = self._validator(operation)
+        return [] if validator is None else located_errors(validator.iter_errors(body))
+
+    def _validator(self, operation: Operation) -> Any:
         pointer = operation.request_schema_pointer
         if pointer is None or operation.request_schema is None:
-            return []
+            return None
         validator = self._cache.get(pointer)
         if validator is None:
             validator = self._validator_class(
@@ -58,12 +67,17 @@ class PayloadChecker:
                 format_checker=self._format_checker,
             )
             self._cache[pointer] = validator
-        return describe_errors(validator.iter_errors(body))
+        return validator
 
 
 def entity_errors(entity: str, record: Any) -> list[str]:
     """Readable violations of the canonical ``entity`` schema (empty when valid)."""
     return describe_errors(_entity_validator(entity).iter_errors(record))
+
+
+def entity_violations(entity: str, record: Any) -> list[tuple[str, str]]:
+    """``(pointer, sentence)`` of each violation of the canonical ``entity`` schema."""
+    return located_errors(_entity_validator(entity).iter_errors(record))
 
 
 @functools.cache
@@ -74,11 +88,16 @@ def _entity_validator(entity: str) -> Any:
 def describe_errors(errors: Any) -> list[str]:
     """``at /lines/0/quantity: -1 is less than the minimum of 0`` — one per error; a
     value failing a nullable field is told what the non-null schema wants."""
+    return [f"at {where or '/'}: {message}" for where, message in located_errors(errors)]
+
+
+def located_errors(errors: Any) -> list[tuple[str, str]]:
+    """``(pointer, sentence)`` of each error (at most ``MAX_ERRORS``), as
+    :func:`describe_errors` words them; the document's root is ``""``."""
     out = []
     for error in errors:
         leaf = _leaf(error)
-        where = join_pointer("", *[str(p) for p in leaf.absolute_path]) or "/"
-        out.append(f"at {where}: {_message(leaf)}")
+        out.append((join_pointer("", *[str(p) for p in leaf.absolute_path]), _message(leaf)))
         if len(out) >= MAX_ERRORS:
             break
     return out

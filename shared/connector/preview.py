@@ -21,20 +21,73 @@ from typing import Any
 from shared.connector import paging, security
 from shared.connector.document import CallSpec, ConnectorDocument, SyncObject
 from shared.connector.idempotency import idempotency_key
-from shared.connector.payloads import PayloadChecker, entity_errors
+from shared.connector.payloads import PayloadChecker, entity_violations
 from shared.connector.request import RequestPlan, plan_request, server_url
 from shared.errors import SchemaViolation, SyncError
+from shared.json_pointer import join_pointer
 from shared.transform import UNDEFINED, ExpressionRuntimeError, TransformContext
+
+Link = tuple[str, str]
+"""``(entity, BSS id)`` of a linked record, as ``--link entity:bssId=externalId`` names it."""
 
 
 class PlaceholderLinks:
-    """Link lookups for previews: every linked id is shown as a readable placeholder."""
+    """Link lookups for previews: a link given (``--link``) is used as it is, both ways;
+    any other linked id is shown as a readable placeholder, remembered (``shown``) so that
+    the schema checks can tell it from a value the record produced — a real id of the
+    vendor's shape would pass where ``<account acc_1 in the third party>`` does not."""
+
+    def __init__(self, given: Mapping[Link, str] | None = None) -> None:
+        self.given = dict(given or {})
+        self.shown: dict[str, str] = {}  # placeholder → the --link that gives the real id
 
     def external_id(self, entity: str, bss_id: str) -> str:
-        return f"<{entity} {bss_id} in the third party>"
+        if (entity, bss_id) in self.given:
+            return self.given[(entity, bss_id)]
+        return self._placeholder(f"<{entity} {bss_id} in the third party>",
+                                 f"{entity}:{bss_id}=EXTERNAL_ID")
 
     def bss_id(self, entity: str, external_id: str) -> str:
-        return f"<{entity} {external_id} in the BSS>"
+        for (linked, bss_id), external in self.given.items():
+            if linked == entity and external == external_id:
+                return bss_id
+        return self._placeholder(f"<{entity} {external_id} in the BSS>",
+                                 f"{entity}:BSS_ID={external_id}")
+
+    def _placeholder(self, text: str, link: str) -> str:
+        self.shown[text] = link
+        return text
+
+    def waived(self, value: Any, violations: list[tuple[str, str]]
+               ) -> tuple[list[tuple[str, str]], list[str]]:
+        """The ``violations`` of ``value`` not at a placeholder, and a note for each at one
+        (a placeholder is no id: what the schema says of it says nothing of the real one)."""
+        held = dict(_placeholders_in(value, "", self.shown))
+        kept, refused = [], {}
+        for pointer, message in violations:
+            at = next((p for p in held if pointer == p or pointer.startswith(p + "/")), None)
+            if at is None:
+                kept.append((pointer, message))
+            else:
+                refused.setdefault(at, []).append(message)
+        return kept, [f"{at or '/'} holds a placeholder the schema refuses "
+                      f"({'; '.join(messages)}): not checked; give the real id with "
+                      f"--link {held[at]}" for at, messages in refused.items()]
+
+
+def _placeholders_in(value: Any, pointer: str, shown: Mapping[str, str]
+                     ) -> list[tuple[str, str]]:
+    """``(pointer, link)`` of each string of ``value`` holding a placeholder of ``shown``."""
+    if isinstance(value, str):
+        return [(pointer, link) for text, link in shown.items() if text in value][:1]
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return []
+    return [found for key, item in items
+            for found in _placeholders_in(item, join_pointer(pointer, key), shown)]
 
 
 @dataclasses.dataclass
@@ -69,14 +122,16 @@ def preview_push(
     external_id: str = "EXT-1",
     variables: Mapping[str, Any] | None = None,
     server: str | None = None,
+    links: Mapping[Link, str] | None = None,
 ) -> Preview:
-    """Preview pushing ``record`` with ``action`` (create, update or delete)."""
+    """Preview pushing ``record`` with ``action`` (create, update or delete); ``links``:
+    the external ids of linked records (``--link``), placeholders otherwise."""
     preview = Preview()
     call = obj.push.get(action)
     if call is None:
         preview.errors.append(f"object {obj.name} has no push.{action}")
         return preview
-    context = _context(doc, variables)
+    context = _context(doc, variables, links)
     base = server_url(doc, variables, server)
     data = {"record": record, "externalId": external_id, "before": _before_placeholders(call)}
     checker = PayloadChecker(doc)
@@ -116,7 +171,8 @@ def preview_push(
         record,
         extra,
     )
-    preview.notes.append("linked records are shown as <placeholders>; credentials as ***")
+    preview.notes.append("linked records are shown as <placeholders> (--link "
+                         "entity:bssId=externalId for real ones); credentials as ***")
     return preview
 
 
@@ -164,6 +220,7 @@ def preview_pull(
     since: datetime | None = None,
     start: ListingStart | None = None,
     deleted_start: ListingStart | None = None,
+    links: Mapping[Link, str] | None = None,
 ) -> Preview:
     """Preview pulling: the listing request discovery would send first (``pull.list``,
     then ``pull.deletedList`` when declared) from ``start`` (default: ``since``, or a
@@ -172,7 +229,7 @@ def preview_pull(
     if obj.pull_list is None or obj.pull_body is None:
         preview.errors.append(f"object {obj.name} has no pull")
         return preview
-    context = _context(doc, variables)
+    context = _context(doc, variables, links)
     base = server_url(doc, variables, server)
     start = start or ListingStart(since=since)
     checker = PayloadChecker(doc)
@@ -188,7 +245,7 @@ def preview_pull(
         except SyncError as exc:
             preview.errors.append(f"{title}: {exc}")
             continue
-        _show(preview, doc, checker, title, call, plan)
+        _show(preview, doc, checker, title, call, plan, _links(context))
         preview.notes.append(f"{name}: {paging_words(call)}")
         if paging.client_filtered(call):
             field = (call.option("incremental") or {}).get("cursorField")
@@ -247,15 +304,20 @@ def _canonical(preview: Preview, doc: ConnectorDocument, obj: SyncObject,
         return
     preview.record = canonical
     preview.sections.append((f"canonical {obj.entity} (pull {obj.name})", _json(canonical)))
-    problems = entity_errors(obj.entity, canonical)
+    problems, waived = _links(context).waived(canonical,
+                                              entity_violations(obj.entity, canonical))
     if problems:
         preview.errors += [
-            f"the {obj.entity} breaks schemas/entities/{obj.entity}.schema.json {p}"
-            for p in problems
+            f"the {obj.entity} breaks schemas/entities/{obj.entity}.schema.json at "
+            f"{pointer or '/'}: {message}"
+            for pointer, message in problems
         ]
     else:
-        preview.notes.append(f"✓ valid against schemas/entities/{obj.entity}.schema.json")
-    preview.notes.append("linked records are shown as <placeholders>")
+        but = ", but for linked ids' placeholders" if waived else ""
+        preview.notes.append(f"✓ valid against schemas/entities/{obj.entity}.schema.json{but}")
+    preview.notes += [f"the {obj.entity}: {note}" for note in waived]
+    preview.notes.append("linked records are shown as <placeholders> (--link "
+                         "entity:bssId=externalId for real ones)")
 
 
 def _section(
@@ -279,34 +341,39 @@ def _section(
     except SchemaViolation as exc:  # a form body its media type cannot carry
         preview.errors.append(f"{title}: {exc}")
         if body is not UNDEFINED:
-            _check_body(preview, checker, title, call, body)
+            _check_body(preview, checker, title, call, body, _links(context))
         return
     except SyncError as exc:
         preview.errors.append(f"{title}: {exc}")
         return
-    _show(preview, doc, checker, title, call, plan)
+    _show(preview, doc, checker, title, call, plan, _links(context))
 
 
 def _show(preview: Preview, doc: ConnectorDocument, checker: PayloadChecker, title: str,
-          call: CallSpec, plan: RequestPlan) -> None:
+          call: CallSpec, plan: RequestPlan, links: PlaceholderLinks) -> None:
     """Add ``plan``, credentials masked, as a section; check its body."""
     plan = security.masked(plan, security.choose(doc, call.operation))
     preview.requests.append(plan)
     preview.sections.append((title, format_request(plan)))
     if plan.has_body:
-        _check_body(preview, checker, title, call, plan.body)
+        _check_body(preview, checker, title, call, plan.body, links)
 
 
 def _check_body(
-    preview: Preview, checker: PayloadChecker, title: str, call: CallSpec, body: Any
+    preview: Preview, checker: PayloadChecker, title: str, call: CallSpec, body: Any,
+    links: PlaceholderLinks,
 ) -> None:
-    """The body as built (before any form encoding) against the request schema."""
-    problems = checker.request_errors(call.operation, body)
+    """The body as built (before any form encoding) against the request schema; what it
+    says of a linked id's placeholder is a note, not an error."""
+    problems, waived = links.waived(body, checker.request_violations(call.operation, body))
     where = f"the request schema of {call.operation.key}"
     if problems:
-        preview.errors += [f"{title}: body breaks {where} {p}" for p in problems]
+        preview.errors += [f"{title}: body breaks {where} at {pointer or '/'}: {message}"
+                           for pointer, message in problems]
     else:
-        preview.notes.append(f"✓ {title}: body valid against {where}")
+        but = ", but for linked ids' placeholders" if waived else ""
+        preview.notes.append(f"✓ {title}: body valid against {where}{but}")
+    preview.notes += [f"{title}: body {note}" for note in waived]
 
 
 def format_request(plan: RequestPlan) -> str:
@@ -329,9 +396,15 @@ def _before_placeholders(call: CallSpec) -> dict[str, str]:
     }
 
 
-def _context(doc: ConnectorDocument, variables: Mapping[str, Any] | None) -> TransformContext:
-    return TransformContext(lookups=doc.lookups, links=PlaceholderLinks(),
+def _context(doc: ConnectorDocument, variables: Mapping[str, Any] | None,
+             links: Mapping[Link, str] | None = None) -> TransformContext:
+    return TransformContext(lookups=doc.lookups, links=PlaceholderLinks(links),
                             variables=doc.variables(variables))
+
+
+def _links(context: TransformContext) -> PlaceholderLinks:
+    assert isinstance(context.links, PlaceholderLinks)
+    return context.links
 
 
 def _time(value: datetime) -> str:

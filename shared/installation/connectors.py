@@ -22,7 +22,9 @@ def load_connectors(data: dict[str, Any], path: Path,
                     line_of: LineOf) -> tuple[dict[str, Any], list[Problem]]:
     """``{id: ConnectorDocument}`` for every connector of ``data``, and their problems.
 
-    Spec and overlay paths are relative to ``path``'s folder. An entry the schema or
+    Spec, overlay and ``refs`` paths are relative to ``path``'s folder; a ``$ref`` to
+    another document (or the overlay's ``extends``) resolves through ``refs`` ({URL:
+    file}) or to a file of ``spec`` (``shared.connector.external_refs``). An entry the schema or
     the duplicate check rejects is skipped (they report it).
     """
     loaded: dict[str, Any] = {}
@@ -40,17 +42,26 @@ def load_connectors(data: dict[str, Any], path: Path,
                    for n, p in enumerate(files) if not p.is_file()]
         if overlay is not None and not overlay.is_file():
             missing.append(("/overlay", overlay))
+        refs = {url: path.parent / file for url, file in (entry.get("refs") or {}).items()}
+        missing += [(join_pointer("/refs", url), file) for url, file in refs.items()
+                    if not file.is_file()]
         for suffix, file in missing:
             problems.append(Problem(pointer + suffix, f"file {file} does not exist",
                                     str(path), line_of(pointer + suffix)))
         if missing:
             continue
         try:
-            loaded[entry["id"]] = load_connector(files, overlay=overlay)
+            loaded[entry["id"]] = load_connector(files, overlay=overlay, refs=refs,
+                                                 hint=_refs_hint(pointer))
         except DocumentInvalid as exc:
             problems += [_connector_problem(entry["id"], p) for p in exc.problems
                          if p.severity == "error"]
     return loaded, problems
+
+
+def _refs_hint(pointer: str) -> Any:
+    """How an installation file maps a URL to a file: the connector entry's ``refs``."""
+    return lambda url: f'"refs": {{"{url}": FILE}} in {pointer}'
 
 
 def _connector_problem(connector_id: str, problem: Problem) -> Problem:

@@ -40,7 +40,8 @@ def _desired_connector(entry: dict[str, Any], document: Any) -> DesiredConnector
     specs = [entry["spec"]] if isinstance(entry["spec"], str) else list(entry["spec"])
     return DesiredConnector(entry["id"], str(document.title), str(document.version),
                             document.sha256, document.document,
-                            {"spec": specs, "overlay": entry.get("overlay")})
+                            {"spec": specs, "overlay": entry.get("overlay"),
+                             **({"refs": entry["refs"]} if entry.get("refs") else {})})
 
 
 def _desired_instance(org: dict[str, Any], inst: dict[str, Any]) -> DesiredInstance:

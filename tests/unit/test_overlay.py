@@ -206,7 +206,7 @@ def test_an_overlay_alone_extending_urls_says_how_to_give_the_files():
         "bss-sync does not fetch https://specs.widgets.example/v1/widgets.json and "
         "https://specs.widgets.example/v1/gadgets.json: download them and give the files "
         f"before --overlay (bss-sync validate widgets.json gadgets.json --overlay "
-        f"{WIDGETS_OVERLAY})"
+        f"{WIDGETS_OVERLAY}); or map each to its file with --ref URL=FILE"
     )
 
 
@@ -221,7 +221,8 @@ def test_the_hubspot_overlay_alone_names_hubspots_published_specs():
         "contacts.json: download them"
     )
     assert problem.message.endswith(
-        f"(bss-sync bundle companies.json contacts.json --overlay {HUBSPOT_OVERLAY})"
+        f"(bss-sync bundle companies.json contacts.json --overlay {HUBSPOT_OVERLAY}); "
+        "or map each to its file with --ref URL=FILE"
     )
 
 

@@ -405,7 +405,7 @@ def test_cli_an_overlay_alone_extending_urls_is_one_located_sentence(capsys, com
         f"{published}/PublicApiSpecs/CRM/Companies/Rollouts/424/v3/companies.json and "
         f"{published}/PublicApiSpecs/CRM/Contacts/Rollouts/424/v3/contacts.json: download "
         f"them and give the files before --overlay (bss-sync {command} companies.json "
-        f"contacts.json --overlay {HUBSPOT})"
+        f"contacts.json --overlay {HUBSPOT}); or map each to its file with --ref URL=FILE"
     )
 
 
