@@ -1,16 +1,16 @@
 """A manual pull discovery of one instance: the bootstrap behind ``bss-sync pull``.
 
-Builds every dependency (PostgreSQL, a confirm-mode publisher on RabbitMQ, the audit
-writer, the instance registry), records a ``runs`` row (trigger ``manual``, phase
-``pull``) whose id the pull messages and audit rows carry, holds the instance's
-discovery lock (one discovery of an instance at a time across processes), and runs
-:class:`~services.dispatcher.discovery.Discovery`.
+A run of direction ``pull`` (``services.dispatcher.run.RunExecutor``): a ``runs`` row
+(trigger ``manual``, phase ``pull``) whose id the pull messages and audit rows carry,
+the instance's discovery lock held (one discovery of an instance at a time across
+processes), :class:`~services.dispatcher.discovery.Discovery` run; it does not wait for
+the puller.
 
 A discovery killed mid-way (its process gone: SIGKILL, a lost host) is continued by
 the next discovery of the instance — ``bss-sync pull`` again — from each object's
-first page not wholly confirmed (the cursors' ``resume``, in PostgreSQL); that run
-marks the killed one's ``runs`` row ``failed`` ("interrupted"). Nothing resumes it
-by itself: restarting a service does not start a discovery.
+first page not wholly confirmed (the cursors' ``resume``, in PostgreSQL), or by the
+pull phase of the instance's next run; the killed one's ``runs`` row is marked
+``failed`` ("interrupted") as soon as anyone looks (``close_interrupted``).
 
 ``python -m services.dispatcher.pull --instance ID [--entity E] [--full]`` runs one
 discovery in the foreground; ``bss-sync pull`` without ``--wait`` starts it so, detached.
