@@ -26,7 +26,12 @@ import uuid
 from collections.abc import Sequence
 
 from services.dispatcher.discovery import ObjectSummary, pulled_objects
-from services.dispatcher.run import RunExecutor, RunRefused, close_interrupted, usable_instance
+from services.dispatcher.run import (
+    RunExecutor,
+    RunRefused,
+    close_interrupted,
+    instance_session,
+)
 from shared.logging import configure_logging
 from shared.runtime import InstanceContext, InstanceRegistry
 from shared.settings import Settings, get_settings
@@ -69,19 +74,12 @@ async def run_pull(instance_id: str, *, entity: str | None = None, full: bool = 
     ``sync.pull``. Raises ``DiscoveryRefused``, ``ConfigurationError`` (the instance's
     connector or credentials) and ``InfrastructureError`` (PostgreSQL, RabbitMQ)."""
     settings = settings or get_settings()
-    db = Database.from_settings(settings, min_size=1, max_size=8)
-    await db.open()
-    registry = InstanceRegistry(db)
-    try:
-        ctx = await usable_instance(registry, instance_id, entity)
+    async with instance_session(instance_id, entity, settings) as (db, registry, ctx):
         async with discovery_lock(db, instance_id) as free:  # a look: the run takes it
             if not free:
                 raise DiscoveryRefused(f"a discovery of instance {instance_id} is already "
                                        "running")
         return await _discover(db, registry, settings, ctx, entity, full, run_id)
-    finally:
-        await registry.aclose()
-        await db.close()
 
 
 async def _discover(db: Database, registry: InstanceRegistry, settings: Settings,

@@ -39,7 +39,7 @@ import dataclasses
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -121,6 +121,22 @@ class RunProgress:
 class RunRefused(ConfigurationError):
     """The run cannot start: an unknown entity, an unknown or inactive instance, nothing
     it may do, another discovery of the instance running."""
+
+
+@contextlib.asynccontextmanager
+async def instance_session(
+    instance_id: str, entity: str | None, settings: Settings,
+) -> AsyncIterator[tuple[Database, InstanceRegistry, InstanceContext]]:
+    """An open database, the instance registry and the usable instance ``instance_id``
+    (``usable_instance``) for one manual run or discovery, all closed after the block."""
+    db = Database.from_settings(settings, min_size=1, max_size=8)
+    await db.open()
+    registry = InstanceRegistry(db)
+    try:
+        yield db, registry, await usable_instance(registry, instance_id, entity)
+    finally:
+        await registry.aclose()
+        await db.close()
 
 
 async def usable_instance(registry: InstanceRegistry, instance_id: str,
@@ -433,11 +449,7 @@ async def run_now(instance_id: str, *, direction: Direction = "both",
     and its progress. Raises ``RunRefused`` (unknown or inactive instance, nothing to do)
     and ``InfrastructureError``."""
     settings = settings or get_settings()
-    db = Database.from_settings(settings, min_size=1, max_size=8)
-    await db.open()
-    registry = InstanceRegistry(db)
-    try:
-        ctx = await usable_instance(registry, instance_id, entity)
+    async with instance_session(instance_id, entity, settings) as (db, registry, ctx):
         await close_interrupted(db, instance_id)
         async with RunExecutor(db, settings, registry=registry,
                                on_change=on_change) as executor:
@@ -457,9 +469,6 @@ async def run_now(instance_id: str, *, direction: Direction = "both",
             final = await RunStore(db).get(run.id)
             assert final is not None
             return final, progress
-    finally:
-        await registry.aclose()
-        await db.close()
 
 
 def _verb(direction: Direction) -> str:

@@ -33,16 +33,22 @@ def register(sub: Subparsers) -> None:
         "once the broker confirmed every message of its page; a discovery stopped mid-way "
         "resumes where it stopped. With --wait, runs here and prints a summary; without, "
         "starts in the background and prints the run id.")
-    pull.add_argument("--instance", required=True, metavar="ID",
-                      help="the instance (see `bss-sync instances list`)")
-    pull.add_argument("--entity", choices=ENTITIES, metavar="ENTITY",
-                      help=f"only this entity, one of {', '.join(ENTITIES)} (default: every "
-                           "entity the instance pulls)")
-    pull.add_argument("--full", action="store_true",
-                      help="ignore the cursors: list every record (default: off)")
-    pull.add_argument("--wait", action="store_true",
-                      help="run in the foreground and print a summary (default: off)")
+    add_run_options(pull, does="pulls", full="ignore the cursors: list every record",
+                    wait="run in the foreground and print a summary")
     pull.set_defaults(func=cmd_pull)
+
+
+def add_run_options(parser: argparse.ArgumentParser, *, does: str, full: str,
+                    wait: str) -> None:
+    """``--instance``, ``--entity``, ``--full`` and ``--wait``: what ``pull`` and ``sync``
+    both take (``does``: what the instance does with the entities it takes)."""
+    parser.add_argument("--instance", required=True, metavar="ID",
+                        help="the instance (see `bss-sync instances list`)")
+    parser.add_argument("--entity", choices=ENTITIES, metavar="ENTITY",
+                        help=f"only this entity, one of {', '.join(ENTITIES)} (default: "
+                             f"every entity the instance {does})")
+    parser.add_argument("--full", action="store_true", help=f"{full} (default: off)")
+    parser.add_argument("--wait", action="store_true", help=f"{wait} (default: off)")
 
 
 def cmd_pull(args: argparse.Namespace) -> int:

@@ -20,10 +20,10 @@ from datetime import datetime
 from typing import Any
 
 from shared.cli.parser import JSON_LINES_HELP, Subparsers, add_command, add_group
+from shared.cli.pull_cmds import add_run_options
 from shared.cli.storage_cmds import parse_when
 from shared.errors import ConfigurationError, InfrastructureError
 from shared.logging import logging_to, redact
-from shared.schemas import ENTITIES
 from shared.settings import get_settings
 from shared.storage.db import Database
 from shared.storage.runs import Run, RunStore
@@ -39,17 +39,11 @@ def register(sub: Subparsers) -> None:
         "phase discovers what changed on the third party. With --wait, runs here with a "
         "live display and prints a summary table; without, starts in the background and "
         "prints the run id (follow it with `bss-sync runs show RUN`).")
-    sync.add_argument("--instance", required=True, metavar="ID",
-                      help="the instance (see `bss-sync instances list`)")
-    sync.add_argument("--entity", choices=ENTITIES, metavar="ENTITY",
-                      help=f"only this entity, one of {', '.join(ENTITIES)} (default: every "
-                           "entity the instance synchronizes)")
+    add_run_options(sync, does="synchronizes",
+                    full="ignore the watermark and cursors: every record",
+                    wait="run in the foreground with a live display")
     sync.add_argument("--direction", choices=("push", "pull", "both"), default="both",
                       help="which phases (default: %(default)s)")
-    sync.add_argument("--full", action="store_true",
-                      help="ignore the watermark and cursors: every record (default: off)")
-    sync.add_argument("--wait", action="store_true",
-                      help="run in the foreground with a live display (default: off)")
     sync.set_defaults(func=cmd_sync)
 
     runs = add_group(sub, "runs", "scheduled and manual runs")
