@@ -67,6 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Exception as exc:  # the last line of defence: never a traceback for a person
+        if type(exc).__name__ == "UndefinedTable" and not args.debug:  # psycopg's, any command
+            print("bss-sync: the database has no bss-sync tables yet; run "
+                  "`bss-sync db upgrade`", file=sys.stderr)
+            return 1
         if args.debug:
             raise
         from shared.logging import redact

@@ -86,9 +86,18 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def _start_detached(args: argparse.Namespace) -> int:
+    run_id, pid = start_detached("services.dispatcher.pull", args)
+    print(f"discovery of {args.instance} started: run {run_id} (pid {pid}); "
+          f"follow it with `bss-sync audit search --run {run_id}`")
+    return 0
+
+
+def start_detached(module: str, args: argparse.Namespace, *extra: str) -> tuple[str, int]:
+    """``python -m MODULE --instance … --run-id … [--entity] [--full] EXTRA`` started in a
+    session of its own (it outlives this command); the run id and the process id."""
     run_id = str(uuid.uuid4())
-    command = [sys.executable, "-m", "services.dispatcher.pull", "--instance", args.instance,
-               "--run-id", run_id]
+    command = [sys.executable, "-m", module, "--instance", args.instance, "--run-id", run_id,
+               *extra]
     if args.entity:
         command += ["--entity", args.entity]
     if args.full:
@@ -96,6 +105,4 @@ def _start_detached(args: argparse.Namespace) -> int:
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True,
                                env=os.environ.copy())
-    print(f"discovery of {args.instance} started: run {run_id} (pid {process.pid}); "
-          f"follow it with `bss-sync audit search --run {run_id}`")
-    return 0
+    return run_id, process.pid

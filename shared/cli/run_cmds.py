@@ -12,15 +12,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import subprocess
 import sys
 import uuid
 from datetime import datetime
 from typing import Any
 
 from shared.cli.parser import JSON_LINES_HELP, Subparsers, add_command, add_group
-from shared.cli.pull_cmds import add_run_options
+from shared.cli.pull_cmds import add_run_options, start_detached
 from shared.cli.storage_cmds import parse_when
 from shared.errors import ConfigurationError, InfrastructureError
 from shared.logging import logging_to, redact
@@ -93,17 +91,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def _start_detached(args: argparse.Namespace) -> int:
-    run_id = str(uuid.uuid4())
-    command = [sys.executable, "-m", "services.dispatcher.run", "--instance", args.instance,
-               "--run-id", run_id, "--direction", args.direction]
-    if args.entity:
-        command += ["--entity", args.entity]
-    if args.full:
-        command.append("--full")
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True,
-                               env=os.environ.copy())
-    print(f"run {run_id} of {args.instance} started (pid {process.pid}); follow it with "
+    run_id, pid = start_detached("services.dispatcher.run", args, "--direction",
+                                 args.direction)
+    print(f"run {run_id} of {args.instance} started (pid {pid}); follow it with "
           f"`bss-sync runs show {run_id}`")
     return 0
 

@@ -260,3 +260,22 @@ def test_orgs_and_instances_list_as_json_lines(database_env: str, tmp_path: Path
                         "connector_id": "acme-crm", "name": instance["name"], "active": True,
                         "server_url": "http://127.0.0.1:3000"}
     assert err == "1 instance\n"
+
+
+@pytest.mark.parametrize("args", [["runs", "list"],
+                                  ["runs", "show", "9a6f6b1e-0000-4000-8000-000000000000"],
+                                  ["sync", "--instance", "inst-1", "--wait"],
+                                  ["pull", "--instance", "inst-1", "--wait"]],
+                         ids=" ".join)
+def test_a_database_without_tables_is_one_line_saying_what_to_run(
+        args: list[str], database_url: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("DB_SCHEMA", "t_never_migrated")
+    get_settings.cache_clear()
+    try:
+        assert main(args) == 1
+    finally:
+        get_settings.cache_clear()
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "bss-sync: the database has no bss-sync tables yet; run `bss-sync db upgrade`")
