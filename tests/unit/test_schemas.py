@@ -536,3 +536,65 @@ def test_what_the_sandbox_keeps_per_entity_covers_every_entity_once() -> None:
 
     assert sorted(SEED_ORDER) == sorted(schemas.ENTITIES)
     assert sorted(ID_PREFIXES) == sorted(schemas.ENTITIES)
+
+
+# -- the quick validator (jsonschema-rs) is never more lenient than jsonschema ---------
+
+TRICKY_VALUES: tuple[Any, ...] = (
+    None, True, 0, -1, 1.5, 10**20, "", "x", " ", "x" * 300, [], [{}], {}, {"a": 1},
+    # dates and times at the edges of RFC 3339 / ISO 8601
+    "2024-02-30", "2024-1-01", "20240101", "2024-01-01T00:00:00", "2024-01-01t00:00:00z",
+    "2024-01-01T24:00:00Z", "2024-01-01T23:59:60Z", "2024-01-01 00:00:00Z",
+    "2024-01-01T00:00:00+0100", "2024-01-01T00:00:00.123456789+01:00", "2024-01-01\n",
+    "2024-01-01T00:00:00Z\n", "\uff12\uff10\uff12\uff14-01-01",  # full-width digits
+    # e-mail addresses and short codes
+    "a@b", "@", "a@", "@b", "a b@c.example", "a@b.example\n", "a@@b.example",
+    "FR", "FR\n", "fr", "FRA", "EUR\n", "É", "en-GB", "en_GB", "plan/basic", "plan//x",
+)
+
+
+def _leaf_paths(node: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[str | int, ...]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield (*path, key)
+            yield from _leaf_paths(value, (*path, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield (*path, index)
+            yield from _leaf_paths(value, (*path, index))
+
+
+def _mutations(record: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every field of ``record`` (nested ones too) set to each tricky value, removed,
+    and joined by an unknown sibling."""
+    for path in _leaf_paths(record):
+        for value in TRICKY_VALUES:
+            changed = copy.deepcopy(record)
+            _set(changed, path, value)
+            yield changed
+        parent = copy.deepcopy(record)
+        node: Any = parent
+        for step in path[:-1]:
+            node = node[step]
+        if isinstance(node, dict):
+            del node[path[-1]]
+            yield parent
+            sibling = copy.deepcopy(parent)
+            _set(sibling, (*path[:-1], "notAField"), 1)
+            yield sibling
+
+
+@pytest.mark.parametrize("entity", schemas.ENTITIES)
+def test_the_quick_validator_never_accepts_what_jsonschema_refuses(entity: str) -> None:
+    validator = schemas.validator(f"entities/{entity}")
+    assert type(validator.quick).__module__.startswith("jsonschema_rs"), \
+        "SCHEMA_CHECKS=fast: the entity schemas are checked by jsonschema-rs first"
+    refused = 0
+    more_lenient = []
+    for document in _mutations(sample(entity)):
+        if not validator.quick.is_valid(document):
+            refused += 1  # jsonschema decides and words it: nothing to compare
+        elif not validator.checker.is_valid(document):
+            more_lenient.append(document)
+    assert not more_lenient, f"jsonschema-rs accepts what jsonschema refuses: {more_lenient[:3]}"
+    assert refused > 100  # the mutations do reach the rules
