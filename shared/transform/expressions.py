@@ -25,7 +25,7 @@ from jsonata.parser import Parser
 from jsonata.utils import Utils
 
 from shared.settings import get_setting
-from shared.transform.fastpath import FALLBACK, compile_path
+from shared.transform.fastpath import FALLBACK, compile_expression, compile_path
 
 
 class _Undefined:
@@ -114,9 +114,13 @@ class Expression:
         self._compiled = _compile(source)
         for name, implementation in (functions or {}).items():
             self._compiled.register_lambda(name, implementation)
-        # paths with filters and indexes (addresses[isBilling][0].city): see fastpath
-        self._fast = (compile_path(self._compiled.ast, UNDEFINED)
-                      if fast and self._path is None else None)
+        # paths with filters and indexes (addresses[isBilling][0].city), and what is
+        # built of them with literals, conditions, constructors, helper calls: fastpath
+        self._fast = None
+        if fast and self._path is None:
+            ast = self._compiled.ast
+            self._fast = compile_path(ast, UNDEFINED) or compile_expression(
+                ast, UNDEFINED, functions or {}, JSONATA_NULL)
 
     @property
     def ast(self) -> Any:

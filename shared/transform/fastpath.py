@@ -9,6 +9,14 @@ parsed AST) into a Python function when the expression is only:
   index (``[0]``, ``[-1]``) or a filter on a field path (``[isBilling]``,
   ``[address.primary]``).
 
+:func:`compile_expression` adds what mappings build from such paths
+(``billingAddress ? [{'type': 'billing', 'city': billingAddress.city}] : []``,
+``$bssId('account', parentCompanyId)``): string, number, ``true``/``false``/``null``
+literals, a condition (``c ? a : b``), an array constructor, an object constructor
+with literal keys, and a call of one of bss-sync's helper functions; its parts
+are these or paths. jsonata-python takes ~100 to 400 µs for the first, ~50 µs for
+the second.
+
 The function walks the record and returns the result, or :data:`FALLBACK` as soon
 as it meets something whose JSONata semantics it does not reproduce — a ``null``,
 a number or object as a filter value (JSONata reads numbers as indexes there), an
@@ -92,7 +100,7 @@ def _stage(expr: Any) -> Stage | None:
     return ("filter", tuple(name for name, _ in predicate))
 
 
-def _evaluate(steps: tuple[Step, ...], data: Any) -> Any:
+def _evaluate(steps: tuple[Step, ...], data: Any, *, objects: bool = False) -> Any:
     if not isinstance(data, dict):
         return FALLBACK
     sequence: list[Any] = [data]
@@ -129,7 +137,9 @@ def _evaluate(steps: tuple[Step, ...], data: Any) -> Any:
     if len(sequence) != 1:
         return FALLBACK  # a sequence of several values
     result = sequence[0]
-    return result if isinstance(result, _SCALARS) else FALLBACK
+    if isinstance(result, _SCALARS) or (objects and isinstance(result, dict)):
+        return result
+    return FALLBACK
 
 
 def _apply(stage: Stage, items: list[Any]) -> Any:
@@ -160,3 +170,168 @@ def _apply(stage: Stage, items: list[Any]) -> Any:
         else:  # numbers are indexes in JSONata filters; null, arrays, objects: not ours
             return FALLBACK
     return kept
+
+
+# -- expressions built of paths ---------------------------------------------------------
+
+Node = Callable[[dict[str, Any]], Any]  # the record → a value, _MISSING or FALLBACK
+
+
+def compile_expression(ast: Any, undefined: Any, functions: dict[str, Callable[..., Any]],
+                       null: Any) -> Callable[[Any], Any] | None:
+    """The fast function for an expression made of literals, conditions, array and
+    object constructors, calls of ``functions`` and paths (it returns ``undefined``
+    when the expression yields nothing, ``None`` for JSON null), or ``None`` when the
+    expression is outside that subset. ``null`` is jsonata-python's null, which a
+    function is given for a ``null`` literal as jsonata-python gives it."""
+    node = _node(ast, functions, null)
+    if node is None:
+        return None
+
+    def evaluate(data: Any) -> Any:
+        if not isinstance(data, dict):
+            return FALLBACK
+        result = node(data)
+        return undefined if result is _MISSING else result
+
+    return evaluate
+
+
+def _node(ast: Any, functions: dict[str, Callable[..., Any]], null: Any) -> Node | None:
+    kind = getattr(ast, "type", None)
+    if kind == "path":
+        steps = _path_steps(ast, allow_stages=True)
+        if steps is None:
+            return None
+        frozen = tuple(steps)
+        return lambda data: _evaluate(frozen, data, objects=True)
+    if kind in ("string", "number") and _plain(ast):
+        value = ast.value
+        if kind == "number" and (isinstance(value, bool) or not isinstance(value, int | float)
+                                 or not math.isfinite(value)):
+            return None
+        return lambda data: value
+    if kind == "value" and _plain(ast):
+        if ast.value is None:
+            return lambda data: None
+        if isinstance(ast.value, bool):
+            constant = ast.value
+            return lambda data: constant
+        return None
+    if kind == "condition" and _plain(ast, "condition", "then", "_else"):
+        return _condition(ast, functions, null)
+    if kind == "unary" and ast.value == "[" and _plain(ast, "expressions", "consarray"):
+        return _array(ast, functions, null)
+    if kind == "unary" and ast.value == "{" and _plain(ast, "lhs_object"):
+        return _object(ast, functions, null)
+    if kind == "function" and _plain(ast, "procedure", "arguments"):
+        return _call(ast, functions, null)
+    return None
+
+
+def _condition(ast: Any, functions: dict[str, Callable[..., Any]], null: Any) -> Node | None:
+    test = _node(ast.condition, functions, null)
+    then = _node(ast.then, functions, null)
+    otherwise = (lambda data: _MISSING) if ast._else is None \
+        else _node(ast._else, functions, null)
+    if test is None or then is None or otherwise is None:
+        return None
+
+    def condition(data: dict[str, Any]) -> Any:
+        truth = _truth(test(data))
+        if truth is FALLBACK:
+            return FALLBACK
+        return then(data) if truth else otherwise(data)
+
+    return condition
+
+
+def _truth(value: Any) -> Any:
+    """JSONata's ``$boolean`` for the values this module produces (FALLBACK for arrays:
+    true when any member is, a rule not worth repeating here)."""
+    if value is FALLBACK or isinstance(value, list):
+        return FALLBACK
+    if value is _MISSING or value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float | str | dict):
+        return bool(value)
+    return FALLBACK
+
+
+def _array(ast: Any, functions: dict[str, Callable[..., Any]], null: Any) -> Node | None:
+    members = [_node(e, functions, null) for e in ast.expressions or ()]
+    if any(m is None for m in members):
+        return None
+
+    def array(data: dict[str, Any]) -> Any:
+        out = []
+        for member in members:
+            value = member(data)  # type: ignore[misc]
+            if value is FALLBACK or isinstance(value, list):
+                return FALLBACK  # JSONata splices arrays in: not ours
+            if value is not _MISSING:
+                out.append(value)
+        return out
+
+    return array
+
+
+def _object(ast: Any, functions: dict[str, Callable[..., Any]], null: Any) -> Node | None:
+    pairs: list[tuple[str, Node, bool]] = []
+    for pair in ast.lhs_object or ():
+        if len(pair) != 2 or getattr(pair[0], "type", None) != "string" or not _plain(pair[0]):
+            return None
+        key, value = pair[0].value, _node(pair[1], functions, null)
+        if value is None or any(key == k for k, _, _ in pairs):
+            return None  # a repeated key is JSONata's error to word
+        built = getattr(pair[1], "type", None) == "unary" and pair[1].value == "["
+        pairs.append((key, value, built))
+
+    def construct(data: dict[str, Any]) -> Any:
+        out = {}
+        for key, member, built in pairs:
+            value = member(data)
+            if value is FALLBACK or (isinstance(value, list) and not built):
+                return FALLBACK
+            if value is not _MISSING:
+                out[key] = value
+        return out
+
+    return construct
+
+
+def _call(ast: Any, functions: dict[str, Callable[..., Any]], null: Any) -> Node | None:
+    procedure = ast.procedure
+    if getattr(procedure, "type", None) != "variable" or not _plain(procedure):
+        return None
+    function = functions.get(procedure.value)
+    if function is None:
+        return None
+    arguments = []
+    for argument in ast.arguments or ():
+        if getattr(argument, "type", None) == "value" and argument.value is None:
+            arguments.append(lambda data: null)  # JSONata hands a function its null
+            continue
+        compiled = _node(argument, functions, null)
+        if compiled is None or getattr(argument, "type", None) not in (
+                "path", "string", "number", "value"):
+            return None
+        arguments.append(compiled)
+
+    def call(data: dict[str, Any]) -> Any:
+        values = []
+        for argument in arguments:
+            value = argument(data)
+            if value is FALLBACK or isinstance(value, list | dict):
+                return FALLBACK
+            values.append(None if value is _MISSING else value)
+        result = function(*values)
+        if result is None:
+            return _MISSING
+        if result is null:
+            return None
+        return result if isinstance(result, _SCALARS) else FALLBACK
+
+    return call

@@ -15,7 +15,7 @@ import pytest
 
 from shared.settings import get_settings
 from shared.transform import TransformContext, build_transform
-from shared.transform.expressions import UNDEFINED, Expression, to_python
+from shared.transform.expressions import JSONATA_NULL, UNDEFINED, Expression, to_python
 from shared.transform.fastpath import FALLBACK
 
 EXPRESSIONS = [
@@ -108,3 +108,51 @@ def test_transform_paths_decides_who_evaluates_a_mapping(
     assert transform.apply(record, TransformContext()) == {
         "name": "ACME", "city": "Paris", "street": "2 Main St", "web": "acme.example"}
     assert len(evaluated) == through_jsonata
+
+
+# -- what mappings build of paths: literals, conditions, constructors, helper calls ----
+
+BUILT = [
+    "a ? 1 : 2", "a.b ? 'yes' : 'no'", "flag ? name", "b ? b : 'none'", "a ? a : 0",
+    "a ? [{'k': a.b, 'n': null, 't': true, 'f': false, 'm': 2}] : []",
+    "[a.b, c, 'x']", "[a[0], b]", "{'k': a.b, 'l': [c], 'o': b}", "{'a': a}", "[{}]",
+    "$f('t', a.b, null)", "$f(name)", "$f(c, 1.5)", "flag ? $f('x', b) : null",
+    "addresses[isBilling][0] ? [{'line1': addresses[isBilling][0].line1}] : []",
+]
+
+
+def _probe(*args: Any) -> Any:
+    """A helper's contract: undefined in, nothing out; otherwise a scalar, or JSONata's
+    null (the fast path must hand it the same arguments jsonata-python does)."""
+    if any(a is None for a in args):
+        return None
+    if args and args[0] == 0:
+        return JSONATA_NULL
+    return "|".join(f"{type(a).__name__}:{a}" for a in args)
+
+
+@pytest.mark.parametrize("source", BUILT)
+def test_what_mappings_build_of_paths_agrees_with_jsonata(source: str) -> None:
+    expression = Expression(source, {"f": _probe}, fast=True)
+    assert expression._fast is not None, source
+    rng = random.Random(source)
+    answered = 0
+    for _ in range(1500):
+        record = _object(rng, 0)
+        if rng.random() < 0.5:
+            record["a"] = [_object(rng, 2) for _ in range(rng.randint(0, 3))]
+        fast = expression._fast(record)
+        if fast is FALLBACK:
+            continue
+        answered += 1
+        expected = _jsonata(expression, record)
+        assert fast == expected, (source, record)
+        if not isinstance(expected, list | dict):
+            assert type(fast) is type(expected), (source, record)
+    assert answered > 150, f"the fast path answered only {answered} times"
+
+
+def test_calls_of_functions_it_was_not_given_are_left_to_jsonata() -> None:
+    for source in ["$string(a)", "$f(a)", "a ? $lowercase(b) : c", "{'k': $f(a)}",
+                   "{a: 1}", "$f($g(a))", "a and b ? 1 : 2", "[1..3]"]:
+        assert Expression(source, {"g": _probe}, fast=True)._fast is None, source
