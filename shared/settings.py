@@ -136,8 +136,9 @@ class Settings(BaseSettings):
         "fast", description="envelopes and BSS events: fast (a hand-written check of the "
                             "schema, jsonschema words what it refuses) or jsonschema alone")
     transform_paths: Literal["fast", "jsonata"] = Field(
-        "fast", description="field paths in mappings (a.b, addresses[isBilling][0].city): "
-                            "fast (walked in Python) or jsonata (jsonata-python for every "
+        "fast", description="field paths in mappings (a.b, addresses[isBilling][0].city) "
+                            "and what is built of them (conditions, constructors, helper "
+                            "calls): fast (in Python) or jsonata (jsonata-python for every "
                             "expression)", json_schema_extra={SERVICES_KEY: ["pusher", "puller"]})
 
     @field_validator("amqp_url")
