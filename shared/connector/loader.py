@@ -34,6 +34,7 @@ from shared.connector.overlay import apply_overlay, check_overlay, is_overlay
 from shared.connector.problems import DocumentInvalid, Problem
 from shared.connector.reach import reached
 from shared.connector.source import SourceError, SourceFile, read_source
+from shared.connector.transform_compiler import malformed_target_wording
 from shared.schema_errors import located_sentences
 from shared.schemas import load_schema, registry, schema_uri
 
@@ -117,7 +118,7 @@ def check_connector(
     # Compile even when there are problems already: the compiler copes with any shape,
     # and the author wants every problem at once.
     compiled, compile_problems = _compile(bundle)
-    found += compile_problems
+    found = list(dict.fromkeys(found + compile_problems))  # both may say it (map targets)
     found += _openapi_problems(bundle, compiled["objects"], unresolved)
     problems += [_locate(p, provenance) for p in found]
     if strict:
@@ -159,7 +160,7 @@ def document_from_bundle(
     """A connector from a bundle already checked when it was applied (as stored in the
     database): compiled again, without re-reading files. Raises ``DocumentInvalid``."""
     compiled, problems = _compile(bundle)
-    problems = _sync_problems(bundle) + problems
+    problems = list(dict.fromkeys(_sync_problems(bundle) + problems))
     if any(p.severity == "error" for p in problems):
         raise DocumentInvalid(problems)
     info = bundle.get("info") if isinstance(bundle.get("info"), dict) else {}
@@ -355,7 +356,7 @@ def _sync_problems(bundle: dict[str, Any]) -> list[Problem]:
         ]
     validator = _meta_validator()
     found = located_sentences(validator.iter_errors(sync), base_pointer="/x-synchronization",
-                              root=load_schema("connector"))
+                              root=load_schema("connector"), wording=malformed_target_wording)
     return [Problem(pointer, sentence) for pointer, sentence in found]
 
 

@@ -4,7 +4,8 @@ and templates.
 Every expression is compiled and every function call in it checked (a known
 helper or built-in, an existing lookup table, an entity name, a declared
 variable); a ``map`` transform inherits the fields of the transforms it
-``extends``. Problems are appended to the list given, never raised, so one pass
+``extends``, and its targets (``data[0].name``) are parsed and checked to give each
+path one shape across them all. Problems are appended to the list given, never raised, so one pass
 reports them all. The objects and calls that use the transforms are compiled by
 :mod:`shared.connector.object_compiler`, which builds on this module.
 """
@@ -13,7 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Iterable
 from typing import Any
+
+from jsonschema import ValidationError
 
 from shared.connector.problems import Problem
 from shared.json_pointer import join_pointer
@@ -22,11 +26,14 @@ from shared.transform import (
     Expression,
     ExpressionSyntaxError,
     LookupTable,
+    TargetError,
     Template,
     TemplateSyntaxError,
     Transform,
     compile_expression,
     compile_template,
+    parse_target,
+    shape_problems,
 )
 from shared.transform.expressions import (
     UNDEFINED,
@@ -43,6 +50,26 @@ SYNC = "/x-synchronization"
 def as_mapping(value: Any) -> dict[str, Any]:
     """``value`` when it is an object, else an empty one: the compilers never trust a shape."""
     return value if isinstance(value, dict) else {}
+
+
+def malformed_target_wording(error: ValidationError, pointer: str) -> str | None:
+    """The meta-schema's finding on a malformed map target (its ``propertyNames``
+    pattern), worded as the compiler words it — the same sentence, so that the loader
+    reports it once, and says where the target goes wrong rather than quote the pattern;
+    ``None`` for any other finding (a :data:`shared.schema_errors.Wording`)."""
+    path = list(error.absolute_path)
+    if "propertyNames" not in error.relative_schema_path or len(path) != 3 \
+            or path[0] != "transforms" or path[2] != "map":
+        return None
+    try:
+        parse_target(str(error.instance))
+    except TargetError as exc:
+        return _target_sentence(str(error.instance), exc)
+    return None  # well formed, but with characters a field name may not have
+
+
+def _target_sentence(target: str, exc: TargetError) -> str:
+    return f"target {target!r}: {exc}"
 
 
 #: How a kind of call is named in a sentence (its key in the connector).
@@ -110,9 +137,11 @@ class TransformCompiler:
             transform = self._compile_transform(name, spec)
             if transform is not None:
                 own[name] = transform
-        return {
+        compiled = {
             name: self._with_parents(name, transform, specs, own) for name, transform in own.items()
         }
+        self._check_shapes(compiled.values())
+        return compiled
 
     def _compile_transform(self, name: str, spec: dict[str, Any]) -> Transform | None:
         pointer = join_pointer(SYNC, "transforms", name)
@@ -130,7 +159,11 @@ class TransformCompiler:
             )
         rules = []
         for target, source in as_mapping(spec.get("map")).items():
-            path = tuple(str(target).split("."))
+            try:
+                path = parse_target(str(target))
+            except TargetError as exc:
+                self._problem(join_pointer(pointer, "map", target), _target_sentence(target, exc))
+                continue
             if isinstance(source, str):
                 expression = self.expression(source, join_pointer(pointer, "map", target))
                 if expression is not None:  # a broken field is left out; others still checked
@@ -173,6 +206,21 @@ class TransformCompiler:
         if len(chain) == 1:
             return transform
         return dataclasses.replace(transform, fields=tuple(fields))
+
+    def _check_shapes(self, transforms: Iterable[Transform]) -> None:
+        """A problem at each target whose path another target of the same map (its own
+        or inherited) shapes otherwise; a problem an extending transform inherits is
+        reported once, where it is written."""
+        found: dict[tuple[str, str], None] = {}
+        for transform in transforms:
+            rules = transform.fields
+            for number, sentence in shape_problems([rule.target for rule in rules]):
+                rule = rules[number]
+                at = join_pointer(SYNC, "transforms", rule.origin or transform.name, "map",
+                                  rule.name)
+                found.setdefault((at, f"target {rule.name!r}: {sentence}"))
+        for at, message in found:
+            self._problem(at, message)
 
     # -- expressions and templates ---------------------------------------------------
 

@@ -3,6 +3,7 @@
 Public surface::
 
     build_transform(name, spec) -> Transform        # compile once per document
+    parse_target("data[0].name") -> ("data", 0, "name")  # a map target
     Transform.apply(record, TransformContext) -> dict
     compile_template(value) -> Template             # parameter values with {expr}
     TransformContext(lookups, links, variables)
@@ -22,6 +23,7 @@ from shared.transform.expressions import (
     ExpressionRuntimeError,
     ExpressionSyntaxError,
 )
+from shared.transform.targets import TargetError, parse_target, shape_problems, target_name
 from shared.transform.transform import (
     Template,
     TemplateSyntaxError,
@@ -40,6 +42,7 @@ __all__ = [
     "LinksNotLoaded",
     "LookupTable",
     "PreloadedLinks",
+    "TargetError",
     "Template",
     "TemplateSyntaxError",
     "Transform",
@@ -47,4 +50,7 @@ __all__ = [
     "build_transform",
     "compile_expression",
     "compile_template",
+    "parse_target",
+    "shape_problems",
+    "target_name",
 ]

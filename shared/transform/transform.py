@@ -1,8 +1,8 @@
 """Named transformations and parameter templates, compiled from ``x-synchronization``.
 
-A transform is either a field map — target field (dotted for nesting) →
-expression over the source record — or one expression building the whole
-payload.
+A transform is either a field map — target field (dotted for nesting, indexed
+for arrays: ``data[0].name``; see :mod:`shared.transform.targets`) → expression
+over the source record — or one expression building the whole payload.
 
 Nulls: a BSS (or a vendor) answers ``null`` for an empty field. In the input,
 ``null`` is treated like an absent field (so ``$lowercase(email)`` of an empty
@@ -29,6 +29,16 @@ from shared.transform.expressions import (
     as_text,
 )
 from shared.transform.helpers import HELPERS, HelperError
+from shared.transform.targets import (
+    Target,
+    TargetError,
+    assign,
+    closed,
+    is_indexed,
+    parse_target,
+    shape_problems,
+    target_name,
+)
 
 
 def compile_expression(source: str) -> Expression:
@@ -39,14 +49,14 @@ def compile_expression(source: str) -> Expression:
 
 @dataclasses.dataclass(frozen=True)
 class FieldRule:
-    target: tuple[str, ...]
+    target: Target  # field names and array indices: ("data", 0, "name")
     expression: Expression | None  # None: a literal constant
     constant: Any = None
     origin: str = ""  # the transform that declares it (differs when inherited)
 
     @property
     def name(self) -> str:
-        return ".".join(self.target)
+        return target_name(self.target)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +67,11 @@ class Transform:
     fields: tuple[FieldRule, ...] = ()
     expression: Expression | None = None
     keep_nulls: bool = False
+    #: some target has an index: arrays are built, then closed (the others pay nothing)
+    indexed: bool = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "indexed", any(is_indexed(r.target) for r in self.fields))
 
     def apply(self, record: Any, context: TransformContext) -> dict[str, Any]:
         """The payload for ``record``. Raises ``MappingError``, ``DependencyPending``,
@@ -84,8 +99,8 @@ class Transform:
                     if not self.keep_nulls:
                         continue
                     value = None
-                _assign(out, rule.target, value)
-            return out
+                assign(out, rule.target, value)
+            return closed(out) if self.indexed else out
 
     def _evaluate(self, expression: Expression, record: Any, field: str) -> Any:
         try:
@@ -105,16 +120,6 @@ class Transform:
             ) from None
 
 
-def _assign(out: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
-    node = out
-    for key in path[:-1]:
-        child = node.get(key)
-        # copy: a dict already there may be the input record's own (``"billing": "address"``)
-        child = node[key] = dict(child) if isinstance(child, dict) else {}
-        node = child
-    node[path[-1]] = value
-
-
 def without_nulls(value: Any) -> Any:
     """``value`` with null-valued object members removed, at every depth."""
     if isinstance(value, dict):
@@ -125,8 +130,9 @@ def without_nulls(value: Any) -> Any:
 
 
 def build_transform(name: str, spec: Mapping[str, Any]) -> Transform:
-    """Compile one ``transforms`` entry. Raises ``ExpressionSyntaxError`` (first one found);
-    document validation compiles field by field to report every error."""
+    """Compile one ``transforms`` entry. Raises ``ExpressionSyntaxError`` or
+    ``TargetError`` (the first problem found); document validation compiles field
+    by field to report every error."""
     keep_nulls = bool(spec.get("keepNulls", False))
     if "expression" in spec:
         return Transform(
@@ -134,11 +140,13 @@ def build_transform(name: str, spec: Mapping[str, Any]) -> Transform:
         )
     rules = []
     for target, source in (spec.get("map") or {}).items():
-        path = tuple(target.split("."))
+        path = parse_target(target)
         if isinstance(source, str):
             rules.append(FieldRule(path, compile_expression(source)))
         else:
             rules.append(FieldRule(path, None, source))
+    for number, problem in shape_problems([rule.target for rule in rules]):
+        raise TargetError(f"target {rules[number].name!r}: {problem}")
     return Transform(name, fields=tuple(rules), keep_nulls=keep_nulls)
 
 
