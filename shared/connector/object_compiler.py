@@ -22,13 +22,19 @@ from shared.connector.answer_errors import AnswerErrorRule
 from shared.connector.answer_pointers import answer_pointer_problems
 from shared.connector.document import DEFAULT_EXTERNAL_ID, CallSpec, SyncObject
 from shared.connector.form_body import MULTIPART, form_media
-from shared.connector.openapi import Operation, deref, find_operation, schema_has_path
+from shared.connector.openapi import (
+    Operation,
+    deref,
+    find_operation,
+    schema_has_path,
+    with_index_added,
+)
 from shared.connector.problems import Problem
 from shared.connector.source import resolve_pointer
 from shared.connector.transform_compiler import SYNC, TransformCompiler, as_mapping
 from shared.json_pointer import join_pointer
 from shared.schemas import ENTITIES
-from shared.transform import Expression, LookupTable, Template, Transform
+from shared.transform import Expression, LookupTable, Template, Transform, target_name
 
 #: Names a template may start with, per kind of call.
 TEMPLATE_ROOTS = {
@@ -83,6 +89,7 @@ class ObjectCompiler:
         self.sync = transforms.sync
         self.problems = transforms.problems
         self._target_misses: dict[tuple[str, str], list[str]] = {}
+        self._target_hints: dict[tuple[str, str], str] = {}  # data.name → data[0].name
 
     def compile(self) -> dict[str, SyncObject]:
         """Every object that compiles, by name; then the dependency and target checks."""
@@ -405,7 +412,7 @@ class ObjectCompiler:
             style = str(entry.get("style") or "form")
             prop = deref(self.document, properties.get(name))
             items = deref(self.document, prop.get("items")) if isinstance(prop, dict) else None
-            if len(rule.target) >= 3:
+            if len(rule.target) >= 3 and not isinstance(rule.target[1], int):
                 what = "an object inside an object"
             elif isinstance(items, dict) and items.get("type") in ("object", "array"):
                 what = f"a list of {items['type']}s"
@@ -430,16 +437,27 @@ class ObjectCompiler:
         if schema is not None:
             for rule in transform.fields:
                 if not schema_has_path(document, schema, rule.target):
-                    misses = self._target_misses.setdefault((rule.origin or name, rule.name), [])
+                    key = (rule.origin or name, rule.name)
+                    misses = self._target_misses.setdefault(key, [])
                     if what not in misses:
                         misses.append(what)
+                    indexed = with_index_added(document, schema, rule.target)
+                    if indexed is not None:
+                        at = next(i for i, (mine, theirs) in
+                                  enumerate(zip(rule.target, indexed, strict=False))
+                                  if mine != theirs)
+                        self._target_hints.setdefault(
+                            key, f"{target_name(indexed[:at])} is an array there: did you "
+                                 f"mean {target_name(indexed)!r}?")
         return transform
 
     def _report_target_misses(self) -> None:
         for (transform, field), targets in self._target_misses.items():
+            hint = self._target_hints.get((transform, field))
             self._problem(
                 join_pointer(SYNC, "transforms", transform, "map", field),
-                f"target field {field!r} is not in {' nor in '.join(targets)}",
+                f"target field {field!r} is not in {' nor in '.join(targets)}"
+                + (f"; {hint}" if hint else ""),
             )
 
     def _check_dependencies(self) -> None:

@@ -268,23 +268,41 @@ def find_operation(index: dict[str, Operation], reference: str) -> Operation | N
 
 
 def schema_has_path(
-    document: dict[str, Any] | None, schema: Any, path: tuple[str, ...], resolve: Any = None
+    document: dict[str, Any] | None, schema: Any, path: tuple[str | int, ...],
+    resolve: Any = None,
 ) -> bool:
-    """Whether an object valid against ``schema`` may hold a value at ``path``.
+    """Whether an object valid against ``schema`` may hold a value at ``path`` (a map
+    target's segments: field names, and ``int`` array indices).
 
     ``properties`` are followed; a schema-valued ``additionalProperties`` (a map of
     free keys), an explicit ``additionalProperties: true`` (any key, anything under it)
     and a schema without ``properties`` admit any key; ``allOf``/``anyOf``/``oneOf``
-    admit a key any branch admits. ``resolve(ref) -> schema`` resolves
-    non-local references (entity schemas); local ones use ``document``.
+    admit a key any branch admits. An index goes through ``prefixItems`` (its own
+    position) or ``items``. A schema whose ``type`` says it is no object admits no key,
+    one that says it is no array no index (``data.name`` where ``data`` is an array is
+    refused, as ``data[0].name`` where it is an object). ``resolve(ref) -> schema``
+    resolves non-local references (entity schemas); local ones use ``document``.
     """
     if not path:
         return True
     for candidate in _branches(document, schema, resolve, 0):
         if not isinstance(candidate, dict):
+            if candidate is False:
+                continue
             return True  # True/{} schema: anything goes
-        props = candidate.get("properties")
         key = path[0]
+        if isinstance(key, int):
+            element = _element_schema(candidate, key)
+            if element is not None and schema_has_path(document, element, path[1:], resolve):
+                return True
+            continue
+        types = _declared_types(candidate)
+        props = candidate.get("properties")
+        if types is None and not isinstance(props, dict) and (
+                "items" in candidate or "prefixItems" in candidate):
+            types = {"array"}  # an array that does not say so
+        if types is not None and "object" not in types:
+            continue
         if isinstance(props, dict) and key in props:
             if schema_has_path(document, props[key], path[1:], resolve):
                 return True
@@ -303,6 +321,50 @@ def schema_has_path(
         if not isinstance(props, dict) and additional is not False and not composed:
             return True
     return False
+
+
+def with_index_added(
+    document: dict[str, Any] | None, schema: Any, path: tuple[str | int, ...],
+    resolve: Any = None,
+) -> tuple[str | int, ...] | None:
+    """``path`` with ``[0]`` after the first field that needs one for ``schema`` to hold
+    it (``data.name`` → ``data[0].name`` when ``data`` is an array), ``None`` when no
+    single ``[0]`` does: the hint for a map target that forgot a wrapping array."""
+    for depth in range(1, len(path)):
+        if isinstance(path[depth], str):
+            candidate = (*path[:depth], 0, *path[depth:])
+            if schema_has_path(document, schema, candidate, resolve):
+                return candidate
+    return None
+
+
+def _element_schema(schema: dict[str, Any], index: int) -> Any:
+    """The schema of element ``index`` of an array valid against ``schema`` (``True``:
+    anything), ``None`` when ``schema`` is no array or has no such element."""
+    prefix = schema.get("prefixItems")
+    if isinstance(prefix, list) and index < len(prefix):
+        return prefix[index]
+    items = schema.get("items", True if isinstance(prefix, list) else None)
+    if isinstance(items, list):  # draft 4's tuple form
+        items = items[index] if index < len(items) else schema.get("additionalItems", True)
+    if items is not None:
+        return None if items is False else items
+    types = _declared_types(schema)
+    if types is not None:
+        return True if "array" in types else None
+    shaped = any(k in schema for k in ("properties", "additionalProperties", "allOf",
+                                       "anyOf", "oneOf"))
+    return None if shaped else True
+
+
+def _declared_types(schema: dict[str, Any]) -> set[str] | None:
+    """The ``type``(s) a schema declares, ``None`` when it declares none."""
+    declared = schema.get("type")
+    if isinstance(declared, str):
+        return {declared}
+    if isinstance(declared, list):
+        return {t for t in declared if isinstance(t, str)}
+    return None
 
 
 def schema_branches(document: dict[str, Any] | None, schema: Any) -> Iterator[Any]:
