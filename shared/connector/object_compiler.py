@@ -8,7 +8,8 @@ checked for cycles — and every problem is recorded with its pointer instead of
 stopping at the first. The meta-schema (``schemas/connector.schema.json``) has
 been checked before; this pass still never trusts a shape it did not check
 itself, so a broken block yields problems, never a traceback. Expressions,
-templates and transforms are compiled by :mod:`shared.connector.transform_compiler`.
+templates and transforms are compiled by :mod:`shared.connector.transform_compiler`,
+map targets checked by :mod:`shared.connector.map_targets`.
 """
 
 from __future__ import annotations
@@ -22,19 +23,14 @@ from shared.connector.answer_errors import AnswerErrorRule
 from shared.connector.answer_pointers import answer_pointer_problems
 from shared.connector.document import DEFAULT_EXTERNAL_ID, CallSpec, SyncObject
 from shared.connector.form_body import MULTIPART, form_media
-from shared.connector.openapi import (
-    Operation,
-    deref,
-    find_operation,
-    schema_has_path,
-    with_index_added,
-)
+from shared.connector.map_targets import TargetChecks
+from shared.connector.openapi import Operation, deref, find_operation
 from shared.connector.problems import Problem
 from shared.connector.source import resolve_pointer
 from shared.connector.transform_compiler import SYNC, TransformCompiler, as_mapping
 from shared.json_pointer import join_pointer
 from shared.schemas import ENTITIES
-from shared.transform import Expression, LookupTable, Template, Transform, target_name
+from shared.transform import Expression, LookupTable, Template, Transform
 
 #: Names a template may start with, per kind of call.
 TEMPLATE_ROOTS = {
@@ -88,8 +84,7 @@ class ObjectCompiler:
         self.transforms = transforms
         self.sync = transforms.sync
         self.problems = transforms.problems
-        self._target_misses: dict[tuple[str, str], list[str]] = {}
-        self._target_hints: dict[tuple[str, str], str] = {}  # data.name → data[0].name
+        self._targets = TargetChecks()
 
     def compile(self) -> dict[str, SyncObject]:
         """Every object that compiles, by name; then the dependency and target checks."""
@@ -100,7 +95,7 @@ class ObjectCompiler:
                 if obj is not None:
                     objects[name] = obj
         self._check_dependencies()
-        self._report_target_misses()
+        self.problems += self._targets.problems()
         return objects
 
     def _problem(self, pointer: str, message: str, severity: str = "error") -> None:
@@ -435,30 +430,8 @@ class ObjectCompiler:
         if transform is None:
             return None
         if schema is not None:
-            for rule in transform.fields:
-                if not schema_has_path(document, schema, rule.target):
-                    key = (rule.origin or name, rule.name)
-                    misses = self._target_misses.setdefault(key, [])
-                    if what not in misses:
-                        misses.append(what)
-                    indexed = with_index_added(document, schema, rule.target)
-                    if indexed is not None:
-                        at = next(i for i, (mine, theirs) in
-                                  enumerate(zip(rule.target, indexed, strict=False))
-                                  if mine != theirs)
-                        self._target_hints.setdefault(
-                            key, f"{target_name(indexed[:at])} is an array there: did you "
-                                 f"mean {target_name(indexed)!r}?")
+            self._targets.check(document, schema, transform, what)
         return transform
-
-    def _report_target_misses(self) -> None:
-        for (transform, field), targets in self._target_misses.items():
-            hint = self._target_hints.get((transform, field))
-            self._problem(
-                join_pointer(SYNC, "transforms", transform, "map", field),
-                f"target field {field!r} is not in {' nor in '.join(targets)}"
-                + (f"; {hint}" if hint else ""),
-            )
 
     def _check_dependencies(self) -> None:
         graph = {

@@ -283,18 +283,29 @@ def schema_has_path(
     refused, as ``data[0].name`` where it is an object). ``resolve(ref) -> schema``
     resolves non-local references (entity schemas); local ones use ``document``.
     """
+    return next(schemas_at(document, schema, path, resolve), None) is not None
+
+
+def schemas_at(
+    document: dict[str, Any] | None, schema: Any, path: tuple[str | int, ...],
+    resolve: Any = None,
+) -> Iterator[Any]:
+    """The schemas a value at ``path`` must satisfy, by way of each branch that holds
+    ``path`` (see :func:`schema_has_path`); ``True`` where anything goes. Nothing when
+    no branch holds it."""
     if not path:
-        return True
+        yield schema
+        return
+    key, rest = path[0], path[1:]
     for candidate in _branches(document, schema, resolve, 0):
         if not isinstance(candidate, dict):
-            if candidate is False:
-                continue
-            return True  # True/{} schema: anything goes
-        key = path[0]
+            if candidate is not False:
+                yield True  # True/{} schema: anything goes
+            continue
         if isinstance(key, int):
             element = _element_schema(candidate, key)
-            if element is not None and schema_has_path(document, element, path[1:], resolve):
-                return True
+            if element is not None:
+                yield from schemas_at(document, element, rest, resolve)
             continue
         types = _declared_types(candidate)
         props = candidate.get("properties")
@@ -304,23 +315,40 @@ def schema_has_path(
         if types is not None and "object" not in types:
             continue
         if isinstance(props, dict) and key in props:
-            if schema_has_path(document, props[key], path[1:], resolve):
-                return True
+            yield from schemas_at(document, props[key], rest, resolve)
             continue
         additional = candidate.get("additionalProperties", None)
         if additional is True:
-            return True  # said explicitly: the vendor takes keys it does not list
-        if isinstance(additional, dict):
-            if schema_has_path(document, additional, path[1:], resolve):
-                return True
-            continue
-        pattern_props = candidate.get("patternProperties")
-        if isinstance(pattern_props, dict) and any(re.search(p, key) for p in pattern_props):
-            return True
-        composed = any(k in candidate for k in ("allOf", "anyOf", "oneOf"))
-        if not isinstance(props, dict) and additional is not False and not composed:
-            return True
-    return False
+            yield True  # said explicitly: the vendor takes keys it does not list
+        elif isinstance(additional, dict):
+            yield from schemas_at(document, additional, rest, resolve)
+        elif _free_key(candidate, key):
+            yield True
+
+
+def _free_key(schema: dict[str, Any], key: str) -> bool:
+    """Whether ``schema`` (no ``additionalProperties`` schema) takes ``key`` as a free
+    key: a ``patternProperties`` pattern matches it, or it lists no properties and does
+    not close itself (``additionalProperties: false``) nor compose branches."""
+    patterns = schema.get("patternProperties")
+    if isinstance(patterns, dict) and any(re.search(p, key) for p in patterns):
+        return True
+    return (not isinstance(schema.get("properties"), dict)
+            and schema.get("additionalProperties") is not False
+            and not any(k in schema for k in ("allOf", "anyOf", "oneOf")))
+
+
+def value_types(document: dict[str, Any] | None, schema: Any) -> set[str] | None:
+    """The JSON types ``schema`` declares a value may have (``nullable`` adds ``null``),
+    ``None`` when it does not say (no ``type``, or a composition whose branches would
+    have to be weighed: such a schema is not second-guessed)."""
+    first = next(_branches(document, schema, None, 0), True)
+    if not isinstance(first, dict) or any(k in first for k in ("allOf", "anyOf", "oneOf")):
+        return None
+    types = _declared_types(first)
+    if types is not None and first.get("nullable") is True:
+        types.add("null")
+    return types
 
 
 def with_index_added(

@@ -379,3 +379,30 @@ def test_a_pull_map_fills_the_canonical_records_array(wrapped, tmp_path):
     assert errors(write(tmp_path, spec)) == {(
         f"{SYNC}/transforms/AccountsToAccount/map/addresses[0].cty",
         "target field 'addresses[0].cty' is not in the canonical account schema")}
+
+
+def test_a_literal_of_a_type_its_field_refuses_is_located_at_its_map_key(tmp_path, wrapped):
+    """Constants and literal expressions are typed at load; other expressions are left
+    to the request schema check at push (and in preview)."""
+    spec = copy.deepcopy(wrapped)
+    fields = spec["x-synchronization"]["transforms"]["AccountToAccounts"]["map"]
+    fields.update({"data[0].Employees": "'many'", "data[0].Phone": 5, "trigger[0]": True,
+                   "data[0].Website": "$string(numberOfEmployees)",
+                   "data[0].Description": None})
+    pull = spec["x-synchronization"]["transforms"]["AccountsToAccount"]["map"]
+    pull["addresses[0].isBilling"] = "'yes'"
+
+    both = "the request schema of POST /Accounts and the request schema of PUT /Accounts/{id}"
+    assert errors(write(tmp_path, spec)) == {
+        (f"{MAP}/data[0].Employees",
+         f"target field 'data[0].Employees' is given \"many\", a string, where {both} want "
+         "an integer"),
+        (f"{MAP}/data[0].Phone",
+         f"target field 'data[0].Phone' is given 5, an integer, where {both} want a string"),
+        # the update's transform gives trigger[0] its own value: only the create's is wrong
+        (f"{MAP}/trigger[0]", "target field 'trigger[0]' is given true, a boolean, where the "
+                              "request schema of POST /Accounts wants a string"),
+        (f"{SYNC}/transforms/AccountsToAccount/map/addresses[0].isBilling",
+         "target field 'addresses[0].isBilling' is given \"yes\", a string, where the "
+         "canonical account schema wants a boolean or null"),
+    }
