@@ -406,3 +406,25 @@ def test_a_literal_of_a_type_its_field_refuses_is_located_at_its_map_key(tmp_pat
          "target field 'addresses[0].isBilling' is given \"yes\", a string, where the "
          "canonical account schema wants a boolean or null"),
     }
+
+
+def test_a_form_body_warns_at_each_element_field_a_form_cannot_carry(tmp_path):
+    """tests/data/vendor/billing.yaml's update declares no deepObject for its charges:
+    filled element by element, each field is told what the whole list was."""
+    spec = yaml.safe_load((ROOT / "tests" / "data" / "vendor" / "billing.yaml").read_text())
+    fields = spec["x-synchronization"]["transforms"]["AccountToCustomer"]["map"]
+    del fields["charges"]
+    fields.update({"charges[0].amount": "creditLimit", "charges[0].currency": "currency"})
+
+    document, problems = check_connector(write(tmp_path, spec))
+
+    assert document is not None
+    at = f"{SYNC}/transforms/AccountToCustomer/map"
+    assert [(p.severity, p.pointer, p.message) for p in problems] == [
+        ("warning", f"{at}/charges[0].{name}",
+         "POST /customers/{id} sends its body as application/x-www-form-urlencoded, where a "
+         "list of objects has no encoding in style 'form': declare style deepObject for "
+         "'charges' in the operation's encoding (an overlay can), or the record fails when "
+         "sent") for name in ("amount", "currency")]
+    body = document.transforms["AccountToCustomer"].apply(ACCOUNT, TransformContext())
+    assert body["charges"] == [{"amount": 50000, "currency": "EUR"}]
