@@ -155,8 +155,12 @@ def test_indices_build_arrays_on_either_path(paths, monkeypatch):
         "matrix": [[1]],
     }
     assert json.loads(json.dumps(body)) == body, "plain lists and dicts, nothing of ours"
-    # the fast path leaves only the function calls to jsonata; the other path, everything
-    assert len(evaluated) == (2 if paths == "fast" else 6)
+    # both paths were taken: with jsonata, its interpreter evaluated every expression
+    # (the constant is none); the fast path kept at least the paths to itself
+    if paths == "jsonata":
+        assert len(evaluated) == 6
+    else:
+        assert len(evaluated) <= 2
 
 
 def test_an_element_with_no_field_is_left_out_and_the_array_closes_up(paths):
