@@ -5,8 +5,8 @@ Every expression is compiled and every function call in it checked (a known
 helper or built-in, an existing lookup table, an entity name, a declared
 variable); a ``map`` transform inherits the fields of the transforms it
 ``extends``, and its targets (``data[0].name``) are parsed and checked to give each
-path one shape across them all. Problems are appended to the list given, never raised, so one pass
-reports them all. The objects and calls that use the transforms are compiled by
+path one shape across them all. Problems are appended to the list given, never
+raised, so one pass reports them all. The objects and calls that use the transforms are compiled by
 :mod:`shared.connector.object_compiler`, which builds on this module.
 """
 
