@@ -244,7 +244,7 @@ def main() -> int:
     base_db = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
     name = f"bss-sync-bench-{os.getpid()}-{secrets.token_hex(2)}"
     dbname = name.replace("-", "_")
-    management = ManagementClient.for_amqp_url(base_amqp)
+    management = ManagementClient.for_amqp_url(base_amqp, os.environ.get("MANAGEMENT_URL"))
     management.create_vhost(name)
     with psycopg.connect(base_db, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {quote_ident(dbname)}")
