@@ -361,7 +361,8 @@ class Bench:
         elapsed = max(last.time - first.time, 1e-9)
         width = max(12, *(len(name) for name in last.cpu))
         print(f"  {'process':<{width}} {'CPU s':>8} {'CPU %':>7} {'ms CPU/record':>14} "
-              f"{'peak RSS':>10}   (over {window})")
+              f"{'peak RSS':>10}   (over {window}: the {elapsed:.1f} s between the readings, "
+              "the last once the last row was seen)")
         per_record: dict[str, float] = {}
         for name, value in last.cpu.items():
             cpu = value - first.cpu.get(name, 0.0)
