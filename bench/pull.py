@@ -30,7 +30,8 @@ discovery: N updates, each a BSS read with its ETag and a merge patch). Per pass
   (the backends of this run's database only, sampled every 0.25 s — the server's
   shared WAL writer and checkpointer are not counted) and RabbitMQ (a node of the
   benchmark's own, started for it: the machine's node serves others too; with
-  ``--broker shared`` its CPU is the whole node's, neighbours included).
+  ``--broker shared`` the column is "RabbitMQ (machine-wide)": every node of the
+  machine, neighbours included). ``bench/harness.py`` holds what counts as the run's.
 
 One puller with 128 handlers by default: a BSS write waits ~100-250 ms here (the
 sandbox commits its writes one after the other), so many must be in flight (Little's
@@ -60,7 +61,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -74,125 +74,21 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import (  # noqa: E402
+    BENCH_APP,
+    BackendCpu,
+    Broker,
+    exit_on_sigterm,
+    proc_stats,
+)
 from sandbox.server import SandboxServer, free_port  # noqa: E402
 from sandbox.settings import SandboxSettings  # noqa: E402
 from shared.bss import BssClient  # noqa: E402
-from shared.messaging.management import AmqpUrl, ManagementClient  # noqa: E402
 from shared.messaging.topology import DISPATCHER, PULLER  # noqa: E402
 
-AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 ORG = "bench"
 INSTANCE = "bench-crm"
-#: The benchmark's own connections: not counted as the services' PostgreSQL CPU.
-BENCH_APP = "bss-sync-bench"
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def proc_stats(pid: int) -> tuple[float, int]:
-    """CPU seconds (user + system, children waited for included) and peak RSS in bytes."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        cpu = (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / TICKS
-        peak = 0
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                peak = int(line.split()[1]) * 1024
-        return cpu, peak
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return 0.0, 0
-
-
-class BackendCpu(threading.Thread):
-    """CPU of the PostgreSQL backends serving one database (other databases on the
-    server are neighbours'): every ``interval`` s, the backends' pids, and each one's
-    CPU from /proc; a backend gone keeps its last reading. ``total()`` is cumulative."""
-
-    def __init__(self, database_url: str, interval: float = 0.25) -> None:
-        super().__init__(daemon=True)
-        self.database_url = database_url
-        self.interval = interval
-        self.latest: dict[int, float] = {}
-        self.clients: dict[int, str] = {}
-        self.lock = threading.Lock()
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        with psycopg.connect(self.database_url, autocommit=True,
-                             application_name=BENCH_APP) as conn:
-            while not self.stopping.is_set():
-                self.sample(conn)
-                self.stopping.wait(self.interval)
-
-    def sample(self, conn: psycopg.Connection[Any]) -> None:
-        rows = conn.execute("SELECT pid, application_name FROM pg_stat_activity"
-                            " WHERE datname = current_database() AND application_name <> %s",
-                            (BENCH_APP,)).fetchall()
-        readings = {pid: (proc_stats(pid)[0], name) for pid, name in rows}
-        with self.lock:
-            for pid, (cpu, name) in readings.items():
-                if cpu:
-                    self.latest[pid] = max(cpu, self.latest.get(pid, 0.0))
-                    self.clients[pid] = name
-
-    def total(self) -> float:
-        with self.lock:
-            return sum(self.latest.values())
-
-    def by_client(self) -> dict[str, float]:
-        """Cumulative CPU per client (``application_name``)."""
-        totals: dict[str, float] = {}
-        with self.lock:
-            for pid, cpu in self.latest.items():
-                name = self.clients.get(pid) or "?"
-                totals[name] = totals.get(name, 0.0) + cpu
-        return totals
-
-
-class Broker:
-    """RabbitMQ for the run: a node of its own (``own``), or a vhost of the machine's."""
-
-    def __init__(self, kind: str, stamp: str) -> None:
-        self.kind = kind
-        self.vhost = f"bss-sync-bench-{stamp}"
-        self.node: Any = None
-        self.stack = contextlib.ExitStack()
-        self.amqp_url = ""
-
-    def start(self) -> None:
-        if self.kind == "own":
-            from tests.fixtures.rabbit_node import own_node
-            self.node = self.stack.enter_context(own_node())
-            self.amqp_url = self.node.amqp_url
-        else:
-            self.management().create_vhost(self.vhost)
-            self.amqp_url = AmqpUrl.parse(AMQP_URL).with_vhost(self.vhost)
-
-    def management(self) -> ManagementClient:
-        return ManagementClient.for_amqp_url(AMQP_URL, os.environ.get("MANAGEMENT_URL"))
-
-    def pid(self) -> int | None:
-        if self.node is not None:
-            return int(self.node.os_pid())
-        found = [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/comm")
-                 if _read(p) == "beam.smp"]
-        return found[0] if len(found) == 1 else None  # several nodes: cannot tell which
-
-    def label(self) -> str:
-        return "RabbitMQ" if self.kind == "own" else "RabbitMQ (whole node, neighbours too)"
-
-    def close(self) -> None:
-        if self.kind == "shared":
-            with contextlib.suppress(Exception):
-                self.management().delete_vhost(self.vhost)
-        self.stack.close()
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return ""
 
 
 class Bench:
@@ -397,9 +293,7 @@ class Bench:
         if self.sandbox is not None and self.sandbox.pid:
             values["sandbox"] = proc_stats(self.sandbox.pid)
         values["PostgreSQL"] = (self.backends.total(), 0)
-        broker = self.broker.pid()
-        if broker:  # several nodes on the machine: which one is ours cannot be told
-            values[self.broker.label()] = proc_stats(broker)
+        values[self.broker.label()] = self.broker.stats()
         return values
 
     def run_pass(self, name: str) -> None:
@@ -501,9 +395,6 @@ class Bench:
                   f"{cpu / max(done, 1) * 1000:>14.3f} {shown:>9}")
         print(f"{'all of them':<40} {total:>7.2f} {total / elapsed * 100:>5.0f}% "
               f"{total / max(done, 1) * 1000:>14.3f}")
-        if not any(process.startswith("RabbitMQ") for process in after):
-            print("RabbitMQ: not measured (several nodes on this machine, which one serves "
-                  "this run cannot be told; --broker own measures a node of the run's own)")
         self.results.append({"pass": name, "records": done, "listing": published / listing,
                              "end_to_end": done / elapsed})
 
@@ -514,12 +405,6 @@ def command_line(args: argparse.Namespace) -> str:
              "--concurrency", str(args.concurrency), "--passes", args.passes,
              "--bss-writes", str(args.bss_writes), "--broker", args.broker]
     return shlex.join(parts + (["--read"] if args.read else []))
-
-
-def exit_on_sigterm() -> None:
-    """SIGTERM (``kill``, a CI timeout) ends the benchmark through its ``finally``: the
-    processes, the broker node and the database it made go with it, none orphaned."""
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,16 +1,35 @@
-"""Push path, end to end: accounts created in the sandbox BSS until they exist in a
-third party, with every real process in between.
+"""Push path: accounts created in the sandbox BSS until they exist in a third party,
+with every real process in between.
 
     sandbox BSS ─outbox─▶ bss.events ─▶ dispatcher ─▶ sync.push ─▶ pusher ─▶ third party
 
-Throughput: N accounts (default 10,000) are written to the sandbox BSS while the
-services are down (the events wait in ``dispatcher.events``); then the dispatcher and
-the pushers start (as processes, with their defaults but ``CONCURRENCY``) and the
-time until the last account is in the third party and the audit log gives records/s
-end to end — what the push path can do, not how fast the sandbox accepts writes.
-Latency: then a few hundred accounts are written one by one at a steady pace the
-path can follow, and p50/p99 of (pusher's audit row - the BSS write) are printed.
-CPU seconds and peak RSS per process are read from /proc.
+Two throughput figures per pass, named for what they time; each counts only the
+pusher's ``created`` audit rows (other outcomes are printed beside it, not counted):
+
+* **drain** — N accounts (default 10,000) written to the sandbox BSS while the
+  services are down (the events wait in ``dispatcher.events``); then the dispatcher
+  and the pushers start (as processes, with their defaults but ``CONCURRENCY``), and
+  the figure runs from the first account pushed to the last ``created`` row: what
+  the push path can do with a queue full of work, start-up left out and the BSS's
+  own write rate not in it.
+* **end to end** — then, the services running and idle, N more accounts written to
+  the BSS: from the first BSS write to the last ``created`` row. The BSS's write
+  rate, its outbox relay and the dispatcher are in the figure: what a BSS writing
+  at full speed sees.
+
+A row's ``at`` is stamped when its outcome is known; it is committed within the audit
+writer's batch interval after. Latency: then a few hundred accounts are written one
+by one at a steady pace the path can follow, and p50/p99 of (pusher's audit row - the
+BSS write) are printed.
+
+CPU, per window (the drain's, the end-to-end's), counts only what the benchmark
+started (``bench/harness.py``): its processes (dispatcher, pushers, sandbox BSS,
+third-party stub; CPU and peak RSS from /proc), the PostgreSQL backends of its own
+database (sampled every 0.25 s, by client; the server's WAL writer and checkpointer
+are not counted) and RabbitMQ — a node of its own (``--broker own``, the default),
+or with ``--broker shared`` (a vhost of ``AMQP_URL``'s node) every RabbitMQ node of
+the machine, labelled "machine-wide": a vhost's share of a node's CPU is not
+something RabbitMQ reports.
 
 The third party is a local stub speaking the Acme CRM API (``bench/standin.py``,
 ``connectors/acme-crm.json``: a match GET, then a create POST per account),
@@ -23,18 +42,19 @@ runs 64 handlers at 0 ms (the default) and 128 at 50 ms: there each record waits
 whatever the CPU (Little's law); that is what ``CONCURRENCY`` is for.
 Each pass is named by its options (``--pass delay=50,concurrency=128,pushers=1``; a
 key left out takes its default for that delay: 64 handlers and two pushers at 0 ms,
-128 and one otherwise), and prints the command that reproduces it.
+128 and one otherwise), and each figure is printed beside the command that
+reproduces it.
 
 Scaling (``--scaling``): the same drain at 2,000, 10,000, 40,000 and 100,000 accounts
 (or the sizes given), each in a database of its own, for the first pass only and
-without the latency part; a table of records/s and CPU per record for each size
-shows whether the cost per record stays flat as the tables grow (issue 13: it did
-not while PostgreSQL planned blind on never-analyzed tables).
+without the end-to-end and latency parts; a table of records/s and CPU per record
+for each size shows whether the cost per record stays flat as the tables grow
+(issue 13: it did not while PostgreSQL planned blind on never-analyzed tables).
 
-Asserts nothing. Uses its own database and vhost, dropped at the end.
+Asserts nothing. Uses its own database and broker (node or vhost), removed at the end.
 
     .venv/bin/python bench/push.py [--records N] [--pass delay=0,concurrency=64,pushers=2]...
-                                   [--scaling [2000,10000,40000,100000]]
+                                   [--broker own|shared] [--scaling [2000,10000,40000,100000]]
     .venv/bin/python bench/push.py [--records N] [--delays 0,50] [--concurrency 64,128]
                                    [--pushers 2,1]                  (the older spelling)
 """
@@ -47,93 +67,98 @@ import contextlib
 import dataclasses
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pika
 import psycopg
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import (  # noqa: E402
+    BENCH_APP,
+    BackendCpu,
+    Broker,
+    exit_on_sigterm,
+    proc_stats,
+)
 from sandbox.server import SandboxServer, free_port  # noqa: E402
 from sandbox.settings import SandboxSettings  # noqa: E402
-from shared.messaging.management import AmqpUrl, ManagementClient  # noqa: E402
 from shared.messaging.topology import DISPATCHER, DISPATCHER_QUEUE, PUSHER  # noqa: E402
 
-AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 ORG = "bench"
 INSTANCE = "bench-crm"
-
-def proc_stats(pid: int) -> tuple[float, int]:
-    """CPU seconds (user + system, children included) and peak RSS in bytes."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        cpu = (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / ticks
-        peak = 0
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                peak = int(line.split()[1]) * 1024
-        return cpu, peak
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0, 0
+#: The pusher's outcome a figure counts: the accounts are new, each one is created.
+SUCCESS = "created"
 
 
-def cpu_by_command(names: tuple[str, ...] = ("postgres", "beam.smp")) -> dict[str, float]:
-    """CPU seconds used so far by every process whose command is one of ``names``
-    (the PostgreSQL backends, RabbitMQ), summed per command."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    totals = dict.fromkeys(names, 0.0)
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        command = text[text.index("(") + 1:text.rindex(")")]
-        if command in totals:
-            fields = text.rsplit(")", 1)[1].split()
-            totals[command] += (int(fields[11]) + int(fields[12])) / ticks
-    return totals
+@dataclasses.dataclass(frozen=True, slots=True)
+class Snapshot:
+    """CPU seconds so far of everything the run measures, and when."""
+
+    cpu: dict[str, float]
+    #: PostgreSQL's CPU by client (``application_name``) of the run's database
+    clients: dict[str, float]
+    commits: int
+    time: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Figure:
+    """One throughput figure: ``records`` created in ``seconds``, named for what it times."""
+
+    name: str
+    records: int
+    seconds: float
+    command: str
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.seconds if self.seconds > 0 else 0.0
 
 
 class Bench:
-    def __init__(self, records: int) -> None:
+    def __init__(self, records: int, broker: str = "own") -> None:
         self.records = records
         stamp = f"{int(time.time())}_{uuid.uuid4().hex[:6]}"
         self.database = f"bss_sync_bench_{stamp}"
-        self.vhost = f"bss-sync-bench-{stamp}"
         self.tmp = Path(tempfile.mkdtemp(prefix="bss-sync-bench-"))
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.sandbox: SandboxServer | None = None
-        self.management = ManagementClient.for_amqp_url(AMQP_URL)
+        self.broker = Broker(broker, stamp.replace("_", "-"))
         self.capacity = 0.0
-        #: ms of CPU per record by process (PostgreSQL and RabbitMQ: machine-wide), last drain
+        #: ms of CPU per record by process (the run's own), last drain
         self.cpu_per_record: dict[str, float] = {}
+        #: every figure printed, in order (the summary at the end repeats them)
+        self.figures: list[tuple[Pass, Figure]] = []
         base = DATABASE_URL.rsplit("/", 1)[0]
         self.database_url = f"{base}/{self.database}"
-        self.amqp_url = AmqpUrl.parse(AMQP_URL).with_vhost(self.vhost)
+        self.backends = BackendCpu(self.database_url)
 
     # -- set-up / tear-down ------------------------------------------------------------
 
     def setup(self) -> None:
         with psycopg.connect(DATABASE_URL, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{self.database}"')
-        self.management.create_vhost(self.vhost)
-        env = self.env()
-        subprocess.run([sys.executable, "-m", "shared.cli.main", "db", "upgrade"], env=env,
-                       check=True, stdout=subprocess.DEVNULL)
-        subprocess.run([sys.executable, "-m", "shared.cli.main", "topology", "declare"],
-                       env=env, check=True, stdout=subprocess.DEVNULL)
+        self.broker.start()
+        for command in (["db", "upgrade"], ["topology", "declare"]):
+            subprocess.run([sys.executable, "-m", "shared.cli.main", *command],
+                           env=self.env(), check=True, stdout=subprocess.DEVNULL)
+        self.backends.start()
 
     def teardown(self) -> None:
+        self.backends.stopping.set()
         for process in self.processes.values():
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
@@ -144,15 +169,22 @@ class Bench:
                 process.kill()
         if self.sandbox is not None:
             self.sandbox.stop()
-        with contextlib.suppress(Exception):
-            self.management.delete_vhost(self.vhost)
+        self.broker.close()
+        self.backends.join(5)
         with psycopg.connect(DATABASE_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
 
     def env(self, **extra: str) -> dict[str, str]:
-        return {**os.environ, "AMQP_URL": self.amqp_url, "DATABASE_URL": self.database_url,
-                "LOG_LEVEL": "WARNING", "LOG_FORMAT": "json", "BENCH_API_KEY": "bench-key",
-                **extra}
+        return {**os.environ, "AMQP_URL": self.broker.amqp_url,
+                "DATABASE_URL": self.database_url, "LOG_LEVEL": "WARNING",
+                "LOG_FORMAT": "json", "BENCH_API_KEY": "bench-key", **extra}
+
+    @contextlib.contextmanager
+    def db(self) -> Iterator[psycopg.Connection[Any]]:
+        """A connection of the benchmark's own: its backend's CPU is not counted."""
+        with psycopg.connect(self.database_url, autocommit=True,
+                             application_name=BENCH_APP) as conn:
+            yield conn
 
     def start(self, name: str, args: list[str], **env: str) -> None:
         log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
@@ -219,8 +251,17 @@ class Bench:
         """Accounts the pusher created since ``since`` (cheap: the audit index on ``at``)."""
         row = conn.execute(
             "SELECT count(*) FROM audit_log WHERE at >= to_timestamp(%s)"
-            " AND service = %s AND outcome = 'created'", (since, PUSHER)).fetchone()
+            " AND service = %s AND outcome = %s", (since, PUSHER, SUCCESS)).fetchone()
         return int(row[0]) if row else 0
+
+    def other_outcomes(self, since: float) -> dict[str, int]:
+        """The pusher's rows since ``since`` that are not a success (not counted)."""
+        with self.db() as conn:
+            rows = conn.execute(
+                "SELECT outcome, count(*) FROM audit_log WHERE at >= to_timestamp(%s)"
+                " AND service = %s AND outcome <> %s GROUP BY outcome",
+                (since, PUSHER, SUCCESS)).fetchall()
+        return {str(outcome): int(count) for outcome, count in rows}
 
     def dispatched(self, conn: psycopg.Connection[Any], since: float) -> int:
         """Events the dispatcher settled since ``since``."""
@@ -233,20 +274,21 @@ class Bench:
         row's time). Polls once a second: the count scans the pass's audit rows, and
         polling faster would add the benchmark's own queries to PostgreSQL's load."""
         deadline = time.monotonic() + max(600, count / 5)
-        with psycopg.connect(self.database_url, autocommit=True) as conn:
+        with self.db() as conn:
             while (done := self.pushed(conn, since)) < count:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"only {done}/{count} pushed in time")
+                    raise RuntimeError(f"only {done}/{count} pushed in time; other outcomes: "
+                                       f"{self.other_outcomes(since)}")
                 time.sleep(1.0)
             row = conn.execute(
                 "SELECT extract(epoch FROM max(at)) FROM audit_log WHERE at >= to_timestamp(%s)"
-                " AND service = %s AND outcome = 'created'", (since, PUSHER)).fetchone()
+                " AND service = %s AND outcome = %s", (since, PUSHER, SUCCESS)).fetchone()
         return float(row[0]) if row and row[0] is not None else time.time()
 
     def wait_events_queued(self, count: int) -> None:
         """Until the sandbox's outbox has published ``count`` events (services down)."""
         deadline = time.monotonic() + 300
-        with psycopg.connect(self.database_url, autocommit=True) as conn:
+        with self.db() as conn:
             while True:
                 row = conn.execute("SELECT count(*) FROM sandbox.outbox"
                                    " WHERE published_at IS NULL").fetchone()
@@ -255,46 +297,93 @@ class Bench:
                 if time.monotonic() > deadline:
                     raise RuntimeError("the sandbox did not publish its events in time")
                 time.sleep(0.2)
-        queue = self.management.for_vhost(self.vhost).queue(DISPATCHER_QUEUE) or {}
         print(f"  {count} events waiting in {DISPATCHER_QUEUE} "
-              f"(broker says {queue.get('messages', '?')})")
+              f"(broker says {self.queued(DISPATCHER_QUEUE)})")
+
+    def queued(self, queue: str) -> int:
+        """Messages ready in ``queue`` (a passive declare: any broker, no management API)."""
+        connection = pika.BlockingConnection(pika.URLParameters(self.broker.amqp_url))
+        try:
+            return int(connection.channel().queue_declare(queue, passive=True)
+                       .method.message_count)
+        finally:
+            connection.close()
 
     def latencies(self, since: float) -> list[float]:
-        with psycopg.connect(self.database_url, autocommit=True) as conn:
+        with self.db() as conn:
             rows = conn.execute(
                 "SELECT extract(epoch FROM a.at - (r.data->>'createdAt')::timestamptz)"
                 "  FROM audit_log a JOIN sandbox.records r ON r.id = a.record_id"
                 " WHERE a.at >= to_timestamp(%s) AND a.service = %s"
-                "   AND a.outcome = 'created' ORDER BY 1", (since, PUSHER)).fetchall()
+                "   AND a.outcome = %s ORDER BY 1", (since, PUSHER, SUCCESS)).fetchall()
         return [float(r[0]) for r in rows]
 
     def start_services(self, concurrency: int, pushers: int) -> None:
+        assert self.sandbox is not None
         self.start(DISPATCHER, ["-m", "services.dispatcher"])
         for n in range(pushers):
             self.start(PUSHER if n == 0 else f"{PUSHER}-{n + 1}", ["-m", "services.pusher"],
                        BSS_API_URL=self.sandbox.url, CONCURRENCY=str(concurrency))
 
     def commits(self) -> int:
-        with psycopg.connect(self.database_url, autocommit=True) as conn:
+        with self.db() as conn:
             row = conn.execute("SELECT xact_commit FROM pg_stat_database"
                                " WHERE datname = current_database()").fetchone()
         return int(row[0]) if row else 0
 
-    def snapshot(self) -> dict[str, float]:
-        """CPU seconds so far of every process we measure, plus commits and the time."""
+    def snapshot(self) -> Snapshot:
+        """CPU seconds so far of everything the run started, plus commits and the time."""
         values = {name: proc_stats(p.pid)[0] for name, p in self.processes.items()}
         if self.sandbox is not None and self.sandbox.pid:
             values["sandbox"] = proc_stats(self.sandbox.pid)[0]
-        values.update(cpu_by_command())
-        values["commits"] = float(self.commits())
-        values["time"] = time.time()
-        return values
+        values["PostgreSQL"] = self.backends.total()
+        values[self.broker.label()] = self.broker.stats()[0]
+        return Snapshot(values, self.backends.by_client(), self.commits(), time.time())
 
-    def measure_drain(self, concurrency: int, pushers: int) -> None:
+    def settled_snapshot(self) -> Snapshot:
+        """A snapshot once the backend sampler has caught up (two of its intervals)."""
+        time.sleep(2 * self.backends.interval)
+        return self.snapshot()
+
+    def peak(self, name: str) -> str:
+        """Peak RSS of ``name``, or what it is when it has none of its own."""
+        if name in self.processes:
+            return f"{proc_stats(self.processes[name].pid)[1] / 1e6:.0f} MB"
+        if name == "sandbox" and self.sandbox is not None and self.sandbox.pid:
+            return f"{proc_stats(self.sandbox.pid)[1] / 1e6:.0f} MB"
+        if name == self.broker.label() and self.broker.node is not None:
+            return f"{self.broker.stats()[1] / 1e6:.0f} MB"
+        return "(server)"
+
+    def cpu_table(self, first: Snapshot, last: Snapshot, done: int,
+                  window: str) -> dict[str, float]:
+        """Per process, CPU over the window between the snapshots; ms CPU per record."""
+        elapsed = max(last.time - first.time, 1e-9)
+        width = max(12, *(len(name) for name in last.cpu))
+        print(f"  {'process':<{width}} {'CPU s':>8} {'CPU %':>7} {'ms CPU/record':>14} "
+              f"{'peak RSS':>10}   (over {window}: the {elapsed:.1f} s between the readings, "
+              "the last once the last row was seen)")
+        per_record: dict[str, float] = {}
+        for name, value in last.cpu.items():
+            cpu = value - first.cpu.get(name, 0.0)
+            per_record[name] = cpu / max(done, 1) * 1000
+            print(f"  {name:<{width}} {cpu:>8.2f} {cpu / elapsed * 100:>6.0f}% "
+                  f"{per_record[name]:>14.3f} {self.peak(name):>10}")
+        total = sum(per_record.values())
+        print(f"  {'all of them':<{width}} {total * done / 1000:>8.2f} "
+              f"{total * done / 1000 / elapsed * 100:>6.0f}% {total:>14.3f}")
+        clients = {name: cpu - first.clients.get(name, 0.0)
+                   for name, cpu in last.clients.items()}
+        print("  PostgreSQL's CPU by client, ms per record: " + ", ".join(
+            f"{client or '?'} {cpu / max(done, 1) * 1000:.3f}"
+            for client, cpu in sorted(clients.items(), key=lambda c: -c[1])))
+        return per_record
+
+    def measure_drain(self, setting: Pass) -> Figure:
         """Start the services on a full queue; measure once they push (warm)."""
         started, commits_before = time.time(), self.commits()
-        self.start_services(concurrency, pushers)
-        with psycopg.connect(self.database_url, autocommit=True) as conn:
+        self.start_services(setting.concurrency, setting.pushers)
+        with self.db() as conn:
             # The dispatcher is done before the pushers are warm: its CPU per event is
             # measured from its first audit row to its last (start-up left out).
             while (dispatched := self.dispatched(conn, started)) == 0:
@@ -305,59 +394,77 @@ class Bench:
             first = self.snapshot()
             first_count = self.pushed(conn, started)
         finished = self.wait_pushed(started, self.records)
-        last = self.snapshot()  # CPU: the idle second after the last push adds ~nothing
-        with psycopg.connect(self.database_url, autocommit=True) as conn:
+        last = self.settled_snapshot()
+        with self.db() as conn:
             dispatched = self.dispatched(conn, started) - dispatcher_first[1]
-        elapsed = finished - first["time"]
         done = self.records - first_count
-        print(f"cold start: {first['time'] - started:.1f} s from launching the services to "
+        figure = Figure("drain", done, finished - first.time, self.command(setting))
+        print(f"cold start: {first.time - started:.1f} s from launching the services to "
               "the first account pushed")
-        print(f"throughput: {done / elapsed:,.0f} records/s end to end ({done} accounts from "
-              f"the events queue to the third party and the audit log in {elapsed:.1f} s)")
-        print(f"{'process':<12} {'CPU s':>8} {'CPU %':>7} {'ms CPU/record':>14} {'peak RSS':>10}"
-              "   (CPU % over the drain)")
-        labels = {"postgres": "PostgreSQL", "beam.smp": "RabbitMQ"}
-        self.cpu_per_record = {}
-        for name, value in last.items():
-            if name in ("commits", "time"):
-                continue
-            cpu = value - first[name]
-            self.cpu_per_record[labels.get(name, name)] = cpu / done * 1000
-            pid = (self.processes[name].pid if name in self.processes
-                   else self.sandbox.pid if name == "sandbox" and self.sandbox else None)
-            peak = f"{proc_stats(pid)[1] / 1e6:>8.0f} MB" if pid else "  (server)"
-            print(f"{labels.get(name, name):<12} {cpu:>8.1f} {cpu / elapsed * 100:>6.0f}% "
-                  f"{cpu / done * 1000:>14.2f} {peak:>10}")
-        dispatcher_cpu = last[DISPATCHER] - dispatcher_first[0]
-        print(f"dispatcher, from its first audit row to its last: "
+        self.print_figure(figure, "events preloaded while the services were down, from the "
+                          f"first account pushed to the last {SUCCESS} audit row",
+                          self.other_outcomes(started))
+        self.cpu_per_record = self.cpu_table(first, last, done, "the drain")
+        dispatcher_cpu = last.cpu[DISPATCHER] - dispatcher_first[0]
+        print(f"  dispatcher, from its first audit row to its last: "
               f"{dispatcher_cpu / max(dispatched, 1) * 1000:.3f} ms CPU per event "
-              f"({dispatched} events; {last[DISPATCHER]:.2f} s CPU in all, start-up included)")
-        commits = last["commits"] - first["commits"]
-        print(f"PostgreSQL transactions committed: {commits / done:.1f} per record "
-              f"({(last['commits'] - commits_before) / self.records:.2f} from the services' "
+              f"({dispatched} events; {last.cpu[DISPATCHER]:.2f} s CPU in all, start-up "
+              "included)")
+        commits = last.commits - first.commits
+        print(f"  PostgreSQL transactions committed: {commits / max(done, 1):.1f} per record "
+              f"({(last.commits - commits_before) / self.records:.2f} from the services' "
               "start, dispatching included)")
-        self.capacity = done / elapsed
+        self.capacity = figure.rate
+        return figure
 
-    def run_pass(self, setting: Pass, tag: str, *, latency: bool = True) -> None:
-        delay_ms, concurrency, pushers = setting.delay, setting.concurrency, setting.pushers
-        stub = self.start_stub(delay_ms)
+    def measure_end_to_end(self, setting: Pass, tag: str) -> Figure:
+        """The services running and idle: N accounts written to the BSS, from the first
+        write to the last account created in the third party."""
+        first = self.settled_snapshot()
+        assert self.sandbox is not None
+        writing = asyncio.run(self.create_accounts(self.sandbox.url, self.records, tag))
+        finished = self.wait_pushed(first.time, self.records)
+        last = self.settled_snapshot()
+        figure = Figure("end to end", self.records, finished - first.time,
+                        self.command(setting))
+        self.print_figure(figure, "accounts written to the BSS while the services ran, from "
+                          f"the first BSS write to the last {SUCCESS} audit row; the BSS "
+                          f"took the writes in {writing:.1f} s = "
+                          f"{self.records / writing:,.0f} writes/s",
+                          self.other_outcomes(first.time))
+        self.cpu_table(first, last, self.records, "end to end")
+        return figure
+
+    def print_figure(self, figure: Figure, what: str, others: dict[str, int]) -> None:
+        print(f"{figure.name}: {figure.rate:,.0f} records/s ({figure.records} {SUCCESS} in "
+              f"{figure.seconds:.2f} s; {what})"
+              + (f"; other pusher rows, not counted: {others}" if others else ""))
+        print(f"  $ {figure.command}")
+
+    def command(self, setting: Pass) -> str:
+        return reproduce(self.records, setting, self.broker.kind)
+
+    def run_pass(self, setting: Pass, tag: str, *, full: bool = True) -> None:
+        """The drain; with ``full``, the end to end and the latency too."""
+        stub = self.start_stub(setting.delay)
         self.apply(stub)
-        print(f"\n== third party answering in {delay_ms} ms; {pushers} pusher(s), "
-              f"CONCURRENCY={concurrency} handlers each ==")
-        print(f"  reproduce: .venv/bin/python bench/push.py --records {self.records} "
-              f"{setting.option()}")
-        # Throughput: N accounts written while the services are down, then drained.
+        print(f"\n== third party answering in {setting.delay} ms; {setting.pushers} "
+              f"pusher(s), CONCURRENCY={setting.concurrency} handlers each ==")
+        print(f"  $ {self.command(setting)}")
+        assert self.sandbox is not None
         seconds = asyncio.run(self.create_accounts(self.sandbox.url, self.records, tag))
-        print(f"  the BSS accepted {self.records} writes in {seconds:.1f} s")
+        print(f"  the BSS accepted {self.records} writes in {seconds:.1f} s (services down)")
         self.wait_events_queued(self.records)
-        self.measure_drain(concurrency, pushers)
-        if latency:
+        self.figures.append((setting, self.measure_drain(setting)))
+        if full:
+            self.figures.append((setting, self.measure_end_to_end(setting, f"{tag}e")))
             self.measure_latency(tag)
-        for name in [n for n in self.processes if n != "sandbox"]:
+        for name in list(self.processes):
             self.stop(name)
 
     def measure_latency(self, tag: str) -> None:
         """Records written one by one at a steady pace the path can follow."""
+        assert self.sandbox is not None
         rate = max(10, min(100, int(self.capacity / 2)))
         count = max(100, min(1000, self.records // 10))
         since = time.time()
@@ -474,29 +581,42 @@ def legacy_passes(delays: str, concurrency: str | None, pushers: str | None) -> 
             for i, delay in enumerate(listed(delays))]
 
 
-def run(records: int, passes: list[Pass], *, latency: bool = True) -> Bench:
-    """Every pass on ``records`` accounts, in a database and vhost of their own."""
-    bench = Bench(records)
+def reproduce(records: int, setting: Pass, broker: str) -> str:
+    """The command that runs ``setting`` again on ``records`` accounts."""
+    return shlex.join([".venv/bin/python", "bench/push.py", "--records", str(records),
+                       *setting.option().split(" "), "--broker", broker])
+
+
+def run(records: int, passes: list[Pass], *, broker: str = "own", full: bool = True) -> Bench:
+    """Every pass on ``records`` accounts, in a database and broker of their own."""
+    bench = Bench(records, broker)
     try:
         bench.setup()
         settings = SandboxSettings.from_env(database_url=bench.database_url,
-                                            amqp_url=bench.amqp_url)
+                                            amqp_url=bench.broker.amqp_url)
         bench.sandbox = SandboxServer(settings).start()
         for index, setting in enumerate(passes):
-            bench.run_pass(setting, f"p{index}", latency=latency)
+            bench.run_pass(setting, f"p{index}", full=full)
     finally:
         bench.teardown()
         print(f"\nlogs: {bench.tmp}")
     return bench
 
 
-def scaling(sizes: list[int], setting: Pass) -> None:
+def summary(figures: list[tuple[Pass, Figure]]) -> list[str]:
+    """One line a figure: the pass, the figure by its name, the command."""
+    return [f"delay={setting.delay} ms, {setting.pushers} pusher(s) x {setting.concurrency}: "
+            f"{figure.name} {figure.rate:,.0f} records/s ({figure.records} {SUCCESS}, "
+            f"{figure.seconds:.2f} s)   $ {figure.command}" for setting, figure in figures]
+
+
+def scaling(sizes: list[int], setting: Pass, broker: str) -> None:
     """The drain at each size; then one table, and the command that reproduces it."""
     rows = []
     try:
         for size in sizes:
             print(f"\n######## scaling: {size:,} accounts ########", flush=True)
-            bench = run(size, [setting], latency=False)
+            bench = run(size, [setting], broker=broker, full=False)
             rows.append((size, bench.capacity, dict(bench.cpu_per_record)))
     except KeyboardInterrupt:
         print(f"\ninterrupted: the sizes measured so far ({len(rows)} of {len(sizes)})")
@@ -504,17 +624,20 @@ def scaling(sizes: list[int], setting: Pass) -> None:
         if not rows:
             return
     names = sorted({name for _, _, cpu in rows for name in cpu},
-                   key=lambda n: (n in ("PostgreSQL", "RabbitMQ"), n))
+                   key=lambda n: (n.startswith(("PostgreSQL", "RabbitMQ")), n))
     print(f"\n== scaling: third party at {setting.delay} ms, {setting.pushers} pusher(s), "
           f"CONCURRENCY={setting.concurrency} ==")
-    print(f"reproduce: .venv/bin/python bench/push.py --scaling "
-          f"{','.join(str(s) for s in sizes)} {setting.option()}")
-    print("ms CPU per record by process (PostgreSQL and RabbitMQ: every such process on the "
-          "machine)")
-    print(f"{'records':>8} {'records/s':>10} " + " ".join(f"{n:>11}" for n in names)
+    print(f"$ .venv/bin/python bench/push.py --scaling {','.join(str(s) for s in sizes)} "
+          f"{setting.option()} --broker {broker}")
+    print("drain records/s; ms CPU per record by process (PostgreSQL: the run's database's "
+          "backends; " + ("RabbitMQ: the run's own node)" if broker == "own"
+                          else "RabbitMQ: every node of the machine)"))
+    print(f"{'records':>8} {'drain/s':>10} " + " ".join(f"{n:>{max(11, len(n))}}"
+                                                       for n in names)
           + f" {'all':>7}")
     for size, rate, cpu in rows:
-        print(f"{size:>8,} {rate:>10,.0f} " + " ".join(f"{cpu.get(n, 0):>11.3f}" for n in names)
+        print(f"{size:>8,} {rate:>10,.0f} " + " ".join(f"{cpu.get(n, 0):>{max(11, len(n))}.3f}"
+                                                       for n in names)
               + f" {sum(cpu.values()):>7.3f}")
     base = next((rate for size, rate, _ in rows if size == 10_000), rows[0][1])
     for size, rate, _ in rows:
@@ -523,11 +646,15 @@ def scaling(sizes: list[int], setting: Pass) -> None:
 
 
 def main() -> None:
+    exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=10_000)
     parser.add_argument("--pass", dest="passes", action="append", type=parse_pass,
                         metavar="delay=MS[,concurrency=N][,pushers=N]",
                         help="one pass, repeatable (default: delay=0 then delay=50)")
+    parser.add_argument("--broker", choices=("own", "shared"), default="own",
+                        help="a RabbitMQ node of the benchmark's own (default: its CPU is "
+                             "the run's), or a vhost of AMQP_URL's node (CPU machine-wide)")
     parser.add_argument("--scaling", nargs="?", const=DEFAULT_SCALING, type=parse_sizes,
                         metavar="N,N,…", help="the first pass's drain at each size "
                         f"(default sizes: {DEFAULT_SCALING})")
@@ -546,9 +673,11 @@ def main() -> None:
         parser.error("--delays, --concurrency and --pushers take whole numbers separated "
                      "by commas")
     if args.scaling:
-        scaling(args.scaling, passes[0])
-    else:
-        run(args.records, passes)
+        scaling(args.scaling, passes[0], args.broker)
+        return
+    bench = run(args.records, passes, broker=args.broker)
+    print(f"\n== figures: only the pusher's {SUCCESS} audit rows count ==")
+    print("\n".join(summary(bench.figures)))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """``bench/push.py``'s pass options: named pairs, each key's default taken from the pass's
 own delay (issue 13: ``--delays 50`` alone ran with the 0 ms pass's handlers and
-pushers), and the command each pass prints reads back as the same pass."""
+pushers), and the command each pass and each figure is printed beside reads back as
+the same pass."""
 
 from __future__ import annotations
 
@@ -59,3 +60,24 @@ def test_scaling_sizes(push: ModuleType) -> None:
     for bad in ("2000,x", "50", ""):
         with pytest.raises(argparse.ArgumentTypeError, match="--scaling"):
             push.parse_sizes(bad)
+
+
+def test_the_command_a_figure_is_printed_beside_runs_the_same_pass_again(
+        push: ModuleType) -> None:
+    setting = push.Pass(50, 128, 1)
+    command = push.reproduce(2000, setting, "shared")
+    assert command == (".venv/bin/python bench/push.py --records 2000 "
+                       "--pass delay=50,concurrency=128,pushers=1 --broker shared")
+    words = command.split()
+    assert push.parse_pass(words[words.index("--pass") + 1]) == setting
+
+
+def test_each_figure_is_summed_up_by_its_own_name_beside_its_command(push: ModuleType) -> None:
+    setting = push.Pass(0, 64, 2)
+    command = push.reproduce(1000, setting, "own")
+    figures = [(setting, push.Figure("drain", 990, 2.0, command)),
+               (setting, push.Figure("end to end", 1000, 20.0, command))]
+    assert push.summary(figures) == [
+        f"delay=0 ms, 2 pusher(s) x 64: drain 495 records/s (990 created, 2.00 s)   $ {command}",
+        f"delay=0 ms, 2 pusher(s) x 64: end to end 50 records/s (1000 created, 20.00 s)   "
+        f"$ {command}"]

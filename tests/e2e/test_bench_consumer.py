@@ -1,0 +1,45 @@
+"""``bench/consumer.py`` with a tiny count: every consumer runs with one prefetch, and
+(c) prints the prefetch and concurrency the runtime ran with — read from the runtime,
+so a ``--concurrency`` of 16 shows the runtime's own 4 x 16 = 64 — and its share of
+the limit they set. Nothing here is timed: the benchmark prints figures, this only
+checks that it still says what it measured.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from demo.thirdparty import REPO
+from tests.fixtures.amqp import RabbitServer
+
+pytestmark = pytest.mark.e2e
+
+
+def test_the_consumer_benchmark_says_the_flow_the_runtime_ran_with(
+        rabbitmq: RabbitServer, amqp_url: str, postgres_server_url: str) -> None:
+    env = {**os.environ, "AMQP_URL": amqp_url, "DATABASE_URL": postgres_server_url,
+           "MANAGEMENT_URL": rabbitmq.management_url}
+    run = subprocess.run([sys.executable, str(REPO / "bench" / "consumer.py"), "--messages",
+                          "400", "--rounds", "1", "--publish", "200", "--concurrency", "16"],
+                         env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = run.stdout
+    assert run.returncode == 0, f"{out}\n{run.stderr[-3000:]}"
+
+    assert "prefetch: 64 (every consumer), concurrency: 16" in out
+    assert re.search(r"^\(a\) raw pika, batched acks +[\d,]+ msg/s   connect → last ack sent",
+                     out, re.MULTILINE), out
+    assert re.search(r"^\(b\) runtime, no-op \+ audit rows +[\d,]+ msg/s   start → last ack, "
+                     r"each after its audit row committed .*; 400 audit rows\)$", out,
+                     re.MULTILINE), out
+    assert re.search(r"^    \(b\)/\(a\) = \d+% of the best raw consumer \(target: at least "
+                     r"50 %\)$", out, re.MULTILINE), out
+    assert re.search(r"^\(c\) runtime, 50 ms handler +[\d,]+ msg/s   start → last ack \(1,000 "
+                     r"messages; ran with prefetch 64, concurrency 16: \d+% of their limit, "
+                     r"16 / 50 ms = 320 msg/s\)$", out, re.MULTILINE), out
+    assert re.search(r"^\(d\) publish with confirms +[\d,]+ msg/s   first publish → last "
+                     r"confirm \(200 messages\)$", out, re.MULTILINE), out
