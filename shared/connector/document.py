@@ -18,6 +18,7 @@ from shared.connector.problems import Problem
 from shared.errors import MappingError
 from shared.transform import Expression, ExpressionRuntimeError, LookupTable, Template, Transform
 from shared.transform.helpers import HelperError
+from shared.transform.transform import without_nulls
 
 PUSH_ACTIONS = ("create", "update", "delete")
 DEFAULT_EXTERNAL_ID = "/id"
@@ -56,7 +57,7 @@ class CallSpec:
         if self.when is None:
             return True
         try:
-            value = self.when.evaluate(data)
+            value = self.when.evaluate(without_nulls(data))  # null is absent, as in templates
         except (ExpressionRuntimeError, HelperError) as exc:
             raise MappingError(f"step {self.name!r}: when {self.when.source!r}: {exc}") from None
         return bool(value) if isinstance(value, str | int | float | bool | list | dict) \

@@ -113,6 +113,10 @@ class StepsCompiler:
         if action == "delete" and "body" in spec:
             self._problem(join_pointer(where, "body"),
                           "a delete has no record to make a body from: its steps take none")
+        if index == id_index and "when" in spec:
+            self._problem(join_pointer(where, "when"),
+                          "the step that answers the record's id is always sent: it takes "
+                          "no when")
         if (action == "create" and id_index is not None and index < id_index
                 and call.operation.method.upper() not in SAFE_METHODS):
             self._problem(where, f"step {call.name!r} ({call.operation.key}) comes before the "
