@@ -185,8 +185,7 @@ class PushPlanner:
         made before anything is sent: a record a transform fails on sends nothing."""
         if not call.steps:
             return self.body(call, record, context), None
-        bodies = {step.name: self.body(step, record, context)
-                  for step in call.steps if step.body is not None}
+        bodies = call.pushed_payload(record, context)
         main = call.main_step
         return bodies.get(main.name, UNDEFINED) if main is not None else UNDEFINED, bodies
 

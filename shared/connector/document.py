@@ -16,7 +16,15 @@ from shared.connector.answer_errors import AnswerErrorRule
 from shared.connector.openapi import Operation
 from shared.connector.problems import Problem
 from shared.errors import MappingError
-from shared.transform import Expression, ExpressionRuntimeError, LookupTable, Template, Transform
+from shared.transform import (
+    UNDEFINED,
+    Expression,
+    ExpressionRuntimeError,
+    LookupTable,
+    Template,
+    Transform,
+    TransformContext,
+)
 from shared.transform.helpers import HelperError
 from shared.transform.transform import without_nulls
 
@@ -62,6 +70,15 @@ class CallSpec:
             raise MappingError(f"step {self.name!r}: when {self.when.source!r}: {exc}") from None
         return bool(value) if isinstance(value, str | int | float | bool | list | dict) \
             else False
+
+    def pushed_payload(self, record: Any, context: TransformContext) -> Any:
+        """What a push of ``record`` with this action sends, as its hash sees it: the
+        body (``UNDEFINED`` without one), or for an action made of steps each step's body
+        by step name. Raises what the transforms raise."""
+        if not self.steps:
+            return self.body.apply(record, context) if self.body is not None else UNDEFINED
+        return {step.name: step.body.apply(record, context)
+                for step in self.steps if step.body is not None}
 
     @property
     def id_step(self) -> CallSpec | None:
