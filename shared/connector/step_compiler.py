@@ -1,4 +1,5 @@
-"""Compiling a push action made of several requests: ``steps`` (docs/connector-guide.md).
+"""Compiling a push action made of several requests: ``steps`` (README.md, "Writing a
+connector"; docs/decisions.md, "Steps").
 
 A ``create``, ``update`` or ``delete`` may be an ordered list of named calls instead of
 one operation: create the customer, then its billing address; read, then write. Each
