@@ -175,7 +175,7 @@ def _reference_problem(path: tuple[str, ...], index: int, names: list[str],
     placeholder = "{" + ".".join(path[:3]) + "}"
     earlier = [n for n in names[:index] if n]
     if name not in names:
-        hint = difflib.get_close_matches(name, [n for n in names if n], n=1)
+        hint = difflib.get_close_matches(name, earlier, n=1)
         suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
         return (f"{placeholder}: there is no step {name!r}{suggestion}; the steps before "
                 f"this one: {', '.join(earlier) or 'none'}")

@@ -220,3 +220,15 @@ async def test_steps_send_their_own_idempotency_keys_the_id_step_the_creates(
     keys = [plan.headers["Idempotency-Key"] for plan in world.remote.requests]
     assert keys[1] == keys[2] != keys[0]  # the address retried with the same key
     assert len(set(keys)) == 2
+
+
+async def test_an_id_step_finding_the_customer_there_goes_on_with_the_later_steps(
+        world) -> None:
+    world.remote.script("createCustomer", Answer(409, {"id": "cu-7", "message": "exists"}))
+    world.remote.script("createAddress", Answer(201, ADDRESS))
+
+    outcome = await world.run("account", ACCOUNT)
+
+    assert (outcome.outcome, outcome.external_id) == ("created", "cu-7")
+    assert world.remote.sent[1] == "POST /api/customers/cu-7/addresses"
+    assert outcome.details["replayed"] == "POST /api/customers answered 409: cu-7 exists"
