@@ -13,6 +13,7 @@ import yaml
 
 from shared.connector import check_connector, load_connector
 from shared.connector.preview import preview_push
+from shared.connector.reach import reached
 from tests.unit.pusher.conftest import sample
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -259,3 +260,15 @@ def test_the_create_preview_shows_the_id_as_a_placeholder_after_the_id_step() ->
                            "%3Cthe%20id%20at%20%2Fid%20of%20step%20customer%3E/addresses")
     assert any("body valid against the request schema of POST /customers/{id}/addresses" in n
                for n in preview.notes)
+
+
+def test_the_operations_only_steps_name_are_reached() -> None:
+    document = load_connector(CUSTOMERS)
+
+    reach = reached(document.document, document.objects)
+
+    for path, method in (("/customers~1{id}~1addresses~1{addressId}", "put"),
+                         ("/customers~1{id}~1addresses", "post"),
+                         ("/customers~1{id}", "get")):
+        assert reach.covers(f"/paths/~1{path[1:]}/{method}"), path
+    assert reach.covers("/components/schemas/Address")
