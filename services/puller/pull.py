@@ -258,16 +258,17 @@ class RecordPull:
 
     async def _push_hash(self, written: dict[str, Any]) -> str | None:
         """The hash the pusher would compute for the BSS record as written (its
-        ``push.update`` body): stored as the push hash, the BSS's echo of this write is
-        ``unchanged`` for the pusher even when the event lost its origin (the loop
-        guard by hash). ``None`` (the stored hash kept) when there is no such body or
-        it cannot be computed — the write is done, that must not fail the pull."""
+        ``push.update`` body, or its steps' bodies): stored as the push hash, the BSS's
+        echo of this write is ``unchanged`` for the pusher even when the event lost its
+        origin (the loop guard by hash). ``None`` (the stored hash kept) when there is
+        no such body or it cannot be computed — the write is done, that must not fail
+        the pull."""
         update = self.obj.push.get("update")
-        if update is None or update.body is None:
+        if update is None or (update.body is None and not update.steps):
             return None
-        body = update.body
         try:
-            payload = await self._with_links(lambda: body.apply(written, self.context))
+            payload = await self._with_links(
+                lambda: update.pushed_payload(written, self.context))
         except SyncError as exc:
             self.details["pushHash"] = f"not computed: {exc.error_class}: {redact(str(exc))}"
             return None

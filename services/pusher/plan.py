@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from services.pusher.decide import CREATE, DELETE, UPDATE, PushDecision, decide
@@ -62,6 +63,10 @@ class CallPlan:
     hash (what the link stores once pushed). ``idempotency_key`` goes in the
     connector's idempotency header when it lists the action. ``match``: a create
     looks for an existing remote record with this call first.
+
+    An action made of ``steps``: ``bodies`` holds each step's body by step name,
+    ``digest`` their hash together, ``body`` that of its main step (a create's id step:
+    what a found record is compared with); :meth:`PushPlanner.step` plans each step.
     """
 
     action: str
@@ -71,6 +76,7 @@ class CallPlan:
     external_id: str | None = None
     idempotency_key: str | None = None
     match: CallPlan | None = None
+    bodies: Mapping[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -117,6 +123,14 @@ class PushPlanner:
                       supported=[k for k in self.obj.push if k != MATCH], entity=self.entity,
                       create_pending=link is not None and link.create_pending)
 
+    def unfinished_create(self, link: Link) -> bool:
+        """Whether ``link`` is that of a create made of steps that stopped after its id
+        step (the record linked, the steps done kept), which this push finishes: the
+        connector's create still has steps and the instance may still create."""
+        create = self.obj.push.get(CREATE)
+        return (is_linked(link) and link.steps_done is not None and create is not None
+                and bool(create.steps) and self.may(CREATE))
+
     def may(self, action: str) -> bool:
         """Whether the connector declares ``action`` and the instance may do it."""
         return action in self.obj.push and self.instance.is_permitted(self.entity, "push",
@@ -127,11 +141,12 @@ class PushPlanner:
         """The create of ``record``, whose (claimed) link is ``link``; with the match to
         try first when the connector declares one and its ``when`` holds."""
         call = self.obj.push[CREATE]
-        body = self.body(call, record, context)
+        body, bodies = self._bodies(call, record, context)
         key = idempotency_key(self.instance.id, self.entity, self.record_id, CREATE, link.id,
                               link.last_pushed_at)
-        return CallPlan(CREATE, call, body, payload_hash(body), idempotency_key=key,
-                        match=self._match(record, context))
+        return CallPlan(CREATE, call, body, payload_hash(bodies if bodies is not None
+                                                         else body),
+                        idempotency_key=key, match=self._match(record, context), bodies=bodies)
 
     def _match(self, record: dict[str, Any], context: TransformContext) -> CallPlan | None:
         call = self.obj.push.get(MATCH)
@@ -145,11 +160,11 @@ class PushPlanner:
         hashes to what was pushed last, unless ``force`` (the remote record is known to
         hold something else)."""
         call = self.obj.push[UPDATE]
-        body = self.body(call, record, context)
-        digest = payload_hash(body)
+        body, bodies = self._bodies(call, record, context)
+        digest = payload_hash(bodies if bodies is not None else body)
         action = UNCHANGED if digest == link.push_hash and not force else UPDATE
         return CallPlan(action, call, body, digest, link.external_id,
-                        idempotency_key=self.message_id)
+                        idempotency_key=self.message_id, bodies=bodies)
 
     def delete(self, link: Link) -> CallPlan:
         """The delete of the remote record ``link`` points to."""
@@ -162,6 +177,40 @@ class PushPlanner:
             return UNDEFINED
         transform: Transform = call.body
         return transform.apply(record, context)
+
+    def _bodies(self, call: CallSpec, record: dict[str, Any], context: TransformContext
+                ) -> tuple[Any, dict[str, Any] | None]:
+        """The call's body, and for an action made of steps each step's body by name
+        (``None`` otherwise), the body being then its main step's. Every step's body is
+        made before anything is sent: a record a transform fails on sends nothing."""
+        if not call.steps:
+            return self.body(call, record, context), None
+        bodies = call.pushed_payload(record, context)
+        main = call.main_step
+        return bodies.get(main.name, UNDEFINED) if main is not None else UNDEFINED, bodies
+
+    # -- steps --------------------------------------------------------------------------
+
+    def step(self, plan: CallPlan, step: CallSpec, external_id: str | None) -> CallPlan:
+        """The plan of one step of ``plan`` (an action made of steps): its body, the
+        record's external id when known, and an idempotency key — the action's own for a
+        create's id step, for any other step one derived from it and the step's name (a
+        retried step sends the same key, two steps never share one)."""
+        key = plan.idempotency_key
+        if key is not None and step is not plan.call.id_step:
+            key = idempotency_key(key, step.name)
+        body = (plan.bodies or {}).get(step.name, UNDEFINED)
+        return CallPlan(plan.action, step, body, None, external_id, idempotency_key=key)
+
+    def check_steps(self, plan: CallPlan) -> None:
+        """Check, before the first step is sent, the body of every step that is always
+        sent (no ``when``) against its request schema: a record one of them refuses
+        sends nothing (``SchemaViolation``). A step with a ``when`` is checked when it
+        is reached."""
+        for step in plan.call.steps:
+            body = (plan.bodies or {}).get(step.name, UNDEFINED)
+            if step.when is None and body is not UNDEFINED:
+                self._check(step, body, step=step.name)
 
     # -- a create whose answer was lost ---------------------------------------------------
 
@@ -190,6 +239,10 @@ class PushPlanner:
         if not self.keys_creates() or not self.may(CREATE) or not sent.get("key"):
             return None
         call = self.obj.push[CREATE]
+        if call.steps:  # its id step, when no earlier step's captures feed it
+            if call.id_step is not call.steps[0]:
+                return None
+            call = call.steps[0]
         if call.body is not None and "body" not in sent:
             return None  # not the same create
         body = sent.get("body", UNDEFINED)
@@ -212,10 +265,11 @@ class PushPlanner:
         (``SchemaViolation``), the idempotency header when the connector asks for it."""
         call = plan.call
         if plan.body is not UNDEFINED:
-            self._check(call, plan.body)
+            self._check(call, plan.body, step=call.name or None)
         return plan_request(call, base_url=self.base_url, data=data, context=context,
                             body=plan.body,
-                            extra_headers=self._idempotency_header(call, plan.idempotency_key))
+                            extra_headers=self._idempotency_header(plan.action,
+                                                                   plan.idempotency_key))
 
     def before_request(self, call: CallSpec, data: dict[str, Any],
                        context: TransformContext) -> RequestPlan:
@@ -223,19 +277,20 @@ class PushPlanner:
         assert call.before is not None
         return plan_request(call.before, base_url=self.base_url, data=data, context=context)
 
-    def _check(self, call: CallSpec, body: Any) -> None:
+    def _check(self, call: CallSpec, body: Any, *, step: str | None = None) -> None:
         problems = self.checker.request_errors(call.operation, body)
         if problems:
+            said = f"step {step!r}: " if step else ""
             raise SchemaViolation(
-                f"the {self.entity} would break the request schema of {call.operation.key}: "
-                + "; ".join(problems[:5]),
-                details={"violations": problems})
+                f"{said}the {self.entity} would break the request schema of "
+                f"{call.operation.key}: " + "; ".join(problems[:5]),
+                details={"violations": problems, **({"step": step} if step else {})})
 
-    def _idempotency_header(self, call: CallSpec, key: str | None) -> dict[str, str]:
+    def _idempotency_header(self, action: str, key: str | None) -> dict[str, str]:
         settings = self.connector.settings.get("idempotency") or {}
         if not key or not settings.get("header"):
             return {}
-        if call.kind not in settings.get("actions", ["create"]):
+        if action not in settings.get("actions", ["create"]):
             return {}
         return {settings["header"]: key}
 

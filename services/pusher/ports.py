@@ -62,6 +62,15 @@ class Links(Protocol):
         false (nothing written) when another message holds the claim or none does."""
         ...
 
+    async def note_steps_done(self, instance_id: str, entity: str, bss_id: str,
+                              message_id: str, *, external_id: str,
+                              done: dict[str, Any]) -> bool:
+        """Link the record durably to ``external_id``, which a create's steps made, and
+        keep ``done`` (step → captures) until a push links or deletes it; the claim
+        stays. False (nothing written) when another message holds the claim or none
+        does; ``LinkConflict`` when the id is linked to another record."""
+        ...
+
     async def clear_create_sent(self, instance_id: str, entity: str, bss_id: str,
                                 message_id: str) -> bool:
         """Forget the pending create (it made no remote record), if ``message_id`` holds

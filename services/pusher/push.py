@@ -68,6 +68,7 @@ from services.pusher.ports import (
     PushTarget,
     ThirdParty,
 )
+from services.pusher.steps import ActionSteps, gone
 from shared.audit.normalise import fit_text
 from shared.connector import CallSpec, SyncObject
 from shared.connector.request import RequestPlan, plan_request
@@ -134,6 +135,7 @@ class RecordPush:
                                    checker=ctx.checker, base_url=ctx.client.base_url,
                                    record_id=record_id, message_id=message_id)
         self.details: dict[str, Any] = {}
+        self.steps = ActionSteps(self)
 
     # -- the pipeline --------------------------------------------------------------------
 
@@ -154,6 +156,10 @@ class RecordPush:
                                                                          self.attempt):
                 return await self._recovered(link)
             record = await self.bss.get(self.org_id, self.entity, self.record_id)
+            if record is not None and self.planner.unfinished_create(link):
+                await self._push_parents(record)
+                await self._preload_references(record)
+                return await self._finish_create(record, link)
             decision = self.planner.decide(record, link)
             if decision.skipped:
                 await self.links.forget_claim(claim, self.message_id)
@@ -190,6 +196,8 @@ class RecordPush:
             if matched is not None:
                 self.details["matched"] = matched.external_id
                 return await self._adopt(record, plan, matched, None)
+        if plan.call.steps:
+            return await self.steps.create(plan, record, link)
         response = await self._send_create(plan, record)
         try:
             existing = self.planner.existing(plan, response)
@@ -204,6 +212,12 @@ class RecordPush:
                                pull_hash=await self._pull_hash(external_id, plan.body,
                                                                response.body))
         return PushOutcome("created", external_id, response.status, self.details)
+
+    async def _finish_create(self, record: dict[str, Any], link: Link) -> PushOutcome:
+        """A create made of steps stopped after its id step (the record is linked, its
+        link holds the steps done): send the steps after them, nothing twice."""
+        plan = await self._with_links(lambda: self.planner.create(record, link, self.context))
+        return await self.steps.create(plan, record, link, done=link.steps_done)
 
     async def _adopt(self, record: dict[str, Any], plan: CallPlan, existing: Existing,
                      status: int | None) -> PushOutcome:
@@ -247,14 +261,16 @@ class RecordPush:
         try:
             response = await self._send(plan, record)
         except RemoteRejected as exc:
-            if exc.http_status != 404:
+            if not gone(exc, plan.call):
                 raise
             return await self._recreate(record, link)
         assert plan.external_id is not None
         await self._store_link(plan.external_id, plan.digest, "updated",
-                               pull_hash=await self._pull_hash(plan.external_id, plan.body,
-                                                               response.body))
-        return PushOutcome("updated", plan.external_id, response.status, self.details)
+                               pull_hash=await self._pull_hash(
+                                   plan.external_id, plan.body,
+                                   response.body if response is not None else None))
+        return PushOutcome("updated", plan.external_id,
+                           response.status if response is not None else None, self.details)
 
     async def _conflict(self, record: dict[str, Any], link: Link) -> Verdict | None:
         """When the third party changed the record too since the last sync, who wins
@@ -331,11 +347,13 @@ class RecordPush:
             **self.details, "reason": "the remote record was deleted and the instance may "
                                       "not create it again"})
 
-    async def _send_create(self, plan: CallPlan, record: dict[str, Any]) -> Response:
-        """Send a create, having noted on the link (durably) that it goes out and what it
-        sends: if its answer is lost, a later delete can still find what it made. A
-        create the third party refuses made nothing: the note goes."""
-        request = await self._prepare(plan, record)
+    async def _send_create(self, plan: CallPlan, record: dict[str, Any],
+                           data: dict[str, Any] | None = None) -> Response:
+        """Send a create (or a create's id step, its templates seeing ``data``), having
+        noted on the link (durably) that it goes out and what it sends: if its answer is
+        lost, a later delete can still find what it made. A create the third party
+        refuses made nothing: the note goes."""
+        request = await self._prepare(plan, record, data)
         sent = self.planner.create_sent(plan, record)
         if not await self.links.note_create_sent(self.instance_id, self.entity,
                                                  self.record_id, self.message_id, sent):
@@ -355,7 +373,7 @@ class RecordPush:
         status = None
         try:
             response = await self._send(plan, None)
-            status = response.status
+            status = response.status if response is not None else None
         except RemoteRejected as exc:
             if exc.http_status not in (404, 410):
                 raise
@@ -397,7 +415,7 @@ class RecordPush:
         """The remote record ``lookup`` (a match, or the create replayed) finds."""
         if lookup.action == MATCH:
             return await self._match(lookup, record)
-        response = await self._send(lookup, record, accept=CREATE_ANSWERS)
+        response = await self._send_one(lookup, record, accept=CREATE_ANSWERS)
         existing = self.planner.existing(lookup, response)
         if existing is not None:
             return existing
@@ -495,13 +513,25 @@ class RecordPush:
 
     # -- requests ----------------------------------------------------------------------
 
-    async def _send(self, plan: CallPlan, record: dict[str, Any] | None,
-                    accept: frozenset[int] = frozenset()) -> Response:
+    async def _send(self, plan: CallPlan, record: dict[str, Any] | None
+                    ) -> Response | None:
+        """Send ``plan``: its request, or its steps (``None`` when their main step was
+        skipped)."""
+        if plan.call.steps:
+            return await self.steps.run(plan, record)
+        return await self._send_one(plan, record)
+
+    async def _send_one(self, plan: CallPlan, record: dict[str, Any] | None,
+                        accept: frozenset[int] = frozenset()) -> Response:
+        """Send ``plan``'s one request."""
         return await self._transmit(await self._prepare(plan, record), accept)
 
-    async def _prepare(self, plan: CallPlan, record: dict[str, Any] | None) -> RequestPlan:
-        """The request for ``plan`` (its ``before`` call sent first, when it has one)."""
-        data: dict[str, Any] = {"record": record, "externalId": plan.external_id}
+    async def _prepare(self, plan: CallPlan, record: dict[str, Any] | None,
+                       data: dict[str, Any] | None = None) -> RequestPlan:
+        """The request for ``plan`` (its ``before`` call sent first, when it has one);
+        its templates see ``data``, by default the record and the external id."""
+        data = data if data is not None else {"record": record,
+                                              "externalId": plan.external_id}
         if plan.call.before is not None:
             data["before"] = await self._before(plan.call, data)
         return await self._with_links(lambda: self.planner.request(plan, data, self.context))
@@ -525,7 +555,7 @@ class RecordPush:
         return self.planner.captured(before, response)
 
     async def _match(self, match: CallPlan, record: dict[str, Any]) -> Existing | None:
-        response = await self._send(match, record)
+        response = await self._send_one(match, record)
         return self.planner.matched(match.call, response)
 
     async def _store_link(self, external_id: str, digest: str | None,

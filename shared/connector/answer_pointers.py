@@ -42,6 +42,8 @@ def answer_pointer_problems(
     push_at = join_pointer(pointer, "push")
     push_id = push_spec.get("externalId")
     create = push.get("create")
+    if create is not None and create.steps:
+        create = create.id_step  # the step whose answer holds the id
     if create is not None:
         problems += _check(document, create.operation, [
             _place(create.options, "externalId", create.pointer,

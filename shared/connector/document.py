@@ -15,7 +15,18 @@ from typing import Any
 from shared.connector.answer_errors import AnswerErrorRule
 from shared.connector.openapi import Operation
 from shared.connector.problems import Problem
-from shared.transform import Expression, LookupTable, Template, Transform
+from shared.errors import MappingError
+from shared.transform import (
+    UNDEFINED,
+    Expression,
+    ExpressionRuntimeError,
+    LookupTable,
+    Template,
+    Transform,
+    TransformContext,
+)
+from shared.transform.helpers import HelperError
+from shared.transform.transform import without_nulls
 
 PUSH_ACTIONS = ("create", "update", "delete")
 DEFAULT_EXTERNAL_ID = "/id"
@@ -25,7 +36,7 @@ DEFAULT_EXTERNAL_ID = "/id"
 class CallSpec:
     """One configured call of an operation (a push write, a match, a list, a read…)."""
 
-    kind: str  # create | update | delete | match | list | deleted | read | before
+    kind: str  # create | update | delete | match | list | deleted | read | before | step
     pointer: str  # where it is declared in the bundle
     operation: Operation
     params: Mapping[str, Template]
@@ -35,9 +46,56 @@ class CallSpec:
     before: CallSpec | None = None
     when: Expression | None = None  # match only: match only when this is true for the record
     answer_error: AnswerErrorRule | None = None  # errorPointer / errorWhen: a 200 that failed
+    #: an action made of several requests, sent in order instead of this one: ``operation``
+    #: is then that of its main step (``main_step``), ``params``/``headers``/``body`` empty
+    steps: tuple[CallSpec, ...] = ()
 
     def option(self, name: str, default: Any = None) -> Any:
         return self.options.get(name, default)
+
+    @property
+    def name(self) -> str:
+        """A step's name (``""`` for any other call)."""
+        return str(self.options.get("name", ""))
+
+    def runs(self, data: Any) -> bool:
+        """Whether a step is sent: it has no ``when``, or its ``when`` is true over
+        ``data`` (what its templates see) as JSONata reads a condition — not undefined,
+        null, false, 0, "" or empty. Raises ``MappingError`` when the ``when`` fails."""
+        if self.when is None:
+            return True
+        try:
+            value = self.when.evaluate(without_nulls(data))  # null is absent, as in templates
+        except (ExpressionRuntimeError, HelperError) as exc:
+            raise MappingError(f"step {self.name!r}: when {self.when.source!r}: {exc}") from None
+        return bool(value) if isinstance(value, str | int | float | bool | list | dict) \
+            else False
+
+    def pushed_payload(self, record: Any, context: TransformContext) -> Any:
+        """What a push of ``record`` with this action sends, as its hash sees it: the
+        body (``UNDEFINED`` without one), or for an action made of steps each step's body
+        by step name. Raises what the transforms raise."""
+        if not self.steps:
+            return self.body.apply(record, context) if self.body is not None else UNDEFINED
+        return {step.name: step.body.apply(record, context)
+                for step in self.steps if step.body is not None}
+
+    @property
+    def id_step(self) -> CallSpec | None:
+        """The step of a create whose answer holds the created record's id (the one step
+        that says ``externalId``); ``None`` for a call without steps."""
+        return next((step for step in self.steps if "externalId" in step.options), None)
+
+    @property
+    def main_step(self) -> CallSpec | None:
+        """The step that stands for the action's record: a create's id step, else the
+        first step with a body (else the first step); ``None`` without steps. Its body
+        and answer are what a push compares with a found record and hashes for the
+        pull side."""
+        if not self.steps:
+            return None
+        return (self.id_step or next((s for s in self.steps if s.body is not None), None)
+                or self.steps[0])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,12 +21,13 @@ from typing import Any
 
 from shared.connector.answer_errors import AnswerErrorRule
 from shared.connector.answer_pointers import answer_pointer_problems
-from shared.connector.document import DEFAULT_EXTERNAL_ID, CallSpec, SyncObject
+from shared.connector.document import DEFAULT_EXTERNAL_ID, PUSH_ACTIONS, CallSpec, SyncObject
 from shared.connector.form_body import MULTIPART, form_media
 from shared.connector.map_targets import TargetChecks
 from shared.connector.openapi import Operation, deref, find_operation
 from shared.connector.problems import Problem
 from shared.connector.source import resolve_pointer
+from shared.connector.step_compiler import StepsCompiler
 from shared.connector.transform_compiler import SYNC, TransformCompiler, as_mapping
 from shared.json_pointer import join_pointer
 from shared.schemas import ENTITIES
@@ -104,8 +105,11 @@ class ObjectCompiler:
     def _expression(self, source: str, pointer: str) -> Expression | None:
         return self.transforms.expression(source, pointer)
 
-    def _template(self, value: Any, pointer: str, kind: str) -> Template | None:
-        return self.transforms.template(value, pointer, kind, TEMPLATE_ROOTS.get(kind, ()))
+    def _template(self, value: Any, pointer: str, kind: str,
+                  roots: tuple[str, ...] | None = None) -> Template | None:
+        return self.transforms.template(value, pointer, kind,
+                                        roots if roots is not None
+                                        else TEMPLATE_ROOTS.get(kind, ()))
 
     def _compile_object(self, name: str, spec: dict[str, Any], pointer: str) -> SyncObject | None:
         entity = spec.get("entity")  # an unknown entity is reported by the meta-schema;
@@ -184,8 +188,13 @@ class ObjectCompiler:
         )
 
     def _call(
-        self, kind: str, spec: dict[str, Any], pointer: str, body_target: str | None
+        self, kind: str, spec: dict[str, Any], pointer: str, body_target: str | None,
+        roots: tuple[str, ...] | None = None,
     ) -> CallSpec | None:
+        """One call (``roots``: the names its templates may start with, when not the
+        kind's own); an action with ``steps`` is compiled by :mod:`.step_compiler`."""
+        if kind in PUSH_ACTIONS and isinstance(spec.get("steps"), list):
+            return StepsCompiler(self).compile(kind, spec, pointer)
         reference = spec.get("operation")
         if not isinstance(reference, str):
             return None  # reported by the meta-schema
@@ -195,11 +204,12 @@ class ObjectCompiler:
             return None
         params = self._params(
             kind, operation, as_mapping(spec.get("params")), pointer,
-            extra_headers=as_mapping(spec.get("headers")),
+            extra_headers=as_mapping(spec.get("headers")), roots=roots,
         )
         headers = {}
         for header, value in as_mapping(spec.get("headers")).items():
-            template = self._template(value, join_pointer(pointer, "headers", header), kind)
+            template = self._template(value, join_pointer(pointer, "headers", header), kind,
+                                      roots)
             if template is not None:
                 headers[header] = template
         body = None
@@ -220,7 +230,7 @@ class ObjectCompiler:
                 if body is not None:
                     self._check_form_fields(operation, body)
         elif (
-            kind in ("create", "update")
+            kind in ("create", "update", "create step", "update step")
             and operation.request_body is not None
             and operation.request_body.get("required")
         ):
@@ -274,6 +284,7 @@ class ObjectCompiler:
         given: dict[str, Any],
         pointer: str,
         extra_headers: dict[str, Any],
+        roots: tuple[str, ...] | None = None,
     ) -> dict[str, Template]:
         params = {}
         for name, value in given.items():
@@ -286,7 +297,7 @@ class ObjectCompiler:
                     f"(its parameters: {declared}); use 'headers' for extra headers",
                 )
                 continue
-            template = self._template(value, where, kind)
+            template = self._template(value, where, kind, roots)
             if template is not None:
                 params[name] = template
         for name in operation.path_parameter_names():

@@ -26,6 +26,7 @@ from shared.connector.request import RequestPlan, plan_request, server_url
 from shared.errors import SchemaViolation, SyncError
 from shared.json_pointer import join_pointer
 from shared.transform import UNDEFINED, ExpressionRuntimeError, TransformContext
+from shared.transform.expressions import path_names
 
 Link = tuple[str, str]
 """``(entity, BSS id)`` of a linked record, as ``--link entity:bssId=externalId`` names it."""
@@ -159,21 +160,65 @@ def preview_push(
     idempotency = doc.settings.get("idempotency") or {}
     if action in idempotency.get("actions", ["create"]) and idempotency.get("header"):
         extra[idempotency["header"]] = idempotency_key("<instance>", obj.entity, "<record>", action)
-    _section(
-        preview,
-        doc,
-        checker,
-        f"push {action}: {obj.name} ({obj.entity})",
-        call,
-        base,
-        data,
-        context,
-        record,
-        extra,
-    )
+    if call.steps:
+        _steps(preview, doc, checker, f"push {action}: {obj.name} ({obj.entity})", call,
+               base, data, context, record, extra)
+    else:
+        _section(
+            preview,
+            doc,
+            checker,
+            f"push {action}: {obj.name} ({obj.entity})",
+            call,
+            base,
+            data,
+            context,
+            record,
+            extra,
+        )
     preview.notes.append("linked records are shown as <placeholders> (--link "
                          "entity:bssId=externalId for real ones); credentials as ***")
     return preview
+
+
+def _steps(preview: Preview, doc: ConnectorDocument, checker: PayloadChecker, title: str,
+           call: CallSpec, base: str, data: dict[str, Any], context: TransformContext,
+           record: dict[str, Any], extra: dict[str, str]) -> None:
+    """One section per step of ``call``, in order: what earlier steps answer (captures, a
+    create's id) shown as ``<placeholders>``; a step whose ``when`` reads only the record
+    and is false is left out with a note, one whose ``when`` reads earlier answers is
+    shown, titled with its condition. The idempotency header (``extra``) goes on a
+    create's id step, each other step getting a key of its own, as the pusher sends."""
+    data = {**data, "steps": {}}
+    if call.id_step is not None:
+        data.pop("externalId", None)
+    count = len(call.steps)
+    for number, step in enumerate(call.steps, start=1):
+        heading = f"{title}, step {number} of {count}: {step.name}"
+        if step.when is not None:
+            if any(path[0] == "steps" for path in path_names(step.when)):
+                heading += f" (only when {step.when.source})"
+            elif not _runs(step, data, preview):
+                preview.notes.append(f"{title}: step {number} of {count} ({step.name}) is "
+                                     "skipped: its when is not true for this record")
+                continue
+        headers = extra if step is call.id_step else {
+            name: idempotency_key(key, step.name) for name, key in extra.items()}
+        _section(preview, doc, checker, heading, step, base, data, context, record, headers)
+        data["steps"][step.name] = {
+            name: f"<{name}: {source} of step {step.name}>"
+            for name, source in (step.option("capture") or {}).items()}
+        if step is call.id_step:
+            data["externalId"] = f"<the id at {step.option('externalId')} of step {step.name}>"
+
+
+def _runs(step: CallSpec, data: dict[str, Any], preview: Preview) -> bool:
+    """Whether ``step`` is sent for the previewed record (an error when its when fails)."""
+    try:
+        return step.runs(data)
+    except SyncError as exc:
+        preview.errors.append(str(exc))
+        return False
 
 
 @dataclasses.dataclass(frozen=True)

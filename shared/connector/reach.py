@@ -61,7 +61,8 @@ def reached(document: dict[str, Any], objects: Mapping[str, SyncObject]) -> Reac
 
 
 def _calls(obj: SyncObject) -> Iterator[CallSpec]:
-    for call in [*obj.push.values(), obj.pull_list, obj.pull_read, obj.pull_deleted_list]:
+    pushed = [step for call in obj.push.values() for step in (call.steps or (call,))]
+    for call in [*pushed, obj.pull_list, obj.pull_read, obj.pull_deleted_list]:
         while call is not None:
             yield call
             call = call.before

@@ -22,6 +22,12 @@ pool): if the answer is lost, the record is known to have maybe been created
 remotely. Linking or deleting the record clears it, as does ``clear_create_sent``
 (docs/architecture.md §5 step 4).
 
+A create made of several requests (a connector's ``steps``) is linked, durably, as
+soon as its step that answers the record's id has succeeded (``note_steps_done``),
+with the steps done so far and what they captured (``push_steps``, JSON): a retry
+resumes after them instead of creating a second remote record. The push write that
+links the record once all its steps are done, and deleting it, clear it.
+
 ``LinkStore(db, batched=True)`` (the pusher, the puller) serves concurrent claims
 and link writes of either side with one statement per batch (``shared.batching``):
 the same rows, the same guarantees, a fraction of the round trips. Batch statements
@@ -74,6 +80,7 @@ class Link:
     pushed_outcome: str | None = None
     create_sent_at: datetime | None = None  # a create may have reached the third party
     create_sent: str | None = None  # what it sent (JSON), see ``create_trace``
+    push_steps: str | None = None  # a create's steps done so far (JSON), see ``steps_done``
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Link:
@@ -103,6 +110,18 @@ class Link:
         except ValueError:
             return None
         return trace if isinstance(trace, dict) else None
+
+    @property
+    def steps_done(self) -> dict[str, Any] | None:
+        """The steps of an unfinished create, as ``note_steps_done`` was given them
+        (step name → what it captured); ``None`` when no create stopped part-way."""
+        if self.push_steps is None:
+            return None
+        try:
+            done = json.loads(self.push_steps)
+        except ValueError:
+            return None
+        return done if isinstance(done, dict) else None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -201,6 +220,9 @@ BUSY_LINKS_BY_EXTERNAL_ID = _busy_links("external_id")
 #: Linking or deleting a record ends any create that was pending (§5 step 4).
 _NO_CREATE_SENT = "create_sent_at = NULL, create_sent = NULL"
 
+#: A push that links or deletes a record has done all of its steps (a pull leaves them).
+_NO_PUSH_STEPS = {"push": ", push_steps = NULL", "pull": ""}
+
 #: A marked write replaces the mark; an unmarked one keeps it (its three columns go together).
 _KEEP_OR_MARK = """pushed_by = coalesce(EXCLUDED.pushed_by, l.pushed_by),
        pushed_attempt = CASE WHEN EXCLUDED.pushed_by IS NULL THEN l.pushed_attempt
@@ -229,7 +251,7 @@ ON CONFLICT (instance_id, entity, {key}) DO UPDATE
    SET {other} = EXCLUDED.{other}, state = 'linked', claim = NULL, claimed_at = NULL,
        last_error = NULL, push_hash = coalesce(EXCLUDED.push_hash, l.push_hash),
        pull_hash = coalesce(EXCLUDED.pull_hash, l.pull_hash), {stamp} = now(),
-       updated_at = now(), {_NO_CREATE_SENT}, {_KEEP_OR_MARK}
+       updated_at = now(), {_NO_CREATE_SENT}{_NO_PUSH_STEPS[direction]}, {_KEEP_OR_MARK}
 RETURNING l.*
 """
 
@@ -252,6 +274,16 @@ ON CONFLICT (instance_id, entity, bss_id) DO UPDATE
    SET create_sent_at = now(), create_sent = EXCLUDED.create_sent, updated_at = now()
  WHERE l.claim = EXCLUDED.claim
 RETURNING l.instance_id, l.entity, l.bss_id, current_setting('synchronous_commit') AS sync
+"""
+
+
+#: ``note_steps_done``: the record linked while its claim is held, its steps kept. The
+#: last push time does not move: a create's idempotency keys stay those of its attempts.
+_STEPS_DONE_SQL = """
+UPDATE links SET external_id = %(external_id)s, state = 'linked', push_steps = %(done)s,
+       create_sent_at = NULL, create_sent = NULL, last_error = NULL, updated_at = now()
+ WHERE instance_id = %(instance_id)s AND entity = %(entity)s AND bss_id = %(bss_id)s
+   AND claim = %(message_id)s
 """
 
 
@@ -510,6 +542,32 @@ class LinkStore:
             (instance_id, entity, bss_id, message_id))
         return count > 0
 
+    async def note_steps_done(self, instance_id: str, entity: str, bss_id: str,
+                              message_id: str, *, external_id: str,
+                              done: dict[str, Any]) -> bool:
+        """Record, durably (synchronous commit), that a create's steps have made the
+        remote record ``external_id``: the link is linked to it and keeps ``done`` (step
+        name → what it captured; JSON-able) until the push that finishes the steps links
+        the record again, or it is deleted. The claim stays: the push goes on. Returns
+        false, writing nothing, when ``message_id`` no longer holds the record's claim.
+        Raises :class:`LinkConflict` when ``external_id`` is linked to another record."""
+        params = {"instance_id": instance_id, "entity": entity, "bss_id": bss_id,
+                  "message_id": message_id, "external_id": external_id,
+                  "done": json.dumps(done, separators=(",", ":"), default=str)}
+        try:
+            if self.durable.synchronous_commit:
+                count = await self.durable.execute(_STEPS_DONE_SQL, params)
+            else:
+                async with self.durable.transaction() as conn:
+                    await conn.execute("SET LOCAL synchronous_commit = on")
+                    count = (await conn.execute(_STEPS_DONE_SQL, params)).rowcount
+        except psycopg.errors.UniqueViolation as exc:
+            raise LinkConflict(
+                f"cannot link {entity} {bss_id} to external id {external_id} in instance "
+                f"{instance_id}: one of them is already linked to another record"
+            ) from exc
+        return count > 0
+
     async def record_error(
         self, instance_id: str, entity: str, error: str, *,
         bss_id: str | None = None, external_id: str | None = None,
@@ -605,7 +663,7 @@ ON CONFLICT (instance_id, entity, {key}) DO UPDATE
    SET {other} = EXCLUDED.{other}, state = 'linked', claim = NULL, claimed_at = NULL,
        last_error = NULL, push_hash = coalesce(EXCLUDED.push_hash, l.push_hash),
        pull_hash = coalesce(EXCLUDED.pull_hash, l.pull_hash), {stamp} = now(),
-       updated_at = now(), {_NO_CREATE_SENT}, {_KEEP_OR_MARK}
+       updated_at = now(), {_NO_CREATE_SENT}{_NO_PUSH_STEPS[direction]}, {_KEEP_OR_MARK}
 RETURNING l.*"""
         params = {"instance_id": instance_id, "entity": entity, "bss_id": bss_id,
                   "external_id": external_id, "push_hash": push_hash, "pull_hash": pull_hash,
@@ -633,7 +691,8 @@ RETURNING l.*"""
         count = await self.db.execute(
             f"UPDATE links SET state = 'deleted', claim = NULL, claimed_at = NULL,"
             f" push_hash = NULL, pull_hash = NULL, last_error = NULL, {stamp} = now(),"
-            f" updated_at = now(), {_NO_CREATE_SENT}, pushed_by = coalesce(%s, pushed_by),"
+            f" updated_at = now(), {_NO_CREATE_SENT}{_NO_PUSH_STEPS[direction]},"
+            f" pushed_by = coalesce(%s, pushed_by),"
             f" pushed_attempt = CASE WHEN %s::text IS NULL THEN pushed_attempt ELSE %s END,"
             f" pushed_outcome = CASE WHEN %s::text IS NULL THEN pushed_outcome ELSE %s END"
             f" WHERE instance_id = %s AND entity = %s AND {key} = %s",

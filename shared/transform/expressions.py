@@ -264,3 +264,24 @@ def builtin_function_names() -> frozenset[str]:
     """Names of JSONata's standard library functions."""
     frame = jsonata.Jsonata.static_frame
     return frozenset(frame.bindings.keys()) if frame is not None else frozenset()
+
+
+def path_names(expression: Expression) -> list[tuple[str, ...]]:
+    """The leading plain names of every path of an expression, a bare name being a
+    path of one: ``$string(steps.customer.id)`` → ``[("steps", "customer", "id")]``
+    (a path stops at its first step that is not a plain name)."""
+    found: list[tuple[str, ...]] = []
+    inner: set[int] = set()
+    for node in _walk(expression.ast):
+        if node.type == "path":
+            names: list[str] = []
+            for step in node.steps or ():
+                inner.add(id(step))
+                if step.type != "name" or not isinstance(step.value, str):
+                    break
+                names.append(step.value)
+            if names:
+                found.append(tuple(names))
+        elif node.type == "name" and id(node) not in inner and isinstance(node.value, str):
+            found.append((node.value,))
+    return found

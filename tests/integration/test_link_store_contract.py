@@ -251,6 +251,40 @@ async def test_a_noted_create_is_cleared_by_its_holder_or_a_delete(store) -> Non
         assert (link.create_sent_at, link.create_sent) == (None, None)
 
 
+async def test_a_creates_steps_link_the_record_keep_the_claim_and_end_with_a_push(
+        store) -> None:
+    done = {"customer": {"ref": "R-1"}}
+    await store.claim_for_create(INSTANCE, "account", "a1", "m-1", HELD)
+    await store.note_create_sent(INSTANCE, "account", "a1", "m-1", {"key": "k"})
+    await store.mark_linked(INSTANCE, "account", bss_id="a2", external_id="x2",
+                            direction="push")
+
+    assert not await store.note_steps_done(INSTANCE, "account", "a1", "m-2",
+                                           external_id="x1", done=done)
+    with pytest.raises(LinkConflict):
+        await store.note_steps_done(INSTANCE, "account", "a1", "m-1", external_id="x2",
+                                    done=done)
+    assert await store.note_steps_done(INSTANCE, "account", "a1", "m-1", external_id="x1",
+                                       done=done)
+    noted = await store.by_bss_id(INSTANCE, "account", "a1")
+    assert (noted.state, noted.external_id, noted.claim, noted.steps_done) == (
+        "linked", "x1", "m-1", done)
+    assert not noted.create_pending and noted.last_pushed_at is None
+    assert (await store.external_ids(INSTANCE, "account", ["a1"])) == {"a1": "x1"}
+
+    pulled = await store.mark_linked(INSTANCE, "account", bss_id="a1", external_id="x1",
+                                     direction="pull")
+    assert pulled.steps_done == done  # a pull does not finish a push's steps
+    pushed = await store.mark_linked(INSTANCE, "account", bss_id="a1", external_id="x1",
+                                     direction="push", push_hash="h")
+    assert pushed.steps_done is None and pushed.push_steps is None
+
+    await store.claim_for_create(INSTANCE, "account", "a3", "m-1", HELD)
+    await store.note_steps_done(INSTANCE, "account", "a3", "m-1", external_id="x3", done=done)
+    await store.mark_deleted(INSTANCE, "account", direction="push", bss_id="a3")
+    assert (await store.by_bss_id(INSTANCE, "account", "a3")).steps_done is None
+
+
 async def test_two_messages_noting_one_record_at_once_write_the_holders_note(store) -> None:
     await store.claim_for_create(INSTANCE, "account", "a1", "m-1", HELD)
 

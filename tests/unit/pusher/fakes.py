@@ -11,7 +11,9 @@ Each fake keeps what the push depends on of the adapter it stands for:
   when ``None`` is given, cleared on delete, the push mark replaced by a marked write
   and kept by an unmarked one, a pending create (``note_create_sent``, only while the
   message holds the claim; stored as the JSON text the real store writes) cleared by
-  linking, deleting or ``clear_create_sent``, and a fresh ``now()`` per statement as
+  linking, deleting or ``clear_create_sent``, a create's steps done (``note_steps_done``:
+  linked, the claim kept, only while the message holds it) cleared by a push's linking
+  or deleting, and a fresh ``now()`` per statement as
   PostgreSQL gives each transaction (``last_pushed_at`` moves with every push).
 * ``FakeBss`` — ``shared.bss.BssClient.get``: records by id, absent → ``None``.
 * ``FakeThirdParty`` — ``shared.http.ThirdPartyClient.send``: records every request
@@ -187,6 +189,23 @@ class FakeLinkStore:
             create_sent=json.dumps(sent, separators=(",", ":"), default=str)))
         return True
 
+    async def note_steps_done(self, instance_id: str, entity: str, bss_id: str,
+                              message_id: str, *, external_id: str,
+                              done: dict[str, Any]) -> bool:
+        link = self.get(instance_id, entity, bss_id)
+        if link is None or link.claim != message_id:
+            return False
+        holder = self._find(instance_id, entity, "external_id", external_id)
+        if holder is not None and holder.id != link.id:
+            raise LinkConflict(f"cannot link {entity} {bss_id} to external id {external_id} "
+                               f"in instance {instance_id}: one of them is already linked to "
+                               "another record")
+        self._put(dataclasses.replace(
+            link, external_id=external_id, state="linked", create_sent_at=None,
+            create_sent=None, last_error=None, updated_at=self.now(),
+            push_steps=json.dumps(done, separators=(",", ":"), default=str)))
+        return True
+
     async def clear_create_sent(self, instance_id: str, entity: str, bss_id: str,
                                 message_id: str) -> bool:
         link = self.get(instance_id, entity, bss_id)
@@ -221,6 +240,7 @@ class FakeLinkStore:
         return self._put(dataclasses.replace(
             link, **{other: values[other], stamp: now}, state="linked", claim=None,
             claimed_at=None, last_error=None, create_sent_at=None, create_sent=None,
+            push_steps=None if direction == "push" else link.push_steps,
             push_hash=push_hash if push_hash is not None else link.push_hash,
             pull_hash=pull_hash if pull_hash is not None else link.pull_hash, updated_at=now,
             **_mark(pushed)))
@@ -237,6 +257,8 @@ class FakeLinkStore:
         self._put(dataclasses.replace(link, state="deleted", claim=None, claimed_at=None,
                                       push_hash=None, pull_hash=None, last_error=None,
                                       create_sent_at=None, create_sent=None,
+                                      push_steps=(None if direction == "push"
+                                                  else link.push_steps),
                                       updated_at=now, **{stamp: now}, **_mark(pushed)))
         return True
 
