@@ -76,7 +76,7 @@ class PushHandler:
         assert m.record_id is not None  # the envelope schema requires it for push
         push = RecordPush(ctx=ctx, obj=objects[0], org_id=m.org_id, record_id=m.record_id,
                           message_id=m.id, links=self.links, bss=self.bss, parents=self,
-                          clock=self.clock, attempt=m.attempt)
+                          clock=self.clock, attempt=m.attempt, action=m.action)
         return _result(await push.run())
 
     async def push_parent(self, ctx: PushTarget, entity: str, record_id: str, org_id: str,

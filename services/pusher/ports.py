@@ -50,6 +50,12 @@ class Links(Protocol):
         """Undo a claim that led to nothing (a row it created is removed)."""
         ...
 
+    async def pulls_creating(self, instance_id: str, entity: str,
+                             stale_after: float | timedelta) -> bool:
+        """Whether a pull is creating a BSS ``entity`` record for the instance right now
+        (a claim by external id with no BSS id yet, younger than ``stale_after``)."""
+        ...
+
     async def release_claim(self, instance_id: str, entity: str, message_id: str, *,
                             bss_id: str | None = None, external_id: str | None = None,
                             error: str | None = None) -> bool:

@@ -115,8 +115,10 @@ class RecordPush:
 
     def __init__(self, *, ctx: PushTarget, obj: SyncObject, org_id: str, record_id: str,
                  message_id: str, links: Links, bss: BssRecords, parents: ParentPusher,
-                 depth: int = 0, clock: Clock = SYSTEM_CLOCK, attempt: int = 0) -> None:
+                 depth: int = 0, clock: Clock = SYSTEM_CLOCK, attempt: int = 0,
+                 action: str = "upsert") -> None:
         self.ctx = ctx
+        self.action = action  # what the BSS event said happened (create, update…)
         self.obj = obj
         self.entity = obj.entity
         self.org_id = org_id
@@ -142,6 +144,10 @@ class RecordPush:
     async def run(self) -> PushOutcome:
         """Push the record; raises one of ``shared.errors`` (``RecordBusy`` when another
         delivery holds its claim)."""
+        if await self._pull_creating():
+            raise RecordBusy(
+                f"{self.entity} {self.record_id} may be a record a pull is creating in the "
+                "BSS right now (its event came before its link): waiting for that link")
         # The claim is also how the link is read: one statement, not two (the push path
         # is bound by round trips). A claim that leads nowhere is forgotten.
         claim = await self.links.claim_for_create(self.instance_id, self.entity, self.record_id,
@@ -176,6 +182,19 @@ class RecordPush:
         except BaseException as exc:
             await self._release(_describe(exc))
             raise
+
+    async def _pull_creating(self) -> bool:
+        """Whether a new BSS record may be the write of a pull in flight: the BSS tells
+        us it was created, the instance pulls creates of the entity, and a pull is
+        creating one right now. A BSS that does not copy ``X-Sync-Origin`` into its
+        events sends the pull's own write here before the puller has linked it; taken
+        for a new record, it would be created in the third party a second time. Asked
+        before the claim, so no row of ours is in the puller's way when it links; a pull
+        claims its record before writing to the BSS, so its claim is seen here."""
+        return (self.action == "create" and self.depth == 0
+                and self.ctx.instance.is_permitted(self.entity, "pull", "create")
+                and await self.links.pulls_creating(self.instance_id, self.entity,
+                                                    CLAIM_STALE_SECONDS))
 
     # -- actions ---------------------------------------------------------------------------
 

@@ -383,6 +383,17 @@ class LinkStore:
         return await self._claim_one("bss_id", instance_id, entity, bss_id, message_id,
                                      stale_after)
 
+    async def pulls_creating(self, instance_id: str, entity: str,
+                             stale_after: float | timedelta) -> bool:
+        """Whether a pull is creating a BSS ``entity`` record for the instance right now:
+        a claim by external id without a BSS id yet, younger than ``stale_after``
+        (``links_pull_creates_idx`` holds only such rows)."""
+        return bool(await self.db.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM links WHERE instance_id = %s AND entity = %s"
+            " AND state = 'creating' AND bss_id IS NULL AND claim IS NOT NULL"
+            " AND claimed_at > now() - %s)",
+            (instance_id, entity, _seconds(stale_after))))
+
     async def _claim_one(self, key: Key, instance_id: str, entity: str, value: str,
                          message_id: str, stale_after: float | timedelta) -> Claim:
         if self.batched:

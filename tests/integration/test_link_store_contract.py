@@ -113,6 +113,25 @@ async def test_forget_removes_a_row_a_pull_claim_created(store) -> None:
     assert (kept.state, kept.bss_id, kept.claim, kept.pull_hash) == ("linked", "a2", None, "p")
 
 
+async def test_a_pull_create_is_in_flight_from_its_claim_until_its_link(store) -> None:
+    assert not await store.pulls_creating(INSTANCE, "account", HELD)
+    await store.claim_for_create(INSTANCE, "account", "a1", "m-1", HELD)  # a push's claim
+    assert not await store.pulls_creating(INSTANCE, "account", HELD)
+
+    await store.claim_external_for_create(INSTANCE, "account", "x1", "m-2", HELD)
+    assert await store.pulls_creating(INSTANCE, "account", HELD)
+    assert not await store.pulls_creating(INSTANCE, "contact", HELD)
+    assert not await store.pulls_creating(INSTANCE, "account", STALE)  # abandoned
+
+    await store.mark_linked(INSTANCE, "account", bss_id="a2", external_id="x1",
+                            direction="pull", pull_hash="p")
+    assert not await store.pulls_creating(INSTANCE, "account", HELD)
+    await store.mark_linked(INSTANCE, "account", bss_id="a3", external_id="x3",
+                            direction="pull", pull_hash="p")
+    await store.claim_external_for_create(INSTANCE, "account", "x3", "m-3", HELD)
+    assert not await store.pulls_creating(INSTANCE, "account", HELD)  # an update's claim
+
+
 async def test_release_remembers_the_error_and_only_for_the_holder(store) -> None:
     await store.claim_for_create(INSTANCE, "account", "a1", "m-1", HELD)
 

@@ -152,6 +152,15 @@ class FakeLinkStore:
                                              updated_at=now))
         return Claim(owned=True, link=link, new=False)
 
+    async def pulls_creating(self, instance_id: str, entity: str,
+                             stale_after: float | timedelta) -> bool:
+        stale = (stale_after if isinstance(stale_after, timedelta)
+                 else timedelta(seconds=stale_after))
+        return any(link.instance_id == instance_id and link.entity == entity
+                   and link.state == "creating" and link.bss_id is None
+                   and link.claim is not None and link.claimed_at is not None
+                   and link.claimed_at > self.now() - stale for link in self.rows.values())
+
     async def forget_claim(self, claim: Claim, message_id: str) -> None:
         link = self.rows.get(claim.link.id)
         if link is None or link.claim != message_id:

@@ -781,3 +781,51 @@ async def test_a_delete_finding_its_own_mark_is_reported_deleted(world):
 
     assert (again.outcome, again.external_id) == ("deleted", "co-1")
     assert world.remote.sent == ["DELETE /companies/co-1"]
+
+
+# -- a pull's own write, seen as a BSS event before the puller linked it -------------------
+
+
+def pulls_creates(world: World) -> None:
+    """The instance also pulls account creates (it pushes everything already)."""
+    instance = world.target.instance
+    world.target = dataclasses.replace(world.target, instance=dataclasses.replace(
+        instance, permissions=instance.permissions | {("account", "pull", "create")}))
+    world.handler.registry = type(world.handler.registry)(world.target)
+
+
+async def test_a_created_record_waits_while_a_pull_is_creating_one(world):
+    pulls_creates(world)
+    world.put("account", account())
+    await world.links.claim_external_for_create(INSTANCE, "account", "co-9", "pull-1",
+                                                CLAIM_STALE_SECONDS)
+
+    with pytest.raises(RecordBusy, match="a pull is creating in the BSS"):
+        await world.handle("account", ACCOUNT, action="create")
+
+    assert world.remote.sent == []
+    assert world.link("account", ACCOUNT) is None  # nothing in the puller's way
+
+    await world.links.mark_linked(INSTANCE, "account", bss_id=ACCOUNT, external_id="co-9",
+                                  direction="pull", pull_hash="p",
+                                  push_hash=payload_hash(await planned_body(world)))
+    result = await world.handle("account", ACCOUNT, action="create")  # the retry
+    assert (result.outcome.value, world.remote.sent) == ("unchanged", [])
+
+
+@pytest.mark.parametrize("case", ["update event", "instance pulls no creates", "no pull"])
+async def test_only_a_create_event_of_an_entity_pulled_in_waits_for_pulls(world, case):
+    if case != "instance pulls no creates":
+        pulls_creates(world)
+    world.put("account", account())
+    world.remote.script("listCompanies", Answer(200, []))
+    world.remote.script("createCompany", Answer(201, {"id": "co-1"}))
+    if case != "no pull":
+        await world.links.claim_external_for_create(INSTANCE, "account", "co-9", "pull-1",
+                                                    CLAIM_STALE_SECONDS)
+
+    result = await world.handle("account", ACCOUNT,
+                                action="update" if case == "update event" else "create")
+
+    assert result.outcome.value == "created"
+    assert world.remote.sent[-1] == "POST /companies"
