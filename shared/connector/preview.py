@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
+from urllib.parse import unquote
 
 from shared.connector import paging, security
 from shared.connector.document import CallSpec, ConnectorDocument, SyncObject
@@ -422,13 +424,23 @@ def _check_body(
 
 
 def format_request(plan: RequestPlan) -> str:
-    lines = [f"{plan.method} {plan.url}"]
+    lines = [f"{plan.method} {_readable_placeholders(plan.url)}"]
     lines += [f"{name}: {value}" for name, value in plan.headers.items()]
     if plan.content is not None:  # a form body: the bytes sent, as text
         lines += ["", plan.content.decode("utf-8", "replace").replace("\r\n", "\n").rstrip()]
     elif plan.has_body:
         lines += ["", _json(plan.body)]
     return "\n".join(lines)
+
+
+#: A ``<placeholder>`` as the URL carries it, percent-encoded like any path value.
+_ENCODED_PLACEHOLDER = re.compile(r"%3C(?:(?!%3E)[^/?#&])*%3E")
+
+
+def _readable_placeholders(url: str) -> str:
+    """``url`` with its placeholders shown as written (``<the id at /id of step
+    customer>``), not percent-encoded: a value from an earlier answer, not a value sent."""
+    return _ENCODED_PLACEHOLDER.sub(lambda m: unquote(m.group(0)), url)
 
 
 def _before_placeholders(call: CallSpec) -> dict[str, str]:

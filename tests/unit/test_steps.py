@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from shared.connector import check_connector, load_connector
-from shared.connector.preview import preview_push
+from shared.connector.preview import format_request, preview_push
 from shared.connector.reach import reached
 from tests.unit.pusher.conftest import sample
 
@@ -272,3 +272,14 @@ def test_the_operations_only_steps_name_are_reached() -> None:
                          ("/customers~1{id}", "get")):
         assert reach.covers(f"/paths/~1{path[1:]}/{method}"), path
     assert reach.covers("/components/schemas/Address")
+
+
+def test_the_printed_request_shows_a_placeholder_in_the_path_as_written() -> None:
+    document = load_connector(CUSTOMERS)
+    preview = preview_push(document, document.objects["company"],
+                           sample("account", parentAccountId=None), "create")
+
+    printed = format_request(preview.requests[1])
+
+    assert printed.splitlines()[0] == ("POST https://billing.example/api/customers/"
+                                       "<the id at /id of step customer>/addresses")
