@@ -205,11 +205,11 @@ class PushPlanner:
     def check_steps(self, plan: CallPlan) -> None:
         """Check, before the first step is sent, the body of every step that is always
         sent (no ``when``) against its request schema: a record one of them refuses
-        sends nothing (``SchemaViolation``). A step with a ``when`` is checked when it
-        is reached."""
+        sends nothing (``SchemaViolation``). A step with a ``when``, or whose body reads
+        earlier answers (``$steps``), is checked when it is reached."""
         for step in plan.call.steps:
             body = (plan.bodies or {}).get(step.name, UNDEFINED)
-            if step.when is None and body is not UNDEFINED:
+            if step.when is None and body is not UNDEFINED and not step.reads_answers:
                 self._check(step, body, step=step.name)
 
     # -- a create whose answer was lost ---------------------------------------------------

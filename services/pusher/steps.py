@@ -3,7 +3,8 @@
 The steps go out in order, each rendered from what its templates see — ``record``,
 ``externalId`` (an update's or delete's; a create's once its id step has answered)
 and ``steps``, what each earlier step captured — and skipped when its ``when`` is not
-true. A step that fails fails the action, its error naming the step (message and
+true. A body that reads ``$steps`` is made as its step goes out, and checked then. A
+step that fails fails the action, its error naming the step (message and
 ``details.step``, which reach the audit row).
 
 No duplicates on retry (docs/decisions.md, "Steps: a create resumes where it
@@ -23,11 +24,13 @@ gone (created again, as for a one-request update); a 404 of a later step is an e
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from services.pusher.outcome import PushOutcome
 from services.pusher.plan import CallPlan
 from shared.connector import CallSpec
+from shared.connector.step_compiler import STEPS
 from shared.errors import RecordBusy, RemoteRejected, SyncError
 from shared.http import Response
 from shared.storage.links import Link
@@ -134,7 +137,7 @@ class ActionSteps:
         its answer and the id it gives — of the record it made, or of the one its
         idempotency key made earlier / a 409 names (the create then goes on with that
         record: the later steps are sent for it)."""
-        step_plan = self.planner.step(plan, step, None)
+        step_plan = await self._answered(self.planner.step(plan, step, None), data)
         response = await self.push._send_create(step_plan, record, data)
         self.push.details.setdefault("steps", []).append(
             f"{step.name}: {self.push.details['request']}")
@@ -148,12 +151,25 @@ class ActionSteps:
                     external_id: str | None, accept: frozenset[int] = frozenset()
                     ) -> Response:
         push = self.push
-        step_plan = self.planner.step(plan, step, external_id)
+        step_plan = await self._answered(self.planner.step(plan, step, external_id), data)
         request = await push._with_links(
             lambda: self.planner.request(step_plan, data, push.context))
         response = await push._transmit(request, accept=accept)
         push.details.setdefault("steps", []).append(f"{step.name}: {push.details['request']}")
         return response
+
+    async def _answered(self, step_plan: CallPlan, data: dict[str, Any]) -> CallPlan:
+        """``step_plan`` with its body made now when it reads the captures of the steps
+        before it (``$steps``); it is checked against the request schema as it is sent."""
+        step = step_plan.call
+        if not step.reads_answers:
+            return step_plan
+        assert step.body is not None
+        body = step.body
+        push = self.push
+        made = await push._with_links(lambda: body.apply(
+            data.get("record") or {}, push.context, {STEPS: data[STEPS]}))
+        return dataclasses.replace(step_plan, body=made)
 
     async def _note(self, external_id: str, done: dict[str, Any]) -> None:
         """Link the record to ``external_id`` with the steps ``done``, durably, before

@@ -71,10 +71,18 @@ class CallSpec:
         return bool(value) if isinstance(value, str | int | float | bool | list | dict) \
             else False
 
+    @property
+    def reads_answers(self) -> bool:
+        """A step whose body reads the captures of the steps before it (``$steps``): made
+        when the step is sent, checked then (``pushed_payload`` sees it without them)."""
+        return self.body is not None and bool(self.body.answers)
+
     def pushed_payload(self, record: Any, context: TransformContext) -> Any:
         """What a push of ``record`` with this action sends, as its hash sees it: the
         body (``UNDEFINED`` without one), or for an action made of steps each step's body
-        by step name. Raises what the transforms raise."""
+        by step name — a body reading ``$steps`` made without it (the fields made of
+        earlier answers left out: the hash follows the record, not the remote ids).
+        Raises what the transforms raise."""
         if not self.steps:
             return self.body.apply(record, context) if self.body is not None else UNDEFINED
         return {step.name: step.body.apply(record, context)

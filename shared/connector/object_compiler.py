@@ -162,6 +162,8 @@ class ObjectCompiler:
                 document=None,
                 what=f"the canonical {entity} schema",
             )
+            if pull_body is not None and pull_body.answers:
+                self._answers_outside_steps(pull_body, join_pointer(pull_pointer, "body"))
             if isinstance(pull_spec.get("deleted"), str):
                 pull_deleted = self._expression(
                     pull_spec["deleted"], join_pointer(pull_pointer, "deleted")
@@ -186,6 +188,14 @@ class ObjectCompiler:
             pull_deleted=pull_deleted,
             pull_deleted_list=pull_deleted_list,
         )
+
+    def _answers_outside_steps(self, body: Transform, pointer: str) -> None:
+        """``$steps`` is bound only for a step's body (the captures of the steps before
+        it): elsewhere a transform reading it would always send the fields made of it
+        empty."""
+        self._problem(pointer, f"transform {body.name} reads $steps, which only the body "
+                               "of a push action's step has (the captures of the steps "
+                               "before it); here it is always empty")
 
     def _call(
         self, kind: str, spec: dict[str, Any], pointer: str, body_target: str | None,
@@ -229,6 +239,8 @@ class ObjectCompiler:
                 )
                 if body is not None:
                     self._check_form_fields(operation, body)
+                    if body.answers and not kind.endswith(" step"):
+                        self._answers_outside_steps(body, join_pointer(pointer, "body"))
         elif (
             kind in ("create", "update", "create step", "update step")
             and operation.request_body is not None

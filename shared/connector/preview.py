@@ -381,7 +381,9 @@ def _section(
 ) -> None:
     body: Any = UNDEFINED
     try:
-        body = call.body.apply(body_input, context) if call.body is not None else UNDEFINED
+        answers = {"steps": data.get("steps") or {}} if call.reads_answers else None
+        body = (call.body.apply(body_input, context, answers) if call.body is not None
+                else UNDEFINED)
         plan = plan_request(
             call, base_url=base, data=data, context=context, body=body, extra_headers=extra_headers
         )

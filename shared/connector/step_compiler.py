@@ -7,8 +7,9 @@ step is compiled as any call is (operation, params, headers, body checked agains
 operation's request schema, errorPointer / errorWhen), and then what only steps have:
 
 * a later step's templates and ``when`` may use an earlier step's captures as
-  ``{steps.NAME.CAPTURE}``; a reference to a step that is not earlier, to an unknown
-  step or to a capture the step does not make is a located error;
+  ``{steps.NAME.CAPTURE}``, its body transform as ``$steps.NAME.CAPTURE``; a reference
+  to a step that is not earlier, to an unknown step or to a capture the step does not
+  make is a located error;
 * a create's steps name the one whose answer holds the created record's id (its
   ``externalId``, exactly one); the steps after it may use ``{externalId}``, the
   steps before it may not (there is none yet);
@@ -27,7 +28,7 @@ from shared.connector.document import CallSpec
 from shared.connector.transform_compiler import as_mapping
 from shared.json_pointer import join_pointer
 from shared.transform import Expression
-from shared.transform.expressions import path_names
+from shared.transform.expressions import path_names, variable_paths
 
 if TYPE_CHECKING:
     from shared.connector.object_compiler import ObjectCompiler
@@ -146,6 +147,17 @@ class StepsCompiler:
                 message = _reference_problem(path, index, names, specs)
                 if message is not None:
                     self._problem(where, message)
+        if call.body is None or not call.body.answers:
+            return
+        for expression in call.body.expressions():  # $steps.NAME.CAPTURE in its body
+            for names_after in variable_paths(expression, STEPS):
+                if not names_after:
+                    continue
+                message = _reference_problem((STEPS, *names_after), index, names, specs,
+                                             written="$")
+                if message is not None:
+                    self._problem(join_pointer(call.pointer, "body"),
+                                  f"transform {call.body.name}: {message}")
 
 
 def _roots(action: str, *, after_id: bool) -> tuple[str, ...]:
@@ -169,10 +181,13 @@ def _expressions(call: CallSpec) -> list[tuple[str, Expression]]:
 
 
 def _reference_problem(path: tuple[str, ...], index: int, names: list[str],
-                       specs: list[tuple[str, dict[str, Any]]]) -> str | None:
-    """What is wrong with ``steps.NAME[.CAPTURE]`` used by step ``index``; ``None``: nothing."""
+                       specs: list[tuple[str, dict[str, Any]]], *,
+                       written: str = "{}") -> str | None:
+    """What is wrong with ``steps.NAME[.CAPTURE]`` used by step ``index``; ``None``: nothing.
+    ``written``: as a template writes it (``{steps.a.b}``) or a body (``$``: ``$steps.a.b``)."""
     name = path[1]
-    placeholder = "{" + ".".join(path[:3]) + "}"
+    reference = ".".join(path[:3])
+    placeholder = "$" + reference if written == "$" else "{" + reference + "}"
     earlier = [n for n in names[:index] if n]
     if name not in names:
         hint = difflib.get_close_matches(name, earlier, n=1)

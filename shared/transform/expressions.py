@@ -285,3 +285,35 @@ def path_names(expression: Expression) -> list[tuple[str, ...]]:
         elif node.type == "name" and id(node) not in inner and isinstance(node.value, str):
             found.append((node.value,))
     return found
+
+
+def free_variables(expression: Expression) -> set[str]:
+    """The ``$names`` an expression reads and does not bind itself, functions called
+    left out: ``$steps.customer.id & $lookup('t', a)`` → ``{"steps"}``."""
+    procedures = {id(node.procedure) for node in _walk(expression.ast)
+                  if node.type in ("function", "partial")
+                  and getattr(node, "procedure", None) is not None}
+    names = {node.value for node in _walk(expression.ast)
+             if node.type == "variable" and id(node) not in procedures
+             and isinstance(node.value, str) and node.value}
+    return names - bound_names(expression)
+
+
+def variable_paths(expression: Expression, name: str) -> list[tuple[str, ...]]:
+    """The plain names after ``$name`` in each path that starts with it:
+    ``$steps.customer.id`` → ``[("customer", "id")]``; ``$steps`` alone → ``[()]``."""
+    found: list[tuple[str, ...]] = []
+    inner: set[int] = set()
+    for node in _walk(expression.ast):
+        if node.type == "path" and node.steps and node.steps[0].type == "variable" \
+                and node.steps[0].value == name:
+            inner.add(id(node.steps[0]))
+            names: list[str] = []
+            for step in node.steps[1:]:
+                if step.type != "name" or not isinstance(step.value, str):
+                    break
+                names.append(step.value)
+            found.append(tuple(names))
+        elif node.type == "variable" and node.value == name and id(node) not in inner:
+            found.append(())
+    return found

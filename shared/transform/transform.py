@@ -27,6 +27,7 @@ from shared.transform.expressions import (
     Expression,
     ExpressionRuntimeError,
     as_text,
+    free_variables,
 )
 from shared.transform.helpers import HELPERS, HelperError
 from shared.transform.targets import (
@@ -39,6 +40,11 @@ from shared.transform.targets import (
     shape_problems,
     target_name,
 )
+
+#: What a step's body may read of the steps before it: ``$steps``, each earlier step's
+#: captures by step name (``$externalId`` is a helper function already: the id step's
+#: own capture gives the id, ``$steps.customer.id``).
+ANSWER_VARIABLES = frozenset({"steps"})
 
 
 def compile_expression(source: str) -> Expression:
@@ -69,17 +75,41 @@ class Transform:
     keep_nulls: bool = False
     #: some target has an index: arrays are built, then closed (the others pay nothing)
     indexed: bool = dataclasses.field(init=False, repr=False, compare=False)
+    #: the answers of earlier steps it reads (``$steps``): a step's body made when the
+    #: step is sent (see :meth:`apply`)
+    answers: frozenset[str] = dataclasses.field(init=False, repr=False, compare=False)
+    _reading: frozenset[int] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "indexed", any(is_indexed(r.target) for r in self.fields))
+        read: set[str] = set()
+        reading: set[int] = set()
+        for expression in self.expressions():
+            names = free_variables(expression) & ANSWER_VARIABLES
+            if names:
+                read |= names
+                reading.add(id(expression))
+        object.__setattr__(self, "answers", frozenset(read))
+        object.__setattr__(self, "_reading", frozenset(reading))
 
-    def apply(self, record: Any, context: TransformContext) -> dict[str, Any]:
-        """The payload for ``record``. Raises ``MappingError``, ``DependencyPending``,
-        ``LinksNotLoaded``."""
+    def expressions(self) -> list[Expression]:
+        """Every expression of the transform (its fields', or its one)."""
+        if self.expression is not None:
+            return [self.expression]
+        return [r.expression for r in self.fields if r.expression is not None]
+
+    def apply(self, record: Any, context: TransformContext,
+              answers: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The payload for ``record``. ``answers`` binds ``$steps`` (each earlier step's
+        captures by name) for a step's body that reads it; without it ``$steps`` is
+        undefined (the fields made of it left out), which is how a push's hash sees such
+        a body. Raises ``MappingError``, ``DependencyPending``, ``LinksNotLoaded``."""
         record = without_nulls(record)
+        bindings = without_nulls(dict(answers)) if answers is not None and self.answers \
+            else None
         with using_context(context):
             if self.expression is not None:
-                value = self._evaluate(self.expression, record, "(expression)")
+                value = self._evaluate(self.expression, record, "(expression)", bindings)
                 if value is UNDEFINED:
                     value = {}
                 if not isinstance(value, dict):
@@ -94,7 +124,7 @@ class Transform:
                 if rule.expression is None:
                     value = rule.constant
                 else:
-                    value = self._evaluate(rule.expression, record, rule.name)
+                    value = self._evaluate(rule.expression, record, rule.name, bindings)
                 if value is UNDEFINED or value is None:
                     if not self.keep_nulls:
                         continue
@@ -102,8 +132,11 @@ class Transform:
                 assign(out, rule.target, value)
             return closed(out) if self.indexed else out
 
-    def _evaluate(self, expression: Expression, record: Any, field: str) -> Any:
+    def _evaluate(self, expression: Expression, record: Any, field: str,
+                  bindings: dict[str, Any] | None = None) -> Any:
         try:
+            if bindings is not None and id(expression) in self._reading:
+                return expression.evaluate(record, bindings)
             return expression.evaluate(record)
         except (SyncError, LinksNotLoaded):
             raise

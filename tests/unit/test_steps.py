@@ -283,3 +283,55 @@ def test_the_printed_request_shows_a_placeholder_in_the_path_as_written() -> Non
 
     assert printed.splitlines()[0] == ("POST https://billing.example/api/customers/"
                                        "<the id at /id of step customer>/addresses")
+
+
+# -- a step's body reading the answers of the steps before it ($steps) --------------------
+
+ADDRESSES = ROOT / "tests" / "data" / "vendor" / "addresses.yaml"
+
+
+def addresses_spec() -> dict[str, Any]:
+    return yaml.safe_load(ADDRESSES.read_text())
+
+
+def test_a_body_reading_earlier_answers_compiles_and_previews_them_as_placeholders() -> None:
+    document = load_connector(ADDRESSES)
+    create = document.objects["company"].push["create"]
+    assert [s.reads_answers for s in create.steps] == [False, True]
+
+    preview = preview_push(document, document.objects["company"],
+                           sample("account", parentAccountId=None), "create")
+
+    assert preview.errors == []
+    assert preview.requests[1].body["customerId"] == "<id: body:/id of step customer>"
+
+
+@pytest.mark.parametrize(("reference", "words"), [
+    ("$steps.custmer.id", "$steps.custmer.id: there is no step 'custmer' (did you mean "
+                          "'customer'?); the steps before this one: customer"),
+    ("$steps.customer.number", "$steps.customer.number: step 'customer' captures no "
+                               "'number' (its captures: id)"),
+    ("$steps.address.id", "$steps.address.id: step 'address' is not before this one"),
+])
+def test_a_body_reading_a_step_that_cannot_answer_is_a_located_error(
+        tmp_path: Path, reference: str, words: str) -> None:
+    document = addresses_spec()
+    document["x-synchronization"]["transforms"]["AccountToAddress"]["map"]["customerId"] = \
+        reference
+
+    found = errors_at(problems_of(tmp_path, document), f"{PUSH}/create/steps/1/body")
+
+    assert len(found) == 1 and words in found[0], found
+    assert found[0].startswith("transform AccountToAddress: ")
+
+
+def test_steps_read_outside_a_step_is_an_error_where_the_body_is_given(tmp_path: Path) -> None:
+    document = addresses_spec()
+    push_of(document)["create"] = {"operation": "createAddress", "body": "AccountToAddress",
+                                   "externalId": "/id"}
+
+    found = errors_at(problems_of(tmp_path, document), f"{PUSH}/create/body")
+
+    assert found == ["transform AccountToAddress reads $steps, which only the body of a push "
+                     "action's step has (the captures of the steps before it); here it is "
+                     "always empty"]
