@@ -162,7 +162,8 @@ class MessageProcessor:
                 self.counts["duplicate"] += 1
                 delivery.ack()
                 return
-            handed_off = await self._handle(delivery, message, key, started)
+            handed_off = await self._handle(delivery, message, key, started, copy=(
+                delivery.redelivered or context.attempt > 0 or context.redeliveries > 0))
         finally:
             if not handed_off:
                 self._release(delivery, key)
@@ -203,7 +204,8 @@ class MessageProcessor:
     # ------------------------------------------------------------------ steps
 
     async def _handle(self, delivery: Delivery, message: InboundMessage[Any],
-                      key: tuple[str, int] | None, started: float) -> bool:
+                      key: tuple[str, int] | None, started: float, *,
+                      copy: bool = False) -> bool:
         """Run the handler and settle; True when the settling was handed to the audit
         sink (it releases the delivery when the row commits)."""
         result: HandlerResult | Outcome | Exception
@@ -218,6 +220,11 @@ class MessageProcessor:
             if slots is not None:
                 slots.release()
         outcome = result.outcome if type(result) is HandlerResult else result
+        if (copy and key is not None and outcome in NO_CHANGE
+                and await self._done_by_another_copy(key)):
+            self.counts["duplicate"] += 1
+            delivery.ack()
+            return False
         if isinstance(outcome, str) and outcome in HANDLER_OUTCOMES:  # the hot path
             record = _audit_record(self.queue.service, message, outcome, result, started)
             try:
@@ -312,6 +319,19 @@ class MessageProcessor:
             waited = True
         return waited
 
+    async def _done_by_another_copy(self, key: tuple[str, int]) -> bool:
+        """Whether a copy of this message (another attempt) reached a final outcome while
+        this one ran: a retry copy and its original both live after a connection lost
+        between the copy's confirm and the original's ack, handled side by side — the
+        one that did the work has its row, the other (``unchanged``, ``skipped``) found
+        nothing to do because of it, and writes no second final row."""
+        final = await _until_durable(lambda: self.audit.final_outcome(key[0]),
+                                     "look up the audit log")
+        if final is not None:
+            log.info("another copy of this message settled it meanwhile; acking",
+                     outcome=str(final))
+        return final is not None
+
     async def _already_settled(self, key: tuple[str, int]) -> bool:
         outcome = await _until_durable(lambda: self.audit.settled_outcome(*key),
                                        "look up the audit log")
@@ -389,6 +409,8 @@ class MessageProcessor:
 
 
 _KIND = {Ack: "ack", Retry: "retry", Dead: "dead"}
+#: Outcomes of a delivery that changed nothing (see ``_done_by_another_copy``).
+NO_CHANGE = frozenset({Outcome.UNCHANGED, Outcome.SKIPPED})
 
 
 class HandlerSlots:

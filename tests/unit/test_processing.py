@@ -152,6 +152,39 @@ async def test_a_retry_copy_of_a_message_done_at_another_attempt_is_acked_unhand
         "audit created 0", "audit retrying 0", "audit created 1"]
 
 
+async def test_a_copy_that_found_nothing_to_do_after_another_copy_did_it_writes_no_row() -> None:
+    """An original and its retry copy both alive (the connection lost between the copy's
+    confirm and the original's ack), handled side by side: the original creates, the
+    copy — it started before that row committed — finds the record pushed and answers
+    ``unchanged``. One final row for the message, not two. A copy with nothing final
+    elsewhere keeps its row."""
+    message_id, alone = str(uuid.uuid4()), str(uuid.uuid4())
+    original_done = asyncio.Event()
+
+    async def handler(m: InboundMessage[Any]) -> Outcome:
+        if m.context.message_id == alone:
+            return Outcome.UNCHANGED
+        if m.context.attempt == 0:
+            return Outcome.CREATED
+        await original_done.wait()  # still running when the original's row commits
+        return Outcome.UNCHANGED
+
+    rec, session, sink, _, processor = await setup(handler)
+    copy = asyncio.create_task(processor.process(
+        delivery(session, 1, body(message_id, attempt=1))))
+    await processor.process(delivery(session, 2, body(message_id), redelivered=True))
+    await eventually(lambda: len(sink.rows) == 1, what="the original's row committed")
+    original_done.set()
+    await copy
+    await processor.process(delivery(session, 3, body(alone, attempt=1)))
+    await settled(processor, session)
+
+    assert [(r.message_id, r.attempt, r.outcome) for r in sink.rows] == [
+        (message_id, 0, Outcome.CREATED), (alone, 1, Outcome.UNCHANGED)]
+    assert processor.counts["duplicate"] == 1
+    assert acked(rec.events) == {1, 2, 3}
+
+
 async def test_twins_in_flight_run_one_after_the_other_and_the_second_is_recognised() -> None:
     release = asyncio.Event()
     calls: list[str] = []
