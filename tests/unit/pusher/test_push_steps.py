@@ -42,21 +42,26 @@ def customers() -> ConnectorDocument:
     return load_connector(ROOT / "tests" / "data" / "vendor" / "customers.yaml")
 
 
-@pytest.fixture
-def world() -> World:
+def world_of(connector: ConnectorDocument, base_url: str, actions: tuple[str, ...]) -> World:
+    """The pusher in memory with ``connector``, its third party at ``base_url``, the
+    instance pushing ``actions`` of accounts, and the sample account in the BSS."""
     clock = FakeClock()
     links = FakeLinkStore(clock)
-    remote = FakeThirdParty("https://billing.example/api")
-    connector = customers()
+    remote = FakeThirdParty(base_url)
     target = FakeTarget(
         instance=instance(INSTANCE, org_id=ORG, permissions=[
-            ("account", "push", action) for action in ("create", "update", "delete")]),
+            ("account", "push", action) for action in actions]),
         connector=connector, client=remote, checker=PayloadChecker(connector))
     audit, bss = FakeAudit(), FakeBss()
     handler = PushHandler(FakeInstances(target), links, bss, audit, clock=clock)
     world = World(links, bss, remote, audit, clock, target, handler)
     world.put("account", sample("account", parentAccountId=None))
     return world
+
+
+@pytest.fixture
+def world() -> World:
+    return world_of(customers(), "https://billing.example/api", ("create", "update", "delete"))
 
 
 def bodies(world: World) -> list[object]:
@@ -245,17 +250,7 @@ def addresses() -> ConnectorDocument:
 @pytest.fixture
 def invoicing() -> World:
     """tests/data/vendor/addresses.yaml: the address names its customer in its body."""
-    clock = FakeClock()
-    remote = FakeThirdParty("https://invoicing.example/v2")
-    connector = addresses()
-    target = FakeTarget(
-        instance=instance(INSTANCE, org_id=ORG, permissions=[("account", "push", "create")]),
-        connector=connector, client=remote, checker=PayloadChecker(connector))
-    links, audit, bss = FakeLinkStore(clock), FakeAudit(), FakeBss()
-    handler = PushHandler(FakeInstances(target), links, bss, audit, clock=clock)
-    world = World(links, bss, remote, audit, clock, target, handler)
-    world.put("account", sample("account", parentAccountId=None))
-    return world
+    return world_of(addresses(), "https://invoicing.example/v2", ("create",))
 
 
 async def test_a_later_body_carries_what_the_earlier_step_answered(invoicing) -> None:
