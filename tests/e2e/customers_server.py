@@ -22,8 +22,10 @@ import itertools
 import json
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.fixtures.threaded_http import ThreadedHttpServer
 
 ROUTES = (("customers", re.compile(r"^/api/customers$")),
           ("customer", re.compile(r"^/api/customers/(?P<id>[^/]+)$")),
@@ -33,7 +35,7 @@ ROUTES = (("customers", re.compile(r"^/api/customers$")),
 Answer = tuple[int, Any, dict[str, str]]
 
 
-class CustomersServer:
+class CustomersServer(ThreadedHttpServer):
     """Start with ``with CustomersServer(key) as server:``; ``server.url`` is its origin."""
 
     def __init__(self, key: str) -> None:
@@ -44,23 +46,7 @@ class CustomersServer:
         self.requests: list[tuple[str, str]] = []
         self.lock = threading.Lock()
         self._ids = itertools.count(1)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.02}, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> CustomersServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        super().__init__(_handler(self))
 
     def state(self) -> dict[str, Any]:
         """A copy of what it holds: ``customers`` and ``addresses`` by id."""

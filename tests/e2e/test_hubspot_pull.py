@@ -37,7 +37,7 @@ import json
 import threading
 from collections.abc import Iterator
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,7 @@ from shared.transform import TransformContext
 from tests.e2e.stack import HUBSPOT_TOKEN
 from tests.e2e.thirdparty import Prism
 from tests.fixtures.amqp import TestTopology
+from tests.fixtures.threaded_http import ThreadedHttpServer
 from tests.fixtures.vendor_specs import VendorSpecs
 
 pytestmark = pytest.mark.e2e
@@ -136,7 +137,7 @@ def for_prism_pull(bundle: dict[str, Any]) -> dict[str, Any]:
     return bundle
 
 
-class Portal:
+class Portal(ThreadedHttpServer):
     """A pass-through proxy to Prism whose listings end after ``pages`` pages."""
 
     def __init__(self, upstream: str, pages: int) -> None:
@@ -146,21 +147,10 @@ class Portal:
         self.listed: dict[str, int] = {}  # listing path -> pages answered in its listing
         self.sent: list[tuple[str, Any, Any]] = []  # (path, request body or query, answer)
         self.http = httpx.Client(base_url=upstream, timeout=60)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> Portal:
-        self._thread.start()
-        return self
+        super().__init__(self._handler())
 
     def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__exit__(*exc)
         self.http.close()
 
     def relay(self, method: str, target: str, headers: dict[str, str],

@@ -41,6 +41,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl, urlsplit
 
+from tests.fixtures.threaded_http import ThreadedHttpServer
+
 
 @dataclasses.dataclass
 class Recorded:
@@ -73,7 +75,7 @@ class OAuthServer:
         self.access.clear()
 
 
-class StubServer:
+class StubServer(ThreadedHttpServer):
     """Start with ``with StubServer() as stub:``; ``stub.url`` is ``http://127.0.0.1:PORT``
     and ``stub.other_url`` the same server under another origin (``localhost``)."""
 
@@ -85,18 +87,7 @@ class StubServer:
         self.once: Counter[str] = Counter()
         self.answers: dict[str, tuple[int, Any]] = {}
         self.lock = threading.Lock()
-        self._server = _Server(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-
-    @property
-    def port(self) -> int:
-        return self._server.server_address[1]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        super().__init__(_handler(self), _Server)
 
     @property
     def other_url(self) -> str:
@@ -111,14 +102,6 @@ class StubServer:
         with self.lock:
             return [r.path for r in self.requests]
 
-    def __enter__(self) -> StubServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
 
 
 class _Server(ThreadingHTTPServer):

@@ -32,12 +32,13 @@ import contextlib
 import json
 import threading
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from shared.connector import ConnectorDocument, load_connector
+from tests.fixtures.threaded_http import ThreadedHttpServer
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 STEP = timedelta(seconds=10)
@@ -47,7 +48,7 @@ def stamp(index: int) -> str:
     return (EPOCH + index * STEP).isoformat().replace("+00:00", "Z")
 
 
-class ListingServer:
+class ListingServer(ThreadedHttpServer):
     def __init__(self, count: int = 0, size: int = 10) -> None:
         self.size = size
         self.records: list[dict[str, Any]] = []
@@ -57,10 +58,7 @@ class ListingServer:
         self.fail: dict[tuple[str, int], list[int]] = {}
         self.next_host: str | None = None
         self.lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.02}, daemon=True)
+        super().__init__(_handler(self))
 
     def add(self, count: int) -> None:
         start = len(self.records)
@@ -95,14 +93,6 @@ class ListingServer:
             self.deleted.append({"id": record_id, "deletedAt": stamp_now})
 
     @property
-    def port(self) -> int:
-        return self._server.server_address[1]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
     def other_url(self) -> str:
         return f"http://localhost:{self.port}"
 
@@ -110,14 +100,6 @@ class ListingServer:
         with self.lock:
             return [p for _, p, _, _ in self.requests if path is None or p == path]
 
-    def __enter__(self) -> ListingServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
 
     # -- the listing -----------------------------------------------------------------
 
