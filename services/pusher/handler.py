@@ -105,8 +105,8 @@ class PushHandler:
             record.http_status = exc.http_status
             await self.audit.write(record)
             raise
-        if "recovered" in outcome.details and await self.audit.settled_outcome(
-                message_id, 0) is not None:
+        if "recovered" in outcome.details and await self.audit.final_outcome(
+                message_id) not in (None, Outcome.DEAD):
             return outcome  # pushed by an earlier delivery of the child, and audited then
         record.outcome = Outcome(outcome.outcome)
         record.external_id = outcome.external_id

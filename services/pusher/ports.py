@@ -211,9 +211,10 @@ class AuditLog(Protocol):
         """Return once ``record`` is committed. Raises ``InfrastructureError``."""
         ...
 
-    async def settled_outcome(self, message_id: str, attempt: int) -> Outcome | None:
-        """The outcome recorded for this message attempt, ``None`` when it has no row.
-        Raises ``InfrastructureError``."""
+    async def final_outcome(self, message_id: str) -> Outcome | None:
+        """The last final outcome (``FINAL_OUTCOMES``) recorded for this message at any
+        attempt, ``None`` when it has none (a ``failed`` row is not final). Raises
+        ``InfrastructureError``."""
         ...
 
 

@@ -34,6 +34,7 @@ from shared.messaging.publisher import OutgoingMessage
 from shared.messaging.settle import (
     H_ATTEMPT,
     H_ATTEMPTS,
+    H_BUSY_RETRIES,
     H_ERROR,
     H_ERROR_CLASS,
     H_FIRST_FAILED_AT,
@@ -52,7 +53,8 @@ H_ORIGINAL_MESSAGE_ID = "x-original-message-id"
 H_PARKED_AT = "x-parked-at"
 #: Failure headers of the last death, not carried to a copy moved back (the next
 #: failure writes its own; ``x-first-failed-at`` is kept: it is the letter's age).
-_DROPPED_ON_MOVE = (H_ATTEMPT, H_ATTEMPTS, H_ERROR, H_ERROR_CLASS, H_HTTP_STATUS)
+_DROPPED_ON_MOVE = (H_ATTEMPT, H_ATTEMPTS, H_BUSY_RETRIES, H_ERROR, H_ERROR_CLASS,
+                    H_HTTP_STATUS)
 _BROKER_HEADERS = ("x-death", "x-first-death", "x-last-death", "x-delivery-count")
 
 

@@ -324,13 +324,15 @@ class MessageProcessor:
         this one ran: a retry copy and its original both live after a connection lost
         between the copy's confirm and the original's ack, handled side by side — the
         one that did the work has its row, the other (``unchanged``, ``skipped``) found
-        nothing to do because of it, and writes no second final row."""
+        nothing to do because of it, and writes no second final row. A copy that was
+        dead-lettered did no work: this one's row says the record is in sync."""
         final = await _until_durable(lambda: self.audit.final_outcome(key[0]),
                                      "look up the audit log")
-        if final is not None:
+        done = final is not None and final != Outcome.DEAD
+        if done:
             log.info("another copy of this message settled it meanwhile; acking",
                      outcome=str(final))
-        return final is not None
+        return done
 
     async def _already_settled(self, key: tuple[str, int]) -> bool:
         outcome = await _until_durable(lambda: self.audit.settled_outcome(*key),

@@ -6,6 +6,10 @@ Pure decision logic — no I/O — so the policy is pinned by unit tests:
 * it raised a :class:`~shared.errors.TransientError` → :class:`Retry` on the next
   rung of the ladder (``RateLimited.retry_after`` picks the first rung at least
   that long), or :class:`Dead` once the ladder is exhausted;
+* it raised :class:`~shared.errors.RecordBusy` (another delivery holds the record's
+  claim) → :class:`Retry` on the first rung, not counted against the ladder
+  (``x-busy-retries``): waiting for another delivery is not a failure of this one, and
+  a claim whose holder died is taken over once stale, so the wait ends;
 * it raised a :class:`~shared.errors.PermanentError` → :class:`Dead` at once;
 * anything else is a bug in bss-sync: treated as transient (a fix and a retry may
   save the record) and flagged ``bug`` so the consumer logs its traceback.
@@ -24,7 +28,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.audit.record import FINAL_OUTCOMES, Outcome
-from shared.errors import RateLimited, SyncError, TransientError
+from shared.errors import RateLimited, RecordBusy, SyncError, TransientError
 from shared.logging import redact
 from shared.message_context import MessageContext
 from shared.messaging.envelope import MAX_ATTEMPT
@@ -41,6 +45,7 @@ H_FIRST_FAILED_AT = "x-first-failed-at"
 H_ORIGINAL_EXCHANGE = "x-original-exchange"
 H_ORIGINAL_ROUTING_KEY = "x-original-routing-key"
 H_SERVICE = "x-service"
+H_BUSY_RETRIES = "x-busy-retries"
 _CONTEXT_HEADERS = (
     ("x-org-id", "org_id"),
     ("x-instance-id", "instance_id"),
@@ -159,13 +164,28 @@ def decide(
                             f"{sorted(HANDLER_OUTCOMES)} or a raised SyncError")
     error = describe_error(result)
     if error.transient:
-        retry_after = result.retry_after if isinstance(result, RateLimited) else None
-        rung = retry_rung(facts.attempt, queue.retry_delays, retry_after)
+        busy = min(busy_retries(facts.headers), facts.attempt)
+        if isinstance(result, RecordBusy):
+            rung = 0 if facts.attempt < MAX_ATTEMPT else None
+        else:
+            retry_after = result.retry_after if isinstance(result, RateLimited) else None
+            rung = retry_rung(facts.attempt - busy, queue.retry_delays, retry_after)
+            if facts.attempt >= MAX_ATTEMPT:
+                rung = None
         if rung is not None:
             headers = failure_headers(error, facts, queue, now)
             headers[H_ATTEMPT] = facts.attempt + 1
+            if isinstance(result, RecordBusy):
+                headers[H_BUSY_RETRIES] = busy + 1
             return Retry(queue.retry_queue(rung), facts.attempt + 1, headers, error)
     return dead(error, facts, queue, now)
+
+
+def busy_retries(headers: Mapping[str, Any]) -> int:
+    """How many of a message's attempts were busy retries (``RecordBusy``): the ladder
+    counts the others. A header that is not a small count counts as none."""
+    value = headers.get(H_BUSY_RETRIES, 0)
+    return value if type(value) is int and 0 <= value < MAX_ATTEMPT else 0
 
 
 def dead(error: ErrorInfo, facts: MessageFacts, queue: WorkQueue, now: datetime) -> Dead:

@@ -42,7 +42,7 @@ def letter(message: SyncMessage | None = None, *, body: bytes | None = None,
         headers=headers if headers is not None else {
             "x-error-class": "RemoteRejected", "x-error": "422", "x-http-status": 422,
             "x-attempts": 4, "x-attempt": 3, "x-first-failed-at": "2026-11-30T10:00:01+00:00",
-            "x-org-id": "acme", "x-entity": "contact", "x-record-id": "con_1",
+            "x-busy-retries": 2, "x-org-id": "acme", "x-entity": "contact", "x-record-id": "con_1",
             "x-original-exchange": "sync.push", "x-death": [{"count": 1}]})
     return DeadLetter.read(service, props, body if body is not None else encode(message))
 
@@ -61,7 +61,7 @@ def test_the_copy_moved_back_is_a_new_message_for_the_same_record() -> None:
     assert headers[H_REDELIVERED_FROM] == headers[H_ORIGINAL_MESSAGE_ID] == dead.message_id
     assert headers["x-first-failed-at"] == "2026-11-30T10:00:01+00:00"  # its age is kept
     for gone in ("x-error", "x-error-class", "x-http-status", "x-attempts", "x-attempt",
-                 "x-death"):
+                 "x-busy-retries", "x-death"):
         assert gone not in headers
 
 

@@ -185,6 +185,35 @@ async def test_a_copy_that_found_nothing_to_do_after_another_copy_did_it_writes_
     assert acked(rec.events) == {1, 2, 3}
 
 
+async def test_a_copy_that_finds_the_record_in_sync_after_another_copy_died_writes_its_row(
+) -> None:
+    """Another copy of the message was dead-lettered (its claim was busy, say) while
+    this one ran; this one found the record in sync (another delivery pushed it): a dead
+    copy did no work, so this row — the record is in sync — is written."""
+    message_id = str(uuid.uuid4())
+    dead_written = asyncio.Event()
+
+    async def handler(m: InboundMessage[Any]) -> Outcome:
+        if m.context.attempt == 3:
+            raise RemoteRejected("refused")
+        await dead_written.wait()
+        return Outcome.UNCHANGED
+
+    rec, session, sink, _, processor = await setup(handler)
+    copy = asyncio.create_task(processor.process(
+        delivery(session, 1, body(message_id, attempt=1))))
+    await processor.process(delivery(session, 2, body(message_id, attempt=3)))
+    await eventually(lambda: len(sink.rows) == 1, what="the dead copy's row committed")
+    dead_written.set()
+    await copy
+    await settled(processor, session)
+
+    assert [(r.attempt, r.outcome) for r in sink.rows] == [(3, Outcome.DEAD),
+                                                          (1, Outcome.UNCHANGED)]
+    assert processor.counts["duplicate"] == 0
+    assert acked(rec.events) == {1, 2}
+
+
 async def test_twins_in_flight_run_one_after_the_other_and_the_second_is_recognised() -> None:
     release = asyncio.Event()
     calls: list[str] = []

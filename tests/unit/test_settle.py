@@ -10,6 +10,7 @@ from shared.audit.record import Outcome
 from shared.errors import (
     InvalidMessage,
     RateLimited,
+    RecordBusy,
     RemoteRejected,
     RemoteUnavailable,
     SchemaViolation,
@@ -165,3 +166,48 @@ def test_no_ladder_takes_a_copy_past_the_envelopes_bound_on_attempt() -> None:
     assert retry_rung(MAX_ATTEMPT - 1, ladder, None) == MAX_ATTEMPT - 1
     assert retry_rung(MAX_ATTEMPT, ladder, None) is None
     assert retry_rung(2**31, LADDER, None) is None
+
+
+@pytest.mark.parametrize("attempt", [0, 3, 4, 40])
+def test_a_busy_record_waits_on_the_first_rung_without_spending_the_ladder(attempt: int) -> None:
+    """Another delivery holds the record's claim: not this delivery's failure. It comes
+    back after the first rung however often it was busy (a dead holder's claim goes
+    stale and is taken over, so the wait ends), and says so in ``x-busy-retries``."""
+    decision = decide(RecordBusy("held"), facts(attempt, {"x-busy-retries": attempt}),
+                      QUEUE, NOW)
+    assert isinstance(decision, Retry)
+    assert decision.queue == QUEUE.retry_queue(0)
+    assert decision.attempt == attempt + 1
+    assert decision.headers["x-busy-retries"] == attempt + 1
+    assert decision.headers["x-error-class"] == "RecordBusy"
+
+
+def test_busy_retries_leave_the_whole_ladder_to_real_failures() -> None:
+    """Five busy retries, then a timeout: the first rung, as for a first failure; the
+    ladder ends four failures later, as it would have without the busy ones."""
+    busy = {"x-busy-retries": 5}
+    first = decide(RemoteUnavailable("timeout"), facts(5, busy), QUEUE, NOW)
+    assert isinstance(first, Retry) and first.queue == QUEUE.retry_queue(0)
+    assert first.headers["x-busy-retries"] == 5  # carried, not raised
+    last = decide(RemoteUnavailable("timeout"), facts(8, busy), QUEUE, NOW)
+    assert isinstance(last, Retry) and last.queue == QUEUE.retry_queue(len(LADDER) - 1)
+    assert isinstance(decide(RemoteUnavailable("timeout"), facts(9, busy), QUEUE, NOW), Dead)
+
+
+@pytest.mark.parametrize("header", ["7", -1, 10**6, True, 99])
+def test_a_busy_count_that_cannot_be_true_counts_as_none_or_as_every_attempt(
+        header: object) -> None:
+    """``x-busy-retries`` is ours, but a hand-edited copy may carry anything: a value that
+    is not a count is ignored, one above the attempts made counts as all of them."""
+    decision = decide(RemoteUnavailable("timeout"), facts(3, {"x-busy-retries": header}),
+                      QUEUE, NOW)
+    assert isinstance(decision, Retry)
+    expected = 0 if header == 99 else 3
+    assert decision.queue == QUEUE.retry_queue(expected)
+
+
+def test_a_busy_record_is_dead_at_the_envelopes_bound_on_attempt() -> None:
+    from shared.messaging.envelope import MAX_ATTEMPT
+
+    assert isinstance(decide(RecordBusy("held"), facts(MAX_ATTEMPT - 1), QUEUE, NOW), Retry)
+    assert isinstance(decide(RecordBusy("held"), facts(MAX_ATTEMPT), QUEUE, NOW), Dead)

@@ -40,6 +40,7 @@ import httpx
 import psycopg
 
 from shared.audit import AuditRecord, Outcome
+from shared.audit.record import FINAL_OUTCOMES
 from shared.connector import ConnectorDocument
 from shared.connector.payloads import PayloadChecker
 from shared.connector.request import RequestPlan
@@ -463,9 +464,9 @@ class FakeAudit:
     async def write(self, record: AuditRecord) -> None:
         self.rows.append(record)
 
-    async def settled_outcome(self, message_id: str, attempt: int) -> Outcome | None:
+    async def final_outcome(self, message_id: str) -> Outcome | None:
         found = [r.outcome for r in self.rows
-                 if (r.message_id, r.attempt) == (message_id, attempt)]
+                 if r.message_id == message_id and r.outcome in FINAL_OUTCOMES]
         return found[-1] if found else None
 
 

@@ -187,3 +187,29 @@ async def test_a_childs_retry_does_not_write_its_parents_row_twice(world):
     assert result.outcome == Outcome.CREATED
     assert [(r.entity, r.outcome) for r in world.audit.rows] == [("account", Outcome.CREATED)]
     assert world.remote.sent.count("POST /companies") == 1
+
+
+async def test_a_parents_lost_row_is_written_even_after_an_earlier_failed_row(world):
+    """The parent failed once (its ``failed`` row is there), was then pushed, and its
+    ``created`` row was lost with the process: ``failed`` is not what settled it, so the
+    child's redelivery writes the row it lost."""
+    with_account(world)
+    world.remote.script("listCompanies", Answer(200, []), Answer(200, []))
+    world.remote.script("createCompany", Answer(503, {"message": "busy"}),
+                        Answer(201, {"id": "co-1"}))
+    world.remote.script("createPerson", Answer(error=RemoteUnavailable("the process died")),
+                        Answer(201, {"id": "pe-1"}))
+    with pytest.raises(RemoteUnavailable):
+        await world.handle("contact", CONTACT, "m-contact")
+    with pytest.raises(RemoteUnavailable):
+        await world.handle("contact", CONTACT, "m-contact", attempt=1)
+    assert [r.outcome for r in world.audit.rows] == [Outcome.FAILED, Outcome.CREATED]
+    del world.audit.rows[1]  # the parent's row: lost with the process
+
+    result = await world.handle("contact", CONTACT, "m-contact", attempt=1)  # redelivered
+
+    assert (result.outcome, result.external_id) == (Outcome.CREATED, "pe-1")
+    assert world.remote.sent.count("POST /companies") == 2  # the 503, then the create
+    assert [(r.entity, r.outcome) for r in world.audit.rows] == [
+        ("account", Outcome.FAILED), ("account", Outcome.CREATED)]
+    assert "ended before the audit row was written" in world.audit.rows[1].details["recovered"]
