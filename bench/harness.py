@@ -112,6 +112,8 @@ class Broker:
         self.node: Any = None
         self.stack = contextlib.ExitStack()
         self.amqp_url = ""
+        #: machine-wide: each ``beam.smp`` seen, (its CPU when first seen, its latest)
+        self.seen: dict[int, tuple[float, float]] = {}
 
     def start(self) -> None:
         if self.kind == "own":
@@ -131,11 +133,19 @@ class Broker:
 
     def stats(self) -> tuple[float, int]:
         """CPU seconds so far and peak RSS: the run's own node's; with a shared broker,
-        every ``beam.smp`` of the machine summed (its neighbours' work included: a
-        vhost's share of a node's CPU is not something RabbitMQ reports) and no RSS."""
+        the CPU every ``beam.smp`` of the machine used since this broker first saw it
+        (its neighbours' work included: a vhost's share of a node's CPU is not something
+        RabbitMQ reports) and no RSS. A node that stops keeps what it used while seen,
+        so the figure never goes down (a neighbour's test node that exits mid-run once
+        made it negative)."""
         if self.node is not None:
             return proc_stats(int(self.node.os_pid()))
-        return sum(proc_stats(pid)[0] for pid in pids_of("beam.smp")), 0
+        for pid in pids_of("beam.smp"):
+            cpu = proc_stats(pid)[0]
+            if cpu:
+                first, latest = self.seen.get(pid, (cpu, cpu))
+                self.seen[pid] = (first, max(latest, cpu))
+        return sum(latest - first for first, latest in self.seen.values()), 0
 
     def close(self) -> None:
         if self.kind == "shared":
