@@ -34,7 +34,8 @@ def entity_event(
     ``occurred_at`` is the record's ``updatedAt`` (the deletion time for ``deleted``);
     ``origin`` the ``X-Sync-Origin`` of the write (``None`` without it); ``data`` the
     record after the change (before it, for ``deleted``); ``changed`` the top-level
-    fields an update touched. The event id is a fresh UUID.
+    fields an update touched. The event id is a fresh UUID. (A create's event is built
+    by the create's one statement, ``sandbox.store._CREATE``, with the same fields.)
     """
     body: dict[str, Any] = {
         "id": str(uuid.uuid4()),

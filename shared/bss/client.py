@@ -18,10 +18,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 import orjson
@@ -86,6 +87,7 @@ class BssClient:
         self.batch_reads = batch_reads
         self._reads: Coalescer[ReadKey, dict[str, Any] | None] = Coalescer(
             self._read_batch, max_batch=4 * MAX_IDS)
+        self._wire_origin, self._wire_base = _wire_parts(self.base_url)
 
     async def aclose(self) -> None:
         await self._transport.aclose()
@@ -254,15 +256,24 @@ class BssClient:
     async def _send(self, method: str, path: str, *, params: dict[str, Any] | None = None,
                     json_body: Any = None, headers: dict[str, str] | None = None,
                     ) -> Fetched:
-        content = None if json_body is None else json.dumps(json_body).encode()
+        content = None if json_body is None else _dumps(json_body)
         headers = {**self._headers, **(headers or {})}
         if content is not None:
             headers.setdefault("Content-Type", "application/json")
-        url = self.base_url + path + ("?" + urlencode(params, doseq=True) if params else "")
+        query = "?" + urlencode(params, doseq=True) if params else ""
+        target = self._wire_base + path + query
         try:
-            request = httpx.Request(method, url, headers=headers, content=content,
-                                    extensions={"timeout": self._timeout})
-            response = await self._transport.fetch(request, MAX_RESPONSE_BYTES)
+            if self._wire_origin is not None and _WIRE_TARGET.fullmatch(target) \
+                    and "/." not in target:
+                # straight to the wire: an httpx.Request (URL parsing, header
+                # normalisation) cost as much CPU as the exchange itself
+                response = await self._transport.fetch_raw(
+                    self._wire_origin, method, target, headers.items(), content,
+                    self._timeout, MAX_RESPONSE_BYTES)
+            else:
+                request = httpx.Request(method, self.base_url + path + query, headers=headers,
+                                        content=content, extensions={"timeout": self._timeout})
+                response = await self._transport.fetch(request, MAX_RESPONSE_BYTES)
         except BodyTooLarge as exc:
             raise BssUnavailable(f"the BSS answered {method} {path} with a body over "
                                  f"{exc.limit} bytes", http_status=exc.status) from None
@@ -299,3 +310,33 @@ class BssClient:
             raise BssUnavailable(
                 f"the BSS answered {response.status} with a body that is not JSON",
                 http_status=response.status) from exc
+
+
+_WIRE_TARGET = re.compile(r"/[!-\"$-~]*")  # printable ASCII but "#", no space
+
+
+def _wire_parts(base_url: str) -> tuple[tuple[bytes, bytes, int] | None, str]:
+    """The transport's origin and the path prefix of ``base_url`` when requests can go
+    on the wire without httpx's URL handling (http or https, an ASCII host name or
+    IPv4 address, no user info, a printable path); ``(None, "")`` otherwise."""
+    try:
+        parts = urlsplit(base_url)
+        port = parts.port
+    except ValueError:
+        return None, ""
+    host = parts.hostname or ""
+    if (parts.scheme not in ("http", "https") or not host or not host.isascii()
+            or ":" in host or "@" in parts.netloc or parts.query or parts.fragment
+            or (parts.path and not _WIRE_TARGET.fullmatch(parts.path))):
+        return None, ""
+    default = 443 if parts.scheme == "https" else 80
+    return (parts.scheme.encode(), host.encode(), port or default), parts.path
+
+
+def _dumps(body: Any) -> bytes:
+    """JSON bytes of a request body: orjson, or json for what orjson refuses (integers
+    beyond 64 bits)."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        return json.dumps(body).encode()

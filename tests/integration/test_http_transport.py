@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import json
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -398,6 +399,57 @@ async def test_http_transport_decides_who_carries_the_clients_requests(
             assert (await crm.send(plan)).body == {"id": "r1"}
     other = "httpx" if kind == "fast" else "fast"
     assert (senders[kind], senders[other]) == (2, 0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("prefix", ["", "/bss/v1"])
+async def test_the_bss_clients_requests_on_the_wire(
+        kind: str, prefix: str, http_transport: Callable[[str], None]) -> None:
+    """What the BSS client writes, byte for byte where it matters, however the request
+    is built (straight to the wire, or through an httpx.Request for a base URL that
+    needs it): the request line under the base URL's path, the headers, the JSON body
+    (an integer beyond 64 bits included)."""
+    http_transport(kind)
+    heads: list[bytes] = []
+    bodies: list[bytes] = []
+
+    async def created(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head, body = await read_request(reader)
+            heads.append(head)
+            bodies.append(body)
+            answer = (b'{"items":[],"nextCursor":null}' if head.startswith(b"GET")
+                      else b'{"id":"r1"}')
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(answer), answer))
+            await writer.drain()
+
+    async with raw_server(created) as url:
+        bss = BssClient(url + prefix + "/", token="t0k", batch_reads=False)
+        async with bss:
+            record = {"name": "Zoë & Co", "big": 2**70}
+            assert await bss.create("org 1", "account", record, origin="inst-1",
+                                    idempotency_key="msg-1") == {"id": "r1"}
+            assert await bss.list_changed("org 1", "account", None, limit=5) is not None
+    request_line, *header_lines = heads[0].decode("latin-1").strip().split("\r\n")
+    assert request_line == f"POST {prefix}/organizations/org%201/account HTTP/1.1"
+    headers = {k.lower(): v.strip() for k, v in (h.split(":", 1) for h in header_lines)}
+    assert headers["host"] == url.removeprefix("http://")
+    assert (headers["authorization"], headers["x-sync-origin"], headers["idempotency-key"],
+            headers["content-type"]) == ("Bearer t0k", "inst-1", "msg-1", "application/json")
+    assert json.loads(bodies[0]) == {"name": "Zoë & Co", "big": 2**70}
+    assert int(headers["content-length"]) == len(bodies[0])
+    assert heads[1].startswith(f"GET {prefix}/organizations/org%201/account?".encode())
+
+
+def test_a_base_url_the_wire_cannot_take_as_it_is_goes_through_httpx() -> None:
+    from shared.bss.client import _wire_parts
+
+    assert _wire_parts("http://127.0.0.1:8080") == ((b"http", b"127.0.0.1", 8080), "")
+    assert _wire_parts("https://bss.example/api") == ((b"https", b"bss.example", 443), "/api")
+    for url in ("http://[::1]:8080", "http://user:pw@bss.example", "http://bss.example/a b",
+                "http://bücher.example", "ftp://bss.example", "http://bss.example:99999"):
+        assert _wire_parts(url) == (None, ""), url
 
 
 # -- connections the server closes (both transports, both event loops) --------------------

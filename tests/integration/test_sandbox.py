@@ -557,6 +557,7 @@ async def test_writes_publish_events_with_their_origin(
     assert {e["recordId"] for e in events} == {record["id"]}
     assert {e["organizationId"] for e in events} == {ORG}
     assert events[0]["data"] == record and events[0]["occurredAt"] == record["updatedAt"]
+    assert set(events[0]) == set(events[3])  # the create's, built in SQL, as entity_event's
     assert events[1]["data"] == updated and events[1]["changedFields"] == ["name", "status"]
     assert events[2]["changedFields"] == ["status"]
     assert events[3]["data"] == last and events[3]["occurredAt"] > last["updatedAt"]
