@@ -36,6 +36,7 @@ from sandbox.records import (
 )
 from sandbox.statistics import RecordStatistics
 from sandbox.validation import FieldProblem, record_problems
+from shared.batching import Coalescer
 from shared.storage.db import Connection, Database
 
 _RFC3339 = """to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
@@ -77,30 +78,37 @@ _DELETE = (
     " WHERE org_id = %s AND entity = %s AND id = %s"
     f" RETURNING {_RFC3339.format('t.ts')}")
 _OUTBOX = "INSERT INTO outbox (routing_key, body) VALUES (%s, %s::jsonb)"
-# A create is one statement (atomic on its own, no transaction around it): the stored
-# JSON computed once, the idempotency key claimed with the answer it keeps, the record
-# inserted only when there is no key or the key was free, and its ``created`` event
-# (as :func:`sandbox.events.entity_event` builds it) put in the outbox. Six round trips
-# before (BEGIN, claim, insert, event, answer, COMMIT); the pull benchmark is bound by
-# the sandbox's writes. A key already taken makes nothing: its earlier answer is read
+# Creates are one statement for every create in flight (group commit, as bss-sync's
+# own link and audit writes are): for each, the stored JSON computed once, the
+# idempotency key claimed with the answer it keeps, the record inserted only when it
+# has no key or its key was free, and its ``created`` event (as
+# :func:`sandbox.events.entity_event` builds it) put in the outbox — atomic, each
+# create with its event. One create alone was six round trips (BEGIN, claim, insert,
+# event, answer, COMMIT), and on this kind of machine a round trip costs more in
+# waking processes than the work; the pull benchmark was bound by the sandbox's
+# writes. A key already taken makes nothing: its earlier answer is read
 # (``_READ_KEY``); a concurrent create with the same key waits on the key's row until
-# the first commits, then finds it taken.
+# the first commits, then finds it taken. Keys are claimed in key order, so two
+# statements never wait on each other's keys.
 _CREATE = (
-    "WITH d AS (SELECT t.ts, %(data)s::jsonb || jsonb_build_object("
-    "'id', %(id)s::text, 'organizationId', %(org)s::text,"
+    "WITH d AS MATERIALIZED (SELECT t.n, t.org, t.entity, t.id, t.key, t.rk, t.eid, t.origin,"
+    " t.ts, t.data::jsonb || jsonb_build_object('id', t.id, 'organizationId', t.org,"
     f" 'createdAt', {_RFC3339.format('t.ts')}, 'updatedAt', {_RFC3339.format('t.ts')}) AS data"
-    " FROM (SELECT clock_timestamp() AS ts) AS t),"
+    " FROM (SELECT u.*, clock_timestamp() AS ts FROM unnest(%(orgs)s::text[],"
+    " %(entities)s::text[], %(ids)s::text[], %(datas)s::text[], %(keys)s::text[],"
+    " %(routing_keys)s::text[], %(event_ids)s::text[], %(origins)s::text[])"
+    " WITH ORDINALITY AS u(org, entity, id, data, key, rk, eid, origin, n)) AS t),"
     " k AS (INSERT INTO idempotency_keys (org_id, entity, key, record_id, response, version)"
-    " SELECT %(org)s, %(entity)s, %(key)s, %(id)s, d.data, 1 FROM d"
-    " WHERE %(key)s::text IS NOT NULL ON CONFLICT DO NOTHING RETURNING 1),"
+    " SELECT org, entity, key, id, data, 1 FROM d WHERE key IS NOT NULL"
+    " ORDER BY org, entity, key ON CONFLICT DO NOTHING RETURNING record_id),"
     " r AS (INSERT INTO records (org_id, entity, id, version, created_at, updated_at, data)"
-    " SELECT %(org)s, %(entity)s, %(id)s, 1, d.ts, d.ts, d.data FROM d"
-    " WHERE %(key)s::text IS NULL OR EXISTS (SELECT FROM k) RETURNING data, version),"
-    " e AS (INSERT INTO outbox (routing_key, body) SELECT %(routing_key)s, jsonb_build_object("
-    "'id', %(event_id)s::text, 'entity', %(entity)s::text, 'event', 'created',"
-    " 'organizationId', %(org)s::text, 'recordId', %(id)s::text,"
-    " 'occurredAt', r.data->'updatedAt', 'origin', %(origin)s::text, 'data', r.data) FROM r)"
-    " SELECT data::text, version FROM r")
+    " SELECT org, entity, id, 1, ts, ts, data FROM d"
+    " WHERE key IS NULL OR id IN (SELECT record_id FROM k) RETURNING id),"
+    " e AS (INSERT INTO outbox (routing_key, body) SELECT d.rk, jsonb_build_object("
+    "'id', d.eid, 'entity', d.entity, 'event', 'created', 'organizationId', d.org,"
+    " 'recordId', d.id, 'occurredAt', d.data->'updatedAt', 'origin', d.origin, 'data', d.data)"
+    " FROM d JOIN r ON r.id = d.id ORDER BY d.n)"
+    " SELECT d.data::text, r.id IS NOT NULL FROM d LEFT JOIN r ON r.id = d.id ORDER BY d.n")
 _READ_KEY = ("SELECT record_id, response::text, version FROM idempotency_keys"
              " WHERE org_id = %s AND entity = %s AND key = %s")
 _BEGINNING = datetime.fromisoformat("0001-01-01T00:00:00+00:00")
@@ -164,6 +172,20 @@ class Write:
     origin: str | None = None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Create:
+    """One create waiting for its statement: the new record's id and JSON, its key."""
+
+    write: Write
+    record_id: str
+    data: str
+    key: str | None
+
+
+#: Creates in one statement at most.
+MAX_CREATES = 100
+
+
 class RecordStore:
     """The records of every organization and entity in one sandbox schema.
 
@@ -174,6 +196,8 @@ class RecordStore:
     def __init__(self, db: Database, statistics: RecordStatistics | None = None) -> None:
         self.db = db
         self.statistics = statistics if statistics is not None else RecordStatistics(db)
+        self._creates: Coalescer[_Create, StoredRecord] = Coalescer(
+            self._create_batch, max_batch=MAX_CREATES)
 
     # ------------------------------------------------------------------ reads
 
@@ -241,26 +265,9 @@ class RecordStore:
         nothing. Raises :class:`InvalidRecord`.
         """
         fields = _valid(write.entity, writable_fields(body))
-        record_id = new_id(write.entity)
-        params = {"org": write.org_id, "entity": write.entity, "id": record_id,
-                  "data": _encode(fields), "key": idempotency_key,
-                  "routing_key": routing_key(write.entity, "created"),
-                  "event_id": str(uuid.uuid4()), "origin": write.origin}
-        async with self.db.connection() as conn:
-            cur = conn.cursor(row_factory=tuple_row)
-            try:
-                await cur.execute(_CREATE, params)
-            except psycopg.DataError as exc:
-                raise _unstorable(exc) from exc
-            row = await cur.fetchone()
-            if row is None:  # the key was taken: the answer of the create that took it
-                assert idempotency_key is not None
-                await cur.execute(_READ_KEY, (write.org_id, write.entity, idempotency_key))
-                row = await cur.fetchone()
-                assert row is not None and row[1] is not None
-                return StoredRecord(row[0], row[1], row[2])
-        self.statistics.wrote()
-        return StoredRecord(record_id, row[0], row[1])
+        stored = await self._creates.submit(_Create(write, new_id(write.entity),
+                                                    _encode(fields), idempotency_key))
+        return stored
 
     async def replace(self, write: Write, record_id: str, body: Mapping[str, Any], *,
                       if_match: str | None = None) -> StoredRecord:
@@ -307,6 +314,52 @@ class RecordStore:
             assert row is not None  # locked above
             await _emit(conn, write, "deleted", record_id, current, occurred_at=row[0])
         self.statistics.wrote()
+
+
+    async def _create_batch(self, creates: list[_Create]
+                            ) -> list[StoredRecord | BaseException]:
+        """The creates in flight, in one statement (``_CREATE``). A value PostgreSQL
+        refuses fails the statement: each create is then made alone, so that only its
+        own create fails."""
+        try:
+            return await self._create_rows(creates)
+        except psycopg.DataError as exc:
+            if len(creates) == 1:
+                return [_unstorable(exc)]
+        results: list[StoredRecord | BaseException] = []
+        for create in creates:
+            try:
+                results += await self._create_rows([create])
+            except psycopg.DataError as exc:
+                results.append(_unstorable(exc))
+        return results
+
+    async def _create_rows(self, creates: list[_Create]) -> list[StoredRecord | BaseException]:
+        params = {
+            "orgs": [c.write.org_id for c in creates],
+            "entities": [c.write.entity for c in creates],
+            "ids": [c.record_id for c in creates], "datas": [c.data for c in creates],
+            "keys": [c.key for c in creates],
+            "routing_keys": [routing_key(c.write.entity, "created") for c in creates],
+            "event_ids": [str(uuid.uuid4()) for _ in creates],
+            "origins": [c.write.origin for c in creates]}
+        async with self.db.connection() as conn:
+            cur = conn.cursor(row_factory=tuple_row)
+            await cur.execute(_CREATE, params)
+            rows = await cur.fetchall()
+            results: list[StoredRecord | BaseException] = []
+            for create, (text, made) in zip(creates, rows, strict=True):
+                if made:
+                    self.statistics.wrote()
+                    results.append(StoredRecord(create.record_id, text, 1))
+                    continue
+                # the key was taken: the answer of the create that took it
+                await cur.execute(_READ_KEY, (create.write.org_id, create.write.entity,
+                                              create.key))
+                row = await cur.fetchone()
+                assert row is not None and row[1] is not None
+                results.append(StoredRecord(row[0], row[1], row[2]))
+        return results
 
 
 # ---------------------------------------------------------------------- steps of a write

@@ -908,3 +908,44 @@ async def test_records_are_analyzed_after_a_burst_of_writes_and_after_a_seed(
         quiet = RecordStore(db, RecordStatistics(db, after=0))  # counts nothing itself
         await seed_organization(quiet, ORG, 30, entities=["account"], seed=5)
         assert await counted() == 50
+
+
+async def test_concurrent_creates_share_a_statement_and_a_bad_one_fails_alone(
+        database_url: str, sandbox_schema: str) -> None:
+    """Creates in flight together go to PostgreSQL as one statement. One of them holding
+    what PostgreSQL cannot store (a NUL character) fails alone with the reason; two with
+    the same idempotency key make one record and answer the same; every record made has
+    its one event."""
+    from sandbox.migration import migrate
+    from sandbox.store import InvalidRecord, RecordStore, Write
+    from shared.storage.db import Database
+
+    async with Database(database_url, sandbox_schema, max_size=2) as db:
+        await migrate(db, sandbox_schema)
+        store = RecordStore(db)
+        write = Write(ORG, "account", origin="inst-1")
+        bodies = [{"name": f"Batch {i}"} for i in range(30)]
+        bodies[7] = {"name": "Nul\x00 Corp"}
+        results = await asyncio.gather(
+            *(store.create(write, b) for b in bodies),
+            store.create(write, {"name": "Keyed"}, idempotency_key="k-1"),
+            store.create(write, {"name": "Keyed"}, idempotency_key="k-1"),
+            return_exceptions=True)
+        assert store._creates.batches < len(results), "the creates did not share a statement"
+        bad = results[7]
+        assert isinstance(bad, InvalidRecord)
+        assert "PostgreSQL cannot store this record" in bad.problems[0].detail
+        made = [r for i, r in enumerate(results[:30]) if i != 7]
+        assert all(not isinstance(r, BaseException) for r in made)
+        first, again = results[30], results[31]
+        assert not isinstance(first, BaseException) and not isinstance(again, BaseException)
+        assert (first.id, first.text, first.version) == (again.id, again.text, again.version)
+        rows = await db.fetch("SELECT id FROM records WHERE org_id = %s AND entity = 'account'",
+                              (ORG,))
+        assert sorted(r["id"] for r in rows) == sorted([r.id for r in made] + [first.id])
+        events = await db.fetch("SELECT body FROM outbox ORDER BY id")
+        assert sorted(e["body"]["recordId"] for e in events) == sorted(r["id"] for r in rows)
+        assert {e["body"]["origin"] for e in events} == {"inst-1"}
+        assert all(e["body"]["data"] == json.loads(r.text) for e, r in zip(
+            sorted(events, key=lambda e: e["body"]["recordId"]),
+            sorted([*made, first], key=lambda r: r.id), strict=True))
