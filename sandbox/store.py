@@ -109,6 +109,35 @@ _CREATE = (
     " 'recordId', d.id, 'occurredAt', d.data->'updatedAt', 'origin', d.origin, 'data', d.data)"
     " FROM d JOIN r ON r.id = d.id ORDER BY d.n)"
     " SELECT d.data::text, r.id IS NOT NULL FROM d LEFT JOIN r ON r.id = d.id ORDER BY d.n")
+# Merge patches in flight are two statements for all of them (group commit): their
+# records read, and — each merged and checked in Python — one UPDATE of those still at
+# the version read, with their ``updated`` events. A record changed in between is not
+# updated: that patch is refused (412) when it carried If-Match, else merged again on
+# what the record has become. Five round trips a patch before (BEGIN, SELECT … FOR
+# UPDATE, UPDATE, event, COMMIT).
+_READ_MANY = (
+    "SELECT r.n, r.data::text, r.version, r.deleted_at IS NULL FROM unnest(%s::text[],"
+    " %s::text[], %s::text[]) WITH ORDINALITY AS w(org, entity, id, n)"
+    " CROSS JOIN LATERAL (SELECT w.n, data, version, deleted_at FROM records"
+    " WHERE org_id = w.org AND entity = w.entity AND id = w.id OFFSET 0) AS r")
+_PATCH = (
+    "WITH r AS (UPDATE records AS rec SET version = rec.version + 1, updated_at = u.ts,"
+    " data = u.data::jsonb || jsonb_build_object('id', rec.id, 'organizationId', rec.org_id,"
+    f" 'createdAt', rec.data->'createdAt', 'updatedAt', {_RFC3339.format('u.ts')})"
+    " FROM (SELECT w.*, clock_timestamp() AS ts FROM unnest(%(orgs)s::text[],"
+    " %(entities)s::text[], %(ids)s::text[], %(datas)s::text[], %(versions)s::int[],"
+    " %(changed)s::text[], %(event_ids)s::text[], %(origins)s::text[])"
+    " WITH ORDINALITY AS w(org, entity, id, data, version, changed, eid, origin, n)"
+    " ORDER BY w.org, w.entity, w.id) AS u"
+    " WHERE rec.org_id = u.org AND rec.entity = u.entity AND rec.id = u.id"
+    " AND rec.version = u.version AND rec.deleted_at IS NULL"
+    " RETURNING u.n, rec.data, rec.version, u.org, u.entity, u.id, u.changed, u.eid, u.origin),"
+    " e AS (INSERT INTO outbox (routing_key, body) SELECT r.entity || '.updated',"
+    " jsonb_build_object('id', r.eid, 'entity', r.entity, 'event', 'updated',"
+    " 'organizationId', r.org, 'recordId', r.id, 'occurredAt', r.data->'updatedAt',"
+    " 'origin', r.origin, 'data', r.data, 'changedFields', r.changed::jsonb)"
+    " FROM r ORDER BY r.n)"
+    " SELECT n, data::text, version FROM r")
 _READ_KEY = ("SELECT record_id, response::text, version FROM idempotency_keys"
              " WHERE org_id = %s AND entity = %s AND key = %s")
 _BEGINNING = datetime.fromisoformat("0001-01-01T00:00:00+00:00")
@@ -182,8 +211,20 @@ class _Create:
     key: str | None
 
 
-#: Creates in one statement at most.
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Patch:
+    """One merge patch waiting for its statements."""
+
+    write: Write
+    record_id: str
+    fields: dict[str, Any]
+    if_match: str | None
+
+
+#: Creates (patches) in one statement at most.
 MAX_CREATES = 100
+#: Times a patch without If-Match is merged again on a record that keeps changing.
+MAX_PATCH_ROUNDS = 5
 
 
 class RecordStore:
@@ -198,6 +239,8 @@ class RecordStore:
         self.statistics = statistics if statistics is not None else RecordStatistics(db)
         self._creates: Coalescer[_Create, StoredRecord] = Coalescer(
             self._create_batch, max_batch=MAX_CREATES)
+        self._patches: Coalescer[_Patch, StoredRecord] = Coalescer(
+            self._patch_batch, max_batch=MAX_CREATES)
 
     # ------------------------------------------------------------------ reads
 
@@ -293,13 +336,8 @@ class RecordStore:
         """
         if patch.get("id") not in (None, record_id):
             raise InvalidRecord([FieldProblem("/id", "must be the id in the path, or absent")])
-        async with self.db.transaction() as conn:
-            current, _version = await _lock(conn, write, record_id, if_match)
-            fields = _valid(write.entity, merge_patch(writable_fields(current),
-                                                      writable_fields(patch)))
-            stored = await _update(conn, write, record_id, current, fields)
-        self.statistics.wrote()
-        return stored
+        return await self._patches.submit(_Patch(write, record_id, writable_fields(patch),
+                                                 if_match))
 
     async def delete(self, write: Write, record_id: str, *, if_match: str | None = None) -> None:
         """Soft-delete a record; its ``deleted`` event carries the last snapshot.
@@ -360,6 +398,108 @@ class RecordStore:
                 assert row is not None and row[1] is not None
                 results.append(StoredRecord(row[0], row[1], row[2]))
         return results
+
+
+    async def _patch_batch(self, patches: list[_Patch]) -> list[StoredRecord | BaseException]:
+        """The patches in flight: read, merge, update those still at the version read
+        (``_PATCH``). A patch whose record changed meanwhile is read and merged again
+        (its If-Match checked against what the record has become); after
+        ``MAX_PATCH_ROUNDS`` it waits for the record's lock like any other write."""
+        results: list[StoredRecord | BaseException | None] = [None] * len(patches)
+        waiting = list(range(len(patches)))
+        async with self.db.connection() as conn:
+            cur = conn.cursor(row_factory=tuple_row)
+            for _round in range(MAX_PATCH_ROUNDS):
+                if not waiting:
+                    break
+                sent = await self._merged(cur, patches, waiting, results)
+                updated = await self._update_all(cur, patches, sent, results)
+                waiting = [index for index, *_ in sent
+                           if index not in updated and results[index] is None]
+                for _ in updated:
+                    self.statistics.wrote()
+        for index in waiting:  # kept changing: under the record's lock
+            try:
+                results[index] = await self._patch_locked(patches[index])
+            except (RecordNotFound, PreconditionFailed, InvalidRecord) as exc:
+                results[index] = exc
+        return [r if r is not None else RuntimeError("patch not served") for r in results]
+
+    async def _merged(self, cur: Any, patches: list[_Patch], waiting: list[int],
+                      results: list[StoredRecord | BaseException | None],
+                      ) -> list[tuple[int, str, int, str]]:
+        """Read the records of the ``waiting`` patches and merge each: (index, merged
+        JSON, version read, changed fields as JSON) of those that can be written; the
+        others get their error in ``results``."""
+        await cur.execute(_READ_MANY, ([patches[i].write.org_id for i in waiting],
+                                       [patches[i].write.entity for i in waiting],
+                                       [patches[i].record_id for i in waiting]))
+        found = {n: (text, version, live) for n, text, version, live in await cur.fetchall()}
+        sent = []
+        for position, index in enumerate(waiting, start=1):
+            patch = patches[index]
+            read = found.get(position)
+            try:
+                if read is None or not read[2]:
+                    raise RecordNotFound(patch.record_id)
+                if not if_match_allows(patch.if_match, read[1]):
+                    raise PreconditionFailed(etag(read[1]))
+                current = json.loads(read[0])
+                fields = _valid(patch.write.entity,
+                                merge_patch(writable_fields(current), patch.fields))
+            except (RecordNotFound, PreconditionFailed, InvalidRecord) as exc:
+                results[index] = exc
+                continue
+            sent.append((index, _encode(fields), read[1],
+                         json.dumps(changed_fields(current, fields))))
+        return sent
+
+    async def _update_all(self, cur: Any, patches: list[_Patch],
+                          sent: list[tuple[int, str, int, str]],
+                          results: list[StoredRecord | BaseException | None]) -> set[int]:
+        """``_PATCH`` for ``sent``; a value PostgreSQL refuses fails the statement, so
+        each is then written alone and only its own patch fails. The indexes updated."""
+        try:
+            rows = await self._update_rows(cur, patches, sent)
+        except psycopg.DataError as exc:
+            if len(sent) == 1:
+                results[sent[0][0]] = _unstorable(exc)
+                return set()
+            rows = {}
+            for one in sent:
+                try:
+                    rows.update(await self._update_rows(cur, patches, [one]))
+                except psycopg.DataError as alone:
+                    results[one[0]] = _unstorable(alone)
+        for index, (text, version) in rows.items():
+            results[index] = StoredRecord(patches[index].record_id, text, version)
+        return set(rows)
+
+    async def _patch_locked(self, patch: _Patch) -> StoredRecord:
+        """One patch under the record's lock (a transaction)."""
+        write, record_id = patch.write, patch.record_id
+        async with self.db.transaction() as conn:
+            current, _version = await _lock(conn, write, record_id, patch.if_match)
+            fields = _valid(write.entity, merge_patch(writable_fields(current), patch.fields))
+            stored = await _update(conn, write, record_id, current, fields)
+        self.statistics.wrote()
+        return stored
+
+    @staticmethod
+    async def _update_rows(cur: Any, patches: list[_Patch],
+                           sent: list[tuple[int, str, int, str]]) -> dict[int, tuple[str, int]]:
+        """Run ``_PATCH`` for ``sent`` (index, merged JSON, version read, changed fields);
+        the stored JSON and version of each record updated, by index."""
+        await cur.execute(_PATCH, {
+            "orgs": [patches[i].write.org_id for i, *_ in sent],
+            "entities": [patches[i].write.entity for i, *_ in sent],
+            "ids": [patches[i].record_id for i, *_ in sent],
+            "datas": [data for _, data, _, _ in sent],
+            "versions": [version for _, _, version, _ in sent],
+            "changed": [changed for *_, changed in sent],
+            "event_ids": [str(uuid.uuid4()) for _ in sent],
+            "origins": [patches[i].write.origin for i, *_ in sent]})
+        return {sent[n - 1][0]: (text, version) for n, text, version in await cur.fetchall()}
 
 
 # ---------------------------------------------------------------------- steps of a write

@@ -949,3 +949,65 @@ async def test_concurrent_creates_share_a_statement_and_a_bad_one_fails_alone(
         assert all(e["body"]["data"] == json.loads(r.text) for e, r in zip(
             sorted(events, key=lambda e: e["body"]["recordId"]),
             sorted([*made, first], key=lambda r: r.id), strict=True))
+
+
+async def test_concurrent_patches_share_statements_and_each_gets_its_own_answer(
+        database_url: str, sandbox_schema: str) -> None:
+    """Merge patches in flight together are read and written as one batch, each with its
+    own answer: applied (with its one event and its changed fields), both of two patches
+    of one record without If-Match applied, one of two with the same If-Match refused
+    with the record's real ETag, a missing record, a patch that breaks the schema, one
+    holding what PostgreSQL cannot store — each refused alone."""
+    from sandbox.migration import migrate
+    from sandbox.store import (
+        InvalidRecord,
+        PreconditionFailed,
+        RecordNotFound,
+        RecordStore,
+        StoredRecord,
+        Write,
+    )
+    from shared.storage.db import Database
+
+    async with Database(database_url, sandbox_schema, max_size=2) as db:
+        await migrate(db, sandbox_schema)
+        store = RecordStore(db)
+        write = Write(ORG, "account", origin="inst-1")
+        records = [await store.create(write, {"name": f"Patch {i}"}) for i in range(24)]
+        ids = [r.id for r in records]
+        await db.execute("DELETE FROM outbox")
+        batches = store._patches.batches
+        results = await asyncio.gather(
+            *(store.patch(write, i, {"phone": f"+1 555 {n:04d}"}) for n, i in enumerate(ids[:20])),
+            store.patch(write, ids[20], {"phone": "+1 1"}),
+            store.patch(write, ids[20], {"fax": "+1 2"}),
+            store.patch(write, ids[21], {"phone": "+1 3"}, if_match='"1"'),
+            store.patch(write, ids[21], {"fax": "+1 4"}, if_match='"1"'),
+            store.patch(write, "acc_missing", {"phone": "+1 5"}),
+            store.patch(write, ids[22], {"name": 5}),
+            store.patch(write, ids[23], {"phone": "nul\x00"}),
+            return_exceptions=True)
+        assert store._patches.batches - batches < len(results), "no batch was shared"
+        applied = results[:20]
+        assert all(isinstance(r, StoredRecord) and r.version == 2 for r in applied)
+        assert [json.loads(r.text)["phone"] for r in applied] == [
+            f"+1 555 {n:04d}" for n in range(20)]
+        twice = json.loads((await store.get(ORG, "account", ids[20])).text)
+        assert (twice["phone"], twice["fax"]) == ("+1 1", "+1 2")
+        guarded = results[22:24]
+        assert sorted(type(r).__name__ for r in guarded) == ["PreconditionFailed",
+                                                             "StoredRecord"]
+        refused = next(r for r in guarded if isinstance(r, PreconditionFailed))
+        assert refused.current_etag == (await store.get(ORG, "account", ids[21])).etag == '"2"'
+        assert isinstance(results[24], RecordNotFound)
+        assert isinstance(results[25], InvalidRecord)
+        assert isinstance(results[26], InvalidRecord)
+        assert "PostgreSQL cannot store" in results[26].problems[0].detail
+        events = await db.fetch("SELECT body FROM outbox ORDER BY id")
+        assert Counter(e["body"]["recordId"] for e in events) == Counter(
+            [*ids[:20], ids[20], ids[20], ids[21]])
+        assert {e["body"]["event"] for e in events} == {"updated"}
+        by_id = {e["body"]["recordId"]: e["body"] for e in events}
+        assert by_id[ids[0]]["changedFields"] == ["phone"]
+        assert by_id[ids[0]]["data"] == json.loads(applied[0].text)
+        assert by_id[ids[0]]["origin"] == "inst-1"
