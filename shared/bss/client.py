@@ -210,10 +210,11 @@ class BssClient:
                 return
             cursor = page.next_cursor
 
-    async def create(self, org_id: str, entity: str, record: dict[str, Any], *, origin: str,
-                     idempotency_key: str | None = None) -> dict[str, Any]:
-        """Create a record; the BSS stamps ``origin`` on the resulting event."""
-        headers = {ORIGIN_HEADER: origin}
+    async def create(self, org_id: str, entity: str, record: dict[str, Any], *,
+                     origin: str | None, idempotency_key: str | None = None) -> dict[str, Any]:
+        """Create a record; the BSS stamps ``origin`` on the resulting event (none: a
+        write that is not a synchronization's, as a BSS user's)."""
+        headers = {ORIGIN_HEADER: origin} if origin is not None else {}
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
         response = await self._send("POST", self._path(org_id, entity), json_body=record,
