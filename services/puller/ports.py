@@ -83,9 +83,10 @@ class BssWrites(Protocol):
         """The record and its ETag; ``None`` when the BSS does not have it."""
         ...
 
-    async def create(self, org_id: str, entity: str, record: dict[str, Any], *, origin: str,
-                     idempotency_key: str | None = None) -> dict[str, Any]:
-        """The created record (the first one again for a replayed idempotency key)."""
+    async def create(self, org_id: str, entity: str, record: dict[str, Any], *,
+                     origin: str | None, idempotency_key: str | None = None) -> dict[str, Any]:
+        """The created record (the first one again for a replayed idempotency key);
+        ``origin`` goes on its event (the puller always gives its instance's id)."""
         ...
 
     async def patch(self, org_id: str, entity: str, record_id: str, changes: dict[str, Any],

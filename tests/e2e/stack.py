@@ -23,6 +23,7 @@ import secrets
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -269,3 +270,18 @@ class TestStack(Stack):
 
     def purge(self, queue: str) -> None:
         self.management.for_vhost(self.config.vhost).purge_queue(queue)
+
+
+class ClockedWorld:
+    """A stack whose dispatchers read the time from the file ``clock`` (``CLOCK_FILE``),
+    so that a test moves their schedules on; and its database."""
+
+    def __init__(self, stack: TestStack, clock: Path) -> None:
+        self.stack = stack
+        self.clock = clock
+
+    def set_clock(self, instant: datetime) -> None:
+        self.clock.write_text(instant.isoformat())
+
+    def db(self) -> psycopg.Connection[dict[str, Any]]:
+        return psycopg.connect(self.stack.database_url, row_factory=dict_row, autocommit=True)

@@ -16,20 +16,24 @@ import json
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from kombu import Connection
-from psycopg.rows import dict_row
 
 from shared.messaging.dead_letters import H_REDELIVERED_FROM
 from shared.messaging.topology import DISPATCHER, PUSHER, WorkQueue
 from shared.runtime.registry import DEFAULT_TTL
 from tests.e2e.conftest import make_stack
 from tests.e2e.records import ACME_CONNECTOR, account_bodies
-from tests.e2e.stack import ACME_API_KEY, FULL_PUSH, PUSHER_DEAD, Connector, Tenant, TestStack
+from tests.e2e.stack import (
+    ACME_API_KEY,
+    FULL_PUSH,
+    PUSHER_DEAD,
+    ClockedWorld,
+    Connector,
+    Tenant,
+)
 from tests.fixtures.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -44,17 +48,7 @@ NEXT_SLOT = SLOT + timedelta(days=1)
 NO_RUNS = (SLOT + timedelta(days=120)).strftime("%M %H %d %m *")
 
 
-class World:
-    def __init__(self, stack: TestStack, clock: Path) -> None:
-        self.stack = stack
-        self.clock = clock
-
-    def set_clock(self, instant: datetime) -> None:
-        self.clock.write_text(instant.isoformat())
-
-    def db(self) -> psycopg.Connection[Record]:
-        return psycopg.connect(self.stack.database_url, row_factory=dict_row, autocommit=True)
-
+class World(ClockedWorld):
     def slots(self) -> list[Record]:
         with self.db() as conn:
             return conn.execute("SELECT slot, finished_at, summary, error FROM job_slots"

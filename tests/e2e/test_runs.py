@@ -22,16 +22,14 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import psycopg
 import pytest
-from psycopg.rows import dict_row
 
 from demo.processes import LoggedProcess, Service, bss_sync
 from shared.messaging.topology import DISPATCHER, PULLER, PUSHER
 from shared.runtime.registry import DEFAULT_TTL
 from tests.e2e.conftest import make_stack
 from tests.e2e.records import ACME_CONNECTOR, account_bodies
-from tests.e2e.stack import ACME_API_KEY, Connector, Tenant, TestStack
+from tests.e2e.stack import ACME_API_KEY, ClockedWorld, Connector, Tenant, TestStack
 from tests.e2e.two_way import TWO_WAY
 from tests.fixtures.waiting import wait_until
 
@@ -43,17 +41,10 @@ DISPATCHER_QUEUE = "dispatcher.events"
 REDELIVERY_SLOT = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=40)
 
 
-class World:
+class World(ClockedWorld):
     def __init__(self, stack: TestStack, clock: Path, replica: Service) -> None:
-        self.stack = stack
-        self.clock = clock
+        super().__init__(stack, clock)
         self.replica = replica
-
-    def set_clock(self, instant: datetime) -> None:
-        self.clock.write_text(instant.isoformat())
-
-    def db(self) -> psycopg.Connection[Record]:
-        return psycopg.connect(self.stack.database_url, row_factory=dict_row, autocommit=True)
 
     def runs(self, instance_id: str) -> list[Record]:
         with self.db() as conn:

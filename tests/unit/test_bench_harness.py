@@ -4,24 +4,16 @@ neighbour's test node stopping mid-run once made the column negative)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-HARNESS = Path(__file__).resolve().parents[2] / "bench" / "harness.py"
+from tests.fixtures.bench_modules import load_bench
 
 
 @pytest.fixture(scope="module")
 def harness() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_harness", HARNESS)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("harness")
 
 
 def test_a_node_that_exits_keeps_what_it_used_and_a_new_one_counts_from_first_sight(

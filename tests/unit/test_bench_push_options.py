@@ -6,24 +6,16 @@ the same pass."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "push.py"
+from tests.fixtures.bench_modules import load_bench
 
 
 @pytest.fixture(scope="module")
 def push() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_push", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("push")
 
 
 def test_a_pass_takes_the_defaults_of_its_own_delay(push: ModuleType) -> None:

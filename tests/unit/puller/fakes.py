@@ -85,8 +85,8 @@ class FakeBssWrites:
             return None
         return Versioned(copy.deepcopy(self.records[key]), self._etag(key))
 
-    async def create(self, org_id: str, entity: str, record: dict[str, Any], *, origin: str,
-                     idempotency_key: str | None = None) -> dict[str, Any]:
+    async def create(self, org_id: str, entity: str, record: dict[str, Any], *,
+                     origin: str | None, idempotency_key: str | None = None) -> dict[str, Any]:
         self._fail()
         self.writes.append(Write("POST", entity, None, origin, idempotency_key,
                                  body=copy.deepcopy(record)))
