@@ -22,6 +22,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,22 @@ def make_stack(request: pytest.FixtureRequest, connectors: list[Connector],
     request.addfinalizer(stack.stop)
     stack.start()
     return stack
+
+
+def make_clocked_stack(request: pytest.FixtureRequest, redelivery_cron: str,
+                       services: tuple[str, ...], extra_env: dict[str, str] | None = None,
+                       ) -> tuple[TestStack, Path]:
+    """A stack with the Acme CRM whose dispatchers run the schedules on a clock read
+    from a file (``CLOCK_FILE``, set to now), the daily redelivery on
+    ``redelivery_cron``; the stack and the clock's file."""
+    clock = request.getfixturevalue("tmp_path_factory").mktemp("clock") / "now"
+    clock.write_text(datetime.now(UTC).isoformat())
+    env = {"ACME_KEY": ACME_API_KEY, "ACME_BAD_KEY": "not-the-key", "SCHEDULES_ENABLED": "true",
+           "REDELIVERY_SCHEDULE": redelivery_cron, "CLOCK_FILE": str(clock),
+           "SCHEDULE_INTERVAL": "0.2", **(extra_env or {})}
+    stack = make_stack(request, [Connector("acme-crm", [ACME_CONNECTOR])], env, crm=True,
+                       services=services)
+    return stack, clock
 
 
 # --------------------------------------------------------------------------- Acme CRM

@@ -24,14 +24,12 @@ from kombu import Connection
 from shared.messaging.dead_letters import H_REDELIVERED_FROM
 from shared.messaging.topology import DISPATCHER, PUSHER, WorkQueue
 from shared.runtime.registry import DEFAULT_TTL
-from tests.e2e.conftest import make_stack
-from tests.e2e.records import ACME_CONNECTOR, account_bodies
+from tests.e2e.conftest import make_clocked_stack
+from tests.e2e.records import account_bodies
 from tests.e2e.stack import (
-    ACME_API_KEY,
     FULL_PUSH,
     PUSHER_DEAD,
     ClockedWorld,
-    Connector,
     Tenant,
 )
 from tests.fixtures.waiting import wait_until
@@ -87,17 +85,9 @@ class World(ClockedWorld):
 
 
 @pytest.fixture(scope="module")
-def world(request: pytest.FixtureRequest,
-          tmp_path_factory: pytest.TempPathFactory) -> World:
-    clock = tmp_path_factory.mktemp("clock") / "now"
-    clock.write_text(datetime.now(UTC).isoformat())
-    stack = make_stack(request, [Connector("acme-crm", [ACME_CONNECTOR])],
-                       {"ACME_KEY": ACME_API_KEY, "ACME_BAD_KEY": "not-the-key",
-                        "SCHEDULES_ENABLED": "true",
-                        "REDELIVERY_SCHEDULE": f"{SLOT.minute} {SLOT.hour} * * *",
-                        "CLOCK_FILE": str(clock), "SCHEDULE_INTERVAL": "0.2"},
-                       crm=True, services=(DISPATCHER, PUSHER))
-    return World(stack, clock)
+def world(request: pytest.FixtureRequest) -> World:
+    return World(*make_clocked_stack(request, f"{SLOT.minute} {SLOT.hour} * * *",
+                                     (DISPATCHER, PUSHER)))
 
 
 def records_of(messages: list[Record]) -> list[str]:

@@ -27,9 +27,9 @@ import pytest
 from demo.processes import LoggedProcess, Service, bss_sync
 from shared.messaging.topology import DISPATCHER, PULLER, PUSHER
 from shared.runtime.registry import DEFAULT_TTL
-from tests.e2e.conftest import make_stack
-from tests.e2e.records import ACME_CONNECTOR, account_bodies
-from tests.e2e.stack import ACME_API_KEY, ClockedWorld, Connector, Tenant, TestStack
+from tests.e2e.conftest import make_clocked_stack
+from tests.e2e.records import account_bodies
+from tests.e2e.stack import ClockedWorld, Tenant, TestStack
 from tests.e2e.two_way import TWO_WAY
 from tests.fixtures.waiting import wait_until
 
@@ -67,17 +67,10 @@ class World(ClockedWorld):
 
 
 @pytest.fixture(scope="module")
-def world(request: pytest.FixtureRequest,
-          tmp_path_factory: pytest.TempPathFactory) -> World:
-    clock = tmp_path_factory.mktemp("clock") / "now"
-    clock.write_text(datetime.now(UTC).isoformat())
-    stack = make_stack(request, [Connector("acme-crm", [ACME_CONNECTOR])],
-                       {"ACME_KEY": ACME_API_KEY, "ACME_BAD_KEY": "not-the-key",
-                        "SCHEDULES_ENABLED": "true",
-                        "REDELIVERY_SCHEDULE": cron_at(REDELIVERY_SLOT, "UTC"),
-                        "CLOCK_FILE": str(clock), "SCHEDULE_INTERVAL": "0.3",
-                        "RUN_PUSH_TIMEOUT": "60"},
-                       crm=True, services=(DISPATCHER, PUSHER, PULLER))
+def world(request: pytest.FixtureRequest) -> World:
+    stack, clock = make_clocked_stack(request, cron_at(REDELIVERY_SLOT, "UTC"),
+                                      (DISPATCHER, PUSHER, PULLER),
+                                      {"SCHEDULE_INTERVAL": "0.3", "RUN_PUSH_TIMEOUT": "60"})
     logs = stack.workdir / "replica"
     logs.mkdir()
     replica = Service(DISPATCHER, stack.env, logs)
