@@ -1011,3 +1011,30 @@ async def test_concurrent_patches_share_statements_and_each_gets_its_own_answer(
         assert by_id[ids[0]]["changedFields"] == ["phone"]
         assert by_id[ids[0]]["data"] == json.loads(applied[0].text)
         assert by_id[ids[0]]["origin"] == "inst-1"
+
+
+async def test_a_patch_on_a_record_that_keeps_changing_waits_for_its_lock(
+        database_url: str, sandbox_schema: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the optimistic rounds (none here) a patch is written under the record's
+    lock, with the same answer and the same event as any other: its If-Match checked,
+    its changed fields in the event."""
+    import sandbox.store
+    from sandbox.migration import migrate
+    from sandbox.store import PreconditionFailed, RecordStore, Write
+    from shared.storage.db import Database
+
+    monkeypatch.setattr(sandbox.store, "MAX_PATCH_ROUNDS", 0)
+    async with Database(database_url, sandbox_schema, max_size=2) as db:
+        await migrate(db, sandbox_schema)
+        store = RecordStore(db)
+        write = Write(ORG, "account", origin="inst-1")
+        record = await store.create(write, {"name": "Locked"})
+        await db.execute("DELETE FROM outbox")
+        patched = await store.patch(write, record.id, {"phone": "+1 9"}, if_match='"1"')
+        assert (patched.version, json.loads(patched.text)["phone"]) == (2, "+1 9")
+        with pytest.raises(PreconditionFailed):
+            await store.patch(write, record.id, {"phone": "+1 8"}, if_match='"1"')
+        [event] = await db.fetch("SELECT body FROM outbox")
+        assert (event["body"]["event"], event["body"]["changedFields"]) == ("updated",
+                                                                            ["phone"])
+        assert event["body"]["data"] == json.loads(patched.text)
