@@ -73,7 +73,7 @@ Changes = dict[str, Any]
 
 
 def to_row(record: AuditRecord) -> Row:
-    """The ``COPY`` row of ``record`` (``COLUMNS`` order): redacted, every value fitted.
+    """The row of ``record`` (``COLUMNS`` order): redacted, every value fitted.
 
     Raises ``ValueError`` only for an outcome that is not an :class:`Outcome`.
     """
@@ -81,25 +81,27 @@ def to_row(record: AuditRecord) -> Row:
     outcome = r.outcome if type(r.outcome) is Outcome else Outcome(r.outcome)
     changes: Changes = {}
     at = r.at
-    if not isinstance(at, datetime):
-        changes["at"] = at
-        at = datetime.now(UTC)
-    elif at.tzinfo is None:
-        at = at.replace(tzinfo=UTC)
-        changes["at"] = "read as UTC"
+    if type(at) is not datetime or at.tzinfo is None:
+        at = _fit_at(at, changes)
     direction = r.direction
     if direction is not None and direction not in _DIRECTIONS:
         changes["direction"] = direction
         direction = None
-    idents = [r.category, r.service, r.org_id, r.instance_id, r.entity, r.action, r.record_id,
-              r.external_id, r.error_class, r.run_id, r.message_id, r.correlation_id]
-    # Identifiers carry no secrets and are not redacted: short ASCII is the hot path.
-    for index, value in enumerate(idents):
-        if value is not None and not (type(value) is str and value.isascii()
-                                      and len(value) <= MAX_IDENT_BYTES and "\x00" not in value):
-            idents[index] = fit_ident(value, changes, _IDENTIFIERS[index])
-    category, service, org, instance, entity, action, record_id, external_id = idents[:8]
-    error_class, run_id, message_id, correlation_id = idents[8:]
+    idents = (r.category, r.service, r.org_id, r.instance_id, r.entity, r.action, r.record_id,
+              r.external_id, r.error_class, r.run_id, r.message_id, r.correlation_id)
+    # Identifiers carry no secrets and are not redacted. The hot path, checked for all
+    # of them at once: text (anything else fails the join), ASCII, no NUL, and all of
+    # them together within one identifier's budget.
+    try:
+        joined = "".join(filter(None, idents))
+    except TypeError:
+        joined = None
+    if joined is None or not (len(joined) <= MAX_IDENT_BYTES and joined.isascii()
+                              and "\x00" not in joined):
+        idents = tuple(fit_ident(value, changes, _IDENTIFIERS[index])
+                       for index, value in enumerate(idents))
+    (category, service, org, instance, entity, action, record_id, external_id, error_class,
+     run_id, message_id, correlation_id) = idents
     attempt = r.attempt
     if not (type(attempt) is int and 0 <= attempt <= INT4_MAX):
         attempt = fit_attempt(attempt, changes)
@@ -112,6 +114,17 @@ def to_row(record: AuditRecord) -> Row:
     return (at, category, service, org, instance, entity, direction, action, record_id,
             external_id, outcome.value, attempt, status, error_class, message, duration, run_id,
             message_id, correlation_id, details)
+
+
+def _fit_at(at: Any, changes: Changes) -> datetime:
+    """A time without a zone is read as UTC; what is not a time becomes now."""
+    if not isinstance(at, datetime):
+        changes["at"] = at
+        return datetime.now(UTC)
+    if at.tzinfo is None:
+        changes["at"] = "read as UTC"
+        return at.replace(tzinfo=UTC)
+    return at
 
 
 # --------------------------------------------------------------------------- texts

@@ -464,10 +464,15 @@ async def _until_durable(call: Callable[[], Awaitable[T]], doing: str) -> T:
 def _audit_record(service: str, message: InboundMessage[Any], decision: Decision | str,
                   result: Any, started: float) -> AuditRecord:
     """The audit row of a settled message; ``decision`` may be the success outcome."""
-    record = AuditRecord.for_message(service, Outcome.DEAD, message.context,
-                                     duration_ms=(time.perf_counter() - started) * 1000.0)
-    if isinstance(decision, Ack | str):
-        record.outcome = Outcome(decision.outcome if isinstance(decision, Ack) else decision)
+    c = message.context
+    duration = (time.perf_counter() - started) * 1000.0
+    if isinstance(decision, Ack | str):  # the hot path: every handled message
+        outcome = decision.outcome if isinstance(decision, Ack) else decision
+        # positional: a keyword call of the 20-field dataclass costs a microsecond more
+        record = AuditRecord(service, outcome if type(outcome) is Outcome else Outcome(outcome),
+                             c.org_id, c.instance_id, c.entity, c.direction, c.action,
+                             c.record_id, c.external_id, c.attempt, None, None, None, duration,
+                             c.run_id, c.message_id, c.correlation_id)
         if type(result) is HandlerResult:
             record.action = result.action or record.action
             record.external_id = result.external_id or record.external_id
@@ -477,6 +482,7 @@ def _audit_record(service: str, message: InboundMessage[Any], decision: Decision
         if message.context.redeliveries:
             _with_trigger(record, message.context)
         return record
+    record = AuditRecord.for_message(service, Outcome.DEAD, c, duration_ms=duration)
     _with_error(record, decision.error)
     if isinstance(decision, Retry):
         record.outcome = Outcome.RETRYING

@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
@@ -125,6 +125,21 @@ async def test_a_row_refused_for_its_data_fails_only_its_writer(
     assert isinstance(results[20], AuditRowRefused), results[20]
     assert "no_poison" in str(results[20])
     assert await db.fetchval("SELECT count(*) FROM audit_log") == 20
+
+
+async def test_time_and_duration_are_stored_exactly(db: Database,
+                                                     audit_writer: AuditWriter) -> None:
+    """PostgreSQL stores the row's instant (to the microsecond, whatever its offset; a
+    time without a zone read as UTC) and the same double."""
+    moments = [datetime(2026, 7, 1, 23, 59, 59, 999_999, tzinfo=timezone(timedelta(hours=-5))),
+               datetime(2026, 1, 1, 0, 0, tzinfo=UTC), datetime(2026, 3, 4, 5, 6, 7, 8)]
+    durations = [0.1 + 0.2, 1e-9, 123456.789012345]
+    await audit_writer.write_many([record(n, at=at, duration_ms=duration) for n, (at, duration)
+                                   in enumerate(zip(moments, durations, strict=True))])
+    rows = await db.fetch("SELECT at, duration_ms FROM audit_log ORDER BY record_id")
+    assert [row["at"] for row in rows] == [moments[0], moments[1],
+                                           moments[2].replace(tzinfo=UTC)]
+    assert [row["duration_ms"] for row in rows] == durations
 
 
 async def test_hostile_values_are_fitted_and_every_row_lands(

@@ -22,6 +22,7 @@ from shared.audit.normalise import (
     MAX_DETAILS_CHARS,
     MAX_IDENT_BYTES,
     MAX_MESSAGE_CHARS,
+    fit_ident,
     to_row,
 )
 from shared.audit.record import AuditRecord, Outcome
@@ -102,7 +103,7 @@ def test_an_ordinary_row_goes_in_as_it_is() -> None:
     values = row_of(org_id="org-1", instance_id="inst-1", entity="account", direction="push",
                     action="update", record_id="A-1", attempt=3, http_status=200,
                     duration_ms=12.5, message_id="m-1", details={"reason": "ok"}, at=at)
-    assert values["at"] is at and values["attempt"] == 3 and values["http_status"] == 200
+    assert values["at"] == at and values["attempt"] == 3 and values["http_status"] == 200
     assert values["record_id"] == "A-1" and values["duration_ms"] == 12.5
     assert details_of(values) == {"reason": "ok"}
     assert row_of()["details"] == "{}"
@@ -132,6 +133,14 @@ def test_an_attempt_out_of_the_integer_range_is_clamped_and_kept(attempt: Any,
 ])
 def test_durations(duration: Any, stored: float | None) -> None:
     assert row_of(duration_ms=duration)["duration_ms"] == stored
+
+
+@pytest.mark.parametrize("bad", [12345, b"A-\x00", 3.5, "é" * 600, "a\x00b"])
+def test_one_unusual_identifier_is_fitted_and_the_others_kept(bad: Any) -> None:
+    values = row_of(org_id="org-1", record_id=bad, message_id="m-1")
+    assert values["org_id"] == "org-1" and values["message_id"] == "m-1"
+    assert values["record_id"] == fit_ident(bad)
+    assert isinstance(values["record_id"], str)
 
 
 def test_a_direction_that_is_neither_push_nor_pull_is_null_and_kept() -> None:

@@ -8,6 +8,8 @@ could not show a wrong order reliably.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 import uuid
 from typing import Any
 
@@ -20,7 +22,9 @@ from shared.audit.record import AuditRecord, Outcome
 from shared.errors import RemoteRejected, RemoteUnavailable
 from shared.messaging.codec import InboundMessage
 from shared.messaging.delivery import ConsumeSession, Delivery
-from shared.messaging.processing import MessageProcessor
+from shared.message_context import MessageContext
+from shared.messaging.processing import MessageProcessor, _audit_record
+from shared.messaging.settle import Ack
 from shared.messaging.topology import PUSH_EXCHANGE
 from tests.fixtures.waiting import eventually
 from tests.unit.messaging_doubles import (
@@ -496,3 +500,18 @@ async def test_an_absurd_x_attempt_header_is_dead_lettered_at_decode_by_the_even
     [(_, _, headers)] = publisher.copies
     assert headers["x-error-class"] == "InvalidMessage"
     assert "x-attempt header is 2147483648" in headers["x-error"]
+
+
+@pytest.mark.parametrize("outcome", [Outcome.UPDATED, "updated", Ack(Outcome.UPDATED)])
+def test_the_audit_row_of_a_handled_message_carries_every_field_of_its_context(
+        outcome: Any) -> None:
+    """The hot path builds the row positionally: each context field lands in its column."""
+    context = MessageContext("m-1", "org-2", "inst-3", "account", "push", "update", "R-4",
+                             "X-5", 6, "run-7", "corr-8")
+    message: InboundMessage[None] = InboundMessage(None, context)
+    row = _audit_record("pusher", message, outcome, Outcome.UPDATED, time.perf_counter())
+    expected = AuditRecord.for_message("pusher", Outcome.UPDATED, context)
+    assert type(row.outcome) is Outcome
+    assert {**dataclasses.asdict(row), "at": None, "duration_ms": None} == {
+        **dataclasses.asdict(expected), "at": None, "duration_ms": None}
+    assert row.duration_ms is not None and row.duration_ms >= 0
