@@ -20,9 +20,9 @@ import structlog.testing
 
 from shared.audit.record import AuditRecord, Outcome
 from shared.errors import RemoteRejected, RemoteUnavailable
+from shared.message_context import MessageContext
 from shared.messaging.codec import InboundMessage
 from shared.messaging.delivery import ConsumeSession, Delivery
-from shared.message_context import MessageContext
 from shared.messaging.processing import MessageProcessor, _audit_record
 from shared.messaging.settle import Ack
 from shared.messaging.topology import PUSH_EXCHANGE
