@@ -1,8 +1,8 @@
 """Batch ids: whether an audit batch committed, when the answer to its commit was lost.
 
-Every batch the audit writer stores gets a new id, inserted into ``audit_batches`` in
-the batch's own transaction, in the same round trip as its ``COMMIT``
-(:func:`commit_statement`). When that round trip fails, the batch may have committed
+Every batch the audit writer stores gets a new id, inserted into ``audit_batches`` by
+the batch's own statement (:data:`shared.audit.writer.INSERT_SQL`), which commits on
+its own. When that round trip fails, the batch may have committed
 or not; writing its rows again could store them twice. :func:`batch_committed` tells
 which, for good (docs/architecture.md §6):
 
@@ -58,14 +58,6 @@ def oldest_kept(now: float, retention: float = RETENTION_SECONDS) -> uuid.UUID:
 
 def _millis(seconds: float) -> int:
     return round(seconds * 1000)
-
-
-def commit_statement(batch_id: uuid.UUID) -> str:
-    """The last round trip of a batch's transaction: its id, then ``COMMIT``.
-
-    One simple-protocol query (no parameters: a UUID's text is safe to inline).
-    """
-    return f"INSERT INTO audit_batches (id) VALUES ('{batch_id}'); COMMIT"
 
 
 async def batch_committed(db: Database, batch_id: uuid.UUID) -> bool:

@@ -2,11 +2,13 @@
 
 :class:`CommitCutter` listens on ``127.0.0.1`` and relays each connection to the real
 server, reading the wire protocol (v3, no TLS: the URL it gives says
-``sslmode=disable``) message by message. It knows a transaction that wrote with
-``COPY``, and the commit that ends it, whichever way the client commits: a ``COPY`` in
-autocommit (committed by its ``CopyDone``) or a transaction block ended by a query
-holding ``COMMIT``. Armed, it cuts the connection (both sides reset) at the next such
-commit:
+``sslmode=disable``) message by message. It knows a transaction that wrote the audit
+log, and the commit that ends it, whichever way the client writes and commits: a
+statement inserting into ``audit_log`` on its own (simple query, or the extended
+protocol's ``Bind`` of such a statement, committed at its ``Sync``), a ``COPY`` in
+autocommit (committed by its ``CopyDone``), or a transaction block that wrote and is
+ended by a query holding ``COMMIT``. Armed, it cuts the connection (both sides reset)
+at the next such commit:
 
 * ``cut_answers``: the commit reaches the server, which commits; its answer is dropped
   with the connection (the client cannot know whether its rows are stored);
@@ -30,6 +32,10 @@ _COPY_IN = b"G"  # CopyInResponse: the client may send rows
 _ERROR = b"E"
 _COPY_DONE = b"c"
 _QUERY = b"Q"
+_PARSE = b"P"
+_BIND = b"B"
+_SYNC = b"S"
+_WRITES = b"INSERT INTO AUDIT_LOG"
 
 
 class _Flow:
@@ -37,8 +43,12 @@ class _Flow:
 
     def __init__(self) -> None:
         self.status = b"I"
-        self.copied = False
+        self.copied = False  # wrote: COPY, or a statement inserting into audit_log
         self.failed = False
+        #: The client's prepared statements (by name) that insert into audit_log.
+        self.writing: set[bytes] = set()
+        #: An implicit transaction that wrote, waiting for its Sync.
+        self.bound = False
 
 
 class CommitCutter:
@@ -111,13 +121,37 @@ class CommitCutter:
         up.write(struct.pack("!I", length) + await reader.readexactly(length - 4))
         while True:
             kind, message = await _read_message(reader)
-            commits = ((kind == _COPY_DONE and flow.status == b"I")  # autocommit COPY
-                       or (kind == _QUERY and b"COMMIT" in message.upper() and flow.copied))
+            commits = self._commits(kind, message, flow)
             if commits and self.cut_requests > 0:
                 self.cut_requests -= 1
                 self._cut()
             up.write(message)
             await up.drain()
+
+    @staticmethod
+    def _commits(kind: bytes, message: bytes, flow: _Flow) -> bool:
+        """Whether the client's ``message`` commits a transaction that wrote (noting
+        on the way the statements and binds that write)."""
+        if kind == _PARSE:
+            name, query = message[5:].split(b"\0", 2)[:2]
+            if _WRITES in query.upper():
+                flow.writing.add(name)
+            else:
+                flow.writing.discard(name)
+            return False
+        if kind == _BIND:
+            statement = message[5:].split(b"\0", 2)[1]
+            if statement in flow.writing and flow.status == b"I":
+                flow.copied = flow.bound = True
+            return False
+        if kind == _SYNC and flow.bound:
+            flow.bound = False
+            return True
+        if kind == _QUERY and flow.status == b"I" and _WRITES in message.upper():
+            flow.copied = True
+            return True
+        return ((kind == _COPY_DONE and flow.status == b"I")  # autocommit COPY
+                or (kind == _QUERY and b"COMMIT" in message.upper() and flow.copied))
 
     async def _from_server(self, up: asyncio.StreamReader, writer: asyncio.StreamWriter,
                            flow: _Flow) -> None:

@@ -7,7 +7,6 @@ import uuid
 from shared.audit.batches import (
     RETENTION_SECONDS,
     batch_time,
-    commit_statement,
     new_batch_id,
     oldest_kept,
 )
@@ -33,9 +32,3 @@ def test_oldest_kept_splits_ids_at_the_retention() -> None:
     assert new_batch_id(NOW - RETENTION_SECONDS - 0.001) < floor
     assert new_batch_id(NOW - RETENTION_SECONDS) >= floor
     assert new_batch_id(NOW) > floor
-
-
-def test_the_commit_statement_stores_the_id_and_commits_in_one_query() -> None:
-    batch = new_batch_id(NOW)
-    assert commit_statement(batch) == (
-        f"INSERT INTO audit_batches (id) VALUES ('{batch}'); COMMIT")
