@@ -27,6 +27,9 @@ from shared.batching import Coalescer
 from shared.storage.db import Database
 
 Key = tuple[str, int]
+#: The attempt of a key asking only for its message's final outcome: no row has it
+#: (``attempt >= 0``), so the answer is the last final outcome of any attempt.
+ANY_ATTEMPT = -1
 
 #: Every row of the messages asked about (each id once), oldest first: the last row of a
 #: key is its outcome. Each id is looked up on its own through the message index of
@@ -58,6 +61,12 @@ class SettledLookup:
     async def settled_outcome(self, message_id: str, attempt: int) -> Outcome | None:
         """What settled ``(message_id, attempt)`` (:func:`latest_outcomes`), or ``None``."""
         return await self._batches.submit(fit_key(message_id, attempt))
+
+    async def final_outcome(self, message_id: str) -> Outcome | None:
+        """The last final outcome (``FINAL_OUTCOMES``) of any attempt of ``message_id``,
+        or ``None``; in the same queries as :meth:`settled_outcome` (a consumer asks it
+        of each copy that found nothing to do: after a reconnection, a window's worth)."""
+        return await self._batches.submit((fit_ident(message_id) or "", ANY_ATTEMPT))
 
     async def _run(self, keys: list[Key]) -> list[Outcome | BaseException | None]:
         found = await settled_outcomes(self.db, keys)

@@ -353,8 +353,9 @@ class AuditWriter:
         return await self.lookups.settled_outcome(message_id, attempt)
 
     async def final_outcome(self, message_id: str) -> Outcome | None:
-        """The last final outcome (see ``FINAL_OUTCOMES``) of any attempt, or ``None``."""
-        return await final_outcome(self.db, message_id)
+        """The last final outcome (see ``FINAL_OUTCOMES``) of any attempt, or ``None``;
+        concurrent look-ups share queries with :meth:`settled_outcome`."""
+        return await self.lookups.final_outcome(message_id)
 
 
 class _CommitUnanswered(Exception):

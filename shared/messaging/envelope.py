@@ -159,11 +159,18 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _build(doc: dict[str, Any]) -> SyncMessage:
-    if type(doc["attempt"]) is not int or type(doc.get("redeliveries", 0)) is not int:
-        doc = {**doc, "attempt": int(doc["attempt"])}
-        if "redeliveries" in doc:
-            doc["redeliveries"] = int(doc["redeliveries"])
-    return SyncMessage(**doc)
+    """The message of a checked envelope (its counters as ``int``: JSON Schema's
+    "integer" accepts 3.0). Positional: half the cost of ``SyncMessage(**doc)``."""
+    get = doc.get
+    attempt, redeliveries = doc["attempt"], get("redeliveries", 0)
+    if type(attempt) is not int:
+        attempt = int(attempt)
+    if type(redeliveries) is not int:
+        redeliveries = int(redeliveries)
+    return SyncMessage(doc["id"], doc["direction"], doc["org_id"], doc["instance_id"],
+                       doc["entity"], doc["action"], doc["trigger"], attempt,
+                       doc["created_at"], get("record_id"), get("external_id"), get("record"),
+                       get("run_id"), redeliveries, get("correlation_id"))
 
 
 def _short(text: str) -> str:

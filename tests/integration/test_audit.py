@@ -223,6 +223,27 @@ async def test_a_copy_of_a_message_that_is_done_is_settled_whatever_its_attempt(
         assert settles is (outcome in FINAL_OUTCOMES), outcome
 
 
+async def test_concurrent_final_outcome_lookups_share_the_settled_queries(
+        db: Database, audit_writer: AuditWriter) -> None:
+    """What a copy that found nothing to do asks (after a reconnection, a window's
+    worth at once): the latest final outcome of any attempt, in the same queries as the
+    settled look-ups, each key its own answer."""
+    await audit_writer.write_many([
+        record(0, outcome=Outcome.RETRYING, message_id="f-0"),
+        record(0, outcome=Outcome.CREATED, message_id="f-0", attempt=1),
+        record(1, outcome=Outcome.FAILED, message_id="f-1"),
+        record(2, outcome=Outcome.DEAD, message_id="f-2")])
+    await audit_writer.write(record(2, outcome=Outcome.UPDATED, message_id="f-2", attempt=3))
+    before = audit_writer.lookups.queries
+    answers = await asyncio.gather(
+        *(audit_writer.final_outcome(f"f-{n}") for n in range(4)),
+        audit_writer.settled_outcome("f-1", 0), audit_writer.settled_outcome("f-0", 0))
+    assert audit_writer.lookups.queries - before == 1
+    assert answers == [Outcome.CREATED, None, Outcome.UPDATED, None, Outcome.FAILED,
+                       Outcome.RETRYING]
+    assert [await final_outcome(db, f"f-{n}") for n in range(4)] == answers[:4]
+
+
 async def test_concurrent_lookups_are_one_query_and_each_gets_its_own_answer(
         db: Database, audit_writer: AuditWriter) -> None:
     """The dispatcher looks every event up: concurrent look-ups share a query (at most

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 import random
@@ -92,6 +93,18 @@ def test_valid_json_the_fast_parser_refuses_is_still_read() -> None:
     # orjson stops at 64-bit integers; the standard library reads the rest
     body = json.dumps({**PULL, "record": {"n": 2**70}}).encode()
     assert decode_sync_message(body).record == {"n": 2**70}
+
+
+def test_every_field_of_the_envelope_reaches_the_message() -> None:
+    """The message is built positionally: each property lands in its own field, and
+    the message has a field for every property of the schema."""
+    props = ENVELOPE_CHECK.validator.schema["properties"]
+    assert {f.name for f in dataclasses.fields(SyncMessage)} == set(props)
+    full = {**VALID, "external_id": "ext-7", "record": {"k": "v"}, "run_id": "run-8",
+            "redeliveries": 9, "correlation_id": "corr-10", "attempt": 3.0}
+    decoded = decode_sync_message(json.dumps(full).encode())
+    assert decoded == SyncMessage(**{**full, "attempt": 3})
+    assert type(decoded.attempt) is int and type(decoded.redeliveries) is int
 
 
 def test_the_counters_bounds_are_the_schemas() -> None:
