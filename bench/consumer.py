@@ -112,6 +112,8 @@ async def raw_consume(url: str, count: int, prefetch: int) -> float:
     def flush() -> None:
         nonlocal scheduled
         scheduled = False
+        if not channel.is_open:
+            return  # closed after the last message: the broker requeues the rest
         channel.basic_ack(newest, multiple=True)
         if seen >= count and not done.done():
             done.set_result(None)

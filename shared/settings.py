@@ -73,7 +73,9 @@ class Settings(BaseSettings):
         20, ge=1, description="quorum-queue redeliveries before the safety-net dead letter"
     )
     shutdown_timeout: float = Field(30.0, description="seconds to finish in-flight work on SIGTERM")
-    audit_batch_size: int = Field(500, ge=1, description="audit rows written in one COPY at most")
+    audit_batch_size: int = Field(
+        128, ge=1, description="audit rows written in one statement at most (half the "
+        "prefetch window: one batch commits while the rest is handled)")
     audit_batch_interval: float = Field(0.02, description="seconds a batch waits for company")
     bss_api_url: str = Field("http://127.0.0.1:8080", description="the host BSS API",
                              json_schema_extra={SERVICES_KEY: ["pusher", "puller"]})

@@ -48,7 +48,8 @@ async def test_concurrent_writes_all_land_in_few_transactions(
     await asyncio.gather(*(audit_writer.write(record(n)) for n in range(2000)))
     assert await db.fetchval("SELECT count(*) FROM audit_log") == 2000
     assert await db.fetchval("SELECT count(DISTINCT record_id) FROM audit_log") == 2000
-    assert audit_writer.batches_written <= 10  # shared transactions, not one per row
+    # shared transactions, not one per row: full batches (and a few more at the edges)
+    assert audit_writer.batches_written <= 2000 // audit_writer.batch_size + 5
 
 
 async def test_write_returns_only_after_the_row_is_committed(
