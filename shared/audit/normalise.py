@@ -108,9 +108,13 @@ def to_row(record: AuditRecord) -> Row:
     status = r.http_status
     if status is not None and not (type(status) is int and 100 <= status <= 599):
         status = fit_status(status, changes)
-    duration = fit_duration(r.duration_ms, changes)
-    message = fit_message(r.error_message, changes)
-    details = fit_details(r.details, changes)
+    duration = r.duration_ms
+    if not (type(duration) is float and 0.0 <= duration < math.inf):  # NaN fails too
+        duration = fit_duration(duration, changes)
+    message = r.error_message
+    if message is not None:
+        message = fit_message(message, changes)
+    details = fit_details(r.details, changes) if r.details or changes else "{}"
     return (at, category, service, org, instance, entity, direction, action, record_id,
             external_id, outcome.value, attempt, status, error_class, message, duration, run_id,
             message_id, correlation_id, details)
