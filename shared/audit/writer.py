@@ -48,10 +48,9 @@ from shared.audit.normalise import (
     COLUMNS,
     MAX_MESSAGE_CHARS,
     Row,
-    fit_ident,
     to_row,
 )
-from shared.audit.record import FINAL_OUTCOMES, AuditRecord, Outcome
+from shared.audit.record import AuditRecord, Outcome
 from shared.audit.settled import SettledLookup, fit_key, settled_outcomes
 from shared.errors import AuditRowRefused, InfrastructureError
 from shared.logging import redact
@@ -72,15 +71,14 @@ PRUNE_SECONDS = 600.0
 FATE_RETRY_BASE = 0.1
 FATE_RETRY_CAP = 2.0
 
-_FINAL = sorted(o.value for o in FINAL_OUTCOMES)
 _TYPES = {"at": "timestamptz", "attempt": "integer", "http_status": "smallint",
           "duration_ms": "double precision", "details": "jsonb"}
 #: A batch in one statement, committed on its own: its id, and its rows sent as one
-#: JSON array of arrays (``COLUMNS`` order) that PostgreSQL takes apart. One round trip
-#: where ``BEGIN``, ``COPY`` and ``COMMIT`` took three or four — psycopg's
-#: asynchronous round trips cost this process more than the rows did (measured: 0.9
-#: ms a batch, 7 µs a row, against 0.2 ms and 3 µs) — at a quarter more of
-#: PostgreSQL's own time per row.
+#: JSON array of arrays (``COLUMNS`` order, serialised by orjson) that PostgreSQL takes
+#: apart. One round trip where ``BEGIN``, ``COPY`` and ``COMMIT`` took four, each
+#: through psycopg's asynchronous waits (docs/decisions.md: the writer's CPU per row
+#: under load ~30 % lower, a lone row's halved), at 13-30 % more of PostgreSQL's own
+#: time per row.
 INSERT_SQL = (
     "WITH batch AS (INSERT INTO audit_batches (id) VALUES (%s))"
     f" INSERT INTO audit_log ({', '.join(COLUMNS)}) SELECT "
@@ -88,8 +86,7 @@ INSERT_SQL = (
                 for i, c in enumerate(COLUMNS))
     + " FROM jsonb_array_elements(%s::jsonb) AS r"
 )
-__all__ = ["COLUMNS", "MAX_MESSAGE_CHARS", "AuditWriter", "final_outcome", "settled_outcome",
-           "to_row"]
+__all__ = ["COLUMNS", "MAX_MESSAGE_CHARS", "AuditWriter", "settled_outcome", "to_row"]
 #: What PostgreSQL (or psycopg, adapting a value) raises for a row it will never take.
 _DATA_REFUSALS = (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded,
                   UnicodeError, ValueError, TypeError)
@@ -427,18 +424,3 @@ async def settled_outcome(db: Database, message_id: str, attempt: int) -> Outcom
     """
     key = fit_key(message_id, attempt)
     return (await settled_outcomes(db, [key])).get(key)
-
-
-#: The message's rows are found through its index, then sorted: the subquery kept apart
-#: by OFFSET 0 cannot be read in ``at`` order. Without it, a planner without statistics
-#: walked every partition's ``at`` index backwards, filtering on the message id, and
-#: read the whole log when the message had no final row.
-FINAL_OUTCOME_SQL = ("SELECT outcome FROM (SELECT outcome, at, id FROM audit_log"
-                     " WHERE message_id = %s AND outcome = ANY(%s) OFFSET 0) AS a"
-                     " ORDER BY at DESC, id DESC LIMIT 1")
-
-
-async def final_outcome(db: Database, message_id: str) -> Outcome | None:
-    """The latest final outcome recorded for ``message_id`` (any attempt), or ``None``."""
-    value = await db.fetchval(FINAL_OUTCOME_SQL, (fit_ident(message_id), _FINAL))
-    return None if value is None else Outcome(value)

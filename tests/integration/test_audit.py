@@ -17,7 +17,7 @@ from shared.audit.batches import RETENTION_SECONDS, batch_committed, new_batch_i
 from shared.audit.record import FINAL_OUTCOMES, AuditRecord, Outcome
 from shared.audit.search import AuditQuery, search
 from shared.audit.settled import SettledLookup
-from shared.audit.writer import AuditWriter, final_outcome
+from shared.audit.writer import AuditWriter
 from shared.cli.main import main
 from shared.errors import AuditRowRefused, InfrastructureError
 from shared.logging import register_secret
@@ -206,7 +206,7 @@ async def test_settled_and_final_outcomes(db: Database, audit_writer: AuditWrite
     assert await audit_writer.settled_outcome("m", 1) == Outcome.DEAD
     assert await audit_writer.final_outcome("m") == Outcome.DEAD
     await audit_writer.write(record(outcome=Outcome.RETRYING, message_id="n"))
-    assert await final_outcome(db, "n") is None
+    assert await audit_writer.final_outcome("n") is None
     assert await audit_writer.settled_outcome("n", 1) is None  # not done: a retry copy's turn
 
 
@@ -242,7 +242,6 @@ async def test_concurrent_final_outcome_lookups_share_the_settled_queries(
     assert audit_writer.lookups.queries - before == 1
     assert answers == [Outcome.CREATED, None, Outcome.UPDATED, None, Outcome.FAILED,
                        Outcome.RETRYING]
-    assert [await final_outcome(db, f"f-{n}") for n in range(4)] == answers[:4]
 
 
 async def test_concurrent_lookups_are_one_query_and_each_gets_its_own_answer(

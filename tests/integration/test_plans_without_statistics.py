@@ -25,7 +25,6 @@ import pytest
 from sandbox import relay, store
 from sandbox.migration import migrate as migrate_sandbox
 from shared.audit.settled import ROWS_SQL
-from shared.audit.writer import FINAL_OUTCOME_SQL
 from shared.storage import links
 from shared.storage.db import Database
 from shared.storage.migrate import upgrade
@@ -75,8 +74,6 @@ HOT_QUERIES: dict[str, tuple[str, tuple[Any, ...], str]] = {
     "links busy claims": (links.BUSY_LINKS_BY_BSS_ID,
                           ([INSTANCE] * BATCH, [ENTITY] * BATCH, _IDS), "(bss_id = "),
     "audit settled look-up": (ROWS_SQL, (_MESSAGES,), "(message_id = "),
-    "audit final outcome": (FINAL_OUTCOME_SQL, ("m500", ["created", "dead"]),
-                            "(message_id = "),
 }
 
 
