@@ -62,12 +62,18 @@ class AuditRecord:
 
     @classmethod
     def for_message(cls, service: str, outcome: Outcome, context: MessageContext,
-                    **fields: Any) -> AuditRecord:
-        """The row of one message: its context's columns, plus ``fields``."""
+                    duration_ms: float | None = None, **fields: Any) -> AuditRecord:
+        """The row of one message: its context's columns, plus ``fields``.
+
+        Built positionally (every handled message has one: a keyword call of this
+        20-field dataclass costs a microsecond more)."""
         c = context
-        return cls(service, outcome, c.org_id, c.instance_id, c.entity, c.direction, c.action,
-                   c.record_id, c.external_id, c.attempt, run_id=c.run_id,
-                   message_id=c.message_id, correlation_id=c.correlation_id, **fields)
+        record = cls(service, outcome, c.org_id, c.instance_id, c.entity, c.direction,
+                     c.action, c.record_id, c.external_id, c.attempt, None, None, None,
+                     duration_ms, c.run_id, c.message_id, c.correlation_id)
+        for name, value in fields.items():
+            setattr(record, name, value)
+        return record
 
 
 class AuditSink(Protocol):

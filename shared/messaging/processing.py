@@ -468,11 +468,8 @@ def _audit_record(service: str, message: InboundMessage[Any], decision: Decision
     duration = (time.perf_counter() - started) * 1000.0
     if isinstance(decision, Ack | str):  # the hot path: every handled message
         outcome = decision.outcome if isinstance(decision, Ack) else decision
-        # positional: a keyword call of the 20-field dataclass costs a microsecond more
-        record = AuditRecord(service, outcome if type(outcome) is Outcome else Outcome(outcome),
-                             c.org_id, c.instance_id, c.entity, c.direction, c.action,
-                             c.record_id, c.external_id, c.attempt, None, None, None, duration,
-                             c.run_id, c.message_id, c.correlation_id)
+        record = AuditRecord.for_message(
+            service, outcome if type(outcome) is Outcome else Outcome(outcome), c, duration)
         if type(result) is HandlerResult:
             record.action = result.action or record.action
             record.external_id = result.external_id or record.external_id
@@ -482,7 +479,7 @@ def _audit_record(service: str, message: InboundMessage[Any], decision: Decision
         if message.context.redeliveries:
             _with_trigger(record, message.context)
         return record
-    record = AuditRecord.for_message(service, Outcome.DEAD, c, duration_ms=duration)
+    record = AuditRecord.for_message(service, Outcome.DEAD, c, duration)
     _with_error(record, decision.error)
     if isinstance(decision, Retry):
         record.outcome = Outcome.RETRYING
