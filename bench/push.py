@@ -69,6 +69,7 @@ import json
 import os
 import shlex
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -106,6 +107,9 @@ ORG = "bench"
 INSTANCE = "bench-crm"
 #: The pusher's outcome a figure counts: the accounts are new, each one is created.
 SUCCESS = "created"
+#: The third-party stub's process: the same work per record at any size, so its CPU per
+#: record is the scaling table's control (it rises when the machine is slower).
+STANDIN = "third-party"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -203,7 +207,7 @@ class Bench:
 
     def start_stub(self, delay_ms: int) -> str:
         port = free_port()
-        self.start("third-party", [str(ROOT / "bench" / "standin.py"), str(port),
+        self.start(STANDIN, [str(ROOT / "bench" / "standin.py"), str(port),
                                    "--delay", str(delay_ms)])
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -615,39 +619,75 @@ def summary(figures: list[tuple[Pass, Figure]]) -> list[str]:
             f"{figure.seconds:.2f} s)   $ {figure.command}" for setting, figure in figures]
 
 
-def scaling(sizes: list[int], setting: Pass, broker: str) -> None:
-    """The drain at each size; then one table, and the command that reproduces it."""
-    rows = []
+def scaling(sizes: list[int], setting: Pass, broker: str, rounds: int = 1) -> None:
+    """The drain at each size, ``rounds`` times over (the sizes in turn, so a noisy
+    stretch of the machine hits each alike); then one table, and the command that
+    reproduces it."""
+    rows: list[ScalingRow] = []
     try:
-        for size in sizes:
-            print(f"\n######## scaling: {size:,} accounts ########", flush=True)
-            bench = run(size, [setting], broker=broker, full=False)
-            rows.append((size, bench.capacity, dict(bench.cpu_per_record)))
+        for round_ in range(1, rounds + 1):
+            for size in sizes:
+                print(f"\n######## scaling: {size:,} accounts"
+                      + (f", round {round_} of {rounds}" if rounds > 1 else "") + " ########",
+                      flush=True)
+                bench = run(size, [setting], broker=broker, full=False)
+                rows.append(ScalingRow(size, bench.capacity, dict(bench.cpu_per_record)))
     except KeyboardInterrupt:
-        print(f"\ninterrupted: the sizes measured so far ({len(rows)} of {len(sizes)})")
-        sizes = [size for size, _, _ in rows]
+        print(f"\ninterrupted: the runs measured so far ({len(rows)} of "
+              f"{len(sizes) * rounds})")
         if not rows:
             return
-    names = sorted({name for _, _, cpu in rows for name in cpu},
-                   key=lambda n: (n.startswith(("PostgreSQL", "RabbitMQ")), n))
+    command = (f"$ .venv/bin/python bench/push.py --scaling {','.join(str(s) for s in sizes)} "
+               f"{setting.option()} --broker {broker}"
+               + (f" --rounds {rounds}" if rounds > 1 else ""))
     print(f"\n== scaling: third party at {setting.delay} ms, {setting.pushers} pusher(s), "
           f"CONCURRENCY={setting.concurrency} ==")
-    print(f"$ .venv/bin/python bench/push.py --scaling {','.join(str(s) for s in sizes)} "
-          f"{setting.option()} --broker {broker}")
-    print("drain records/s; ms CPU per record by process (PostgreSQL: the run's database's "
-          "backends; " + ("RabbitMQ: the run's own node)" if broker == "own"
-                          else "RabbitMQ: every node of the machine)"))
-    print(f"{'records':>8} {'drain/s':>10} " + " ".join(f"{n:>{max(11, len(n))}}"
-                                                       for n in names)
-          + f" {'all':>7}")
-    for size, rate, cpu in rows:
-        print(f"{size:>8,} {rate:>10,.0f} " + " ".join(f"{cpu.get(n, 0):>{max(11, len(n))}.3f}"
-                                                       for n in names)
-              + f" {sum(cpu.values()):>7.3f}")
-    base = next((rate for size, rate, _ in rows if size == 10_000), rows[0][1])
-    for size, rate, _ in rows:
-        print(f"  {size:,}: {rate / base * 100 - 100:+.0f} % records/s against "
-              f"{'10,000' if any(s == 10_000 for s in sizes) else f'{sizes[0]:,}'}")
+    print("\n".join([command, *scaling_report(rows, broker)]))
+
+
+@dataclasses.dataclass(frozen=True)
+class ScalingRow:
+    """One drain of ``size`` accounts: records/s, and ms CPU per record by process."""
+
+    size: int
+    rate: float
+    cpu: dict[str, float]
+
+
+def scaling_report(rows: list[ScalingRow], broker: str = "own") -> list[str]:
+    """The table of every run, then each size's median against the median at 10,000
+    (else at the first size measured), with the control: the third-party stub's CPU
+    per record, which rises with the machine's slowness and not with the data."""
+    names = sorted({name for row in rows for name in row.cpu},
+                   key=lambda n: (n.startswith(("PostgreSQL", "RabbitMQ")), n))
+    lines = ["drain records/s; ms CPU per record by process (PostgreSQL: the run's database's "
+             "backends; " + ("RabbitMQ: the run's own node)" if broker == "own"
+                             else "RabbitMQ: every node of the machine)"),
+             f"{'records':>8} {'drain/s':>10} "
+             + " ".join(f"{n:>{max(11, len(n))}}" for n in names) + f" {'all':>7}"]
+    for row in rows:
+        lines.append(f"{row.size:>8,} {row.rate:>10,.0f} "
+                     + " ".join(f"{row.cpu.get(n, 0):>{max(11, len(n))}.3f}" for n in names)
+                     + f" {sum(row.cpu.values()):>7.3f}")
+    sizes = list(dict.fromkeys(row.size for row in rows))
+    rate = {size: statistics.median(r.rate for r in rows if r.size == size) for size in sizes}
+    cpu = {size: statistics.median(sum(r.cpu.values()) for r in rows if r.size == size)
+           for size in sizes}
+    base = 10_000 if 10_000 in rate else sizes[0]
+    runs = {size: sum(r.size == size for r in rows) for size in sizes}
+    control = {size: statistics.median(r.cpu.get(STANDIN, 0.0) for r in rows if r.size == size)
+               for size in sizes}
+    for size in sizes:
+        median = "median of " if runs[size] > 1 else ""
+        line = (f"  {size:,}: {median}{runs[size]} run(s): {rate[size]:,.0f} records/s, "
+                f"{rate[size] / rate[base] * 100 - 100:+.0f} % against {base:,}; "
+                f"{cpu[size]:.3f} ms CPU per record in all, "
+                f"{cpu[size] / cpu[base] * 100 - 100:+.0f} %")
+        if control[base]:
+            line += (f"; control ({STANDIN}, the same work per record at any size): "
+                     f"{control[size] / control[base] * 100 - 100:+.0f} %")
+        lines.append(line)
+    return lines
 
 
 def main() -> None:
@@ -663,6 +703,10 @@ def main() -> None:
     parser.add_argument("--scaling", nargs="?", const=DEFAULT_SCALING, type=parse_sizes,
                         metavar="N,N,…", help="the first pass's drain at each size "
                         f"(default sizes: {DEFAULT_SCALING})")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="with --scaling: every size this many times, in turn; each "
+                        "size's median is compared (a short drain is at the mercy of a "
+                        "noisy moment)")
     parser.add_argument("--delays", help="third-party latencies in ms (older spelling)")
     parser.add_argument("--concurrency",
                         help="the pusher's CONCURRENCY for each delay, by position")
@@ -678,7 +722,7 @@ def main() -> None:
         parser.error("--delays, --concurrency and --pushers take whole numbers separated "
                      "by commas")
     if args.scaling:
-        scaling(args.scaling, passes[0], args.broker)
+        scaling(args.scaling, passes[0], args.broker, max(1, args.rounds))
         return
     bench = run(args.records, passes, broker=args.broker)
     print(f"\n== figures: only the pusher's {SUCCESS} audit rows count ==")

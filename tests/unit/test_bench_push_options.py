@@ -73,3 +73,27 @@ def test_each_figure_is_summed_up_by_its_own_name_beside_its_command(push: Modul
         f"delay=0 ms, 2 pusher(s) x 64: drain 495 records/s (990 created, 2.00 s)   $ {command}",
         f"delay=0 ms, 2 pusher(s) x 64: end to end 50 records/s (1000 created, 20.00 s)   "
         f"$ {command}"]
+
+
+def test_scaling_compares_each_size_by_its_median_run(push: ModuleType) -> None:
+    row = push.ScalingRow
+    rows = [row(10_000, 1500.0, {"pusher": 0.40}), row(100_000, 1300.0, {"pusher": 0.44}),
+            row(10_000, 750.0, {"pusher": 0.45}), row(100_000, 1350.0, {"pusher": 0.42}),
+            row(10_000, 1400.0, {"pusher": 0.41}), row(100_000, 1250.0, {"pusher": 0.43})]
+    for r, control in zip(rows, (0.060, 0.066, 0.080, 0.062, 0.061, 0.070), strict=True):
+        r.cpu[push.STANDIN] = control
+    lines = push.scaling_report(rows)
+    assert len([line for line in lines if line.lstrip().startswith(("10,000 ", "100,000 "))]) == 6
+    # medians: 1,400 at 10,000 (the noisy 750 does not count), 1,300 at 100,000
+    assert ("  10,000: median of 3 run(s): 1,400 records/s, +0 % against 10,000; 0.471 ms "
+            "CPU per record in all, +0 %; control (third-party, the same work per record at "
+            "any size): +0 %") in lines
+    assert ("  100,000: median of 3 run(s): 1,300 records/s, -7 % against 10,000; 0.500 ms "
+            "CPU per record in all, +6 %; control (third-party, the same work per record at "
+            "any size): +8 %") in lines
+
+
+def test_scaling_without_10000_compares_with_the_first_size(push: ModuleType) -> None:
+    lines = push.scaling_report([push.ScalingRow(2000, 1000.0, {"pusher": 0.5}),
+                                 push.ScalingRow(40_000, 900.0, {"pusher": 0.5})])
+    assert lines[-1].startswith("  40,000: 1 run(s): 900 records/s, -10 % against 2,000;")
