@@ -4,11 +4,12 @@ Handlers call ``await writer.write(record)``; the consumer runtime calls
 ``writer.submit(record, done)``, which queues the row and calls ``done(None)`` once
 it is committed (the consumer acks there, without a coroutine waiting per
 message). Rows from concurrent callers are gathered into one batch and stored
-with one statement (:data:`INSERT_SQL`). A batch closes when it holds ``batch_size``
-rows, when its first row has waited ``interval`` seconds, or when a turn of the
-event loop brings no new row; rows arriving while a commit runs wait for it and
-form the next batch. ``write`` returns, and ``done`` is called, only after the
-transaction holding the row has committed, so the message may be acked then.
+with one statement (:data:`INSERT_SQL`). Rows arriving while a commit runs wait for
+it and form the next batch, at once (up to ``batch_size``); a writer woken from idle
+lets its batch grow until it holds ``batch_size`` rows, its first row has waited
+``interval`` seconds, or a turn of the event loop brings no new row. ``write``
+returns, and ``done`` is called, only after the transaction holding the row has
+committed, so the message may be acked then.
 
 Each batch is one statement, committed on its own: its batch id and its rows, in one
 round trip (:mod:`shared.audit.batches`). When the answer to that round trip is lost
@@ -200,14 +201,18 @@ class AuditWriter:
             _fail(batch, "the audit writer stopped", RuntimeError("audit writer stopped"))
 
     async def _batches(self) -> None:
+        woken = True
         while True:
             if not self._pending:
                 if self._closing:
                     return
                 self._has_rows.clear()
                 await self._has_rows.wait()
+                woken = True
                 continue
-            await self._wait_for_company()
+            if woken:  # after a commit, what came meanwhile is the batch (see below)
+                await self._wait_for_company()
+            woken = False
             batch = self._pending[: self.batch_size]
             del self._pending[: self.batch_size]
             if self._pending:
@@ -221,9 +226,12 @@ class AuditWriter:
     async def _wait_for_company(self) -> None:
         """Let the batch grow while rows keep arriving, up to ``interval`` or ``batch_size``.
 
-        A turn of the event loop without a new row closes the batch: under load
-        the rows that arrive while the previous commit runs form the next batch
-        (natural group commit), and a lone row is not held back for nothing.
+        A turn of the event loop without a new row closes the batch, so a lone row is
+        not held back for nothing. Only a writer woken from idle waits here: under
+        load the rows that arrived while the previous commit ran form the next batch
+        at once (natural group commit) — waiting for more would hold their messages,
+        and the window, for the time it takes to handle the rest of a batch
+        (docs/decisions.md).
         """
         while len(self._pending) < self.batch_size and not self._closing:
             if time.monotonic() - self._first_at >= self.interval:

@@ -52,6 +52,25 @@ async def test_concurrent_writes_all_land_in_few_transactions(
     assert audit_writer.batches_written <= 2000 // audit_writer.batch_size + 5
 
 
+async def test_rows_that_came_during_a_commit_are_the_next_batch_at_once(db: Database) -> None:
+    """Under load nothing waits for company: the rows that arrived while a batch
+    committed commit next, even while more keep coming every turn (waiting for those
+    would hold the window's messages until a batch fills)."""
+    async with AuditWriter(db, batch_size=10_000, interval=60.0) as writer:
+        first = asyncio.ensure_future(writer.write(record(0)))
+        while not writer._inflight:  # the first batch is committing
+            await asyncio.sleep(0)
+        during = asyncio.gather(*(writer.write(record(n)) for n in (1, 2, 3)))
+        trickled = 0
+        while not during.done() and trickled < 2000:  # a row every turn of the loop
+            writer.submit(record(100 + trickled), lambda _error: None)
+            trickled += 1
+            await asyncio.sleep(0)
+        await asyncio.gather(first, during)
+        assert trickled < 2000, "the rows that came during the commit waited for more"
+    assert await db.fetchval("SELECT count(*) FROM audit_log") == 4 + trickled
+
+
 async def test_write_returns_only_after_the_row_is_committed(
         db: Database, audit_writer: AuditWriter, database_url: str) -> None:
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as observer:
