@@ -721,8 +721,12 @@ def main() -> None:
     except ValueError:
         parser.error("--delays, --concurrency and --pushers take whole numbers separated "
                      "by commas")
+    if args.rounds < 1:
+        parser.error("--rounds takes a whole number of at least 1")
+    if args.rounds > 1 and not args.scaling:
+        parser.error("--rounds goes with --scaling (the sizes it runs in turn)")
     if args.scaling:
-        scaling(args.scaling, passes[0], args.broker, max(1, args.rounds))
+        scaling(args.scaling, passes[0], args.broker, args.rounds)
         return
     bench = run(args.records, passes, broker=args.broker)
     print(f"\n== figures: only the pusher's {SUCCESS} audit rows count ==")

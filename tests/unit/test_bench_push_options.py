@@ -97,3 +97,17 @@ def test_scaling_without_10000_compares_with_the_first_size(push: ModuleType) ->
     lines = push.scaling_report([push.ScalingRow(2000, 1000.0, {"pusher": 0.5}),
                                  push.ScalingRow(40_000, 900.0, {"pusher": 0.5})])
     assert lines[-1].startswith("  40,000: 1 run(s): 900 records/s, -10 % against 2,000;")
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--rounds", "0"], "--rounds takes a whole number of at least 1"),
+    (["--rounds", "2"], "--rounds goes with --scaling"),
+])
+def test_rounds_are_refused_where_they_mean_nothing(
+        push: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        argv: list[str], says: str) -> None:
+    monkeypatch.setattr("sys.argv", ["push.py", *argv])
+    monkeypatch.setattr(push, "exit_on_sigterm", lambda: None)
+    with pytest.raises(SystemExit) as exited:
+        push.main()
+    assert exited.value.code == 2 and says in capsys.readouterr().err
