@@ -20,12 +20,13 @@ import dataclasses
 import itertools
 import json
 import secrets
+import threading
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import psycopg
@@ -43,6 +44,8 @@ FINAL_OUTCOMES = frozenset({"created", "updated", "deleted", "unchanged", "skipp
 #: The pusher's dead-letter queue (docs/architecture.md §4).
 PUSHER_DEAD = WorkQueue(PUSHER).dead_queue
 _tenants = itertools.count(1)
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 # --------------------------------------------------------------------------- the BSS
@@ -52,9 +55,36 @@ class BssApi:
     """The sandbox BSS's record API, as the host BSS's own users would write to it."""
 
     def __init__(self, url: str, token: str) -> None:
-        self.http = httpx.Client(base_url=url, timeout=30.0,
-                                 headers={"Authorization": f"Bearer {token}"},
-                                 limits=httpx.Limits(max_connections=16))
+        self.http = self._client(url, token)
+        self._url, self._token = url, token
+
+    @staticmethod
+    def _client(url: str, token: str) -> httpx.Client:
+        return httpx.Client(base_url=url, timeout=30.0,
+                            headers={"Authorization": f"Bearer {token}"})
+
+    def _each(self, call: Callable[[httpx.Client, T], R], items: Iterable[T],
+              concurrency: int) -> list[R]:
+        """``call(client, item)`` for every item, ``concurrency`` threads at once, each
+        thread with a client of its own, closed at the end: one client shared by the
+        threads once failed a read with EBADF (a connection closed under another
+        thread's request)."""
+        local, clients = threading.local(), []
+        lock = threading.Lock()
+
+        def run(item: T) -> R:
+            if (client := getattr(local, "client", None)) is None:
+                client = local.client = self._client(self._url, self._token)
+                with lock:
+                    clients.append(client)
+            return call(client, item)
+
+        try:
+            with ThreadPoolExecutor(concurrency) as pool:
+                return list(pool.map(run, items))
+        finally:
+            for client in clients:
+                client.close()
 
     def close(self) -> None:
         self.http.close()
@@ -66,27 +96,29 @@ class BssApi:
                                  f"{response.text[:500]}")
         return response
 
-    def create(self, org: str, entity: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self._check(self.http.post(f"/organizations/{org}/{entity}", json=body)).json()
+    def create(self, org: str, entity: str, body: dict[str, Any],
+               client: httpx.Client | None = None) -> dict[str, Any]:
+        return self._check((client or self.http).post(f"/organizations/{org}/{entity}",
+                                                      json=body)).json()
 
     def create_many(self, org: str, entity: str, bodies: Iterable[dict[str, Any]],
                     concurrency: int = 8) -> list[dict[str, Any]]:
         """Create every body (``concurrency`` at a time); the stored records, in order."""
-        with ThreadPoolExecutor(concurrency) as pool:
-            return list(pool.map(lambda body: self.create(org, entity, body), bodies))
+        return self._each(lambda client, body: self.create(org, entity, body, client),
+                          bodies, concurrency)
 
-    def patch(self, org: str, entity: str, record_id: str,
-              changes: dict[str, Any]) -> dict[str, Any]:
-        return self._check(self.http.patch(
+    def patch(self, org: str, entity: str, record_id: str, changes: dict[str, Any],
+              client: httpx.Client | None = None) -> dict[str, Any]:
+        return self._check((client or self.http).patch(
             f"/organizations/{org}/{entity}/{record_id}", json=changes,
             headers={"Content-Type": "application/merge-patch+json"})).json()
 
     def patch_many(self, org: str, entity: str, changes: dict[str, dict[str, Any]],
                    concurrency: int = 8) -> dict[str, dict[str, Any]]:
         """``{record id: changes}`` → ``{record id: the record after the change}``."""
-        with ThreadPoolExecutor(concurrency) as pool:
-            done = pool.map(lambda item: self.patch(org, entity, *item), changes.items())
-            return {record["id"]: record for record in done}
+        done = self._each(lambda client, item: self.patch(org, entity, *item, client=client),
+                          changes.items(), concurrency)
+        return {record["id"]: record for record in done}
 
     def delete(self, org: str, entity: str, record_id: str) -> None:
         self._check(self.http.delete(f"/organizations/{org}/{entity}/{record_id}"))
