@@ -208,7 +208,7 @@ class Bench:
     def start_stub(self, delay_ms: int) -> str:
         port = free_port()
         self.start(STANDIN, [str(ROOT / "bench" / "standin.py"), str(port),
-                                   "--delay", str(delay_ms)])
+                             "--delay", str(delay_ms)])
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
