@@ -55,13 +55,12 @@ class BssApi:
     """The sandbox BSS's record API, as the host BSS's own users would write to it."""
 
     def __init__(self, url: str, token: str) -> None:
-        self.http = self._client(url, token)
         self._url, self._token = url, token
+        self.http = self._client()
 
-    @staticmethod
-    def _client(url: str, token: str) -> httpx.Client:
-        return httpx.Client(base_url=url, timeout=30.0,
-                            headers={"Authorization": f"Bearer {token}"})
+    def _client(self) -> httpx.Client:
+        return httpx.Client(base_url=self._url, timeout=30.0,
+                            headers={"Authorization": f"Bearer {self._token}"})
 
     def _each(self, call: Callable[[httpx.Client, T], R], items: Iterable[T],
               concurrency: int) -> list[R]:
@@ -74,7 +73,7 @@ class BssApi:
 
         def run(item: T) -> R:
             if (client := getattr(local, "client", None)) is None:
-                client = local.client = self._client(self._url, self._token)
+                client = local.client = self._client()
                 with lock:
                     clients.append(client)
             return call(client, item)
