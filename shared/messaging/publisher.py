@@ -6,6 +6,14 @@ resolves when the broker confirmed the message; thousands can be in flight at on
 (no round trip per message): each publish gets a future keyed by its delivery tag,
 and ``basic.ack``/``basic.nack`` — ``multiple`` or not — resolve them.
 
+A nacked message is the broker saying "not now": a quorum queue that lost its leader
+may refuse publishes until it has elected another. :meth:`Publisher.publish_many`
+(and :meth:`Publisher.publish`) publish the nacked messages again, with backoff, for
+up to ``nack_patience`` seconds (30 by default) before they give up with
+:class:`PublishNacked`: a broker's failover must not spend the retry ladder of the
+message being handled, which exists for the third party's failures. Meanwhile that
+message stays unacknowledged in its queue, so nothing is lost if the process dies.
+
 An unroutable message comes back as ``basic.return`` (before its ack); it fails
 its future with :class:`Unroutable` instead of vanishing. A return carries no
 delivery tag, so it is matched to the oldest pending publish with the same
@@ -29,17 +37,22 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pika
+import structlog
 from pika.channel import Channel
 from pika.spec import Basic
 
 from shared.errors import InfrastructureError
 from shared.logging import redact
-from shared.messaging.connection import AmqpConnection, channel_closed_future, rpc
+from shared.messaging.connection import AmqpConnection, Backoff, channel_closed_future, rpc
+
+log = structlog.get_logger("shared.messaging")
 
 CONTENT_TYPE = "application/json"
 PERSISTENT = 2
 #: Unconfirmed messages ``publish_many`` keeps in flight before it waits.
 DEFAULT_WINDOW = 5000
+#: Seconds ``publish_many`` keeps publishing nacked messages again before it gives up.
+NACK_PATIENCE = 30.0
 
 
 class PublishFailed(InfrastructureError):
@@ -77,8 +90,10 @@ class _Pending:
 class Publisher:
     """Publishes on one confirm-mode channel; see the module docstring."""
 
-    def __init__(self, channel: Channel, closed: asyncio.Future[BaseException]) -> None:
+    def __init__(self, channel: Channel, closed: asyncio.Future[BaseException], *,
+                 nack_patience: float = NACK_PATIENCE) -> None:
         self._channel = channel
+        self.nack_patience = nack_patience
         self._closed = closed
         self._loop = asyncio.get_running_loop()
         self._next_tag = 1
@@ -140,31 +155,64 @@ class Publisher:
                       correlation_id: str | None = None) -> None:
         """Publish one message and wait for its confirm.
 
-        Raises :class:`Unroutable`, :class:`PublishNacked`, or
+        A nacked message is published again for up to ``nack_patience`` seconds (see
+        the module docstring). Raises :class:`Unroutable`, :class:`PublishNacked`, or
         :class:`InfrastructureError` when the channel closed first.
         """
-        await self.publish_nowait(OutgoingMessage(exchange, routing_key, body, message_id,
-                                                  headers, correlation_id))
+        await self.publish_many([OutgoingMessage(exchange, routing_key, body, message_id,
+                                                 headers, correlation_id)])
 
     async def publish_many(self, messages: Iterable[OutgoingMessage], *,
                            window: int = DEFAULT_WINDOW) -> None:
         """Publish every message, at most ``window`` unconfirmed at a time; wait for all.
 
-        Raises the first failure (see :meth:`publish`) after every confirm is in;
-        messages published before and after a failed one may have been taken.
+        The nacked ones are published again, with backoff, until the broker takes
+        them or ``nack_patience`` seconds have passed. Raises the first failure (see
+        :meth:`publish`) after every confirm is in; messages published before and
+        after a failed one may have been taken.
         """
-        futures: deque[asyncio.Future[None]] = deque()
+        deadline = time.monotonic() + self.nack_patience
+        backoff = Backoff(base=0.25, cap=4.0)
+        batch: Iterable[OutgoingMessage] = messages
+        while True:
+            nacked, error = await self._publish_round(batch, window)
+            if error is None and nacked:
+                delay = backoff.next_delay()
+                if time.monotonic() + delay <= deadline:
+                    log.warning("publish nacked; publishing again", messages=len(nacked),
+                                delay=round(delay, 2), error=str(nacked[0][1]))
+                    await asyncio.sleep(delay)
+                    batch = [message for message, _ in nacked]
+                    continue
+                error = nacked[0][1]
+            if error is not None:
+                raise error
+            return
+
+    async def _publish_round(
+        self, messages: Iterable[OutgoingMessage], window: int,
+    ) -> tuple[list[tuple[OutgoingMessage, PublishNacked]], BaseException | None]:
+        """Publish ``messages`` once; the nacked ones, and the first other failure."""
+        futures: deque[tuple[OutgoingMessage, asyncio.Future[None]]] = deque()
+        nacked: list[tuple[OutgoingMessage, PublishNacked]] = []
         first_error: BaseException | None = None
+
+        async def settle_oldest() -> None:
+            nonlocal first_error
+            message, future = futures.popleft()
+            error = await _outcome(future)
+            if isinstance(error, PublishNacked):
+                nacked.append((message, error))
+            elif error is not None:
+                first_error = first_error or error
+
         for message in messages:
             while len(futures) >= window:
-                error = await _outcome(futures.popleft())
-                first_error = first_error or error
-            futures.append(self.publish_nowait(message))
+                await settle_oldest()
+            futures.append((message, self.publish_nowait(message)))
         while futures:
-            error = await _outcome(futures.popleft())
-            first_error = first_error or error
-        if first_error is not None:
-            raise first_error
+            await settle_oldest()
+        return nacked, first_error
 
     async def close(self) -> None:
         """Close the channel; unconfirmed publishes fail with ``InfrastructureError``."""

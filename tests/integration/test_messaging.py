@@ -174,6 +174,38 @@ async def test_an_unroutable_publish_fails_and_the_publisher_carries_on(
     assert topology.ready(PUSH.name) == 2000
 
 
+async def test_messages_the_broker_refuses_for_a_while_are_published_again(
+        topology: TestTopology) -> None:
+    # a queue that holds two messages and refuses (nacks) the rest: the broker saying
+    # "not now", as a quorum queue does while it elects a new leader
+    queue = f"refusing-{uuid.uuid4().hex[:8]}"
+    with Connection(topology.url) as kombu_conn:
+        channel = kombu_conn.default_channel
+        channel.queue_declare(queue, durable=True, auto_delete=False, arguments={
+            "x-max-length": 2, "x-overflow": "reject-publish"})
+        conn = await open_connection(topology.url, "bss-sync test")
+        taken: list[str] = []
+
+        async def drain() -> None:  # room for one more message every 100 ms
+            while len(taken) < 6:
+                await asyncio.sleep(0.1)
+                got = await asyncio.to_thread(channel.basic_get, queue, no_ack=True)
+                if got is not None:
+                    taken.append(got.properties["message_id"])
+
+        drainer = asyncio.create_task(drain())
+        try:
+            publisher = await Publisher.open(conn)
+            await publisher.publish_many(
+                [OutgoingMessage("", queue, b"{}", f"m{i}") for i in range(6)])
+            await asyncio.wait_for(drainer, timeout=30)
+        finally:
+            drainer.cancel()
+            await conn.close()
+            channel.queue_delete(queue)
+    assert sorted(taken) == [f"m{i}" for i in range(6)]
+
+
 async def test_frames_buffered_in_one_turn_go_out_in_one_send(topology: TestTopology) -> None:
     conn = await open_connection(topology.url, "bss-sync test")
     sends: list[int] = []

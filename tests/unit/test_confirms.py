@@ -1,7 +1,8 @@
 """Confirm tracking and ack batching, driven by a stand-in for pika's channel.
 
 The broker side is exercised by tests/integration; here the bookkeeping is pinned:
-``multiple`` acks and nacks, returns, a channel that dies with confirms pending,
+``multiple`` acks and nacks, nacked messages published again (within the patience),
+returns, a channel that dies with confirms pending,
 and acks that never cover a delivery still being processed.
 """
 
@@ -51,10 +52,13 @@ def message(i: int) -> OutgoingMessage:
     return OutgoingMessage(PUSH_EXCHANGE, f"k{i}", b"{}", f"m{i}")
 
 
-async def make_publisher() -> tuple[Publisher, FakeChannel, asyncio.Future[Any]]:
+async def make_publisher(
+    nack_patience: float = 30.0,
+) -> tuple[Publisher, FakeChannel, asyncio.Future[Any]]:
     channel = FakeChannel()
     closed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    return Publisher(channel, closed), channel, closed  # type: ignore[arg-type]
+    publisher = Publisher(channel, closed, nack_patience=nack_patience)  # type: ignore[arg-type]
+    return publisher, channel, closed
 
 
 async def test_messages_are_persistent_json_with_their_id() -> None:
@@ -113,7 +117,7 @@ async def test_a_closed_channel_fails_pending_and_later_publishes() -> None:
 
 
 async def test_publish_many_keeps_a_window_and_reports_the_first_failure() -> None:
-    publisher, channel, _ = await make_publisher()
+    publisher, channel, _ = await make_publisher(nack_patience=0)
 
     async def broker() -> None:
         while len(channel.published) < 10 or publisher.in_flight:
@@ -127,6 +131,84 @@ async def test_publish_many_keeps_a_window_and_reports_the_first_failure() -> No
         await publisher.publish_many([message(i) for i in range(10)], window=3)
     await task
     assert len(channel.published) == 10
+
+
+def answering_broker(publisher: Publisher, channel: FakeChannel,
+                     refuse: Any) -> asyncio.Task[None]:
+    """A broker that confirms each publish on the next turn, nacking those for which
+    ``refuse(tag, routing_key)`` is true; runs until cancelled."""
+
+    async def broker() -> None:
+        answered = 0
+        while True:
+            await asyncio.sleep(0)  # not a wait: the broker answers once per turn
+            for tag in range(answered + 1, len(channel.published) + 1):
+                confirm(publisher, tag, nack=refuse(tag, channel.published[tag - 1][1]))
+            answered = len(channel.published)
+
+    return asyncio.create_task(broker())
+
+
+async def test_nacked_messages_are_published_again_until_the_broker_takes_them() -> None:
+    # a quorum queue electing a new leader refuses publishes for a while
+    publisher, channel, _ = await make_publisher()
+    refused = {"k2": 2, "k4": 1}  # how many more times each routing key is refused
+
+    def refuse(_tag: int, key: str) -> bool:
+        if refused.get(key, 0) > 0:
+            refused[key] -= 1
+            return True
+        return False
+
+    broker = answering_broker(publisher, channel, refuse)
+    try:
+        await publisher.publish_many([message(i) for i in range(1, 6)], window=2)
+    finally:
+        broker.cancel()
+    # each of the five once, then only the refused ones again: k2 twice, k4 once
+    assert [p[1] for p in channel.published] == ["k1", "k2", "k3", "k4", "k5",
+                                                  "k2", "k4", "k2"]
+    assert [p[3].message_id for p in channel.published[5:]] == ["m2", "m4", "m2"]
+    assert publisher.in_flight == 0
+
+
+async def test_a_single_publish_is_published_again_after_a_nack() -> None:
+    publisher, channel, _ = await make_publisher()
+    broker = answering_broker(publisher, channel, lambda tag, _key: tag == 1)
+    try:
+        await publisher.publish(PUSH_EXCHANGE, "k1", b"{}", message_id="m1")
+    finally:
+        broker.cancel()
+    assert [p[3].message_id for p in channel.published] == ["m1", "m1"]
+
+
+async def test_nacks_past_the_patience_fail_with_publish_nacked() -> None:
+    publisher, channel, _ = await make_publisher(nack_patience=0.6)
+    broker = answering_broker(publisher, channel, lambda _tag, key: key == "k2")
+    try:
+        with pytest.raises(PublishNacked, match="k2"):
+            await publisher.publish_many([message(i) for i in range(1, 4)])
+    finally:
+        broker.cancel()
+    keys = [p[1] for p in channel.published]
+    assert keys[:3] == ["k1", "k2", "k3"] and set(keys[3:]) == {"k2"} and len(keys) > 3
+
+
+async def test_an_unroutable_message_is_not_published_again() -> None:
+    publisher, channel, _ = await make_publisher()
+
+    async def broker() -> None:
+        while len(channel.published) < 2:
+            await asyncio.sleep(0)
+        publisher._on_return(None, Basic.Return(312, "NO_ROUTE", "", "k2"),  # type: ignore[arg-type]
+                             pika.BasicProperties(message_id="m2"), b"{}")
+        confirm(publisher, 2, multiple=True)
+
+    task = asyncio.create_task(broker())
+    with pytest.raises(Unroutable):
+        await publisher.publish_many([message(1), OutgoingMessage("", "k2", b"{}", "m2")])
+    await task
+    assert len(channel.published) == 2
 
 
 # ---------------------------------------------------------------------------- acks
