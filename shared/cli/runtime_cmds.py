@@ -23,9 +23,9 @@ from shared.messaging.tooling import PeekedMessage, QueueMissing, peek
 from shared.messaging.topology import PUSHER, SERVICES, WorkQueue
 from shared.settings import get_settings
 
-DEAD_HEADERS = ("x-error-class", "x-error", "x-http-status", "x-attempts", "x-first-failed-at",
-                "x-org-id", "x-instance-id", "x-entity", "x-record-id", "x-external-id",
-                "x-original-routing-key")
+DEAD_HEADERS = ("x-error-class", "x-error", "x-http-status", "x-failed-step", "x-attempts",
+                "x-first-failed-at", "x-org-id", "x-instance-id", "x-entity", "x-record-id",
+                "x-external-id", "x-original-routing-key")
 
 
 def register(sub: Subparsers) -> None:

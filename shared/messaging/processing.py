@@ -481,9 +481,10 @@ def _audit_record(service: str, message: InboundMessage[Any], decision: Decision
         return record
     record = AuditRecord.for_message(service, Outcome.DEAD, c, duration)
     _with_error(record, decision.error)
+    record.details = dict(decision.error.details)  # e.g. the request, the failed step
     if isinstance(decision, Retry):
         record.outcome = Outcome.RETRYING
-        record.details = {"retry_queue": decision.queue.name, "retry_in_s": decision.delay}
+        record.details.update(retry_queue=decision.queue.name, retry_in_s=decision.delay)
     if message.context.redeliveries:
         _with_trigger(record, message.context)
     return record

@@ -46,6 +46,7 @@ H_ORIGINAL_EXCHANGE = "x-original-exchange"
 H_ORIGINAL_ROUTING_KEY = "x-original-routing-key"
 H_SERVICE = "x-service"
 H_BUSY_RETRIES = "x-busy-retries"
+H_FAILED_STEP = "x-failed-step"
 _CONTEXT_HEADERS = (
     ("x-org-id", "org_id"),
     ("x-instance-id", "instance_id"),
@@ -81,13 +82,21 @@ class MessageFacts:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ErrorInfo:
-    """A failure as it goes to headers and to the audit row (message redacted)."""
+    """A failure as it goes to headers and to the audit row (message redacted;
+    ``details``, the error's own, are redacted when the row is written)."""
 
     error_class: str
     message: str
     http_status: int | None
     transient: bool
     bug: bool
+    details: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def step(self) -> str | None:
+        """The step of a multi-request action that failed, when it was one."""
+        step = self.details.get("step")
+        return step if type(step) is str and step else None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -132,7 +141,8 @@ def describe_error(exc: BaseException) -> ErrorInfo:
     """Class, redacted and truncated message, HTTP status, and whether to retry."""
     if isinstance(exc, SyncError):
         return ErrorInfo(exc.error_class, _clip(redact(exc.message)), exc.http_status,
-                         transient=isinstance(exc, TransientError), bug=False)
+                         transient=isinstance(exc, TransientError), bug=False,
+                         details=exc.details if isinstance(exc.details, Mapping) else {})
     text = f"unexpected error (a bug in bss-sync): {type(exc).__name__}: {exc}"
     return ErrorInfo(type(exc).__name__, _clip(redact(text)), None, transient=True, bug=True)
 
@@ -206,10 +216,13 @@ def failure_headers(
     headers = {k: v for k, v in facts.headers.items()
                if not k.startswith(_BROKER_HEADER_PREFIXES)}
     headers.pop(H_HTTP_STATUS, None)
+    headers.pop(H_FAILED_STEP, None)
     headers[H_ERROR_CLASS] = error.error_class
     headers[H_ERROR] = error.message
     if error.http_status is not None:
         headers[H_HTTP_STATUS] = error.http_status
+    if error.step is not None:
+        headers[H_FAILED_STEP] = _clip(redact(error.step))
     headers[H_ATTEMPTS] = facts.attempt + 1
     headers[H_FIRST_FAILED_AT] = str(facts.headers.get(H_FIRST_FAILED_AT) or now.isoformat())
     for header, field in _CONTEXT_HEADERS:

@@ -103,6 +103,8 @@ def test_the_address_failing_once_leaves_one_customer_its_address_and_the_link(
     assert failed[0]["error_message"].startswith(
         f"step 'address' of the create: POST /api/customers/{customer['id']}/addresses "
         "answered 500"), failed[0]["error_message"]
+    assert failed[0]["details"]["step"] == "address"  # searchable, not only in the text
+    assert failed[0]["details"]["request"].startswith("POST /api/customers/")
     [created] = [r for r in audit if r["outcome"] == "created"]
     assert created["external_id"] == customer["id"]
     assert "an earlier attempt stopped after the step(s) customer" in \
@@ -135,3 +137,20 @@ def test_an_update_reads_then_writes_and_a_delete_removes_the_customer(
     wait_for(stack, tenant, account["id"], "deleted")
     assert server.state() == {"customers": {}, "addresses": {}}
     assert link_of(stack, tenant, account["id"])["state"] == "deleted"
+
+
+def test_a_step_refused_for_good_names_itself_in_the_dead_letter_and_its_row(
+        stack: TestStack, server: CustomersServer) -> None:
+    tenant = tenant_of(stack, server)
+    server.fail[("POST", "addresses")] = [422]
+    account = stack.bss.create(tenant.org_id, "account", account_bodies(1)[0])
+
+    [dead] = [r for r in wait_for(stack, tenant, account["id"], "dead")
+              if r["outcome"] == "dead"]
+    assert (dead["error_class"], dead["details"]["step"]) == ("RemoteRejected", "address")
+    [letter] = wait_until(lambda: stack.dead_letters(), timeout=WAIT,
+                          what="the account's dead letter")
+    headers = letter["properties"]["headers"]
+    assert (headers["x-failed-step"], headers["x-http-status"], headers["x-record-id"]) == (
+        "address", 422, account["id"])
+    assert headers["x-error"].startswith("step 'address' of the create:")

@@ -310,7 +310,7 @@ def test_the_cli_lists_dead_letters_and_leaves_them(
     publish_blocking(topology.url, [OutgoingMessage(
         DEAD_EXCHANGE, PUSH.dead_routing_key("account.update.org1.inst1"), b"{}", "m-dead",
         {"x-error-class": "RemoteRejected", "x-error": "422: name is required",
-         "x-attempts": 1, "x-record-id": "42"})])
+         "x-attempts": 1, "x-record-id": "42", "x-failed-step": "address"})])
     monkeypatch.setenv("AMQP_URL", topology.url)
     monkeypatch.setenv("RETRY_DELAYS", str(list(TEST_RETRY_DELAYS)))
     monkeypatch.setenv("DELIVERY_LIMIT", str(TEST_DELIVERY_LIMIT))
@@ -326,6 +326,7 @@ def test_the_cli_lists_dead_letters_and_leaves_them(
         get_settings.cache_clear()
     assert "message m-dead" in out
     assert "x-error: 422: name is required" in out and "x-record-id: 42" in out
+    assert "x-failed-step: address" in out
     listed = json.loads(line)
     assert listed["message_id"] == "m-dead" and listed["body"] == "{}"
     assert listed["headers"]["x-error-class"] == "RemoteRejected"

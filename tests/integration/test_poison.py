@@ -215,7 +215,10 @@ async def test_a_third_party_answering_status_999_dead_letters_once_no_storm(
         m.id for m in poison}
     for row in dead_rows:  # the status stored as NULL, the value kept
         assert (row["http_status"], row["error_class"]) == (None, "RemoteProtocolError")
-        assert row["details"] == {"normalised": {"http_status": 999}}
+        assert row["details"]["normalised"] == {"http_status": 999}
+        # the error's own details: what was sent and the answer's status line
+        assert row["details"]["status_line"] == "HTTP/1.1 999 Weird"
+        assert row["details"]["request"].startswith("GET /companies/p-")
         assert row["error_message"].endswith("not HTTP: HTTP/1.1 999 Weird")
     [one] = topology.peek(PUSH.dead_queue, 1)
     assert one.headers["x-error"].endswith("status line that is not HTTP: HTTP/1.1 999 Weird")

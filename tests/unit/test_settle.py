@@ -136,6 +136,29 @@ def test_dead_letter_headers_carry_everything_an_operator_and_redelivery_need() 
     assert decision.routing_key == QUEUE.dead_routing_key(ROUTING_KEY)
 
 
+def test_the_failed_step_of_a_multi_request_action_is_a_header_of_its_own() -> None:
+    failed = RemoteRejected("step 'address' of the create: POST /addresses answered 422",
+                            http_status=422, details={"step": "address", "request": "POST"})
+    retry = decide(RemoteUnavailable("503", details={"step": "customer"}),
+                   facts(0), QUEUE, NOW)
+    dead = decide(failed, facts(1, headers={"x-failed-step": "customer"}), QUEUE, NOW)
+    assert isinstance(retry, Retry) and retry.headers["x-failed-step"] == "customer"
+    assert isinstance(dead, Dead) and dead.headers["x-failed-step"] == "address"
+    assert dead.error.details == {"step": "address", "request": "POST"}
+
+
+def test_a_failure_of_no_step_drops_the_step_header_of_an_earlier_one() -> None:
+    decision = decide(RemoteRejected("422"), facts(1, headers={"x-failed-step": "customer"}),
+                      QUEUE, NOW)
+    assert "x-failed-step" not in decision.headers  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("step", [None, "", 3, ["a"]])
+def test_a_step_detail_that_is_no_name_gives_no_header(step: object) -> None:
+    decision = decide(RemoteRejected("422", details={"step": step}), facts(0), QUEUE, NOW)
+    assert "x-failed-step" not in decision.headers  # type: ignore[union-attr]
+
+
 def test_the_first_failure_time_is_set_once() -> None:
     decision = decide(RemoteUnavailable("x"), facts(0), QUEUE, NOW)
     assert decision.headers["x-first-failed-at"] == NOW.isoformat()  # type: ignore[union-attr]
