@@ -123,16 +123,32 @@ class Writer:
         write that failed for good)."""
         started = time.monotonic()
         pending: list[Future[Any]] = []
+        patches: dict[tuple[str, int], list[Future[Any]]] = {}
         for n, step in enumerate(plan):
             delay = started + n * span / len(plan) - time.monotonic()
             if delay > 0 and stop.wait(delay):  # the pace of the workload itself
                 break
-            future = self.pool.submit(self._do, step)
+            key = (step.entity, step.index)
+            if step.op == "delete":  # after the record's patches, even ones still retrying
+                future = self.pool.submit(self._delete_after, step, patches.pop(key, []))
+            else:
+                future = self.pool.submit(self._do, step)
             if step.op == "create":
-                self.created[(step.entity, step.index)] = future
+                self.created[key] = future
+            elif step.op == "patch":
+                patches.setdefault(key, []).append(future)
             pending.append(future)
         for future in pending:
             future.result()
+
+    def _delete_after(self, step: Step, patches: list[Future[Any]]) -> None:
+        """``step`` (a delete) once the record's earlier patches are done: a patch held
+        up by a fault in one thread must not reach the BSS after the delete in another
+        (its 404 would be the workload's race, not a fault's harm). Those patches were
+        submitted first, so the pool's queue runs them before this one."""
+        for patch in patches:
+            patch.result()
+        self._do(step)
 
     def _do(self, step: Step) -> Record | None:
         path = f"/organizations/{self.org}/{step.entity}"
