@@ -285,8 +285,8 @@ class Publisher:
                     log.warning("publish nacked; publishing again", messages=len(nacked),
                                 delay=round(delay, 2), error=str(nacked[0][1]))
                     await asyncio.sleep(delay)
-                    if self._renewal is not None:
-                        await asyncio.shield(self._renewal)
+                    if self._renewal is not None:  # publish them on the fresh channel
+                        await asyncio.wait({self._renewal})
                     batch = [message for message, _ in nacked]
                     continue
                 error = nacked[0][1]
