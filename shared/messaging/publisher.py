@@ -377,7 +377,6 @@ class Publisher:
                  unconfirmed_on_the_old=len(old.pending))
         old.retire()
 
-
     # ------------------------------------------------------------------ broker callbacks
 
     def _send(self, exchange: str, routing_key: str, body: bytes,

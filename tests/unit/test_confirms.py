@@ -1,9 +1,11 @@
-"""Confirm tracking and ack batching, driven by a stand-in for pika's channel.
+"""Confirm tracking and ack batching, driven by stand-ins for pika's channel and
+connection.
 
 The broker side is exercised by tests/integration; here the bookkeeping is pinned:
 ``multiple`` acks and nacks, nacked messages published again (within the patience),
-returns, a channel that dies with confirms pending,
-and acks that never cover a delivery still being processed.
+the move to a fresh channel after a nack (the old one closed once its confirms are
+in), returns, a channel that dies with confirms pending, and acks that never cover a
+delivery still being processed.
 """
 
 from __future__ import annotations
