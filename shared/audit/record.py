@@ -65,12 +65,14 @@ class AuditRecord:
                     duration_ms: float | None = None, **fields: Any) -> AuditRecord:
         """The row of one message: its context's columns, plus ``fields``.
 
-        Built positionally (every handled message has one: a keyword call of this
-        20-field dataclass costs a microsecond more)."""
+        Built positionally, ``details`` and ``at`` given (every handled message has one:
+        a keyword call of this 20-field dataclass costs a microsecond more, the default
+        factories a little)."""
         c = context
         record = cls(service, outcome, c.org_id, c.instance_id, c.entity, c.direction,
                      c.action, c.record_id, c.external_id, c.attempt, None, None, None,
-                     duration_ms, c.run_id, c.message_id, c.correlation_id)
+                     duration_ms, c.run_id, c.message_id, c.correlation_id, {},
+                     datetime.now(UTC))
         for name, value in fields.items():
             setattr(record, name, value)
         return record

@@ -211,7 +211,10 @@ class MessageProcessor:
         result: HandlerResult | Outcome | Exception
         slots = self._slots
         if slots is not None:
-            await slots.acquire()
+            if slots.free > 0 and not slots.waiting:  # the common case, without a coroutine
+                slots.free -= 1
+            else:
+                await slots.acquire()
         try:
             result = await self.handler(message)
         except Exception as exc:
@@ -437,6 +440,10 @@ class HandlerSlots:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
             raise
+
+    @property
+    def waiting(self) -> bool:
+        return bool(self._waiters)
 
     def release(self) -> None:
         while self._waiters:

@@ -18,6 +18,8 @@ from shared.messaging.envelope import (
     MAX_ATTEMPT,
     MAX_REDELIVERIES,
     SyncMessage,
+    _build,
+    _decode_fast,
     conforms,
     decode_sync_message,
     encode,
@@ -159,6 +161,42 @@ def test_the_fast_check_accepts_ordinary_valid_messages() -> None:
     assert len(valid) > 100
     # Only odd-but-legal spellings (braced UUIDs, lower-case 'z') take the slow path.
     assert len(accepted) / len(valid) > 0.9
+
+
+def _typed(doc: dict[str, Any]) -> SyncMessage | None:
+    return _decode_fast(json.dumps(doc).encode())
+
+
+def test_the_typed_parse_is_never_more_lenient_than_the_schema() -> None:
+    schema_ok = ENVELOPE_CHECK.validator.is_valid
+    assert [d for d in _mutations() if _typed(d) is not None and not schema_ok(d)] == []
+
+
+def test_the_typed_parse_reads_what_the_long_way_reads() -> None:
+    """Every envelope both accept gives the same message, and the typed parse takes the
+    ordinary ones (or it is no fast path)."""
+    valid = [d for d in _mutations() if ENVELOPE_CHECK.validator.is_valid(d)]
+    taken = [(d, m) for d in valid if (m := _typed(d)) is not None]
+    assert len(taken) / len(valid) > 0.9
+    assert [d for d, m in taken if m != _build(copy.deepcopy(d))] == []
+
+
+@pytest.mark.parametrize("body", [
+    # a lone surrogate, in a field and deep in the record: not text PostgreSQL can hold
+    json.dumps({**VALID, "record_id": "r\ud800"}).encode(),
+    json.dumps({**PULL, "record": {"a": ["\ud800"]}}).encode(),
+    # the last of two keys is the one jsonschema would judge (orjson keeps it too)
+    json.dumps(VALID)[:-1].encode() + b', "id": "not-a-uuid"}',
+    json.dumps(VALID).encode().replace(b'"attempt": 0', b'"attempt": 99999999999999999999999'),
+    json.dumps(VALID).encode().replace(b'"attempt": 0', b'"attempt": 1e400'),
+    b"[" * 10_000 + b"]" * 10_000,
+    b'{"id": "3f1e6a4c-1b2d-4c3e-9f00-0123456789ab"',
+    b"\xff\xfe",
+])
+def test_what_the_typed_parse_refuses_takes_the_long_way(body: bytes) -> None:
+    assert _decode_fast(body) is None
+    with pytest.raises(InvalidMessage):
+        decode_sync_message(body)
 
 
 @pytest.mark.parametrize("fast_enabled", [True, False])

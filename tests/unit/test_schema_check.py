@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -187,21 +188,33 @@ def test_the_setting_is_read_once_per_check(schema_checks: Callable[[str], None]
 
 def test_decoding_an_envelope_goes_through_the_switch(
         schema_checks: Callable[[str], None], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Observable, not read back: which check runs when a message is decoded."""
-    body = envelope.encode(envelope.SyncMessage(
+    """Observable, not read back: which check runs when a message is decoded. With the
+    fast checks on, a plain envelope is taken by the typed parse alone, one it is too
+    strict for (an integral float attempt) by ``conforms``; with them off, jsonschema
+    judges both."""
+    message = envelope.SyncMessage(
         id="3f1e6a4c-1b2d-4c3e-9f00-0123456789ab", direction="push", org_id="o",
         instance_id="i", entity="account", action="update", trigger="event", attempt=0,
-        created_at="2026-01-02T03:04:05Z", record_id="r"))
+        created_at="2026-01-02T03:04:05Z", record_id="r")
+    plain = envelope.encode(message)
+    float_attempt = plain.replace(b'"attempt":0', b'"attempt":2.0')
     judged: list[Any] = []  # jsonschema's verdicts, through the helper's best_match
     real_best_match = schema_check.best_match
     monkeypatch.setattr(schema_check, "best_match",
                         lambda errors: judged.append(1) or real_best_match(errors))
-    for setting, fast_calls in (("fast", 1), ("jsonschema", 0)):
+    typed = Counted(envelope._fast_decoder().decode)
+    monkeypatch.setattr(envelope, "_fast_decoder", lambda: SimpleNamespace(decode=typed))
+    for setting, expected in (("fast", [(1, 0, 0), (1, 1, 0)]),
+                              ("jsonschema", [(0, 0, 1), (0, 0, 1)])):
         schema_checks(setting)
-        judged.clear()
         fast = Counted(envelope.conforms)
         check = PinnedSchemaCheck("sync-message", fast, envelope.ENVELOPE_RULES_SHA256,
                                   subject="the envelope", formats=True)
         monkeypatch.setattr(envelope, "ENVELOPE_CHECK", check)
-        assert envelope.decode_sync_message(body).record_id == "r"
-        assert (fast.calls, len(judged)) == (fast_calls, 1 - fast_calls), setting
+        seen = []
+        for body in (plain, float_attempt):
+            typed.calls = fast.calls = 0
+            judged.clear()
+            assert envelope.decode_sync_message(body).record_id == "r"
+            seen.append((typed.calls, fast.calls, len(judged)))
+        assert seen == expected, setting
