@@ -473,7 +473,7 @@ def _audit_record(service: str, message: InboundMessage[Any], decision: Decision
     """The audit row of a settled message; ``decision`` may be the success outcome."""
     c = message.context
     duration = (time.perf_counter() - started) * 1000.0
-    if isinstance(decision, Ack | str):  # the hot path: every handled message
+    if type(decision) is Outcome or isinstance(decision, (Ack, str)):  # every handled message
         outcome = decision.outcome if isinstance(decision, Ack) else decision
         record = AuditRecord.for_message(
             service, outcome if type(outcome) is Outcome else Outcome(outcome), c, duration)
