@@ -6,7 +6,8 @@ process, alternating rounds (the median of each printed). Prints figures, assert
 (1) schema checks, per message: the check of one parsed sync envelope, and of one
     parsed BSS event (JSON parsing excluded) — the hand-written check with jsonschema
     for what it refuses (``SCHEMA_CHECKS=fast``) against jsonschema alone
-    (``SCHEMA_CHECKS=jsonschema``);
+    (``SCHEMA_CHECKS=jsonschema``); and a sync envelope from body to message, the typed
+    parse against orjson with either check;
 (2) transforms, per record: bench/transform.py's 20-field account mapping, compiled with
     ``TRANSFORM_PATHS=fast`` and with ``jsonata``; and per evaluation, the filtered path
     ``addresses[isBilling][0].city`` alone;
@@ -37,6 +38,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from services.dispatcher.events import EVENT_RULES_SHA256
@@ -45,7 +48,9 @@ from shared.bss import BssClient
 from shared.connector import load_connector
 from shared.connector.request import RequestPlan
 from shared.http import InstanceEndpoint, ThirdPartyClient
-from shared.messaging.envelope import ENVELOPE_RULES_SHA256, SyncMessage
+from shared.messaging.envelope import ENVELOPE_RULES_SHA256, SyncMessage, encode
+from shared.messaging.envelope import _build as envelope_build
+from shared.messaging.envelope import _decode_fast as decode_fast
 from shared.messaging.envelope import conforms as envelope_conforms
 from shared.messaging.runner import run_loop
 from shared.schema_check import PinnedSchemaCheck
@@ -133,6 +138,40 @@ def bench_schemas(args: argparse.Namespace) -> None:
             label: (lambda c=check, d=documents: per_item(c.check, d, 3))
             for label, check in checks.items()})
         side_by_side(f"{title} ({len(documents):,} distinct, x3 per round)", "µs", figures)
+    bench_envelope_decode(args)
+
+
+def bench_envelope_decode(args: argparse.Namespace) -> None:
+    """A sync envelope from its body to the message, as the consumer decodes each one: the
+    typed parse (msgspec, schema-derived types) against the long way it falls back to —
+    orjson, then the hand-written check — and orjson with jsonschema alone."""
+    bodies = [encode(SyncMessage(**doc)) for doc in envelopes(args.messages)]
+
+    def long_way(check: PinnedSchemaCheck) -> Callable[[bytes], SyncMessage]:
+        def decode(body: bytes) -> SyncMessage:
+            doc = orjson.loads(body)
+            check.check(doc)
+            return envelope_build(doc)
+        return decode
+
+    decoders: dict[str, Callable[[bytes], SyncMessage | None]] = {
+        "typed parse": decode_fast,
+        "orjson + fast check": long_way(PinnedSchemaCheck(
+            "sync-message", envelope_conforms, ENVELOPE_RULES_SHA256, subject="the envelope",
+            formats=True, fast_enabled=True)),
+        "orjson + jsonschema": long_way(PinnedSchemaCheck(
+            "sync-message", envelope_conforms, ENVELOPE_RULES_SHA256, subject="the envelope",
+            formats=True, fast_enabled=False)),
+    }
+    for body in bodies:  # every one read alike by all three (warms up too)
+        if len({repr(decode(body)) for decode in decoders.values()}) != 1:
+            raise SystemExit("the decoders disagree on an envelope: no figure")
+    figures = median_rounds(args.rounds, {
+        label: (lambda f=f: per_item(f, bodies, 3)) for label, f in decoders.items()})
+    typed, fast, library = figures.values()
+    print(f"  sync envelope, body → message ({len(bodies):,} distinct, x3 per round): "
+          f"orjson + jsonschema {library:,.1f} µs, orjson + fast check {fast:,.1f} µs, "
+          f"typed parse {typed:,.1f} µs ({fast / typed:.1f}x the fast check)")
 
 
 # -- (2) transforms -----------------------------------------------------------------------
