@@ -210,11 +210,8 @@ class MessageProcessor:
         sink (it releases the delivery when the row commits)."""
         result: HandlerResult | Outcome | Exception
         slots = self._slots
-        if slots is not None:
-            if slots.free > 0 and not slots.waiting:  # the common case, without a coroutine
-                slots.free -= 1
-            else:
-                await slots.acquire()
+        if slots is not None and not slots.try_acquire():  # free: no coroutine made
+            await slots.acquire()
         try:
             result = await self.handler(message)
         except Exception as exc:
@@ -425,9 +422,15 @@ class HandlerSlots:
         self.free = size
         self._waiters: deque[asyncio.Future[None]] = deque()
 
-    async def acquire(self) -> None:
+    def try_acquire(self) -> bool:
+        """Take a free slot now, if there is one and nobody waits for it."""
         if self.free > 0 and not self._waiters:
             self.free -= 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        if self.try_acquire():
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
@@ -440,10 +443,6 @@ class HandlerSlots:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
             raise
-
-    @property
-    def waiting(self) -> bool:
-        return bool(self._waiters)
 
     def release(self) -> None:
         while self._waiters:
