@@ -38,8 +38,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from services.dispatcher.events import EVENT_RULES_SHA256
@@ -48,8 +46,12 @@ from shared.bss import BssClient
 from shared.connector import load_connector
 from shared.connector.request import RequestPlan
 from shared.http import InstanceEndpoint, ThirdPartyClient
-from shared.messaging.envelope import ENVELOPE_RULES_SHA256, SyncMessage, encode
-from shared.messaging.envelope import _build as envelope_build
+from shared.messaging.envelope import (
+    ENVELOPE_RULES_SHA256,
+    SyncMessage,
+    decode_checked,
+    encode,
+)
 from shared.messaging.envelope import _decode_fast as decode_fast
 from shared.messaging.envelope import conforms as envelope_conforms
 from shared.messaging.runner import run_loop
@@ -148,11 +150,7 @@ def bench_envelope_decode(args: argparse.Namespace) -> None:
     bodies = [encode(SyncMessage(**doc)) for doc in envelopes(args.messages)]
 
     def long_way(check: PinnedSchemaCheck) -> Callable[[bytes], SyncMessage]:
-        def decode(body: bytes) -> SyncMessage:
-            doc = orjson.loads(body)
-            check.check(doc)
-            return envelope_build(doc)
-        return decode
+        return lambda body: decode_checked(body, check)
 
     decoders: dict[str, Callable[[bytes], SyncMessage | None]] = {
         "typed parse": decode_fast,

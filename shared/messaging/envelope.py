@@ -109,11 +109,17 @@ def decode_sync_message(body: bytes, properties: Any = None) -> SyncMessage:
         message = _decode_fast(body)
         if message is not None:
             return message
+    return decode_checked(body, ENVELOPE_CHECK)
+
+
+def decode_checked(body: bytes, check: PinnedSchemaCheck) -> SyncMessage:
+    """The long way: ``body`` parsed (orjson, else the standard library, which words
+    the reason), judged by ``check``, and built. Raises :class:`InvalidMessage`."""
     try:
         doc = orjson.loads(body)
     except (orjson.JSONDecodeError, TypeError):
         doc = _loads_or_explain(body)
-    ENVELOPE_CHECK.check(doc)
+    check.check(doc)
     return _build(doc)
 
 
