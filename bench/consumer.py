@@ -13,6 +13,12 @@
     share of the limit they set (concurrency / 50 ms: no more handlers can wait at once);
 (d) publishing 100,000 messages with publisher confirms.
 
+Beside (a) and (b), the CPU each party spent a message over all rounds: our process
+(the event loop's thread, where pika, the runtime and psycopg run), PostgreSQL (the
+backends of the benchmark's own database), RabbitMQ (every node on the machine:
+machine-wide), and how busy the whole machine was, neighbours included — a machine
+near all its CPUs busy makes (b)/(a) the ratio of their CPU costs.
+
 Every consumer runs with the same prefetch (``--prefetch``; default: the runtime's
 own for ``--concurrency``, 4 x 64 = 256) in one process set up as the services set
 themselves up (``EVENT_LOOP``: uvloop unless set to asyncio; ``GC_THRESHOLD``), so
@@ -43,6 +49,7 @@ from pika.adapters.asyncio_connection import AsyncioConnection
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.harness import BENCH_APP, TICKS, BackendCpu, Broker
 from shared.audit.record import Outcome
 from shared.audit.writer import DEFAULT_BATCH_SIZE, AuditWriter
 from shared.messaging.codec import SYNC_CODEC, InboundMessage
@@ -149,6 +156,84 @@ def blocking_consume(url: str, count: int, prefetch: int) -> float:
     return count / elapsed
 
 
+@dataclasses.dataclass(slots=True)
+class Spent:
+    """CPU seconds spent by each party over some runs, and the messages they handled."""
+
+    messages: int = 0
+    ours: float = 0.0
+    postgres: float = 0.0
+    broker: float = 0.0
+    machine: float = 0.0
+    wall: float = 0.0
+
+    def per_message(self, seconds: float) -> str:
+        return f"{seconds / self.messages * 1e6:,.0f} µs" if self.messages else "-"
+
+    def busy(self) -> str:
+        """The machine's busy CPUs during the runs, of how many."""
+        return f"{self.machine / self.wall:.2f} of {os.cpu_count()}" if self.wall else "-"
+
+
+class CpuMeter:
+    """Who spent the CPU of a run (:class:`Spent`): our event loop's thread, the
+    backends of the benchmark's database (``bench/harness.py``'s ``BackendCpu``,
+    sampled on a connection of its own, not counted), every RabbitMQ node of the
+    machine (``Broker``'s machine-wide reading), the machine's busy time."""
+
+    def __init__(self, database_url: str) -> None:
+        self.conn = psycopg.connect(database_url, autocommit=True, application_name=BENCH_APP)
+        self.backends = BackendCpu(database_url)
+        self.broker = Broker("shared", "consumer")
+
+    def _others(self) -> tuple[float, float, float, float]:
+        self.backends.sample(self.conn)
+        return (self.backends.total(), self.broker.stats()[0], machine_busy(),
+                time.perf_counter())
+
+    async def measure(self, spent: Spent, messages: int, run: Awaitable[Any]) -> Any:
+        """Await ``run`` (``messages`` handled) and add what it cost to ``spent``, once
+        RabbitMQ has done what the filling of the queue left it to do (its quorum queue
+        writes it after confirming: without the wait, the longer run was charged more
+        of it). Our thread's time is read inside the others' readings, so the sampling
+        is not ours."""
+        await self.broker_settled()
+        postgres, broker, machine, wall = self._others()
+        ours = time.thread_time()
+        result = await run
+        ours = time.thread_time() - ours
+        postgres2, broker2, machine2, wall2 = self._others()
+        spent.messages += messages
+        spent.ours += ours
+        spent.postgres += postgres2 - postgres
+        spent.broker += broker2 - broker
+        spent.machine += machine2 - machine
+        spent.wall += wall2 - wall
+        return result
+
+    async def broker_settled(self, timeout: float = 10.0) -> None:
+        """Return once RabbitMQ uses less than a tenth of a CPU over 0.2 s (or after
+        ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        before = self.broker.stats()[0]
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            now = self.broker.stats()[0]
+            if now - before < 0.02:
+                return
+            before = now
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has been busy (``/proc/stat``: all but idle and
+    iowait), every process's, neighbours included."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / TICKS
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class RuntimeRun:
     """One run of our consumer: its rate, and the flow it ran with (read from it)."""
@@ -198,13 +283,16 @@ async def run(args: argparse.Namespace, url: str, db_url: str) -> None:
               f"concurrency: {args.concurrency}, audit batch: {args.audit_batch}, "
               f"rounds of (a)+(b): {args.rounds}")
         raws, ours = [], []
+        meter, raw_cpu, own_cpu = CpuMeter(db_url), Spent(), Spent()
         for _ in range(args.rounds):  # interleaved, so a noisy neighbour hits both alike
             await fill(url, args.messages)
-            raws.append(await raw_consume(url, args.messages, prefetch))
+            raws.append(await meter.measure(raw_cpu, args.messages,
+                                            raw_consume(url, args.messages, prefetch)))
             await fill(url, args.messages)
-            ours.append((await runtime_consume(url, db, args.messages, noop, args.audit_batch,
-                                               prefetch=prefetch,
-                                               concurrency=args.concurrency)).rate)
+            ours.append((await meter.measure(own_cpu, args.messages, runtime_consume(
+                url, db, args.messages, noop, args.audit_batch, prefetch=prefetch,
+                concurrency=args.concurrency))).rate)
+        meter.close()
         rows = await db.fetchval("SELECT count(*) FROM audit_log")
         raw, own = statistics.median(raws), statistics.median(ours)
         print(f"(a) raw pika, batched acks         {raw:10,.0f} msg/s   connect → last ack sent "
@@ -213,6 +301,12 @@ async def run(args: argparse.Namespace, url: str, db_url: str) -> None:
               f"after its audit row committed (median of {', '.join(f'{r:,.0f}' for r in ours)}"
               f"; {rows:,} audit rows)")
         print(f"    (b)/(a) = {own / raw:.0%} of the best raw consumer (target: at least 50 %)")
+        print("    CPU a message, all rounds   our process   PostgreSQL (own database)   "
+              "RabbitMQ (machine-wide)   machine busy (CPUs)")
+        for name, spent in (("(a)", raw_cpu), ("(b)", own_cpu)):
+            print(f"    {name:27} {spent.per_message(spent.ours):>11}   "
+                  f"{spent.per_message(spent.postgres):>25}   "
+                  f"{spent.per_message(spent.broker):>23}   {spent.busy():>19}")
         await fill(url, args.messages)
         textbook = await asyncio.to_thread(blocking_consume, url, args.messages, prefetch)
         print(f"(a') pika BlockingConnection loop  {textbook:10,.0f} msg/s   connect → last ack "
