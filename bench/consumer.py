@@ -8,12 +8,16 @@
     broker, nothing else; (a') pika's BlockingConnection acking each message, the
     textbook consumer, for context;
 (b) our runtime, no-op handler, one audit row per message committed to PostgreSQL;
+(b') the same runtime with an audit sink that stores nothing (each row fitted and
+    serialised as the writer does, "committed" at the end of the loop's turn), for
+    context: what (b) would be without PostgreSQL, so the part of the gap that is the
+    audit log's shows beside the part that is the runtime's;
 (c) our runtime, a handler awaiting 50 ms of simulated I/O: it prints the prefetch
     and concurrency the runtime ran with (read from it, not from the options) and its
     share of the limit they set (concurrency / 50 ms: no more handlers can wait at once);
 (d) publishing 100,000 messages with publisher confirms.
 
-Beside (a) and (b), the CPU each party spent a message over all rounds: our process
+Beside (a), (b) and (b'), the CPU each party spent a message over all rounds: our process
 (the event loop's thread, where pika, the runtime and psycopg run), PostgreSQL (the
 backends of the benchmark's own database), RabbitMQ (every node on the machine:
 machine-wide), and how busy the whole machine was, neighbours included — a machine
@@ -43,6 +47,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pika
 import psycopg
 from pika.adapters.asyncio_connection import AsyncioConnection
@@ -50,7 +55,8 @@ from pika.adapters.asyncio_connection import AsyncioConnection
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import BENCH_APP, TICKS, BackendCpu, Broker
-from shared.audit.record import Outcome
+from shared.audit.normalise import to_row
+from shared.audit.record import AuditRecord, Outcome
 from shared.audit.writer import DEFAULT_BATCH_SIZE, AuditWriter
 from shared.messaging.codec import SYNC_CODEC, InboundMessage
 from shared.messaging.connection import open_connection
@@ -265,6 +271,55 @@ async def runtime_consume(url: str, db: Database, count: int, handler: Callable[
     return RuntimeRun(count / elapsed, consumer.config.window, consumer.processor.concurrency)
 
 
+class MemorySink:
+    """(b')'s audit sink: stores nothing. Each row is fitted (``to_row``) and serialised
+    (orjson) as :class:`~shared.audit.writer.AuditWriter` does, and "committed" at the
+    end of the event loop's turn, all the rows of a turn at once — the writer without
+    its SQL round trip and PostgreSQL."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._rows: list[Any] = []
+        self._done: list[Callable[[BaseException | None], None]] = []
+
+    def submit(self, record: AuditRecord, done: Callable[[BaseException | None], None]) -> None:
+        self._rows.append(to_row(record))
+        self._done.append(done)
+        if len(self._done) == 1:
+            self._loop.call_soon(self._commit)
+
+    def _commit(self) -> None:
+        orjson.dumps(self._rows)
+        done, self._rows, self._done = self._done, [], []
+        for callback in done:
+            callback(None)
+
+    async def write(self, record: AuditRecord) -> None:
+        to_row(record)
+
+    async def settled_outcome(self, _message_id: str, _attempt: int) -> Outcome | None:
+        return None  # nothing stored, and no message of the benchmark is redelivered
+
+    async def final_outcome(self, _message_id: str) -> Outcome | None:
+        return None
+
+
+async def memory_consume(url: str, count: int, **config: int) -> float:
+    """(b'): our consumer, no-op handler, rows to :class:`MemorySink`; msgs/s from
+    starting the consumer to the last message acked (each after its row's "commit")."""
+    consumer = Consumer(QUEUE, SYNC_CODEC, noop, MemorySink(), ConsumerConfig(url, **config))
+    started = time.perf_counter()
+    task = asyncio.create_task(consumer.run())
+    while consumer.processor.counts["ack"] < count:
+        await asyncio.sleep(0.005)
+        if task.done():
+            task.result()
+    elapsed = time.perf_counter() - started
+    consumer.stop()
+    await task
+    return count / elapsed
+
+
 async def noop(_message: InboundMessage[SyncMessage]) -> Outcome:
     return Outcome.UNCHANGED
 
@@ -281,10 +336,10 @@ async def run(args: argparse.Namespace, url: str, db_url: str) -> None:
         await upgrade(db)
         print(f"messages: {args.messages}, prefetch: {prefetch} (every consumer), "
               f"concurrency: {args.concurrency}, audit batch: {args.audit_batch}, "
-              f"rounds of (a)+(b): {args.rounds}")
-        raws, ours = [], []
-        meter, raw_cpu, own_cpu = CpuMeter(db_url), Spent(), Spent()
-        for _ in range(args.rounds):  # interleaved, so a noisy neighbour hits both alike
+              f"rounds of (a)+(b)+(b'): {args.rounds}")
+        raws, ours, bares = [], [], []
+        meter, raw_cpu, own_cpu, bare_cpu = CpuMeter(db_url), Spent(), Spent(), Spent()
+        for _ in range(args.rounds):  # interleaved, so a noisy neighbour hits all alike
             await fill(url, args.messages)
             raws.append(await meter.measure(raw_cpu, args.messages,
                                             raw_consume(url, args.messages, prefetch)))
@@ -292,18 +347,27 @@ async def run(args: argparse.Namespace, url: str, db_url: str) -> None:
             ours.append((await meter.measure(own_cpu, args.messages, runtime_consume(
                 url, db, args.messages, noop, args.audit_batch, prefetch=prefetch,
                 concurrency=args.concurrency))).rate)
+            await fill(url, args.messages)
+            bares.append(await meter.measure(bare_cpu, args.messages, memory_consume(
+                url, args.messages, prefetch=prefetch, concurrency=args.concurrency)))
         meter.close()
         rows = await db.fetchval("SELECT count(*) FROM audit_log")
-        raw, own = statistics.median(raws), statistics.median(ours)
+        raw, own, bare = (statistics.median(raws), statistics.median(ours),
+                          statistics.median(bares))
         print(f"(a) raw pika, batched acks         {raw:10,.0f} msg/s   connect → last ack sent "
               f"(median of {', '.join(f'{r:,.0f}' for r in raws)})")
         print(f"(b) runtime, no-op + audit rows    {own:10,.0f} msg/s   start → last ack, each "
               f"after its audit row committed (median of {', '.join(f'{r:,.0f}' for r in ours)}"
               f"; {rows:,} audit rows)")
         print(f"    (b)/(a) = {own / raw:.0%} of the best raw consumer (target: at least 50 %)")
+        print(f"(b') runtime, rows to memory only  {bare:10,.0f} msg/s   start → last ack, each "
+              f"after its row was fitted and serialised, no PostgreSQL (median of "
+              f"{', '.join(f'{r:,.0f}' for r in bares)})")
+        print(f"    context: (b')/(a) = {bare / raw:.0%}, the runtime without the audit log; "
+              f"(b)/(b') = {own / bare:.0%}, what committing the rows leaves of it")
         print("    CPU a message, all rounds   our process   PostgreSQL (own database)   "
               "RabbitMQ (machine-wide)   machine busy (CPUs)")
-        for name, spent in (("(a)", raw_cpu), ("(b)", own_cpu)):
+        for name, spent in (("(a)", raw_cpu), ("(b)", own_cpu), ("(b')", bare_cpu)):
             print(f"    {name:27} {spent.per_message(spent.ours):>11}   "
                   f"{spent.per_message(spent.postgres):>25}   "
                   f"{spent.per_message(spent.broker):>23}   {spent.busy():>19}")
@@ -334,7 +398,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=64, help="handlers in flight")
     parser.add_argument("--audit-batch", type=int, default=DEFAULT_BATCH_SIZE,
                         help="audit writer batch size for (b)")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved runs of (a) and (b)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="interleaved runs of (a), (b) and (b')")
     args = parser.parse_args()
     base_amqp = os.environ.get("AMQP_URL", DEFAULT_AMQP_URL)
     base_db = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
