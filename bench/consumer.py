@@ -41,7 +41,6 @@ import secrets
 import statistics
 import sys
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,6 +57,7 @@ from bench.harness import BENCH_APP, TICKS, BackendCpu, Broker
 from shared.audit.normalise import to_row
 from shared.audit.record import AuditRecord, Outcome
 from shared.audit.writer import DEFAULT_BATCH_SIZE, AuditWriter
+from shared.ids import new_message_id
 from shared.messaging.codec import SYNC_CODEC, InboundMessage
 from shared.messaging.connection import open_connection
 from shared.messaging.consumer import Consumer, ConsumerConfig
@@ -85,7 +85,7 @@ def messages(count: int) -> list[OutgoingMessage]:
     created = datetime.now(UTC).isoformat()
     out = []
     for i in range(count):
-        m = SyncMessage(id=str(uuid.uuid4()), direction="push", org_id="org1",
+        m = SyncMessage(id=new_message_id(), direction="push", org_id="org1",
                         instance_id="inst1", entity="account", action="update",
                         trigger="event", attempt=0, created_at=created, record_id=f"r{i}")
         out.append(OutgoingMessage(PUSH_EXCHANGE, sync_routing_key("account", "update", "org1",

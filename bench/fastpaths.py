@@ -46,6 +46,7 @@ from shared.bss import BssClient
 from shared.connector import load_connector
 from shared.connector.request import RequestPlan
 from shared.http import InstanceEndpoint, ThirdPartyClient
+from shared.ids import new_message_id
 from shared.messaging.envelope import (
     ENVELOPE_RULES_SHA256,
     SyncMessage,
@@ -104,7 +105,7 @@ def side_by_side(title: str, unit: str, figures: dict[str, float]) -> None:
 
 def envelopes(count: int) -> list[dict[str, Any]]:
     created = datetime.now(UTC).isoformat()
-    return [SyncMessage(id=str(uuid.uuid4()), direction="push", org_id="acme-telecom",
+    return [SyncMessage(id=new_message_id(), direction="push", org_id="acme-telecom",
                         instance_id=f"crm-{i % 4}", entity="account", action="update",
                         trigger="event", attempt=i % 3, created_at=created,
                         record_id=f"acc_{i:08d}", correlation_id=str(uuid.uuid4())).to_dict()

@@ -23,7 +23,6 @@ import secrets
 import statistics
 import sys
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from shared.audit.writer import AuditWriter  # noqa: E402
+from shared.ids import new_message_id  # noqa: E402
 from shared.logging import configure_logging  # noqa: E402
 from shared.messaging.connection import open_connection  # noqa: E402
 from shared.messaging.envelope import SyncMessage, encode  # noqa: E402
@@ -64,7 +64,7 @@ def letters(count: int) -> list[OutgoingMessage]:
     made = []
     for n in range(count):
         message = SyncMessage(
-            id=str(uuid.uuid4()), direction="push", org_id="bench-org", instance_id="bench-crm",
+            id=new_message_id(), direction="push", org_id="bench-org", instance_id="bench-crm",
             entity="contact", action="create", trigger="event", attempt=0,
             created_at=now.isoformat(), record_id=f"con_{n:06d}")
         key = sync_routing_key("contact", "create", "bench-org", "bench-crm")

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -52,6 +51,7 @@ from shared.connector.document import DEFAULT_EXTERNAL_ID, CallSpec, SyncObject
 from shared.connector.paging import PageRequest
 from shared.connector.source import resolve_pointer
 from shared.errors import SyncError
+from shared.ids import new_message_id
 from shared.logging import redact
 from shared.messaging.envelope import SyncMessage, encode
 from shared.messaging.publisher import OutgoingMessage
@@ -133,7 +133,7 @@ def pull_message(ctx: InstanceContext, obj: SyncObject, record: dict[str, Any] |
     instance = ctx.instance
     inline = inline and record is not None
     message = SyncMessage(
-        id=str(uuid.uuid4()), direction="pull", org_id=instance.org_id,
+        id=new_message_id(), direction="pull", org_id=instance.org_id,
         instance_id=instance.id, entity=obj.entity, action=action, trigger=trigger,
         attempt=0, created_at=datetime.now(UTC).isoformat(), external_id=external_id,
         record=record if inline else None, run_id=run_id, correlation_id=run_id)

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from shared.audit import Outcome
+from shared.ids import new_message_id
 from shared.message_context import MessageContext
 from shared.messaging.codec import HandlerResult, InboundMessage, header_attempt
 from shared.messaging.envelope import SyncMessage, encode, loads_unicode
@@ -131,7 +131,7 @@ def push_messages(event: dict[str, Any], instances: list[Instance]) -> list[Outg
         if instance.id == event.get("origin"):
             continue
         message = SyncMessage(
-            id=str(uuid.uuid4()), direction="push",
+            id=new_message_id(), direction="push",
             org_id=event["organizationId"], instance_id=instance.id, entity=event["entity"],
             action=action, trigger="event", attempt=0, created_at=now,
             record_id=event["recordId"], correlation_id=event["id"])

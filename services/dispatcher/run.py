@@ -52,6 +52,7 @@ from shared.audit.writer import AuditWriter
 from shared.bss.client import BssClient
 from shared.credentials import resolve_credential
 from shared.errors import ConfigurationError, SyncError
+from shared.ids import new_message_id
 from shared.logging import configure_logging, redact
 from shared.messaging.connection import open_connection
 from shared.messaging.envelope import SyncMessage, encode
@@ -307,7 +308,7 @@ class RunExecutor:
         out = []
         for record_id in record_ids:
             message = SyncMessage(
-                id=str(uuid.uuid4()), direction="push", org_id=run.org_id,
+                id=new_message_id(), direction="push", org_id=run.org_id,
                 instance_id=run.instance_id, entity=entity, action="update",
                 trigger=trigger, attempt=0, created_at=now, record_id=record_id,
                 run_id=str(run.id), correlation_id=str(run.id))

@@ -22,10 +22,10 @@ older than :data:`RETENTION_SECONDS` are pruned by a range of the primary key
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 
+from shared.ids import uuid7
 from shared.storage.db import Database
 
 #: How long a batch id is kept: longer than any writer waits to learn a commit's fate.
@@ -38,12 +38,9 @@ _CLAIM_SQL = ("INSERT INTO audit_batches (id, abandoned) VALUES (%s, true)"
 
 
 def new_batch_id(now: float | None = None) -> uuid.UUID:
-    """A new UUIDv7: ``now`` (default: the clock) in milliseconds, then 74 random bits."""
-    millis = _millis(time.time() if now is None else now) & ((1 << 48) - 1)
-    rand = int.from_bytes(os.urandom(10)) >> 6  # 74 bits: 12 of rand_a, 62 of rand_b
-    value = (millis << 80 | 0x7 << 76 | (rand >> 62) << 64
-             | 0b10 << 62 | rand & ((1 << 62) - 1))
-    return uuid.UUID(int=value)
+    """A new UUIDv7 (:func:`shared.ids.uuid7`): ``now`` (default: the clock) in
+    milliseconds, then 74 random bits."""
+    return uuid7(now)
 
 
 def batch_time(batch_id: uuid.UUID) -> float:

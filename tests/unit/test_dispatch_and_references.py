@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ def test_an_event_becomes_one_valid_push_message_per_instance():
     assert all(d.record_id == "acc-1" and d.trigger == "event" and d.attempt == 0
                and d.correlation_id == EVENT["id"] for d in decoded)
     assert len({d.id for d in decoded}) == 2
+    assert all(uuid.UUID(d.id).version == 7 for d in decoded)  # time-ordered (shared/ids.py)
 
 
 def test_a_change_is_not_pushed_back_to_the_instance_it_came_from():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -179,6 +180,7 @@ def test_pull_message_inline_then_by_reference_above_64_kb(connector) -> None:
     assert inline and decoded.record == small and decoded.external_id == "c1"
     assert message.routing_key == "account.upsert.org-1.inst-1"
     assert message.exchange == "sync.pull" and message.message_id == decoded.id
+    assert uuid.UUID(decoded.id).version == 7  # time-ordered (shared/ids.py)
     big = {"id": "c2", "name": "x" * MAX_INLINE_BYTES}
     message, inline = pull_message(ctx, obj, big, "c2", run_id="r", trigger="manual",  # type: ignore[arg-type]
                                    inline=True)
