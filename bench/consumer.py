@@ -391,7 +391,7 @@ async def run(args: argparse.Namespace, url: str, db_url: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--messages", type=int, default=20_000, help="for (a) and (b)")
+    parser.add_argument("--messages", type=int, default=20_000, help="for (a), (b) and (b')")
     parser.add_argument("--publish", type=int, default=100_000, help="for (d)")
     parser.add_argument("--prefetch", type=int, default=None,
                         help="every consumer's (default: the runtime's, 4 x concurrency)")
