@@ -257,6 +257,15 @@ async def runtime_consume(url: str, db: Database, count: int, handler: Callable[
     writer = AuditWriter(db, batch)
     await writer.start()
     consumer = Consumer(QUEUE, SYNC_CODEC, handler, writer, ConsumerConfig(url, **config))
+    rate = await consume_until_acked(consumer, count)
+    await writer.close()
+    # what the runtime logs as it starts consuming ("consuming", prefetch=, concurrency=)
+    return RuntimeRun(rate, consumer.config.window, consumer.processor.concurrency)
+
+
+async def consume_until_acked(consumer: Consumer, count: int) -> float:
+    """Run ``consumer`` until it has acked ``count`` messages, then stop it; msgs/s from
+    its start to the last ack."""
     started = time.perf_counter()
     task = asyncio.create_task(consumer.run())
     while consumer.processor.counts["ack"] < count:
@@ -266,9 +275,7 @@ async def runtime_consume(url: str, db: Database, count: int, handler: Callable[
     elapsed = time.perf_counter() - started
     consumer.stop()
     await task
-    await writer.close()
-    # what the runtime logs as it starts consuming ("consuming", prefetch=, concurrency=)
-    return RuntimeRun(count / elapsed, consumer.config.window, consumer.processor.concurrency)
+    return count / elapsed
 
 
 class MemorySink:
@@ -308,16 +315,7 @@ async def memory_consume(url: str, count: int, **config: int) -> float:
     """(b'): our consumer, no-op handler, rows to :class:`MemorySink`; msgs/s from
     starting the consumer to the last message acked (each after its row's "commit")."""
     consumer = Consumer(QUEUE, SYNC_CODEC, noop, MemorySink(), ConsumerConfig(url, **config))
-    started = time.perf_counter()
-    task = asyncio.create_task(consumer.run())
-    while consumer.processor.counts["ack"] < count:
-        await asyncio.sleep(0.005)
-        if task.done():
-            task.result()
-    elapsed = time.perf_counter() - started
-    consumer.stop()
-    await task
-    return count / elapsed
+    return await consume_until_acked(consumer, count)
 
 
 async def noop(_message: InboundMessage[SyncMessage]) -> Outcome:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 from shared.audit.batches import (
     RETENTION_SECONDS,
     batch_time,
@@ -14,17 +12,11 @@ from shared.audit.batches import (
 NOW = 1_767_225_600.123  # 2026-01-01T00:00:00.123Z
 
 
-def test_a_batch_id_is_a_uuid7_holding_its_time_in_milliseconds() -> None:
+def test_a_batch_id_is_a_uuid7_whose_time_batch_time_reads() -> None:
+    """The UUIDv7 itself (order, uniqueness) is pinned in test_ids.py."""
     batch = new_batch_id(NOW)
-    assert batch.version == 7 and batch.variant == uuid.RFC_4122
-    assert batch_time(batch) == 1_767_225_600.123
-    assert str(batch).startswith("019b76da-a87b-7")
-
-
-def test_batch_ids_are_unique_and_ordered_by_time() -> None:
-    same_millisecond = {new_batch_id(NOW) for _ in range(1000)}
-    assert len(same_millisecond) == 1000
-    assert max(same_millisecond) < new_batch_id(NOW + 0.001) < new_batch_id(NOW + 3600)
+    assert batch.version == 7 and batch_time(batch) == 1_767_225_600.123
+    assert batch_time(new_batch_id(NOW + 3600)) == 1_767_229_200.123
 
 
 def test_oldest_kept_splits_ids_at_the_retention() -> None:
